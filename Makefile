@@ -1,0 +1,25 @@
+# make run   - start the bridge on the embedded SQLite store (./data/bridge.db)
+# make test  - run every test (promtool from Debian's `prometheus` package is needed)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BIND ?= 127.0.0.1:8000
+
+.PHONY: run test install clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/heartbeat-bridge serve --bind $(BIND)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

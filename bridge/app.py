@@ -1,0 +1,62 @@
+"""The Flask application factory; gunicorn runs ``bridge.app:create_app()``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+
+from . import errors, executions, ingest, ops
+from .config import load_settings
+from .extension import EXTENSION_KEY, Bridge
+from .metrics import ExecutionCollector
+from .monitor import Monitor, rules_from
+from .reaper import Reaper
+from .store import open_store
+from .validation import Limits
+
+__all__ = ["create_app"]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Return a configured app; starts no threads (gunicorn's hooks start the reaper).
+
+    ``test_config`` may hold ``SETTINGS`` (a :class:`~bridge.config.Settings`, else read
+    from the environment), ``CLOCK`` (a time function) and Flask keys such as ``TESTING``.
+    Raises :class:`~bridge.config.ConfigError` for a bad ``BRIDGE_*`` value.
+    """
+    test_config = dict(test_config or {})
+    settings = test_config.pop("SETTINGS", None) or load_settings()
+    clock = test_config.pop("CLOCK", time.time)
+    _configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.config.update(test_config)
+
+    store = open_store(settings)
+    monitor = Monitor(store, rules_from(settings), clock)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExecutionCollector(store))
+    app.extensions[EXTENSION_KEY] = Bridge(
+        settings=settings, monitor=monitor, registry=registry,
+        reaper=Reaper(monitor, settings.reaper_interval_seconds),
+        limits=Limits(max_field_bytes=settings.max_field_bytes))
+
+    errors.init_app(app)
+    app.register_blueprint(ingest.bp)
+    app.register_blueprint(executions.bp)
+    app.register_blueprint(ops.bp)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("bridge")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)

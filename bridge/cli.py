@@ -1,0 +1,50 @@
+"""The ``heartbeat-bridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import ConfigError, load_settings, parse_bind
+from .store import StoreUnavailable, open_store
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad configuration)."""
+    parser = argparse.ArgumentParser(prog="heartbeat-bridge",
+                                     description="Heartbeat Bridge: task heartbeats to Prometheus.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # argparse already refused any other command
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # gunicorn's config module reads the environment, so the flags travel that way.
+    if args.bind:
+        os.environ["BRIDGE_BIND"] = args.bind
+    if args.workers is not None:
+        os.environ["BRIDGE_WORKERS"] = str(args.workers)
+    try:
+        if args.bind:
+            parse_bind("--bind", args.bind)
+        settings = load_settings()
+        open_store(settings).close()  # create the schema once, and fail here, not in each worker
+    except (ConfigError, StoreUnavailable) as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:bridge.gunicorn_conf",
+                "bridge.app:create_app()"]
+    os.execv(sys.executable, gunicorn)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Settings from ``BRIDGE_*`` environment variables, parsed strictly at start.
+
+A bad value stops the start with a message that names the variable; the README's
+configuration table lists every variable defined here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping
+
+__all__ = ["ConfigError", "Settings", "VARIABLES", "load_settings", "parse_bind"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE_URL = "sqlite:///data/bridge.db"
+DEFAULT_BIND = "127.0.0.1:8000"
+
+
+class ConfigError(ValueError):
+    """A ``BRIDGE_*`` variable holds a value the bridge cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; every field maps to one ``BRIDGE_*`` variable."""
+
+    store_url: str = DEFAULT_STORE_URL
+    bind: str = DEFAULT_BIND
+    workers: int = 2
+    threads: int = 4
+    default_interval_seconds: float = 30.0
+    lost_after_intervals: float = 3.0
+    reaper_interval_seconds: float = 5.0
+    retention_seconds: float = 3600.0
+    startup_grace_seconds: float = 120.0
+    max_executions: int = 100_000
+    max_task_names: int = 200
+    max_body_bytes: int = 65_536
+    max_field_bytes: int = 16_384
+    sqlite_synchronous: str = "NORMAL"
+    log_level: str = "INFO"
+
+
+def _integer(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not low <= value <= high:  # also rejects nan
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw.strip()}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _store_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else ""
+    if path and path != ":memory:":
+        return value
+    raise ConfigError(
+        f"{name} must be sqlite:///relative/path or sqlite:////absolute/path, got {raw!r}"
+    )
+
+
+def parse_bind(name: str, raw: str) -> str:
+    """Return ``raw`` as a ``HOST:PORT`` address. Raises :class:`ConfigError` naming ``name``."""
+    value = raw.strip()
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must be HOST:PORT, got {raw!r}")
+    return value
+
+
+_DAY = 86_400.0
+
+#: variable name -> (Settings field, parser, one line for the README table)
+VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
+    "BRIDGE_STORE_URL": ("store_url", _store_url, "Where state lives: `sqlite:///relative/path` or `sqlite:////absolute/path`."),
+    "BRIDGE_BIND": ("bind", parse_bind, "Address `heartbeat-bridge serve` listens on (`--bind` wins)."),
+    "BRIDGE_WORKERS": ("workers", _integer(1, 64), "gunicorn worker processes."),
+    "BRIDGE_THREADS": ("threads", _integer(1, 256), "Request threads per worker (gunicorn gthread)."),
+    "BRIDGE_DEFAULT_INTERVAL_SECONDS": ("default_interval_seconds", _number(1, _DAY), "Heartbeat interval assumed until one is sent or learned."),
+    "BRIDGE_LOST_AFTER_INTERVALS": ("lost_after_intervals", _number(1, 100), "Silent intervals after which a running execution is `lost`."),
+    "BRIDGE_REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _number(0.05, 3600), "How often each worker looks for overdue and expired executions."),
+    "BRIDGE_RETENTION_SECONDS": ("retention_seconds", _number(0, 90 * _DAY), "How long finished or lost executions stay visible."),
+    "BRIDGE_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", _number(1, _DAY), "How long a started container may stay silent before it is flagged."),
+    "BRIDGE_MAX_EXECUTIONS": ("max_executions", _integer(1, 10_000_000), "Executions tracked at most; new ones beyond get 429."),
+    "BRIDGE_MAX_TASK_NAMES": ("max_task_names", _integer(1, 100_000), "Distinct `task_name` label values; later names become `_other`."),
+    "BRIDGE_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024, 64 * 1024 * 1024), "Largest request body; larger gets 413."),
+    "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
+    "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
+    "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Parse the ``BRIDGE_*`` variables of ``environ`` (default ``os.environ``).
+
+    Returns the validated :class:`Settings`, with ``overrides`` (field names) applied last.
+    Raises :class:`ConfigError` naming the first variable whose value is invalid.
+    Unknown ``BRIDGE_*`` names are logged, not fatal: orchestrators such as Kubernetes
+    inject variables like ``BRIDGE_PORT`` for a service named ``bridge``.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, (field, parse, _doc) in VARIABLES.items():
+        raw = environ.get(name)
+        if raw is not None and raw.strip() != "":
+            values[field] = parse(name, raw)
+    for name in environ:
+        if name.startswith("BRIDGE_") and name not in VARIABLES:
+            close = difflib.get_close_matches(name, VARIABLES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            log.warning("ignoring unknown variable %s%s", name, hint)
+    known = {f.name for f in fields(Settings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    values.update(overrides)
+    return Settings(**values)

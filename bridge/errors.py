@@ -1,0 +1,57 @@
+"""JSON errors for every failure: ``{"error": "...", "field": "..."}``, never an HTML page."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .store import CapacityError, StoreUnavailable
+from .validation import InvalidInput
+
+__all__ = ["error_response", "init_app"]
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def error_response(status: int, message: str, field: str | None = None):
+    """Return a Flask response with the JSON error body and ``status``."""
+    body = {"error": message}
+    if field is not None:
+        body["field"] = field
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers on ``app``."""
+
+    @app.errorhandler(InvalidInput)
+    def invalid_input(exc: InvalidInput):
+        return error_response(exc.status, exc.message, exc.field)
+
+    @app.errorhandler(CapacityError)
+    def capacity(exc: CapacityError):
+        response = error_response(429, f"the bridge tracks its maximum of executions: {exc}")
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable):
+        log.warning("store unavailable: %s", exc)
+        response = error_response(503, "the store is unavailable; retry later")
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal error")

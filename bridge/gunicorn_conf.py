@@ -1,0 +1,36 @@
+"""gunicorn settings, read from the same ``BRIDGE_*`` variables as the app.
+
+Used as ``gunicorn -c python:bridge.gunicorn_conf 'bridge.app:create_app()'``; the
+``heartbeat-bridge serve`` command does exactly that.
+"""
+
+from bridge.config import load_settings
+from bridge.extension import EXTENSION_KEY
+
+_settings = load_settings()
+
+bind = [_settings.bind]
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.threads
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+proc_name = "heartbeat-bridge"
+# One fixed socket path per user would collide between bridges on one host; unused.
+control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Start this worker's reaper: after the fork, so no thread is ever inherited."""
+    worker.wsgi.extensions[EXTENSION_KEY].reaper.start()
+
+
+def worker_exit(server, worker):
+    """Stop the reaper so a round in progress finishes its transaction."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and EXTENSION_KEY in getattr(app, "extensions", {}):
+        app.extensions[EXTENSION_KEY].reaper.stop()

@@ -1,0 +1,80 @@
+"""The ingest API the task containers post to: heartbeats and completions."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .extension import current_bridge
+from .store import CapacityError
+from .validation import InvalidInput, parse_completion, parse_heartbeat, parse_json
+
+__all__ = ["bp"]
+
+bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
+
+T = TypeVar("T")
+
+
+def _json_body(max_bytes: int) -> Any:
+    """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415 or 400)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413, "too_large")
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise InvalidInput("Content-Type must be application/json", "Content-Type", 415,
+                           "unsupported_media_type")
+    try:
+        body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH also bounds chunked bodies
+    except RequestEntityTooLarge:
+        raise InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413,
+                           "too_large") from None
+    return parse_json(body)
+
+
+def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
+    """Parse the body, act on it, and count a refusal under ``endpoint`` if either refuses."""
+    bridge = current_bridge()
+    try:
+        return act(parse(_json_body(bridge.settings.max_body_bytes)))
+    except InvalidInput as exc:
+        bridge.monitor.reject(endpoint, exc.reason)
+        raise
+    except CapacityError:
+        bridge.monitor.reject(endpoint, "capacity")
+        raise
+
+
+@bp.post("/heartbeat")
+def heartbeat():
+    """Record one heartbeat; 200 ``{"status": "ok"}`` once it is committed."""
+    bridge = current_bridge()
+
+    def act(hb):
+        outcome = bridge.monitor.heartbeat(hb)
+        if outcome.record is None:
+            return jsonify(status="ok", execution_id=hb.execution_id, ignored=True)
+        return jsonify(status="ok", execution_id=hb.execution_id,
+                       execution_status=outcome.record.status,
+                       interval_seconds=outcome.record.interval_seconds)
+
+    return _ingest("heartbeat", lambda body: parse_heartbeat(
+        body, bridge.limits, request.headers.get("traceparent")), act)
+
+
+@bp.post("/completion")
+def completion():
+    """Record a completion; a repeat answers 200 with ``"duplicate": true`` and changes nothing."""
+    bridge = current_bridge()
+
+    def act(c):
+        outcome = bridge.monitor.complete(c)
+        duplicate = outcome.result == "duplicate"
+        body = {"status": "ok", "execution_id": c.execution_id, "duplicate": duplicate}
+        if not duplicate:
+            body["execution_status"] = outcome.record.status
+        return jsonify(body)
+
+    return _ingest("completion", lambda body: parse_completion(body, bridge.limits), act)

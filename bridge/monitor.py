@@ -1,0 +1,88 @@
+"""The domain service: each view and the reaper call exactly one method here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from . import state
+from .config import Settings
+from .state import Completion, Execution, Heartbeat, Outcome, Rules
+from .store import Store, StoreUnavailable
+
+__all__ = ["Monitor", "REJECTED", "rules_from"]
+
+log = logging.getLogger(__name__)
+
+REJECTED = "bridge_requests_rejected_total"
+REAP_BATCH = 500
+
+
+def rules_from(settings: Settings) -> Rules:
+    """Return the state-machine rules configured by ``settings``."""
+    return Rules(default_interval=settings.default_interval_seconds,
+                 lost_after_intervals=settings.lost_after_intervals,
+                 startup_grace=settings.startup_grace_seconds,
+                 retention=settings.retention_seconds)
+
+
+class Monitor:
+    """Applies heartbeats, completions and deadlines to the store."""
+
+    def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.rules = rules
+        self.clock = clock
+
+    def heartbeat(self, hb: Heartbeat) -> Outcome:
+        """Record a heartbeat; returns the committed outcome.
+
+        Raises :class:`~bridge.store.CapacityError` or :class:`~bridge.store.StoreUnavailable`.
+        """
+        now = self.clock()
+        return self.store.apply(
+            hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, self.rules, label))
+
+    def complete(self, completion: Completion) -> Outcome:
+        """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
+        now = self.clock()
+        return self.store.apply(
+            completion.execution_id,
+            lambda cur, label: state.apply_completion(cur, completion, now, self.rules, label))
+
+    def reap(self) -> tuple[int, int]:
+        """Apply every passed deadline and drop expired executions.
+
+        Returns ``(transitions, dropped)``. Each deadline is claimed by a
+        compare-and-set, so workers reaping at once never double a transition.
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        now = self.clock()
+        transitions = 0
+        while True:
+            due = self.store.due(now, REAP_BATCH)
+            changed = 0
+            for execution_id in due:
+                outcome = self.store.apply(execution_id, lambda cur, _label: (
+                    state.apply_deadline(cur, now, self.rules) if cur is not None
+                    else Outcome(None, result="unchanged")))
+                if outcome.transition is not None:
+                    changed += 1
+                    log.info("execution %s: %s -> %s", execution_id, *outcome.transition)
+            transitions += changed
+            # A full batch in which nothing changed would come back unchanged: stop.
+            if len(due) < REAP_BATCH or not changed:
+                break
+        return transitions, self.store.expire(now)
+
+    def reject(self, endpoint: str, reason: str) -> None:
+        """Count a refused request; never raises, since the refusal must still be answered."""
+        try:
+            self.store.count(REJECTED, (endpoint, reason))
+        except StoreUnavailable as exc:
+            log.warning("could not count a rejection (%s/%s): %s", endpoint, reason, exc)
+
+    def get(self, execution_id: str) -> Execution | None:
+        """Return one execution or None. Raises :class:`~bridge.store.StoreUnavailable`."""
+        return self.store.get(execution_id)

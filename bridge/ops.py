@@ -1,0 +1,37 @@
+"""Operations endpoints: liveness, readiness and the Prometheus scrape."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from prometheus_client.exposition import choose_encoder
+
+from .errors import error_response
+from .extension import current_bridge
+from .store import StoreUnavailable
+
+__all__ = ["bp"]
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Answer 200 while the process serves requests."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Answer 200 when the store takes writes, else 503."""
+    try:
+        current_bridge().monitor.store.ping()
+    except StoreUnavailable as exc:
+        return error_response(503, f"store unavailable: {exc}")
+    return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+def metrics():
+    """Expose every metric: Prometheus text, or OpenMetrics when the Accept header asks."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(current_bridge().registry), content_type=content_type)

@@ -1,0 +1,378 @@
+"""The execution state machine (DESIGN.md section 3): every rule lives here.
+
+Pure functions over plain records: no Flask, no store, no clock. A store reads the
+current record, calls one of the ``apply_*`` functions and writes the returned
+:class:`Outcome` with a compare-and-set on ``version``, so each transition and each
+counter increment happens exactly once however many workers race.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+from .ids import trace_id_for
+
+__all__ = [
+    "Completion",
+    "DURATION_BUCKETS",
+    "Execution",
+    "FINAL_STATUSES",
+    "Heartbeat",
+    "Increment",
+    "Outcome",
+    "REPORTED_STATUSES",
+    "Rules",
+    "STATUSES",
+    "TaskLabel",
+    "apply_completion",
+    "apply_deadline",
+    "apply_heartbeat",
+    "progress_ratio",
+]
+
+STATUSES = ("starting", "running", "completed", "failed", "lost")
+FINAL_STATUSES = frozenset({"completed", "failed"})
+REPORTED_STATUSES = ("running", "completed", "failed")
+
+#: Upper bounds of ``task_execution_duration_seconds``: one second to two days.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                    7200.0, 14400.0, 28800.0, 86400.0, 172800.0)
+
+# Counter names as exposed; the store keeps them opaque.
+HEARTBEATS = "task_heartbeats_received_total"
+COMPLETIONS = "task_completions_total"
+LOST = "task_executions_lost_total"
+RECOVERIES = "task_execution_recoveries_total"
+DURATION = "task_execution_duration_seconds"
+
+UNKNOWN_TASK = "unknown"
+_GAP_WINDOW = 8
+_GAPS_TO_LEARN = 3
+_MIN_INTERVAL = 1.0
+
+#: Maps a task name (or None) to the bounded value used in metric labels.
+TaskLabel = Callable[["str | None"], str]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The knobs of the state machine, from :class:`bridge.config.Settings`."""
+
+    default_interval: float = 30.0
+    lost_after_intervals: float = 3.0
+    startup_grace: float = 120.0
+    retention: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A validated heartbeat: the seed's fields plus the optional extensions."""
+
+    execution_id: str
+    container_id: str | None = None
+    status: str = "running"
+    progress: dict | None = None
+    timestamp: float | None = None
+    task_name: str | None = None
+    task_type: str | None = None
+    interval_seconds: float | None = None
+    max_runtime_seconds: float | None = None
+    labels: dict | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A validated completion."""
+
+    execution_id: str
+    success: bool
+    container_id: str | None = None
+    result_data: dict | None = None
+    error_message: str | None = None
+    exit_code: int | None = None
+    task_name: str | None = None
+
+
+@dataclass
+class Execution:
+    """Everything known about one execution; times are the server's unix seconds."""
+
+    execution_id: str
+    status: str
+    trace_id: str
+    metric_task_name: str
+    started_at: float
+    updated_at: float
+    container_id: str | None = None
+    task_name: str | None = None
+    task_type: str | None = None
+    reported_status: str | None = None
+    status_reason: str | None = None
+    progress: dict = field(default_factory=dict)
+    progress_ratio: float | None = None
+    labels: dict = field(default_factory=dict)
+    last_heartbeat_at: float | None = None
+    client_timestamp: float | None = None
+    ended_at: float | None = None
+    deadline_at: float | None = None
+    expires_at: float | None = None
+    heartbeat_count: int = 0
+    interval_seconds: float = 30.0
+    interval_source: str = "default"
+    gaps: list = field(default_factory=list)
+    max_runtime_seconds: float | None = None
+    success: bool | None = None
+    error_message: str | None = None
+    exit_code: int | None = None
+    result_data: dict | None = None
+    completion_received: bool = False
+    lost_count: int = 0
+    recoveries: int = 0
+    traceparent: str | None = None
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a JSON-ready dict (the store's serialised form)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Execution":
+        """Return the record stored as ``data``; keys this version does not know are dropped."""
+        known = _FIELD_NAMES
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Execution))
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Add ``amount`` to the counter ``name`` with label values ``labels``."""
+
+    name: str
+    labels: tuple[str, ...]
+    amount: float = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one event does: the record to write (None: nothing), counters, a verdict.
+
+    ``result`` is ``accepted``, ``ignored`` (heartbeat after the end), ``duplicate``
+    (repeated completion) or ``unchanged`` (nothing was due). ``transition`` is
+    ``(old_status, new_status)`` when the status changed, old being None for a new one.
+    """
+
+    record: Execution | None
+    increments: tuple[Increment, ...] = ()
+    result: str = "accepted"
+    transition: tuple[str | None, str] | None = None
+
+    @property
+    def ended(self) -> bool:
+        """True when this outcome is the execution's final transition."""
+        return self.transition is not None and self.transition[1] in FINAL_STATUSES
+
+
+_UNCHANGED = Outcome(None, result="unchanged")
+
+
+def progress_ratio(progress: dict | None) -> float | None:
+    """Return progress in 0..1 from ``percentage`` or ``current_step/total_steps``.
+
+    Returns None when neither is usable; out-of-range values are clamped.
+    """
+    if not progress:
+        return None
+    pct = _finite(progress.get("percentage"))
+    if pct is not None:
+        return min(1.0, max(0.0, pct / 100.0))
+    current, total = _finite(progress.get("current_step")), _finite(progress.get("total_steps"))
+    if current is not None and total:
+        return min(1.0, max(0.0, current / total))
+    return None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _new_record(execution_id: str, now: float, status: str, task_name: str | None,
+                task_label: TaskLabel, rules: Rules, traceparent: str | None = None) -> Execution:
+    return Execution(
+        execution_id=execution_id,
+        status=status,
+        trace_id=trace_id_for(execution_id, traceparent),
+        metric_task_name=task_label(task_name),
+        task_name=task_name,
+        started_at=now,
+        updated_at=now,
+        interval_seconds=rules.default_interval,
+        traceparent=traceparent,
+    )
+
+
+def _learn_interval(record: Execution, gap: float | None, rules: Rules) -> None:
+    """Update the expected interval from one more gap between heartbeats.
+
+    Until a few gaps are known the interval never drops below the default, so a
+    slow first gap does not make an execution lost; after that the median of the
+    recent gaps, which neither an extra status-change heartbeat nor one late
+    heartbeat moves far.
+    """
+    if gap is None:
+        return
+    record.gaps = (list(record.gaps) + [round(gap, 3)])[-_GAP_WINDOW:]
+    if len(record.gaps) >= _GAPS_TO_LEARN:
+        record.interval_seconds = max(_MIN_INTERVAL, statistics.median(record.gaps))
+        record.interval_source = "learned"
+    else:
+        record.interval_seconds = max(rules.default_interval, max(record.gaps))
+        record.interval_source = "default"
+
+
+def _end(record: Execution, status: str, ended_at: float, now: float, rules: Rules,
+         reason: str) -> tuple[Increment, ...]:
+    """Make ``record`` final; return the counters every ending increments."""
+    record.status = status
+    record.success = status == "completed"
+    record.ended_at = ended_at
+    record.deadline_at = None
+    record.expires_at = now + rules.retention
+    record.status_reason = reason
+    outcome = "success" if record.success else "failure"
+    return (Increment(COMPLETIONS, (record.metric_task_name, outcome)),
+            *_observe_duration(record.metric_task_name, outcome,
+                               max(0.0, ended_at - record.started_at)))
+
+
+def _observe_duration(task: str, outcome: str, seconds: float) -> tuple[Increment, ...]:
+    bucket = next((f"{b:g}" for b in DURATION_BUCKETS if seconds <= b), "+Inf")
+    return (Increment(DURATION + "_bucket", (task, outcome, bucket)),
+            Increment(DURATION + "_sum", (task, outcome), seconds),
+            Increment(DURATION + "_count", (task, outcome)))
+
+
+def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules: Rules,
+                    task_label: TaskLabel) -> Outcome:
+    """Return what heartbeat ``hb``, received at ``now``, does to ``current``.
+
+    A new execution starts ``running``; ``starting`` and ``lost`` ones become
+    ``running`` (from lost counting a recovery); a finished one ignores it.
+    """
+    if current is not None and current.status in FINAL_STATUSES:
+        return Outcome(None, result="ignored")
+    increments: list[Increment] = []
+    if current is None:
+        record = _new_record(hb.execution_id, now, "running", hb.task_name, task_label,
+                             rules, hb.traceparent)
+        transition: tuple[str | None, str] | None = (None, "running")
+        gap = None
+    else:
+        record = replace(current, gaps=list(current.gaps))
+        transition = None if current.status == "running" else (current.status, "running")
+        # A gap that spanned a lost period says nothing about the task's cadence.
+        gap = (now - current.last_heartbeat_at
+               if current.last_heartbeat_at is not None and current.status == "running" else None)
+        if current.status == "lost":
+            record.recoveries += 1
+            record.expires_at = None
+            increments.append(Increment(RECOVERIES, (record.metric_task_name,)))
+        if record.task_name is None and hb.task_name is not None:
+            record.task_name = hb.task_name
+            record.metric_task_name = task_label(hb.task_name)
+    record.status = "running"
+    record.reported_status = hb.status
+    record.status_reason = (None if hb.status == "running"
+                            else f"reported {hb.status}; waiting for the completion")
+    if hb.container_id is not None:
+        record.container_id = hb.container_id
+    if record.task_type is None and hb.task_type is not None:
+        record.task_type = hb.task_type
+    if hb.progress is not None:
+        record.progress = hb.progress
+        record.progress_ratio = progress_ratio(hb.progress)
+    if hb.labels is not None:
+        record.labels = hb.labels
+    if hb.max_runtime_seconds is not None:
+        record.max_runtime_seconds = hb.max_runtime_seconds
+    if hb.interval_seconds is not None:
+        record.interval_seconds = hb.interval_seconds
+        record.interval_source = "reported"
+    elif record.interval_source != "reported":
+        _learn_interval(record, gap, rules)
+    record.client_timestamp = hb.timestamp
+    record.last_heartbeat_at = now
+    record.heartbeat_count += 1
+    record.deadline_at = now + rules.lost_after_intervals * record.interval_seconds
+    record.updated_at = now
+    increments.insert(0, Increment(HEARTBEATS, (record.metric_task_name,)))
+    return Outcome(record, tuple(increments), "accepted", transition)
+
+
+def apply_completion(current: Execution | None, c: Completion, now: float, rules: Rules,
+                     task_label: TaskLabel) -> Outcome:
+    """Return what completion ``c`` does: the first one ends the execution, repeats are duplicates."""
+    if current is not None and current.status in FINAL_STATUSES:
+        return Outcome(None, result="duplicate")
+    if current is None:
+        record = _new_record(c.execution_id, now, "running", c.task_name, task_label, rules)
+    else:
+        record = replace(current, gaps=list(current.gaps))
+        if record.task_name is None and c.task_name is not None:
+            record.task_name = c.task_name
+            record.metric_task_name = task_label(c.task_name)
+    old_status = current.status if current is not None else None
+    if c.container_id is not None:
+        record.container_id = c.container_id
+    status = "completed" if c.success else "failed"
+    increments = _end(record, status, now, now, rules, "completion received")
+    record.error_message = c.error_message
+    record.exit_code = c.exit_code
+    record.result_data = c.result_data
+    record.completion_received = True
+    record.updated_at = now
+    return Outcome(record, increments, "accepted", (old_status, status))
+
+
+def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
+    """Return what passing its deadline does to ``current`` (unchanged when not due).
+
+    A running execution becomes ``lost``, unless its last heartbeat reported
+    ``completed``/``failed``: then it ends with that status at that heartbeat. A
+    ``starting`` one that never reported becomes ``lost`` as well.
+    """
+    if current.deadline_at is None or current.deadline_at > now:
+        return _UNCHANGED
+    if current.status not in ("running", "starting"):
+        return _UNCHANGED
+    record = replace(current, gaps=list(current.gaps))
+    record.updated_at = now
+    if current.status == "running" and current.reported_status in FINAL_STATUSES:
+        ended_at = current.last_heartbeat_at if current.last_heartbeat_at is not None else now
+        increments = _end(record, current.reported_status, ended_at, now, rules,
+                          f"reported {current.reported_status}; no completion received")
+        return Outcome(record, increments, "accepted", (current.status, record.status))
+    if current.status == "starting":
+        reason = "container started; no heartbeat within the startup grace"
+    else:
+        silent = now - (current.last_heartbeat_at or current.started_at)
+        reason = (f"no heartbeat for {silent:.0f}s "
+                  f"({rules.lost_after_intervals:g} intervals of {current.interval_seconds:g}s)")
+    record.status = "lost"
+    record.status_reason = reason
+    record.lost_count += 1
+    record.deadline_at = None
+    record.expires_at = now + rules.retention
+    return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted",
+                   (current.status, "lost"))

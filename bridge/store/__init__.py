@@ -1,0 +1,17 @@
+"""Stores: where execution state lives. :func:`open_store` picks one from the URL."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import OTHER_TASK, CapacityError, Snapshot, Store, StoreUnavailable
+from .sqlite import SQLiteStore, path_from_url
+
+__all__ = ["CapacityError", "OTHER_TASK", "Snapshot", "Store", "StoreUnavailable", "open_store"]
+
+
+def open_store(settings: Settings) -> Store:
+    """Return the store named by ``settings.store_url``. Raises :class:`StoreUnavailable`."""
+    return SQLiteStore(path_from_url(settings.store_url),
+                       max_executions=settings.max_executions,
+                       max_task_names=settings.max_task_names,
+                       synchronous=settings.sqlite_synchronous)

@@ -1,0 +1,89 @@
+"""The narrow interface every store implements (SQLite now, Redis for scale-out).
+
+A store keeps execution records, cumulative counters and the bounded set of task
+names, and makes each event atomic: it reads the current record, lets a pure
+decision function from :mod:`bridge.state` say what happens, and writes the result
+with its counter increments as one compare-and-set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..state import Execution, Outcome, TaskLabel
+
+__all__ = ["CapacityError", "Decide", "Snapshot", "Store", "StoreUnavailable", "OTHER_TASK"]
+
+#: The label value that task names beyond ``max_task_names`` share.
+OTHER_TASK = "_other"
+
+#: Given the current record (None if unknown) and the task-name resolver, the outcome.
+Decide = Callable[["Execution | None", TaskLabel], Outcome]
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or written right now; the caller answers 503."""
+
+
+class CapacityError(RuntimeError):
+    """A new execution would exceed ``max_executions``; the caller answers 429."""
+
+
+@dataclass
+class Snapshot:
+    """Everything ``/metrics`` needs, read consistently at one moment."""
+
+    executions: list[Execution]
+    counters: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)
+    task_names: list[str] = field(default_factory=list)
+
+
+class Store(ABC):
+    """Durable execution state shared by every worker and replica."""
+
+    def __init__(self, max_executions: int, max_task_names: int):
+        self.max_executions = max_executions
+        self.max_task_names = max_task_names
+
+    @abstractmethod
+    def apply(self, execution_id: str, decide: Decide) -> Outcome:
+        """Run ``decide`` on the current record and commit its outcome atomically.
+
+        Returns the committed outcome (a retried decision's, if a race forced a retry).
+        Raises :class:`CapacityError` when it would add an execution beyond the limit,
+        :class:`StoreUnavailable` when the store fails.
+        """
+
+    @abstractmethod
+    def get(self, execution_id: str) -> Execution | None:
+        """Return the execution, or None. Raises :class:`StoreUnavailable`."""
+
+    @abstractmethod
+    def query(self, *, status: str | None = None, task_name: str | None = None,
+              after: str | None = None, limit: int = 100) -> list[Execution]:
+        """Return up to ``limit`` executions ordered by id, those after ``after`` only."""
+
+    @abstractmethod
+    def due(self, now: float, limit: int) -> list[str]:
+        """Return ids of up to ``limit`` executions whose deadline is at or before ``now``."""
+
+    @abstractmethod
+    def expire(self, now: float) -> int:
+        """Drop executions whose ``expires_at`` is at or before ``now``; return how many."""
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot:
+        """Return all tracked executions, counters and task names."""
+
+    @abstractmethod
+    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        """Add ``amount`` to a counter outside any execution event (rejections)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return when the store answers. Raises :class:`StoreUnavailable`."""
+
+    def close(self) -> None:
+        """Release connections; the store may be used again afterwards."""
