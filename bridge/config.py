@@ -42,6 +42,7 @@ class Settings:
     max_body_bytes: int = 65_536
     max_field_bytes: int = 16_384
     sqlite_synchronous: str = "NORMAL"
+    sqlite_busy_timeout_seconds: float = 5.0
     log_level: str = "INFO"
 
 
@@ -118,6 +119,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024, 64 * 1024 * 1024), "Largest request body; larger gets 413."),
     "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
     "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
+    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for SQLite's lock before answering 503."),
     "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
 }
 

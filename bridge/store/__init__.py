@@ -14,4 +14,5 @@ def open_store(settings: Settings) -> Store:
     return SQLiteStore(path_from_url(settings.store_url),
                        max_executions=settings.max_executions,
                        max_task_names=settings.max_task_names,
-                       synchronous=settings.sqlite_synchronous)
+                       synchronous=settings.sqlite_synchronous,
+                       busy_timeout=settings.sqlite_busy_timeout_seconds)

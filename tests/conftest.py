@@ -1,0 +1,55 @@
+"""Fixtures: an app on a temporary SQLite store with a fake clock, and live servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.app import create_app
+from bridge.config import load_settings
+from bridge.extension import EXTENSION_KEY
+from support import FakeClock, LiveBridge
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings_overrides() -> dict:
+    """Override in a test module to change settings of the ``app`` fixture."""
+    return {}
+
+
+@pytest.fixture
+def app(tmp_path, clock, settings_overrides):
+    settings = load_settings({}, store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
+                             sqlite_busy_timeout_seconds=0.2, **settings_overrides)
+    app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True})
+    yield app
+    app.extensions[EXTENSION_KEY].monitor.store.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def monitor(app):
+    return app.extensions[EXTENSION_KEY].monitor
+
+
+@pytest.fixture
+def live_bridge(tmp_path):
+    """Start bridges with ``live_bridge(workers=N, env={...})``; all are stopped afterwards."""
+    started: list[LiveBridge] = []
+
+    def start(workers: int = 2, env: dict[str, str] | None = None, data_dir=None) -> LiveBridge:
+        bridge = LiveBridge(data_dir or tmp_path, workers, env)
+        started.append(bridge)
+        return bridge.start()
+
+    yield start
+    for bridge in started:
+        bridge.stop()

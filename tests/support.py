@@ -1,0 +1,165 @@
+"""Helpers shared by the tests: a fake clock, a live gunicorn bridge, metric parsing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_SECONDS = 30.0
+
+
+class FakeClock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def require_binary(name: str) -> str:
+    """Return the path of ``name``; skip without it, but fail when ``CI=true``."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package; see README)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Return ``{(sample name, frozenset(labels.items())): value}`` of Prometheus text."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(parsed: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """Return the sum of the samples called ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in parsed.items() if n == name and wanted <= ls)
+
+
+class LiveBridge:
+    """``heartbeat-bridge serve`` in its own process group, on a free loopback port."""
+
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.workers = workers
+        self.extra_env = env or {}
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = data_dir / "bridge.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LiveBridge":
+        """Start the server and return once ``/readyz`` answers 200."""
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env.update(BRIDGE_STORE_URL=f"sqlite:///{self.data_dir / 'bridge.db'}",
+                   BRIDGE_WORKERS=str(self.workers), BRIDGE_LOG_LEVEL="WARNING")
+        env.update(self.extra_env)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bridge exited {self.process.returncode}: {self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"bridge did not become ready: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once, as a crash would."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), or kill after 15 seconds."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        response = requests.get(self.url + "/metrics", timeout=10)
+        response.raise_for_status()
+        return samples(response.text)
+
+    def executions(self, **params: str) -> list[dict]:
+        """Return every execution matching ``params``, following the pages."""
+        found, after = [], None
+        while True:
+            query = dict(params, limit="1000", **({"after": after} if after else {}))
+            body = requests.get(self.url + "/api/v1/executions", params=query, timeout=10).json()
+            found += body["executions"]
+            after = body["next_after"]
+            if after is None:
+                return found
+
+
+HEARTBEAT = "/api/v1/monitoring/heartbeat"
+COMPLETION = "/api/v1/monitoring/completion"
+
+
+def seed_heartbeat(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", **extra) -> dict:
+    """Return a heartbeat shaped exactly as the seed's HeartbeatClient sends it, plus ``extra``."""
+    body = {"execution_id": execution_id, "container_id": f"task-{execution_id}",
+            "status": "running", "progress": {}, "timestamp": 1_700_000_000}
+    body.update(extra)
+    return body
+
+
+def seed_completion(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", success=True,
+                    **extra) -> dict:
+    """Return a completion shaped exactly as the seed's ``send_completion`` sends it."""
+    body = {"execution_id": execution_id, "container_id": f"task-{execution_id}",
+            "success": success, "result_data": {}, "error_message": None}
+    body.update(extra)
+    return body
