@@ -23,7 +23,6 @@ def rules_from(settings: Settings) -> Rules:
     """Return the state-machine rules configured by ``settings``."""
     return Rules(default_interval=settings.default_interval_seconds,
                  lost_after_intervals=settings.lost_after_intervals,
-                 startup_grace=settings.startup_grace_seconds,
                  retention=settings.retention_seconds)
 
 

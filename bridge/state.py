@@ -63,7 +63,6 @@ class Rules:
 
     default_interval: float = 30.0
     lost_after_intervals: float = 3.0
-    startup_grace: float = 120.0
     retention: float = 3600.0
 
 

@@ -7,7 +7,7 @@ import pytest
 from bridge import state
 from bridge.state import Completion, Execution, Heartbeat, Rules
 
-RULES = Rules(default_interval=30, lost_after_intervals=3, startup_grace=120, retention=3600)
+RULES = Rules(default_interval=30, lost_after_intervals=3, retention=3600)
 T0 = 1_000_000.0
 
 

@@ -1,0 +1,68 @@
+"""BRIDGE_* parsing: strict, naming the variable, and documented in the README."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from bridge.config import VARIABLES, ConfigError, Settings, load_settings
+from support import ROOT
+
+BAD_VALUES = {
+    "BRIDGE_STORE_URL": "postgres://db", "BRIDGE_BIND": "8000", "BRIDGE_WORKERS": "two",
+    "BRIDGE_THREADS": "0", "BRIDGE_DEFAULT_INTERVAL_SECONDS": "nan",
+    "BRIDGE_LOST_AFTER_INTERVALS": "0.5", "BRIDGE_REAPER_INTERVAL_SECONDS": "-1",
+    "BRIDGE_RETENTION_SECONDS": "1e12",
+    "BRIDGE_MAX_EXECUTIONS": "1.5", "BRIDGE_MAX_TASK_NAMES": "0", "BRIDGE_MAX_BODY_BYTES": "10",
+    "BRIDGE_MAX_FIELD_BYTES": "big", "BRIDGE_SQLITE_SYNCHRONOUS": "OFF",
+    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": "0", "BRIDGE_LOG_LEVEL": "LOUD",
+}
+
+
+def test_it_uses_the_documented_defaults():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.store_url, settings.workers, settings.default_interval_seconds,
+            settings.lost_after_intervals) == ("sqlite:///data/bridge.db", 2, 30, 3)
+
+
+def test_it_has_a_bad_value_case_for_every_variable():
+    assert set(BAD_VALUES) == set(VARIABLES)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_it_refuses_a_bad_value_naming_the_variable(name):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: BAD_VALUES[name]})
+
+
+def test_it_parses_good_values():
+    settings = load_settings({"BRIDGE_WORKERS": " 4 ", "BRIDGE_RETENTION_SECONDS": "60",
+                              "BRIDGE_STORE_URL": "sqlite:////var/lib/bridge/b.db",
+                              "BRIDGE_SQLITE_SYNCHRONOUS": "full"})
+    assert (settings.workers, settings.retention_seconds) == (4, 60)
+    assert settings.sqlite_synchronous == "FULL"
+
+
+def test_it_warns_about_an_unknown_variable_with_a_hint(caplog):
+    with caplog.at_level(logging.WARNING, logger="bridge.config"):
+        load_settings({"BRIDGE_WORKER": "4", "BRIDGE_PORT": "tcp://10.0.0.1:80"})
+    assert "BRIDGE_WORKER (did you mean BRIDGE_WORKERS?)" in caplog.text
+    assert "BRIDGE_PORT" in caplog.text
+
+
+def test_it_documents_every_variable_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in VARIABLES:
+        assert f"`{name}`" in readme, name
+
+
+def test_it_stops_serve_with_a_message_naming_the_variable(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], cwd=tmp_path,
+                            env={"BRIDGE_LOST_AFTER_INTERVALS": "zero", "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "BRIDGE_LOST_AFTER_INTERVALS" in result.stderr

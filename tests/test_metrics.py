@@ -1,0 +1,107 @@
+"""GET /metrics: the families of DESIGN.md section 4, checked by promtool and both parsers."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from support import COMPLETION, HEARTBEAT, require_binary, samples, seed_completion, seed_heartbeat, total
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@pytest.fixture
+def fleet(client, clock, monitor):
+    """A small fleet in every state, with label values that need escaping."""
+    client.post(HEARTBEAT, json=seed_heartbeat("run-1", task_name='示例 "quoted" \\ task',
+                                               task_type="crawler",
+                                               progress={"current_step": 3, "total_steps": 10}))
+    client.post(HEARTBEAT, json=seed_heartbeat("lost-1", task_name="etl", max_runtime_seconds=60))
+    client.post(HEARTBEAT, json=seed_heartbeat("done-1", task_name="etl"))
+    client.post(HEARTBEAT, json=seed_heartbeat("fail-1", task_name="etl", progress={"percentage": 40}))
+    clock.advance(45)
+    client.post(HEARTBEAT, json=seed_heartbeat("run-1", task_name='示例 "quoted" \\ task',
+                                               progress={"current_step": 3, "total_steps": 10}))
+    client.post(COMPLETION, json=seed_completion("done-1"))
+    client.post(COMPLETION, json=seed_completion("fail-1", success=False))
+    clock.advance(50)
+    monitor.reap()  # lost-1 silent for 95 s
+    client.post(HEARTBEAT, data=b"{", content_type="application/json")
+    return client
+
+
+def scrape(client, accept=None) -> str:
+    response = client.get("/metrics", headers={"Accept": accept} if accept else {})
+    assert response.status_code == 200
+    return response.data.decode()
+
+
+def test_it_exposes_one_gauge_sample_per_state_for_each_execution(fleet):
+    parsed = samples(scrape(fleet))
+    states = {dict(ls)["status"]: v for (n, ls), v in parsed.items()
+              if n == "task_execution_status" and dict(ls)["execution_id"] == "lost-1"}
+    assert states == {"starting": 0, "running": 0, "completed": 0, "failed": 0, "lost": 1}
+    assert total(parsed, "task_execution_info", execution_id="run-1", task_type="crawler",
+                 container_id="task-run-1", task_name='示例 "quoted" \\ task') == 1
+
+
+def test_it_exposes_heartbeat_times_intervals_and_progress(fleet, clock):
+    parsed = samples(scrape(fleet))
+    assert total(parsed, "task_heartbeat_last_timestamp_seconds", execution_id="run-1") == clock.now - 50
+    assert total(parsed, "task_heartbeat_interval_seconds", execution_id="run-1") == 45
+    assert total(parsed, "task_progress_ratio", execution_id="run-1") == pytest.approx(0.3)
+    assert total(parsed, "task_progress_ratio", execution_id="fail-1") == pytest.approx(0.4)
+    assert total(parsed, "task_execution_max_runtime_seconds", execution_id="lost-1") == 60
+    assert total(parsed, "task_execution_end_timestamp_seconds", execution_id="done-1") == clock.now - 50
+    assert not [k for k in parsed if k[0] == "task_execution_end_timestamp_seconds"
+                and dict(k[1])["execution_id"] == "run-1"]
+
+
+def test_it_counts_executions_by_task_and_status(fleet):
+    parsed = samples(scrape(fleet))
+    assert total(parsed, "task_executions", task_name="etl", status="lost") == 1
+    assert total(parsed, "task_executions", task_name="etl", status="completed") == 1
+    assert total(parsed, "task_executions", task_name="etl", status="failed") == 1
+    assert total(parsed, "task_executions", task_name="etl", status="running") == 0
+    assert total(parsed, "task_heartbeats_received_total", task_name="etl") == 3
+    assert total(parsed, "task_executions_lost_total", task_name="etl") == 1
+    assert total(parsed, "task_completions_total", task_name="etl", outcome="failure") == 1
+    assert total(parsed, "bridge_tracked_executions") == 4
+    assert total(parsed, "bridge_tracked_executions_limit") == 100_000
+    assert total(parsed, "bridge_requests_rejected_total", reason="invalid_json") == 1
+    assert ("bridge_build_info", frozenset({("version", "0.1.0")})) in parsed
+
+
+def test_it_passes_promtool_check_metrics_with_nothing_reported(fleet):
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "check", "metrics"], input=scrape(fleet).encode(),
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_it_carries_no_sample_timestamps_in_either_format(fleet):
+    for family in parse_text(scrape(fleet)):
+        assert all(s.timestamp is None for s in family.samples), family.name
+    for family in parse_openmetrics(scrape(fleet, OPENMETRICS)):
+        assert all(s.timestamp is None for s in family.samples), family.name
+
+
+def test_it_answers_openmetrics_when_the_scraper_asks(fleet):
+    response = fleet.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert response.content_type.startswith("application/openmetrics-text")
+    text = response.data.decode()
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in parse_openmetrics(text)}
+    assert families["task_completions"].type == "counter"
+    assert families["task_execution_duration_seconds"].type == "histogram"
+    assert fleet.get("/metrics").content_type.startswith("text/plain")
+
+
+def test_it_exports_nothing_for_an_empty_store_but_the_bridge_series(client):
+    parsed = samples(scrape(client))
+    assert not [n for n, _ in parsed if n.startswith("task_execution_info")]
+    assert total(parsed, "bridge_tracked_executions") == 0

@@ -1,0 +1,104 @@
+"""The real service under gunicorn with 4 workers, driven over loopback HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from support import COMPLETION, HEARTBEAT, total
+
+WAIT_SECONDS = 30.0
+
+
+class Fleet:
+    """Posts heartbeats and completions from a pool of threads, one HTTP session each."""
+
+    def __init__(self, url: str, threads: int = 16):
+        self.url = url
+        self.pool = ThreadPoolExecutor(threads)
+        self.local = threading.local()
+
+    def session(self) -> requests.Session:
+        if not hasattr(self.local, "session"):
+            self.local.session = requests.Session()
+        return self.local.session
+
+    def heartbeat(self, execution_id: str) -> dict:
+        response = self.session().post(self.url + HEARTBEAT, timeout=10, json={
+            "execution_id": execution_id, "container_id": f"task-{execution_id}",
+            "status": "running", "progress": {"percentage": 50}, "timestamp": int(time.time()),
+            "task_name": "e2e", "interval_seconds": 1})
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "ok"
+        return response.json()
+
+    def complete(self, execution_id: str, success: bool) -> dict:
+        response = self.session().post(self.url + COMPLETION, timeout=10, json={
+            "execution_id": execution_id, "container_id": f"task-{execution_id}",
+            "success": success, "result_data": {}, "error_message": None if success else "boom"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def heartbeats(self, ids) -> list[dict]:
+        return list(self.pool.map(self.heartbeat, ids))
+
+
+def test_it_tracks_200_concurrent_executions_exactly_once_across_4_workers(live_bridge):
+    bridge = live_bridge(workers=4, env={"BRIDGE_LOST_AFTER_INTERVALS": "2",
+                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    fleet = Fleet(bridge.url)
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    silent, finishing, steady = ids[:50], ids[50:100], ids[100:]
+
+    fleet.heartbeats(ids)
+    assert len(bridge.executions(status="running")) == 200
+
+    # Each completion twice, concurrently, so the copies race through different workers.
+    outcomes = list(fleet.pool.map(lambda pair: fleet.complete(*pair),
+                                   [(eid, n % 2 == 0) for n, eid in enumerate(finishing)] * 2))
+    assert sorted(o["duplicate"] for o in outcomes) == [False] * 50 + [True] * 50
+
+    # The steady half keeps beating; the silent half must become lost, each once.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(bridge.executions(status="lost")) < 50 and time.monotonic() < deadline:
+        fleet.heartbeats(steady)
+        time.sleep(0.3)
+    for _ in range(5):  # several more reaper rounds in every worker: nothing may count twice
+        fleet.heartbeats(steady)
+        time.sleep(0.3)
+
+    lost = bridge.executions(status="lost")
+    assert sorted(e["execution_id"] for e in lost) == sorted(silent)
+    assert {e["lost_count"] for e in lost} == {1}
+    assert len(bridge.executions(status="running")) == 100
+    metrics = bridge.metrics()
+    assert total(metrics, "task_executions_lost_total", task_name="e2e") == 50
+    assert total(metrics, "task_completions_total", task_name="e2e", outcome="success") == 25
+    assert total(metrics, "task_completions_total", task_name="e2e", outcome="failure") == 25
+    assert total(metrics, "task_execution_duration_seconds_count", task_name="e2e") == 50
+    for status, count in {"running": 100, "lost": 50, "completed": 25, "failed": 25}.items():
+        assert total(metrics, "task_executions", task_name="e2e", status=status) == count
+    assert total(metrics, "task_execution_status", status="lost") == 50
+
+    # A lost one comes back: running again, one recovery, the loss still counted once.
+    assert fleet.heartbeat(silent[0])["execution_status"] == "running"
+    back = requests.get(f"{bridge.url}/api/v1/executions/{silent[0]}", timeout=10).json()
+    assert (back["status"], back["recoveries"], back["lost_count"]) == ("running", 1, 1)
+    metrics = bridge.metrics()
+    assert total(metrics, "task_execution_recoveries_total", task_name="e2e") == 1
+    assert total(metrics, "task_executions_lost_total", task_name="e2e") == 50
+    assert total(metrics, "task_executions", task_name="e2e", status="lost") == 49
+    fleet.pool.shutdown()
+
+
+def test_it_answers_every_worker_the_same_metrics(live_bridge):
+    bridge = live_bridge(workers=4)
+    fleet = Fleet(bridge.url, threads=4)
+    fleet.heartbeats([f"job-{n}" for n in range(20)])
+    bodies = {requests.get(bridge.url + "/metrics", timeout=10).text for _ in range(12)}
+    assert len(bodies) == 1
+    fleet.pool.shutdown()
