@@ -18,20 +18,38 @@ bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
 T = TypeVar("T")
 
 
+def _too_large(max_bytes: int) -> InvalidInput:
+    return InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413, "too_large")
+
+
+def _read_body(max_bytes: int) -> bytes:
+    """Return the raw body, at most ``max_bytes``. Raises :class:`InvalidInput` (413)."""
+    if request.content_length is not None:
+        if request.content_length > max_bytes:
+            raise _too_large(max_bytes)
+        return request.get_data(cache=False)
+    if "wsgi.input_terminated" in request.environ:
+        # Chunked: werkzeug would stop quietly at the limit and hand on a truncated
+        # body, so read one byte more than allowed to tell "exactly" from "larger".
+        body = request.environ["wsgi.input"].read(max_bytes + 1)
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+        return body
+    return request.get_data(cache=False)  # no length, no framing: werkzeug reads nothing
+
+
 def _json_body(max_bytes: int) -> Any:
     """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415 or 400)."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413, "too_large")
+        raise _too_large(max_bytes)
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise InvalidInput("Content-Type must be application/json", "Content-Type", 415,
                            "unsupported_media_type")
     try:
-        body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH also bounds chunked bodies
+        return parse_json(_read_body(max_bytes))
     except RequestEntityTooLarge:
-        raise InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413,
-                           "too_large") from None
-    return parse_json(body)
+        raise _too_large(max_bytes) from None
 
 
 def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):

@@ -66,3 +66,15 @@ def test_it_stops_serve_with_a_message_naming_the_variable(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "BRIDGE_LOST_AFTER_INTERVALS" in result.stderr
+
+
+def test_it_stops_serve_with_a_message_when_the_store_cannot_be_created(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data folder should be")
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], cwd=tmp_path,
+                            env={"BRIDGE_STORE_URL": f"sqlite:///{blocker}/bridge.db",
+                                 "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "heartbeat-bridge: cannot open the store at" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -102,3 +102,21 @@ def test_it_answers_every_worker_the_same_metrics(live_bridge):
     bodies = {requests.get(bridge.url + "/metrics", timeout=10).text for _ in range(12)}
     assert len(bodies) == 1
     fleet.pool.shutdown()
+
+
+def test_it_refuses_a_chunked_body_over_the_limit_with_413(live_bridge):
+    bridge = live_bridge(workers=1, env={"BRIDGE_MAX_BODY_BYTES": "4096"})
+
+    def chunks(size):
+        yield b'{"execution_id": "chunked", "progress": {"blob": "'
+        yield b"x" * size
+        yield b'"}}'
+
+    url = bridge.url + HEARTBEAT
+    headers = {"Content-Type": "application/json"}
+    too_large = requests.post(url, data=chunks(10_000), headers=headers, timeout=10)
+    assert too_large.status_code == 413, too_large.text
+    assert too_large.json()["field"] == "body"
+    fits = requests.post(url, data=chunks(1_000), headers=headers, timeout=10)
+    assert fits.status_code == 200, fits.text
+    assert total(bridge.metrics(), "bridge_requests_rejected_total", reason="too_large") == 1

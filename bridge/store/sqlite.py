@@ -77,13 +77,12 @@ class SQLiteStore(Store):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pid = os.getpid()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._connection().executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._drop_connection()
-            raise StoreUnavailable(f"cannot create the schema in {path}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
 
     # -- connections -------------------------------------------------------------
 
