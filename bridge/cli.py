@@ -20,10 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the service under gunicorn")
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
+    serve.set_defaults(run=_serve)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return 2  # argparse already refused any other command
+    return args.run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -42,8 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:bridge.gunicorn_conf",
                 "bridge.app:create_app()"]
-    os.execv(sys.executable, gunicorn)
-    return 0  # not reached
+    os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
+    return 0
 
 
 if __name__ == "__main__":

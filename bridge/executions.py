@@ -48,7 +48,7 @@ def list_executions():
 def get_execution(execution_id: str):
     """Return one execution; 404 when the id is unknown (or cannot be an id)."""
     canonical = normalise_id(execution_id)
-    record = current_bridge().monitor.get(canonical) if canonical else None
+    record = current_bridge().monitor.store.get(canonical) if canonical else None
     if record is None:
         raise InvalidInput(f"no execution {execution_id[:128]!r}", "execution_id", 404, "not_found")
     return jsonify(execution_json(record))

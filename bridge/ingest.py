@@ -23,10 +23,11 @@ def _too_large(max_bytes: int) -> InvalidInput:
 
 
 def _read_body(max_bytes: int) -> bytes:
-    """Return the raw body, at most ``max_bytes``. Raises :class:`InvalidInput` (413)."""
+    """Return the raw body of a request whose Content-Length, if any, is within ``max_bytes``.
+
+    Raises :class:`InvalidInput` (413) for a chunked body over the limit.
+    """
     if request.content_length is not None:
-        if request.content_length > max_bytes:
-            raise _too_large(max_bytes)
         return request.get_data(cache=False)
     if "wsgi.input_terminated" in request.environ:
         # Chunked: werkzeug would stop quietly at the limit and hand on a truncated

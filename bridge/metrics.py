@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .state import (COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES,
                     STATUSES)
+from .monitor import REJECTED
 from .store import Snapshot, Store
 
 __all__ = ["ExecutionCollector", "REJECTION_REASONS", "INGEST_ENDPOINTS"]
@@ -105,14 +106,13 @@ class ExecutionCollector(Collector):
         return executions, heartbeats, completions, lost, recoveries, _durations(counters)
 
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
-        rejected = CounterMetricFamily("bridge_requests_rejected_total",
-                                       "Ingest requests refused, by endpoint and reason.",
+        rejected = CounterMetricFamily(REJECTED, "Ingest requests refused, by endpoint and reason.",
                                        labels=["endpoint", "reason"])
-        seen = {labels for (name, labels) in snapshot.counters if name == rejected.name + "_total"}
+        seen = {labels for (name, labels) in snapshot.counters if name == REJECTED}
         for endpoint, reason in sorted(seen | {(e, r) for e in INGEST_ENDPOINTS
                                                for r in REJECTION_REASONS}):
             rejected.add_metric([endpoint, reason],
-                                snapshot.counters.get((rejected.name + "_total", (endpoint, reason)), 0.0))
+                                snapshot.counters.get((REJECTED, (endpoint, reason)), 0.0))
         limit = self.store.max_executions
         build = GaugeMetricFamily("bridge_build_info", "Version of the running bridge; always 1.",
                                   labels=["version"])

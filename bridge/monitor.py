@@ -8,7 +8,7 @@ from typing import Callable
 
 from . import state
 from .config import Settings
-from .state import Completion, Execution, Heartbeat, Outcome, Rules
+from .state import Completion, Heartbeat, Outcome, Rules
 from .store import Store, StoreUnavailable
 
 __all__ = ["Monitor", "REJECTED", "rules_from"]
@@ -27,7 +27,10 @@ def rules_from(settings: Settings) -> Rules:
 
 
 class Monitor:
-    """Applies heartbeats, completions and deadlines to the store."""
+    """Applies heartbeats, completions and deadlines to the store.
+
+    Every write goes through here; reads (the query API, the scrape) use the store.
+    """
 
     def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time):
         self.store = store
@@ -81,7 +84,3 @@ class Monitor:
             self.store.count(REJECTED, (endpoint, reason))
         except StoreUnavailable as exc:
             log.warning("could not count a rejection (%s/%s): %s", endpoint, reason, exc)
-
-    def get(self, execution_id: str) -> Execution | None:
-        """Return one execution or None. Raises :class:`~bridge.store.StoreUnavailable`."""
-        return self.store.get(execution_id)

@@ -141,8 +141,7 @@ class Execution:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Execution":
         """Return the record stored as ``data``; keys this version does not know are dropped."""
-        known = _FIELD_NAMES
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Execution))
