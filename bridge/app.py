@@ -25,12 +25,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Return a configured app; starts no threads (gunicorn's hooks start the reaper).
 
     ``test_config`` may hold ``SETTINGS`` (a :class:`~bridge.config.Settings`, else read
-    from the environment), ``CLOCK`` (a time function) and Flask keys such as ``TESTING``.
+    from the environment), ``CLOCK`` (a time function), ``TRACER_PROVIDER`` (from
+    :func:`bridge.tracing.new_provider`) and Flask keys such as ``TESTING``.
     Raises :class:`~bridge.config.ConfigError` for a bad ``BRIDGE_*`` value.
     """
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or load_settings()
     clock = test_config.pop("CLOCK", time.time)
+    tracer_provider = test_config.pop("TRACER_PROVIDER", None)
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
@@ -39,12 +41,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     store = open_store(settings)
     monitor = Monitor(store, rules_from(settings), clock)
+    if tracer_provider is not None:
+        from .tracing import ExecutionSpans
+        monitor.spans = ExecutionSpans(tracer_provider,
+                                       on_error=lambda: monitor.telemetry_error("build"))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExecutionCollector(store))
     app.extensions[EXTENSION_KEY] = Bridge(
         settings=settings, monitor=monitor, registry=registry,
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
-        limits=Limits(max_field_bytes=settings.max_field_bytes))
+        limits=Limits(max_field_bytes=settings.max_field_bytes),
+        tracer_provider=tracer_provider)
 
     errors.init_app(app)
     app.register_blueprint(ingest.bp)

@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             parse_bind("--bind", args.bind)
         settings = load_settings()
         open_store(settings).close()  # create the schema once, and fail here, not in each worker
+        _check_tracing()
     except (ConfigError, StoreUnavailable) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2
@@ -43,6 +44,15 @@ def _serve(args: argparse.Namespace) -> int:
                 "bridge.app:create_app()"]
     os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
     return 0
+
+
+def _check_tracing() -> None:
+    """Build and drop the tracing setup once, so a bad ``OTEL_*`` value stops the start."""
+    from .tracing import provider_from_env
+
+    provider = provider_from_env()
+    if provider is not None:
+        provider.shutdown()
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ control_socket_disable = True
 
 
 def post_worker_init(worker):
-    """Start this worker's reaper: after the fork, so no thread is ever inherited."""
-    worker.wsgi.extensions[EXTENSION_KEY].reaper.start()
+    """Start this worker's tracing and reaper: after the fork, so nothing is inherited."""
+    worker.wsgi.extensions[EXTENSION_KEY].start()
 
 
 def worker_exit(server, worker):
-    """Stop the reaper so a round in progress finishes its transaction."""
+    """Stop the reaper and flush the spans this worker still holds."""
     app = getattr(worker, "wsgi", None)
     if app is not None and EXTENSION_KEY in getattr(app, "extensions", {}):
-        app.extensions[EXTENSION_KEY].reaper.stop()
+        app.extensions[EXTENSION_KEY].stop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["ID_PATTERN", "execution_span_id", "is_traceparent", "normalise_id", "trace_id_for"]
+__all__ = ["ID_PATTERN", "execution_span_id", "is_traceparent", "normalise_id", "segment_span_id",
+           "trace_id_for"]
 
 #: ids are any ``[A-Za-z0-9._:-]{1,128}``
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -42,6 +43,17 @@ def trace_id_for(execution_id: str, traceparent: str | None = None) -> str:
 def execution_span_id(execution_id: str) -> str:
     """Return the execution span's id: the first 8 bytes of SHA-256 of ``"span:" + id``."""
     return hashlib.sha256(f"span:{execution_id}".encode()).hexdigest()[:16]
+
+
+def segment_span_id(execution_id: str, segment: int) -> str:
+    """Return the span id of the execution span's ``segment`` (0, then one more per recovery).
+
+    Segment 0 is the execution span the container can know in advance; later ones
+    hash the segment number in, so each recovery gets a span of its own.
+    """
+    if segment == 0:
+        return execution_span_id(execution_id)
+    return hashlib.sha256(f"span:{execution_id}:{segment}".encode()).hexdigest()[:16]
 
 
 def is_traceparent(value: str) -> bool:

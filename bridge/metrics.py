@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Iterable, Iterator
 
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+from prometheus_client.core import (CounterMetricFamily, Exemplar, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
 from . import __version__
 from .state import (COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES,
                     STATUSES)
-from .monitor import REJECTED
+from .monitor import REJECTED, TELEMETRY_ERRORS
 from .store import Snapshot, Store
 
 __all__ = ["ExecutionCollector", "REJECTION_REASONS", "INGEST_ENDPOINTS"]
@@ -26,6 +26,7 @@ OUTCOMES = ("success", "failure")
 INGEST_ENDPOINTS = ("heartbeat", "completion")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
                      "capacity")
+TELEMETRY_STAGES = ("build", "export")
 _BUCKET_LABELS = tuple(f"{b:g}" for b in DURATION_BUCKETS) + ("+Inf",)
 
 
@@ -103,7 +104,8 @@ class ExecutionCollector(Collector):
                 family.add_metric([task], counters.get((counter, (task,)), 0.0))
             for outcome in OUTCOMES:
                 completions.add_metric([task, outcome], counters.get((COMPLETIONS, (task, outcome)), 0.0))
-        return executions, heartbeats, completions, lost, recoveries, _durations(counters)
+        return (executions, heartbeats, completions, lost, recoveries,
+                _durations(counters, snapshot.exemplars))
 
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
         rejected = CounterMetricFamily(REJECTED, "Ingest requests refused, by endpoint and reason.",
@@ -113,12 +115,18 @@ class ExecutionCollector(Collector):
                                                for r in REJECTION_REASONS}):
             rejected.add_metric([endpoint, reason],
                                 snapshot.counters.get((REJECTED, (endpoint, reason)), 0.0))
+        telemetry = CounterMetricFamily(TELEMETRY_ERRORS,
+                                        "Execution spans that could not be built or exported.",
+                                        labels=["stage"])
+        for stage in TELEMETRY_STAGES:
+            telemetry.add_metric([stage], snapshot.counters.get((TELEMETRY_ERRORS, (stage,)), 0.0))
         limit = self.store.max_executions
         build = GaugeMetricFamily("bridge_build_info", "Version of the running bridge; always 1.",
                                   labels=["version"])
         build.add_metric([self.version], 1)
         return (
             rejected,
+            telemetry,
             GaugeMetricFamily("bridge_tracked_executions", "Executions the bridge tracks now.",
                               value=len(snapshot.executions)),
             GaugeMetricFamily("bridge_tracked_executions_limit",
@@ -141,7 +149,9 @@ def _task_counter(name: str, documentation: str) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, labels=["task_name"])
 
 
-def _durations(counters: dict[tuple[str, tuple[str, ...]], float]) -> HistogramMetricFamily:
+def _durations(counters: dict[tuple[str, tuple[str, ...]], float],
+               exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]]) -> HistogramMetricFamily:
+    """Return the duration histogram; each bucket's exemplar is its latest execution's trace."""
     family = HistogramMetricFamily(
         DURATION, "Run time of executions that ended, from first sight to end.",
         labels=["task_name", "outcome"])
@@ -153,6 +163,8 @@ def _durations(counters: dict[tuple[str, tuple[str, ...]], float]) -> HistogramM
         cumulative, rows = 0.0, []
         for le in _BUCKET_LABELS:
             cumulative += buckets[key].get(le, 0.0)
-            rows.append((le, cumulative))
+            exemplar = exemplars.get((DURATION + "_bucket", key + (le,)))
+            rows.append((le, cumulative, Exemplar({"trace_id": exemplar[0]}, exemplar[1]))
+                        if exemplar else (le, cumulative))
         family.add_metric(list(key), rows, counters.get((DURATION + "_sum", key), 0.0))
     return family

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from . import state
 from .config import Settings
-from .state import Completion, Heartbeat, Outcome, Rules
+from .state import Completion, Execution, Heartbeat, Outcome, Rules
 from .store import Store, StoreUnavailable
 
-__all__ = ["Monitor", "REJECTED", "rules_from"]
+__all__ = ["Monitor", "REJECTED", "SpanSink", "TELEMETRY_ERRORS", "rules_from"]
 
 log = logging.getLogger(__name__)
 
 REJECTED = "bridge_requests_rejected_total"
+TELEMETRY_ERRORS = "bridge_telemetry_errors_total"
 REAP_BATCH = 500
+
+
+class SpanSink(Protocol):
+    """Receives each execution whose span segment just ended (see bridge.tracing)."""
+
+    def emit(self, record: Execution) -> None: ...
 
 
 def rules_from(settings: Settings) -> Rules:
@@ -32,10 +39,19 @@ class Monitor:
     Every write goes through here; reads (the query API, the scrape) use the store.
     """
 
-    def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
+                 spans: SpanSink | None = None):
         self.store = store
         self.rules = rules
         self.clock = clock
+        self.spans = spans
+
+    def _committed(self, outcome: Outcome) -> Outcome:
+        # Only the caller whose compare-and-set committed the transition gets here
+        # with it, so each span segment is emitted exactly once across workers.
+        if outcome.closes_span and self.spans is not None:
+            self.spans.emit(outcome.record)
+        return outcome
 
     def heartbeat(self, hb: Heartbeat) -> Outcome:
         """Record a heartbeat; returns the committed outcome.
@@ -43,15 +59,15 @@ class Monitor:
         Raises :class:`~bridge.store.CapacityError` or :class:`~bridge.store.StoreUnavailable`.
         """
         now = self.clock()
-        return self.store.apply(
-            hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, self.rules, label))
+        return self._committed(self.store.apply(
+            hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, self.rules, label)))
 
     def complete(self, completion: Completion) -> Outcome:
         """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
         now = self.clock()
-        return self.store.apply(
+        return self._committed(self.store.apply(
             completion.execution_id,
-            lambda cur, label: state.apply_completion(cur, completion, now, self.rules, label))
+            lambda cur, label: state.apply_completion(cur, completion, now, self.rules, label)))
 
     def reap(self) -> tuple[int, int]:
         """Apply every passed deadline and drop expired executions.
@@ -66,9 +82,9 @@ class Monitor:
             due = self.store.due(now, REAP_BATCH)
             changed = 0
             for execution_id in due:
-                outcome = self.store.apply(execution_id, lambda cur, _label: (
+                outcome = self._committed(self.store.apply(execution_id, lambda cur, _label: (
                     state.apply_deadline(cur, now, self.rules) if cur is not None
-                    else Outcome(None, result="unchanged")))
+                    else Outcome(None, result="unchanged"))))
                 if outcome.transition is not None:
                     changed += 1
                     log.info("execution %s: %s -> %s", execution_id, *outcome.transition)
@@ -80,7 +96,14 @@ class Monitor:
 
     def reject(self, endpoint: str, reason: str) -> None:
         """Count a refused request; never raises, since the refusal must still be answered."""
+        self._count(REJECTED, (endpoint, reason))
+
+    def telemetry_error(self, stage: str, spans: int = 1) -> None:
+        """Count spans that could not be built (``build``) or exported (``export``); never raises."""
+        self._count(TELEMETRY_ERRORS, (stage,), spans)
+
+    def _count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         try:
-            self.store.count(REJECTED, (endpoint, reason))
+            self.store.count(name, labels, amount)
         except StoreUnavailable as exc:
-            log.warning("could not count a rejection (%s/%s): %s", endpoint, reason, exc)
+            log.warning("could not count %s%s: %s", name, labels, exc)

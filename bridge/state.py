@@ -35,6 +35,7 @@ __all__ = [
 
 STATUSES = ("starting", "running", "completed", "failed", "lost")
 FINAL_STATUSES = frozenset({"completed", "failed"})
+SPAN_ENDING_STATUSES = FINAL_STATUSES | {"lost"}
 REPORTED_STATUSES = ("running", "completed", "failed")
 
 #: Upper bounds of ``task_execution_duration_seconds``: one second to two days.
@@ -52,6 +53,10 @@ UNKNOWN_TASK = "unknown"
 _GAP_WINDOW = 8
 _GAPS_TO_LEARN = 3
 _MIN_INTERVAL = 1.0
+#: Kept per span segment; past these, later stages or status events are not recorded.
+MAX_STAGES = 64
+MAX_EVENTS = 32
+MAX_STAGE_NAME = 128
 
 #: Maps a task name (or None) to the bounded value used in metric labels.
 TaskLabel = Callable[["str | None"], str]
@@ -132,6 +137,11 @@ class Execution:
     lost_count: int = 0
     recoveries: int = 0
     traceparent: str | None = None
+    # The execution span, in segments: a loss ends one, the next event starts another.
+    segment: int = 0
+    segment_started_at: float | None = None
+    stages: list = field(default_factory=list)   # [stage, start, end or None]
+    events: list = field(default_factory=list)   # [time, status, reported status]
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +164,8 @@ class Increment:
     name: str
     labels: tuple[str, ...]
     amount: float = 1.0
+    #: (trace id, observed value), kept as the counter's latest exemplar
+    exemplar: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,11 @@ class Outcome:
     def ended(self) -> bool:
         """True when this outcome is the execution's final transition."""
         return self.transition is not None and self.transition[1] in FINAL_STATUSES
+
+    @property
+    def closes_span(self) -> bool:
+        """True when this outcome ends a segment of the execution span (final or lost)."""
+        return self.transition is not None and self.transition[1] in SPAN_ENDING_STATUSES
 
 
 _UNCHANGED = Outcome(None, result="unchanged")
@@ -217,7 +234,48 @@ def _new_record(execution_id: str, now: float, status: str, task_name: str | Non
         updated_at=now,
         interval_seconds=rules.default_interval,
         traceparent=traceparent,
+        segment_started_at=now,
     )
+
+
+def _copy(current: Execution, now: float) -> Execution:
+    """Return a copy to change; after a loss, one whose span segment starts ``now``.
+
+    The lost segment's span was built from ``current``; the next one starts afresh,
+    with the stage that was open when the execution went silent.
+    """
+    if current.status != "lost":
+        return replace(current, gaps=list(current.gaps))
+    stages = current.stages
+    still_open = [[stages[-1][0], now, None]] if stages and stages[-1][2] is None else []
+    return replace(current, gaps=list(current.gaps), segment=current.segment + 1,
+                   segment_started_at=now, stages=still_open, events=[])
+
+
+def _note_status(record: Execution, now: float) -> None:
+    """Record a span event when the status or the reported status changed."""
+    last = record.events[-1] if record.events else None
+    if last is not None and (last[1], last[2]) == (record.status, record.reported_status):
+        return
+    if len(record.events) < MAX_EVENTS:
+        record.events = list(record.events) + [[now, record.status, record.reported_status]]
+
+
+def _note_stage(record: Execution, progress: dict | None, now: float) -> None:
+    """Close the open stage and open the new one when ``progress.stage`` changed."""
+    stage = progress.get("stage") if progress else None
+    if not isinstance(stage, str) or not stage.strip():
+        return
+    stage = stage[:MAX_STAGE_NAME]
+    stages = [list(s) for s in record.stages]
+    if stages and stages[-1][0] == stage and stages[-1][2] is None:
+        return
+    if len(stages) >= MAX_STAGES:
+        return
+    if stages and stages[-1][2] is None:
+        stages[-1][2] = now
+    stages.append([stage, now, None])
+    record.stages = stages
 
 
 def _learn_interval(record: Execution, gap: float | None, rules: Rules) -> None:
@@ -248,15 +306,17 @@ def _end(record: Execution, status: str, ended_at: float, now: float, rules: Rul
     record.deadline_at = None
     record.expires_at = now + rules.retention
     record.status_reason = reason
+    _note_status(record, now)
     outcome = "success" if record.success else "failure"
     return (Increment(COMPLETIONS, (record.metric_task_name, outcome)),
             *_observe_duration(record.metric_task_name, outcome,
-                               max(0.0, ended_at - record.started_at)))
+                               max(0.0, ended_at - record.started_at), record.trace_id))
 
 
-def _observe_duration(task: str, outcome: str, seconds: float) -> tuple[Increment, ...]:
+def _observe_duration(task: str, outcome: str, seconds: float,
+                      trace_id: str) -> tuple[Increment, ...]:
     bucket = next((f"{b:g}" for b in DURATION_BUCKETS if seconds <= b), "+Inf")
-    return (Increment(DURATION + "_bucket", (task, outcome, bucket)),
+    return (Increment(DURATION + "_bucket", (task, outcome, bucket), 1.0, (trace_id, seconds)),
             Increment(DURATION + "_sum", (task, outcome), seconds),
             Increment(DURATION + "_count", (task, outcome)))
 
@@ -277,7 +337,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         transition: tuple[str | None, str] | None = (None, "running")
         gap = None
     else:
-        record = replace(current, gaps=list(current.gaps))
+        record = _copy(current, now)
         transition = None if current.status == "running" else (current.status, "running")
         # A gap that spanned a lost period says nothing about the task's cadence.
         gap = (now - current.last_heartbeat_at
@@ -309,6 +369,8 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         record.interval_source = "reported"
     elif record.interval_source != "reported":
         _learn_interval(record, gap, rules)
+    _note_stage(record, hb.progress, now)
+    _note_status(record, now)
     record.client_timestamp = hb.timestamp
     record.last_heartbeat_at = now
     record.heartbeat_count += 1
@@ -326,7 +388,7 @@ def apply_completion(current: Execution | None, c: Completion, now: float, rules
     if current is None:
         record = _new_record(c.execution_id, now, "running", c.task_name, task_label, rules)
     else:
-        record = replace(current, gaps=list(current.gaps))
+        record = _copy(current, now)
         if record.task_name is None and c.task_name is not None:
             record.task_name = c.task_name
             record.metric_task_name = task_label(c.task_name)
@@ -354,7 +416,7 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
         return _UNCHANGED
     if current.status not in ("running", "starting"):
         return _UNCHANGED
-    record = replace(current, gaps=list(current.gaps))
+    record = _copy(current, now)
     record.updated_at = now
     if current.status == "running" and current.reported_status in FINAL_STATUSES:
         ended_at = current.last_heartbeat_at if current.last_heartbeat_at is not None else now
@@ -372,5 +434,7 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     record.lost_count += 1
     record.deadline_at = None
     record.expires_at = now + rules.retention
+    _note_status(record, now)
     return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted",
                    (current.status, "lost"))
+

@@ -22,10 +22,17 @@ def settings_overrides() -> dict:
 
 
 @pytest.fixture
-def app(tmp_path, clock, settings_overrides):
+def tracer_provider():
+    """Override with a provider from bridge.tracing.new_provider() to record spans."""
+    return None
+
+
+@pytest.fixture
+def app(tmp_path, clock, settings_overrides, tracer_provider):
     settings = load_settings({}, store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
                              sqlite_busy_timeout_seconds=0.2, **settings_overrides)
-    app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True})
+    app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True,
+                      "TRACER_PROVIDER": tracer_provider})
     yield app
     app.extensions[EXTENSION_KEY].monitor.store.close()
 

@@ -105,3 +105,16 @@ def test_it_exports_nothing_for_an_empty_store_but_the_bridge_series(client):
     parsed = samples(scrape(client))
     assert not [n for n, _ in parsed if n.startswith("task_execution_info")]
     assert total(parsed, "bridge_tracked_executions") == 0
+
+
+def test_it_links_duration_buckets_to_traces_with_exemplars(fleet):
+    trace_ids = {fleet.get(f"/api/v1/executions/{e}").json["trace_id"] for e in ("done-1", "fail-1")}
+    exemplars = {}
+    for family in parse_openmetrics(scrape(fleet, OPENMETRICS)):
+        for s in family.samples:
+            if s.exemplar is not None:
+                exemplars[(s.labels["outcome"], s.labels["le"])] = s.exemplar
+    assert {e.labels["trace_id"] for e in exemplars.values()} == trace_ids
+    # the exemplar sits on the bucket its value falls in: both ran 45 s
+    assert exemplars[("success", "60")].value == 45
+    assert ("success", "30") not in exemplars

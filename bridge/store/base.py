@@ -38,6 +38,8 @@ class Snapshot:
     executions: list[Execution]
     counters: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
+    #: (counter name, labels) -> (trace id, observed value) of the latest exemplar
+    exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = field(default_factory=dict)
 
 
 class Store(ABC):

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL,
     labels TEXT NOT NULL,
     value REAL NOT NULL,
+    exemplar TEXT,
     PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS task_names (name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -79,7 +80,11 @@ class SQLiteStore(Store):
         self._pid = os.getpid()
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._connection().executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            conn = self._connection()
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(counters)")}
+            if "exemplar" not in columns:  # a store written by version 0.1.0
+                conn.execute("ALTER TABLE counters ADD COLUMN exemplar TEXT")
         except (OSError, sqlite3.Error) as exc:
             self._drop_connection()
             raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
@@ -157,7 +162,7 @@ class SQLiteStore(Store):
             else:
                 self._compare_and_set(conn, record, current.version)
             for inc in outcome.increments:
-                self._increment(conn, inc.name, inc.labels, inc.amount)
+                self._increment(conn, inc.name, inc.labels, inc.amount, inc.exemplar)
         return outcome
 
     def _insert(self, conn: sqlite3.Connection, record: Execution) -> None:
@@ -183,11 +188,13 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _increment(conn: sqlite3.Connection, name: str, labels: tuple[str, ...],
-                   amount: float) -> None:
+                   amount: float, exemplar: tuple[str, float] | None = None) -> None:
         conn.execute(
-            "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (name, labels)"
-            " DO UPDATE SET value = value + excluded.value",
-            (name, json.dumps(labels, ensure_ascii=False), amount))
+            "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
+            " DO UPDATE SET value = value + excluded.value,"
+            " exemplar = coalesce(excluded.exemplar, exemplar)",
+            (name, json.dumps(labels, ensure_ascii=False), amount,
+             json.dumps(exemplar) if exemplar else None))
 
     def _task_label(self, conn: sqlite3.Connection, name: str | None) -> str:
         if name is None:
@@ -230,10 +237,15 @@ class SQLiteStore(Store):
     def snapshot(self) -> Snapshot:
         with self._transaction("DEFERRED") as conn:
             executions = [_decode(data) for (data,) in conn.execute("SELECT data FROM executions")]
-            counters = {(name, tuple(json.loads(labels))): value
-                        for name, labels, value in conn.execute("SELECT * FROM counters")}
+            counters, exemplars = {}, {}
+            for name, labels, value, exemplar in conn.execute(
+                    "SELECT name, labels, value, exemplar FROM counters"):
+                key = (name, tuple(json.loads(labels)))
+                counters[key] = value
+                if exemplar:
+                    exemplars[key] = tuple(json.loads(exemplar))
             task_names = [name for (name,) in conn.execute("SELECT name FROM task_names")]
-        return Snapshot(executions, counters, task_names)
+        return Snapshot(executions, counters, task_names, exemplars)
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:
