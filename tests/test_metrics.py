@@ -44,8 +44,9 @@ def test_it_exposes_one_gauge_sample_per_state_for_each_execution(fleet):
     states = {dict(ls)["status"]: v for (n, ls), v in parsed.items()
               if n == "task_execution_status" and dict(ls)["execution_id"] == "lost-1"}
     assert states == {"starting": 0, "running": 0, "completed": 0, "failed": 0, "lost": 1}
+    trace_id = fleet.get("/api/v1/executions/run-1").json["trace_id"]
     assert total(parsed, "task_execution_info", execution_id="run-1", task_type="crawler",
-                 container_id="task-run-1", task_name='示例 "quoted" \\ task') == 1
+                 container_id="task-run-1", task_name='示例 "quoted" \\ task', trace_id=trace_id) == 1
 
 
 def test_it_exposes_heartbeat_times_intervals_and_progress(fleet, clock):
