@@ -1,11 +1,12 @@
 # make run   - start the bridge on the embedded SQLite store (./data/bridge.db)
-# make test  - run every test (promtool from Debian's `prometheus` package is needed)
+# make test  - run every test (Debian's prometheus, prometheus-alertmanager and curl needed)
+# make demo  - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 
-.PHONY: run test install clean
+.PHONY: run test demo install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/heartbeat-bridge serve --bind $(BIND)
+
+demo: install
+	$(BIN)/heartbeat-bridge demo
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

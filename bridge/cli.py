@@ -21,8 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
     serve.set_defaults(run=_serve)
-    args = parser.parse_args(argv)
+    demo = commands.add_parser("demo", add_help=False,
+                               help="the bridge with a simulated fleet (and Prometheus if installed)")
+    demo.set_defaults(run=_demo)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.run is not _demo:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     return args.run(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main  # its options are its own (heartbeat-bridge demo --help)
+
+    return demo_main(args.rest)
 
 
 def _serve(args: argparse.Namespace) -> int:

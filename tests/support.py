@@ -163,3 +163,66 @@ def seed_completion(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", 
             "success": success, "result_data": {}, "error_message": None}
     body.update(extra)
     return body
+
+
+class LiveProcess:
+    """A Debian-packaged server (Prometheus, Alertmanager) on a free loopback port."""
+
+    def __init__(self, argv: list[str], log_path: Path, ready_url: str):
+        self.argv, self.log_path, self.ready_url = argv, log_path, ready_url
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "LiveProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.argv[0]} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(self.ready_url, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.argv[0]} did not become ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+
+def start_prometheus(workdir: Path, config_text: str) -> tuple[LiveProcess, str]:
+    """Start Debian's prometheus with ``config_text``; return it and its base URL."""
+    binary = require_binary("prometheus")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(config_text)
+    address = f"127.0.0.1:{free_port()}"
+    process = LiveProcess([binary, f"--config.file={workdir / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={address}"],
+                          workdir / "prometheus.log", f"http://{address}/-/ready")
+    return process.start(), f"http://{address}"
+
+
+def start_alertmanager(workdir: Path, config_text: str) -> tuple[LiveProcess, str]:
+    """Start Debian's prometheus-alertmanager with ``config_text``; return it and its base URL."""
+    binary = require_binary("prometheus-alertmanager")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "alertmanager.yml").write_text(config_text)
+    address = f"127.0.0.1:{free_port()}"
+    process = LiveProcess([binary, f"--config.file={workdir / 'alertmanager.yml'}",
+                           f"--storage.path={workdir / 'data'}", f"--web.listen-address={address}",
+                           "--cluster.listen-address="],
+                          workdir / "alertmanager.log", f"http://{address}/-/ready")
+    return process.start(), f"http://{address}"

@@ -1,0 +1,84 @@
+"""alerts/: the rules, their promtool tests, the Alertmanager example and the runbooks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from support import ROOT, require_binary
+
+ALERTS = ROOT / "alerts"
+RULES = ALERTS / "heartbeat-bridge.rules.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_it_passes_promtool_check_rules():
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_passes_the_promtool_rule_unit_tests():
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "test", "rules", str(ALERTS / "tests" / "heartbeat-bridge.test.yml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_unit_tests_every_alert_before_and_after_its_for():
+    tests = yaml.safe_load((ALERTS / "tests" / "heartbeat-bridge.test.yml").read_text())["tests"]
+    checks: dict[str, list[bool]] = {}
+    for group in tests:
+        for case in group.get("alert_rule_test", []):
+            checks.setdefault(case["alertname"], []).append(bool(case["exp_alerts"]))
+    for rule in alert_rules():
+        assert {False, True} <= set(checks.get(rule["alert"], [])), rule["alert"]
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_it_gives_every_alert_the_mixin_fields(rule):
+    assert re.fullmatch(r"(Task|Bridge)[A-Z][A-Za-z]+", rule["alert"])
+    assert rule["for"]
+    assert rule["labels"]["severity"] in ("warning", "critical")
+    annotations = rule["annotations"]
+    assert "{{" not in annotations["summary"], "the summary is fixed text"
+    assert "{{" in annotations["description"], "the description is templated"
+    anchor = rule["alert"].lower()
+    assert annotations["runbook_url"].endswith(f"docs/runbooks.md#{anchor}")
+    assert f"\n## {rule['alert']}\n" in RUNBOOKS.read_text()
+
+
+def test_it_ships_an_alertmanager_config_that_amtool_accepts():
+    amtool = require_binary("amtool")
+    result = subprocess.run([amtool, "check-config", str(ALERTS / "alertmanager.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("labels, receiver", [
+    (["severity=critical", "alertname=TaskExecutionLost"], "critical"),
+    (["severity=warning", "alertname=TaskHeartbeatMissed"], "warning"),
+    (["alertname=Watchdog"], "default"),
+])
+def test_it_routes_alerts_by_severity(labels, receiver):
+    amtool = require_binary("amtool")
+    result = subprocess.run([amtool, "config", "routes", "test", f"--config.file={ALERTS / 'alertmanager.yml'}",
+                             *labels], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == receiver
+
+
+def test_it_inhibits_task_alerts_while_the_bridge_is_down():
+    config = yaml.safe_load((ALERTS / "alertmanager.yml").read_text())
+    inhibit = config["inhibit_rules"][0]
+    assert inhibit["source_matchers"] == ['alertname=~"BridgeDown|BridgeAbsent"']
+    target = re.compile(inhibit["target_matchers"][0].split("=~")[1].strip('"'))
+    for rule in alert_rules():
+        assert bool(target.fullmatch(rule["alert"])) is rule["alert"].startswith("Task"), rule["alert"]

@@ -1,0 +1,162 @@
+"""The alerts and dashboards against a live bridge, Prometheus and Alertmanager (Debian's)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from bridge.demo import ALERTS_DIR, alertmanager_config, prometheus_config
+from support import COMPLETION, HEARTBEAT, ROOT, start_alertmanager, start_prometheus
+
+PHASE_SECONDS = 90.0
+TASK = "alerting"
+
+
+class Webhook:
+    """Collects Alertmanager's notifications, by receiver path."""
+
+    def __init__(self):
+        self.received: list[tuple[str, dict]] = []
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                webhook.received.append((self.path, payload))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, path: str) -> list[dict]:
+        return [a for p, payload in self.received if p == path for a in payload["alerts"]]
+
+
+class Fleet(threading.Thread):
+    """Heartbeats every 0.5 s for the executions in ``beating``, with moving progress."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.beating, self.stop = url, set(), threading.Event()
+        self.session = requests.Session()
+        self.step = 0
+
+    def beat(self, execution_id: str) -> None:
+        self.step += 1
+        response = self.session.post(self.url + HEARTBEAT, timeout=5, json={
+            "execution_id": execution_id, "container_id": f"task-{execution_id}", "status": "running",
+            "task_name": TASK, "interval_seconds": 1,
+            "progress": {"stage": "work", "current_step": self.step % 100, "total_steps": 100}})
+        assert response.status_code == 200, response.text
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            for execution_id in sorted(self.beating):
+                self.beat(execution_id)
+
+
+def firing(alertmanager: str) -> set[tuple[str, str]]:
+    """Return (alertname, execution_id) of the alerts Alertmanager holds as active."""
+    alerts = requests.get(alertmanager + "/api/v2/alerts", timeout=5).json()
+    return {(a["labels"]["alertname"], a["labels"].get("execution_id", ""))
+            for a in alerts if a["status"]["state"] in ("active", "suppressed")}
+
+
+def wait_until(condition, what: str, timeout: float = PHASE_SECONDS):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def stack(live_bridge, tmp_path):
+    """The bridge, Prometheus scraping it every second with the rules, and Alertmanager."""
+    bridge = live_bridge(workers=2, env={"BRIDGE_LOST_AFTER_INTERVALS": "25",
+                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
+                                         "BRIDGE_RETENTION_SECONDS": "60"})
+    webhook = Webhook()
+    alertmanager, am_url = start_alertmanager(tmp_path / "am", alertmanager_config(webhook.url))
+    prometheus, prom_url = start_prometheus(tmp_path / "prom", prometheus_config(
+        bridge.url.removeprefix("http://"), ALERTS_DIR / "heartbeat-bridge.rules.yml",
+        am_url.removeprefix("http://"), "1s"))
+    fleet = Fleet(bridge.url)
+    fleet.start()
+    yield bridge, fleet, prom_url, am_url, webhook
+    fleet.stop.set()
+    fleet.join(5)
+    prometheus.stop()
+    alertmanager.stop()
+    webhook.server.shutdown()
+
+
+def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
+    bridge, fleet, prometheus, alertmanager, webhook = stack
+    session = requests.Session()
+    for execution_id in ("missed-1", "fail-1", "ok-1"):
+        fleet.beat(execution_id)
+    fleet.beating |= {"steady-1", "late-ok"}
+    for execution_id, success in (("fail-1", False), ("ok-1", True)):
+        session.post(bridge.url + COMPLETION, timeout=5, json={
+            "execution_id": execution_id, "success": success, "error_message": None if success else "boom"})
+
+    # missed-1 went silent after one heartbeat: warned about first; fail-1 failed.
+    wait_until(lambda: {("TaskHeartbeatMissed", "missed-1"), ("TaskExecutionFailed", "fail-1")}
+               <= firing(alertmanager), "the missed-heartbeat and failed alerts")
+    healthy = {"steady-1", "ok-1", "late-ok"}
+    assert not {eid for _, eid in firing(alertmanager)} & healthy
+
+    # 25 silent intervals later the bridge declares it lost: the warning gives way to the page.
+    wait_until(lambda: ("TaskExecutionLost", "missed-1") in firing(alertmanager), "the lost alert")
+    wait_until(lambda: ("TaskHeartbeatMissed", "missed-1") not in firing(alertmanager),
+               "the missed-heartbeat alert to resolve once the execution is lost")
+    wait_until(lambda: any(a["labels"]["alertname"] == "TaskExecutionLost"
+                           and a["labels"]["execution_id"] == "missed-1" for a in webhook.alerts("/critical")),
+               "a critical notification for the lost execution", timeout=30)
+    assert not {eid for _, eid in firing(alertmanager)} & healthy
+
+    # Every panel query of every dashboard returns data from this Prometheus.
+    session.post(bridge.url + COMPLETION, timeout=5, json={"execution_id": "late-ok", "success": True})
+    fleet.beating.discard("late-ok")
+    time.sleep(3)  # a few scrapes and evaluations after the late completion
+    substitutions = {"$task_name": ".*", "$execution_id": "steady-1", "$__rate_interval": "15s"}
+    empty = []
+    for board in sorted((ROOT / "dashboards").glob("*.json")):
+        dashboard = json.loads(board.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for name, value in substitutions.items():
+                    expr = expr.replace(name, value)
+                answer = requests.get(prometheus + "/api/v1/query", params={"query": expr}, timeout=10).json()
+                assert answer["status"] == "success", (board.name, panel["title"], answer)
+                values = [float(r["value"][1]) for r in answer["data"]["result"]]
+                if not any(math.isfinite(v) for v in values):
+                    empty.append(f"{board.name}: {panel['title']}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    for label, matcher in (("task_name", "task_executions"), ("execution_id", "task_execution_info")):
+        values = requests.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": matcher},
+                              timeout=10).json()["data"]
+        assert values, f"the {label} variable would be empty"
+
+    # It comes back: the lost alert resolves.
+    fleet.beating.add("missed-1")
+    wait_until(lambda: ("TaskExecutionLost", "missed-1") not in firing(alertmanager),
+               "the lost alert to resolve after the recovery")
+    # fail-1 leaves the bridge after its retention: the failed alert resolves.
+    wait_until(lambda: ("TaskExecutionFailed", "fail-1") not in firing(alertmanager),
+               "the failed alert to resolve when the execution's retention ends")
+    assert not {eid for _, eid in firing(alertmanager)} & healthy

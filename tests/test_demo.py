@@ -1,0 +1,38 @@
+"""heartbeat-bridge demo: a simulated fleet in which tasks finish, fail and go silent."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from support import ROOT, free_port
+
+DEMO_SECONDS = 60
+
+
+def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "demo", "--port", str(port), "--interval", "1",
+         "--spawn-every", "0.3", "--duration", str(DEMO_SECONDS)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + DEMO_SECONDS
+        while time.monotonic() < deadline and not {"completed", "failed", "lost", "running"} <= seen:
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/api/v1/executions?limit=1000", timeout=5).json()
+                seen = {e["status"] for e in body["executions"]}
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        assert {"completed", "failed", "lost", "running"} <= seen
+    finally:
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, output
+    assert f"http://127.0.0.1:{port}/metrics" in output
