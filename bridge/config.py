@@ -36,6 +36,7 @@ class Settings:
     lost_after_intervals: float = 3.0
     reaper_interval_seconds: float = 5.0
     retention_seconds: float = 3600.0
+    startup_grace_seconds: float = 120.0
     max_executions: int = 100_000
     max_task_names: int = 200
     max_body_bytes: int = 65_536
@@ -112,6 +113,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_LOST_AFTER_INTERVALS": ("lost_after_intervals", _number(1, 100), "Silent intervals after which a running execution is `lost`."),
     "BRIDGE_REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _number(0.05, 3600), "How often each worker looks for overdue and expired executions."),
     "BRIDGE_RETENTION_SECONDS": ("retention_seconds", _number(0, 90 * _DAY), "How long finished or lost executions stay visible."),
+    "BRIDGE_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", _number(1, _DAY), "How long a container the agent saw start may stay silent before it is `lost`."),
     "BRIDGE_MAX_EXECUTIONS": ("max_executions", _integer(1, 10_000_000), "Executions tracked at most; new ones beyond get 429."),
     "BRIDGE_MAX_TASK_NAMES": ("max_task_names", _integer(1, 100_000), "Distinct `task_name` label values; later names become `_other`."),
     "BRIDGE_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024, 64 * 1024 * 1024), "Largest request body; larger gets 413."),

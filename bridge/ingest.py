@@ -9,7 +9,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .extension import current_bridge
 from .store import CapacityError
-from .validation import InvalidInput, parse_completion, parse_heartbeat, parse_json
+from .validation import (InvalidInput, parse_completion, parse_container_event, parse_heartbeat,
+                         parse_json)
 
 __all__ = ["bp"]
 
@@ -97,3 +98,19 @@ def completion():
         return jsonify(body)
 
     return _ingest("completion", lambda body: parse_completion(body, bridge.limits), act)
+
+
+@bp.post("/container-events")
+def container_event():
+    """Record a Docker agent's start, die or oom report; a repeat after the end is a duplicate."""
+    bridge = current_bridge()
+
+    def act(event):
+        outcome = bridge.monitor.container_event(event)
+        duplicate = outcome.result == "duplicate"
+        body = {"status": "ok", "execution_id": event.execution_id, "duplicate": duplicate}
+        if outcome.record is not None:
+            body["execution_status"] = outcome.record.status
+        return jsonify(body)
+
+    return _ingest("container_event", parse_container_event, act)

@@ -23,7 +23,7 @@ from .store import Snapshot, Store
 __all__ = ["ExecutionCollector", "REJECTION_REASONS", "INGEST_ENDPOINTS"]
 
 OUTCOMES = ("success", "failure")
-INGEST_ENDPOINTS = ("heartbeat", "completion")
+INGEST_ENDPOINTS = ("heartbeat", "completion", "container_event")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
                      "capacity")
 TELEMETRY_STAGES = ("build", "export")
@@ -47,7 +47,8 @@ class ExecutionCollector(Collector):
     def _per_execution(self, snapshot: Snapshot) -> Iterable[Metric]:
         info = GaugeMetricFamily(
             "task_execution_info", "Identity of each tracked execution; always 1.",
-            labels=["execution_id", "container_id", "task_name", "task_type", "trace_id"])
+            labels=["execution_id", "container_id", "task_name", "task_type", "trace_id",
+                    "container_name", "image"])
         status = GaugeMetricFamily(
             "task_execution_status",
             "1 for the execution's current status, 0 for the others.",
@@ -67,7 +68,7 @@ class ExecutionCollector(Collector):
         for e in snapshot.executions:
             key = [e.execution_id, e.metric_task_name]
             info.add_metric([e.execution_id, e.container_id or "", e.metric_task_name,
-                             e.task_type or "", e.trace_id], 1)
+                             e.task_type or "", e.trace_id, e.container_name or "", e.image or ""], 1)
             for name in STATUSES:
                 status.add_metric(key + [name], 1 if e.status == name else 0)
             interval.add_metric(key, e.interval_seconds)

@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 from . import state
 from .config import Settings
-from .state import Completion, Execution, Heartbeat, Outcome, Rules
+from .state import Completion, ContainerEvent, Execution, Heartbeat, Outcome, Rules
 from .store import Store, StoreUnavailable
 
 __all__ = ["Monitor", "REJECTED", "SpanSink", "TELEMETRY_ERRORS", "rules_from"]
@@ -30,6 +30,7 @@ def rules_from(settings: Settings) -> Rules:
     """Return the state-machine rules configured by ``settings``."""
     return Rules(default_interval=settings.default_interval_seconds,
                  lost_after_intervals=settings.lost_after_intervals,
+                 startup_grace=settings.startup_grace_seconds,
                  retention=settings.retention_seconds)
 
 
@@ -68,6 +69,16 @@ class Monitor:
         return self._committed(self.store.apply(
             completion.execution_id,
             lambda cur, label: state.apply_completion(cur, completion, now, self.rules, label)))
+
+    def container_event(self, event: ContainerEvent) -> Outcome:
+        """Record a Docker agent's report; returns the outcome (``duplicate`` after the end).
+
+        Raises as :meth:`heartbeat`.
+        """
+        now = self.clock()
+        return self._committed(self.store.apply(
+            event.execution_id,
+            lambda cur, label: state.apply_container_event(cur, event, now, self.rules, label)))
 
     def reap(self) -> tuple[int, int]:
         """Apply every passed deadline and drop expired executions.

@@ -16,7 +16,9 @@ from typing import Any, Callable
 from .ids import trace_id_for
 
 __all__ = [
+    "CONTAINER_EVENTS",
     "Completion",
+    "ContainerEvent",
     "DURATION_BUCKETS",
     "Execution",
     "FINAL_STATUSES",
@@ -28,6 +30,7 @@ __all__ = [
     "STATUSES",
     "TaskLabel",
     "apply_completion",
+    "apply_container_event",
     "apply_deadline",
     "apply_heartbeat",
     "progress_ratio",
@@ -37,6 +40,7 @@ STATUSES = ("starting", "running", "completed", "failed", "lost")
 FINAL_STATUSES = frozenset({"completed", "failed"})
 SPAN_ENDING_STATUSES = FINAL_STATUSES | {"lost"}
 REPORTED_STATUSES = ("running", "completed", "failed")
+CONTAINER_EVENTS = ("start", "die", "oom")
 
 #: Upper bounds of ``task_execution_duration_seconds``: one second to two days.
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -68,6 +72,7 @@ class Rules:
 
     default_interval: float = 30.0
     lost_after_intervals: float = 3.0
+    startup_grace: float = 120.0
     retention: float = 3600.0
 
 
@@ -101,6 +106,19 @@ class Completion:
     task_name: str | None = None
 
 
+@dataclass(frozen=True)
+class ContainerEvent:
+    """A validated report from the Docker agent: a task container started, died or ran out of memory."""
+
+    execution_id: str
+    event: str
+    container_id: str | None = None
+    container_name: str | None = None
+    image: str | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
 @dataclass
 class Execution:
     """Everything known about one execution; times are the server's unix seconds."""
@@ -112,6 +130,9 @@ class Execution:
     started_at: float
     updated_at: float
     container_id: str | None = None
+    container_name: str | None = None
+    image: str | None = None
+    oom_killed: bool = False
     task_name: str | None = None
     task_type: str | None = None
     reported_status: str | None = None
@@ -134,6 +155,7 @@ class Execution:
     exit_code: int | None = None
     result_data: dict | None = None
     completion_received: bool = False
+    end_cause: str | None = None  # completion, reported (final status at the deadline), container
     lost_count: int = 0
     recoveries: int = 0
     traceparent: str | None = None
@@ -298,9 +320,10 @@ def _learn_interval(record: Execution, gap: float | None, rules: Rules) -> None:
 
 
 def _end(record: Execution, status: str, ended_at: float, now: float, rules: Rules,
-         reason: str) -> tuple[Increment, ...]:
-    """Make ``record`` final; return the counters every ending increments."""
+         reason: str, cause: str) -> tuple[Increment, ...]:
+    """Make ``record`` final because of ``cause``; return the counters every ending increments."""
     record.status = status
+    record.end_cause = cause
     record.success = status == "completed"
     record.ended_at = ended_at
     record.deadline_at = None
@@ -396,7 +419,7 @@ def apply_completion(current: Execution | None, c: Completion, now: float, rules
     if c.container_id is not None:
         record.container_id = c.container_id
     status = "completed" if c.success else "failed"
-    increments = _end(record, status, now, now, rules, "completion received")
+    increments = _end(record, status, now, now, rules, "completion received", "completion")
     record.error_message = c.error_message
     record.exit_code = c.exit_code
     record.result_data = c.result_data
@@ -421,7 +444,7 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     if current.status == "running" and current.reported_status in FINAL_STATUSES:
         ended_at = current.last_heartbeat_at if current.last_heartbeat_at is not None else now
         increments = _end(record, current.reported_status, ended_at, now, rules,
-                          f"reported {current.reported_status}; no completion received")
+                          f"reported {current.reported_status}; no completion received", "reported")
         return Outcome(record, increments, "accepted", (current.status, record.status))
     if current.status == "starting":
         reason = "container started; no heartbeat within the startup grace"
@@ -438,3 +461,55 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted",
                    (current.status, "lost"))
 
+
+
+def _enrich(record: Execution, event: ContainerEvent) -> None:
+    if event.container_id is not None:
+        record.container_id = event.container_id
+    if event.container_name is not None:
+        record.container_name = event.container_name
+    if event.image is not None:
+        record.image = event.image
+    if event.oom_killed or event.event == "oom":
+        record.oom_killed = True
+
+
+def apply_container_event(current: Execution | None, event: ContainerEvent, now: float,
+                          rules: Rules, task_label: TaskLabel) -> Outcome:
+    """Return what a container event does to ``current``.
+
+    ``start`` makes an unknown execution ``starting`` (it must heartbeat within the
+    startup grace) and enriches a known one; ``oom`` marks it; ``die`` without a
+    completion ends it: ``failed`` with the exit code or the OOM kill as the reason, or
+    ``completed`` when it exited 0 after reporting ``completed``. Repeats after the end
+    are duplicates.
+    """
+    if current is not None and current.status in FINAL_STATUSES:
+        return Outcome(None, result="duplicate")
+    if current is None:
+        record = _new_record(event.execution_id, now, "starting", None, task_label, rules)
+        record.deadline_at = now + rules.startup_grace
+        transition: tuple[str | None, str] | None = (None, "starting")
+    else:
+        record = _copy(current, now)
+        transition = None
+    _enrich(record, event)
+    record.updated_at = now
+    if event.event != "die":
+        if transition is not None:
+            _note_status(record, now)
+        return Outcome(record, (), "accepted", transition)
+    old_status = current.status if current is not None else None
+    record.exit_code = event.exit_code
+    if record.oom_killed:
+        status, message = "failed", "killed: out of memory"
+    elif event.exit_code == 0 and record.reported_status == "completed":
+        status, message = "completed", None
+    elif event.exit_code is None:
+        status, message = "failed", "container died; exit code unknown"
+    else:
+        status, message = "failed", f"exited with code {event.exit_code}"
+    record.error_message = message
+    increments = _end(record, status, now, now, rules, "container died without a completion",
+                      "container")
+    return Outcome(record, increments, "accepted", (old_status, status))

@@ -257,10 +257,16 @@ def _attributes(record: Execution) -> dict:
         attributes["task.progress.stage"] = record.stages[-1][0]
     if record.container_id:
         attributes["container.id"] = record.container_id
+    if record.container_name:
+        attributes["container.name"] = record.container_name
+    if record.image:
+        attributes["container.image.name"] = record.image
     if record.exit_code is not None:
         attributes["process.exit.code"] = record.exit_code
     if record.status == "lost":
         attributes["error.type"] = "lost"
     elif record.status == "failed":
-        attributes["error.type"] = "task_failed"
+        attributes["error.type"] = ("oom_killed" if record.oom_killed
+                                    else "container_exited" if record.end_cause == "container"
+                                    else "task_failed")
     return attributes

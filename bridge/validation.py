@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ids import is_traceparent, normalise_id
-from .state import REPORTED_STATUSES, Completion, Heartbeat
+from .state import CONTAINER_EVENTS, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
 
-__all__ = ["InvalidInput", "Limits", "parse_completion", "parse_heartbeat", "parse_json"]
+__all__ = ["InvalidInput", "Limits", "parse_completion", "parse_container_event", "parse_heartbeat",
+           "parse_json"]
 
 MAX_DEPTH = 8
 MAX_LABELS = 16
 MAX_TEXT = 128
 MAX_LABEL_VALUE = 256
 MAX_ERROR_MESSAGE = 4096
+MAX_CONTAINER_NAME = 256
+MAX_IMAGE = 512
 MAX_TIMESTAMP = 1e11  # year 5138; a millisecond timestamp is far above it
 MAX_INTERVAL = 86_400.0
 MAX_RUNTIME = 366 * 86_400.0
@@ -233,6 +236,36 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
     )
 
 
+def _exit_code(body: dict) -> int | None:
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
+                                  or not -2**31 <= exit_code < 2**31):
+        raise InvalidInput("exit_code must be an integer", "exit_code")
+    return exit_code
+
+
+def parse_container_event(body: Any) -> ContainerEvent:
+    """Return the :class:`ContainerEvent` in a decoded JSON ``body``. Raises :class:`InvalidInput`."""
+    body = _object(body)
+    execution_id = _execution_id(body)
+    event = body.get("event")
+    if event not in CONTAINER_EVENTS:
+        raise InvalidInput(f"event must be one of {', '.join(CONTAINER_EVENTS)}", "event")
+    oom_killed = body.get("oom_killed", False)
+    if not isinstance(oom_killed, bool):
+        raise InvalidInput("oom_killed must be true or false", "oom_killed")
+    name = _text(body, "container_name", MAX_CONTAINER_NAME)
+    return ContainerEvent(
+        execution_id=execution_id,
+        event=event,
+        container_id=_container_id(body),
+        container_name=name.lstrip("/") if name else None,  # the engine's API prefixes a slash
+        image=_text(body, "image", MAX_IMAGE),
+        exit_code=_exit_code(body),
+        oom_killed=oom_killed,
+    )
+
+
 def parse_completion(body: Any, limits: Limits) -> Completion:
     """Return the :class:`Completion` in a decoded JSON ``body``. Raises :class:`InvalidInput`.
 
@@ -250,10 +283,7 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
             raise InvalidInput("error_message must be a string", "error_message")
         if len(error_message) > MAX_ERROR_MESSAGE:
             error_message = error_message[:MAX_ERROR_MESSAGE - 1] + "…"
-    exit_code = body.get("exit_code")
-    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
-                                  or not -2**31 <= exit_code < 2**31):
-        raise InvalidInput("exit_code must be an integer", "exit_code")
+    exit_code = _exit_code(body)
     return Completion(
         execution_id=execution_id,
         success=success,

@@ -237,3 +237,20 @@ def test_it_stops_serve_on_a_bad_otel_value(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "OTEL_TRACES_EXPORTER" in result.stderr
+
+
+def test_it_describes_a_container_death_with_semantic_attributes(client, exporter):
+    client.post("/api/v1/monitoring/container-events", json={
+        "execution_id": EID, "event": "start", "container_id": "c" * 64,
+        "container_name": "task-x", "image": "crawler:1.4"})
+    client.post(HEARTBEAT, json=seed_heartbeat(container_id=None))
+    client.post("/api/v1/monitoring/container-events", json={
+        "execution_id": EID, "event": "die", "exit_code": 137, "oom_killed": True})
+    span = only_execution_span(exporter)
+    attributes = dict(span.attributes)
+    assert attributes["container.image.name"] == "crawler:1.4"
+    assert attributes["container.name"] == "task-x"
+    assert attributes["process.exit.code"] == 137
+    assert attributes["error.type"] == "oom_killed"
+    assert span.status.description == "killed: out of memory"
+    assert [e.attributes["task.status"] for e in span.events] == ["starting", "running", "failed"]
