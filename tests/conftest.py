@@ -52,8 +52,9 @@ def live_bridge(tmp_path):
     """Start bridges with ``live_bridge(workers=N, env={...})``; all are stopped afterwards."""
     started: list[LiveBridge] = []
 
-    def start(workers: int = 2, env: dict[str, str] | None = None, data_dir=None) -> LiveBridge:
-        bridge = LiveBridge(data_dir or tmp_path, workers, env)
+    def start(workers: int = 2, env: dict[str, str] | None = None, data_dir=None,
+              port: int | None = None) -> LiveBridge:
+        bridge = LiveBridge(data_dir or tmp_path, workers, env, port)
         started.append(bridge)
         return bridge.start()
 

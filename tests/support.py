@@ -66,12 +66,14 @@ def total(parsed: dict[tuple[str, frozenset], float], name: str, **labels: str) 
 class LiveBridge:
     """``heartbeat-bridge serve`` in its own process group, on a free loopback port."""
 
-    def __init__(self, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None,
+                 port: int | None = None):
         self.data_dir = data_dir
         self.workers = workers
         self.extra_env = env or {}
         self.process: subprocess.Popen | None = None
-        self.port = 0
+        self.fixed_port = port
+        self.port = port or 0
         self.log_path = data_dir / "bridge.log"
 
     @property
@@ -80,7 +82,7 @@ class LiveBridge:
 
     def start(self) -> "LiveBridge":
         """Start the server and return once ``/readyz`` answers 200."""
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         env.update(BRIDGE_STORE_URL=f"sqlite:///{self.data_dir / 'bridge.db'}",
                    BRIDGE_WORKERS=str(self.workers), BRIDGE_LOG_LEVEL="WARNING")
