@@ -1,5 +1,6 @@
 # make run   - start the bridge on the embedded SQLite store (./data/bridge.db)
-# make test  - run every test (Debian's prometheus, prometheus-alertmanager and curl needed)
+# make test  - run every test (Debian's prometheus, prometheus-alertmanager, docker.io,
+#              busybox-static and curl needed; the Docker tests start their own engine as root)
 # make demo  - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
 PYTHON ?= python3
 VENV ?= .venv

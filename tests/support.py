@@ -228,3 +228,82 @@ def start_alertmanager(workdir: Path, config_text: str) -> tuple[LiveProcess, st
                            "--cluster.listen-address="],
                           workdir / "alertmanager.log", f"http://{address}/-/ready")
     return process.start(), f"http://{address}"
+
+
+class DockerEngine:
+    """A private dockerd (DESIGN.md section 9): no iptables, no bridge, vfs, its own socket."""
+
+    def __init__(self):
+        import tempfile
+        # A short path: a unix socket's path must fit in 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="hbdk", dir="/tmp"))
+        self.host = f"unix://{self.root / 'docker.sock'}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "DockerEngine":
+        import docker
+        binary = require_binary("dockerd")
+        with open(self.root / "dockerd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+                 f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
+                 f"--pidfile={self.root / 'docker.pid'}", f"-H={self.host}", "--shutdown-timeout=2"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dockerd exited: {(self.root / 'dockerd.log').read_text()[-3000:]}")
+            try:  # the constructor already asks the engine for its API version
+                docker.DockerClient(base_url=self.host, timeout=5).close()
+                return self
+            except docker.errors.DockerException as exc:
+                last_error = exc
+                time.sleep(0.2)
+        raise RuntimeError(f"dockerd did not answer ({last_error}): "
+                           f"{(self.root / 'dockerd.log').read_text()[-2000:]}")
+
+    def client(self):
+        import docker
+        return docker.DockerClient(base_url=self.host, timeout=60)
+
+    def import_busybox(self, tag: str = "busybox:local") -> str:
+        """Import an image holding only a static busybox (Debian's busybox-static)."""
+        import io
+        import tarfile
+        busybox = require_binary("busybox")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(busybox, arcname="bin/busybox")
+            for applet in ("sh", "sleep", "echo", "cat", "env", "true"):
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(link)
+            for folder in ("tmp", "proc", "sys", "dev", "etc"):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+                tar.addfile(info)
+        repository, name_tag = tag.split(":")
+        client = self.client()
+        try:
+            client.api.import_image(src=archive.getvalue(), repository=repository, tag=name_tag)
+        finally:
+            client.close()
+        return tag
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
