@@ -260,8 +260,9 @@ class DockerEngine:
             except docker.errors.DockerException as exc:
                 last_error = exc
                 time.sleep(0.2)
-        raise RuntimeError(f"dockerd did not answer ({last_error}): "
-                           f"{(self.root / 'dockerd.log').read_text()[-2000:]}")
+        log = (self.root / "dockerd.log").read_text()[-2000:]
+        self.stop()  # a daemon that never answered must not outlive the test
+        raise RuntimeError(f"dockerd did not answer ({last_error}): {log}")
 
     def client(self):
         import docker
