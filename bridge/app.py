@@ -36,7 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    # The largest body any endpoint takes; each endpoint enforces its own limit.
+    app.config.update(MAX_CONTENT_LENGTH=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app.config.update(test_config)
 
     store = open_store(settings)

@@ -40,6 +40,8 @@ class Settings:
     max_executions: int = 100_000
     max_task_names: int = 200
     max_body_bytes: int = 65_536
+    max_batch_items: int = 1000
+    max_batch_body_bytes: int = 4_194_304
     max_field_bytes: int = 16_384
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_seconds: float = 5.0
@@ -87,8 +89,11 @@ def _store_url(name: str, raw: str) -> str:
     path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else ""
     if path and path != ":memory:":
         return value
+    if value.startswith(("redis://", "rediss://", "unix://")) and len(value.split("://", 1)[1]) > 0:
+        return value
     raise ConfigError(
-        f"{name} must be sqlite:///relative/path or sqlite:////absolute/path, got {raw!r}"
+        f"{name} must be sqlite:///relative/path, sqlite:////absolute/path or "
+        f"redis://host:port/db, got {raw!r}"
     )
 
 
@@ -105,7 +110,7 @@ _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
 VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
-    "BRIDGE_STORE_URL": ("store_url", _store_url, "Where state lives: `sqlite:///relative/path` or `sqlite:////absolute/path`."),
+    "BRIDGE_STORE_URL": ("store_url", _store_url, "Where state lives: `sqlite:///relative/path`, `sqlite:////absolute/path` or `redis://host:port/db`."),
     "BRIDGE_BIND": ("bind", parse_bind, "Address `heartbeat-bridge serve` listens on (`--bind` wins)."),
     "BRIDGE_WORKERS": ("workers", _integer(1, 64), "gunicorn worker processes."),
     "BRIDGE_THREADS": ("threads", _integer(1, 256), "Request threads per worker (gunicorn gthread)."),
@@ -117,6 +122,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_MAX_EXECUTIONS": ("max_executions", _integer(1, 10_000_000), "Executions tracked at most; new ones beyond get 429."),
     "BRIDGE_MAX_TASK_NAMES": ("max_task_names", _integer(1, 100_000), "Distinct `task_name` label values; later names become `_other`."),
     "BRIDGE_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024, 64 * 1024 * 1024), "Largest request body; larger gets 413."),
+    "BRIDGE_MAX_BATCH_ITEMS": ("max_batch_items", _integer(1, 100_000), "Most heartbeats in one `POST .../heartbeats`; more gets 413."),
+    "BRIDGE_MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _integer(1024, 256 * 1024 * 1024), "Largest batch request body; larger gets 413."),
     "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
     "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
     "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for SQLite's lock before answering 503."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, TypeVar
 
 from flask import Blueprint, jsonify, request
@@ -9,6 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .extension import current_bridge
 from .store import CapacityError
+from .state import Heartbeat
 from .validation import (InvalidInput, parse_completion, parse_container_event, parse_heartbeat,
                          parse_json)
 
@@ -114,3 +116,47 @@ def container_event():
         return jsonify(body)
 
     return _ingest("container_event", parse_container_event, act)
+
+
+@bp.post("/heartbeats")
+def heartbeats():
+    """Record many heartbeats (a JSON array); 200 with one result per item, in order.
+
+    A bad item is refused on its own (its result carries ``error``, ``field`` and the
+    ``code`` a single heartbeat would have got); the others are applied together.
+    """
+    bridge = current_bridge()
+    settings = bridge.settings
+    try:
+        body = _json_body(settings.max_batch_body_bytes)
+        if not isinstance(body, list):
+            raise InvalidInput("body must be a JSON array of heartbeats", "body")
+        if len(body) > settings.max_batch_items:
+            raise InvalidInput(f"at most {settings.max_batch_items} heartbeats per request",
+                               "body", 413, "too_large")
+    except InvalidInput as exc:
+        bridge.monitor.reject("heartbeats", exc.reason)
+        raise
+    results: list[dict | None] = [None] * len(body)
+    valid: list[tuple[int, Heartbeat]] = []
+    refused: Counter = Counter()
+    for index, item in enumerate(body):
+        try:
+            valid.append((index, parse_heartbeat(item, bridge.limits)))
+        except InvalidInput as exc:
+            refused[exc.reason] += 1
+            results[index] = {"status": "error", "error": exc.message, "field": exc.field, "code": exc.status}
+    outcomes = bridge.monitor.heartbeats([hb for _, hb in valid]) if valid else []
+    for (index, hb), outcome in zip(valid, outcomes):
+        if isinstance(outcome, CapacityError):
+            refused["capacity"] += 1
+            results[index] = {"status": "error", "error": str(outcome), "code": 429}
+        elif outcome.record is None:
+            results[index] = {"status": "ok", "execution_id": hb.execution_id, "ignored": True}
+        else:
+            results[index] = {"status": "ok", "execution_id": hb.execution_id,
+                              "execution_status": outcome.record.status}
+    for reason, count in refused.items():
+        bridge.monitor.reject("heartbeats", reason, count)
+    return jsonify(status="ok", accepted=len(body) - sum(refused.values()),
+                   rejected=sum(refused.values()), results=results)

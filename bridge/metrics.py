@@ -23,7 +23,7 @@ from .store import Snapshot, Store
 __all__ = ["ExecutionCollector", "REJECTION_REASONS", "INGEST_ENDPOINTS"]
 
 OUTCOMES = ("success", "failure")
-INGEST_ENDPOINTS = ("heartbeat", "completion", "container_event")
+INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
                      "capacity")
 TELEMETRY_STAGES = ("build", "export")

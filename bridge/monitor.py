@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 from . import state
 from .config import Settings
 from .state import Completion, ContainerEvent, Execution, Heartbeat, Outcome, Rules
-from .store import Store, StoreUnavailable
+from .store import CapacityError, Store, StoreUnavailable
 
 __all__ = ["Monitor", "REJECTED", "SpanSink", "TELEMETRY_ERRORS", "rules_from"]
 
@@ -63,6 +63,20 @@ class Monitor:
         return self._committed(self.store.apply(
             hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, self.rules, label)))
 
+    def heartbeats(self, batch: list[Heartbeat]) -> list[Outcome | CapacityError]:
+        """Record many heartbeats at once; one outcome (or capacity refusal) per heartbeat.
+
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        now = self.clock()
+        results = self.store.apply_many([
+            (hb.execution_id, lambda cur, label, hb=hb: state.apply_heartbeat(cur, hb, now, self.rules, label))
+            for hb in batch])
+        for result in results:
+            if isinstance(result, Outcome):
+                self._committed(result)
+        return results
+
     def complete(self, completion: Completion) -> Outcome:
         """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
         now = self.clock()
@@ -105,9 +119,9 @@ class Monitor:
                 break
         return transitions, self.store.expire(now)
 
-    def reject(self, endpoint: str, reason: str) -> None:
-        """Count a refused request; never raises, since the refusal must still be answered."""
-        self._count(REJECTED, (endpoint, reason))
+    def reject(self, endpoint: str, reason: str, requests: int = 1) -> None:
+        """Count refused requests; never raises, since the refusal must still be answered."""
+        self._count(REJECTED, (endpoint, reason), requests)
 
     def telemetry_error(self, stage: str, spans: int = 1) -> None:
         """Count spans that could not be built (``build``) or exported (``export``); never raises."""

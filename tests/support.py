@@ -170,11 +170,21 @@ def seed_completion(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", 
 class LiveProcess:
     """A Debian-packaged server (Prometheus, Alertmanager) on a free loopback port."""
 
-    def __init__(self, argv: list[str], log_path: Path, ready_url: str):
+    def __init__(self, argv: list[str], log_path: Path, ready_url: str | None = None):
         self.argv, self.log_path, self.ready_url = argv, log_path, ready_url
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "LiveProcess":
+        return self.start_until(self._http_ready)
+
+    def _http_ready(self) -> bool:
+        try:
+            return requests.get(self.ready_url, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_until(self, ready) -> "LiveProcess":
+        """Start the process and return once ``ready()`` is true."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -182,12 +192,9 @@ class LiveProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.argv[0]} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.ready_url, timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+            if ready():
+                return self
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.argv[0]} did not become ready: {self.log_path.read_text()[-3000:]}")
 
@@ -308,3 +315,23 @@ class DockerEngine:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_redis(workdir: Path) -> tuple[LiveProcess, str]:
+    """Start Debian's redis-server without persistence; return it and its redis:// URL."""
+    binary = require_binary("redis-server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = LiveProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--dir", str(workdir)],
+                          workdir / "redis.log")
+    return process.start_until(lambda: _redis_answers(port)), f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

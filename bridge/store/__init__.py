@@ -11,6 +11,11 @@ __all__ = ["CapacityError", "OTHER_TASK", "Snapshot", "Store", "StoreUnavailable
 
 def open_store(settings: Settings) -> Store:
     """Return the store named by ``settings.store_url``. Raises :class:`StoreUnavailable`."""
+    if not settings.store_url.startswith("sqlite:"):
+        from .redis import RedisStore  # only scale-out deployments need the client loaded
+
+        return RedisStore(settings.store_url, max_executions=settings.max_executions,
+                          max_task_names=settings.max_task_names)
     return SQLiteStore(path_from_url(settings.store_url),
                        max_executions=settings.max_executions,
                        max_task_names=settings.max_task_names,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..state import Execution, Outcome, TaskLabel
 
@@ -57,6 +57,21 @@ class Store(ABC):
         Raises :class:`CapacityError` when it would add an execution beyond the limit,
         :class:`StoreUnavailable` when the store fails.
         """
+
+    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        """Apply each ``(execution_id, decide)`` in order, as :meth:`apply` would.
+
+        Returns one outcome per item, or the :class:`CapacityError` that refused it; the
+        other items are applied regardless. A store may commit them together.
+        Raises :class:`StoreUnavailable` when the store fails.
+        """
+        results: list[Outcome | CapacityError] = []
+        for execution_id, decide in items:
+            try:
+                results.append(self.apply(execution_id, decide))
+            except CapacityError as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     def get(self, execution_id: str) -> Execution | None:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
 from .base import OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable
@@ -150,19 +150,37 @@ class SQLiteStore(Store):
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         with self._transaction() as conn:
-            row = conn.execute("SELECT data FROM executions WHERE execution_id = ?",
-                               (execution_id,)).fetchone()
-            current = _decode(row[0]) if row else None
-            outcome = decide(current, lambda name: self._task_label(conn, name))
-            record = outcome.record
-            if record is None:
-                return outcome
-            if current is None:
-                self._insert(conn, record)
-            else:
-                self._compare_and_set(conn, record, current.version)
-            for inc in outcome.increments:
-                self._increment(conn, inc.name, inc.labels, inc.amount, inc.exemplar)
+            return self._apply(conn, execution_id, decide)
+
+    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        # One transaction for the batch; a savepoint per item, so that a refused item
+        # (capacity) takes back only its own writes.
+        results: list[Outcome | CapacityError] = []
+        with self._transaction() as conn:
+            for execution_id, decide in items:
+                conn.execute("SAVEPOINT item")
+                try:
+                    results.append(self._apply(conn, execution_id, decide))
+                except CapacityError as exc:
+                    conn.execute("ROLLBACK TO item")
+                    results.append(exc)
+                conn.execute("RELEASE item")
+        return results
+
+    def _apply(self, conn: sqlite3.Connection, execution_id: str, decide: Decide) -> Outcome:
+        row = conn.execute("SELECT data FROM executions WHERE execution_id = ?",
+                           (execution_id,)).fetchone()
+        current = _decode(row[0]) if row else None
+        outcome = decide(current, lambda name: self._task_label(conn, name))
+        record = outcome.record
+        if record is None:
+            return outcome
+        if current is None:
+            self._insert(conn, record)
+        else:
+            self._compare_and_set(conn, record, current.version)
+        for inc in outcome.increments:
+            self._increment(conn, inc.name, inc.labels, inc.amount, inc.exemplar)
         return outcome
 
     def _insert(self, conn: sqlite3.Connection, record: Execution) -> None:

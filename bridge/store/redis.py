@@ -1,0 +1,229 @@
+"""The scale-out store: Redis, shared by many replicas.
+
+Each event is an optimistic transaction: ``WATCH`` the execution's key, read it, let the
+rules decide, then write the record, its indexes and the counter increments in one
+``MULTI``/``EXEC``; a concurrent change makes ``EXEC`` fail and the event is decided
+again on the new record. So each transition and each increment happens exactly once
+across replicas. Expiry is one Lua script; the scrape reads ids from a sorted set and
+the records with pipelined ``MGET`` in chunks, never blocking Redis for long.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Iterator
+
+import redis
+from redis.exceptions import RedisError, WatchError
+
+from ..state import UNKNOWN_TASK, Execution, Outcome
+from .base import OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "hb:"
+MAX_ATTEMPTS = 50
+CHUNK = 1000
+SOCKET_TIMEOUT_SECONDS = 5.0
+
+_EXPIRE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('DEL', ARGV[2] .. id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+return #ids
+"""
+
+
+def _encode(record: Execution) -> str:
+    return json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(raw: bytes | str) -> Execution:
+    return Execution.from_dict(json.loads(raw))
+
+
+def _field(name: str, labels: tuple[str, ...]) -> str:
+    return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
+
+
+class RedisStore(Store):
+    """A :class:`Store` in one Redis database."""
+
+    def __init__(self, url: str, *, max_executions: int, max_task_names: int,
+                 prefix: str = KEY_PREFIX):
+        super().__init__(max_executions, max_task_names)
+        self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                           socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
+        self._prefix = prefix
+        self._ids = prefix + "ids"
+        self._deadlines = prefix + "deadline"
+        self._expiry = prefix + "expiry"
+        self._counters = prefix + "counters"
+        self._exemplars = prefix + "exemplars"
+        self._tasks = prefix + "tasks"
+        self._expire_script = self._redis.register_script(_EXPIRE)
+        self.ping()
+
+    def _key(self, execution_id: str) -> str:
+        return f"{self._prefix}x:{execution_id}"
+
+    # -- the Store interface -------------------------------------------------------
+
+    def apply(self, execution_id: str, decide: Decide) -> Outcome:
+        key = self._key(execution_id)
+        try:
+            with self._redis.pipeline() as pipe:
+                for _attempt in range(MAX_ATTEMPTS):
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        current = _decode(raw) if raw is not None else None
+                        new_names: list[str] = []
+                        outcome = decide(current, lambda name: self._task_label(pipe, name, new_names))
+                        record = outcome.record
+                        if record is None:
+                            pipe.unwatch()
+                            return outcome
+                        if current is None:
+                            pipe.watch(self._ids)
+                            tracked = pipe.zcard(self._ids)
+                            if tracked >= self.max_executions:
+                                pipe.unwatch()
+                                raise CapacityError(f"tracking {tracked} executions, the limit")
+                        record.version = 1 if current is None else current.version + 1
+                        pipe.multi()
+                        self._write(pipe, record, new_names, outcome)
+                        pipe.execute()
+                        return outcome
+                    except WatchError:
+                        continue  # another replica changed it first: decide again
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        raise StoreUnavailable(f"redis: {execution_id} kept changing under {MAX_ATTEMPTS} attempts")
+
+    def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
+        if name is None:
+            return UNKNOWN_TASK
+        if name in new_names or pipe.sismember(self._tasks, name):
+            return name
+        pipe.watch(self._tasks)  # the set's size decides: a concurrent addition must retry us
+        if pipe.scard(self._tasks) + len(new_names) >= self.max_task_names:
+            return OTHER_TASK
+        new_names.append(name)
+        return name
+
+    def _write(self, pipe, record: Execution, new_names: list[str], outcome: Outcome) -> None:
+        execution_id = record.execution_id
+        pipe.set(self._key(execution_id), _encode(record))
+        pipe.zadd(self._ids, {execution_id: 0})
+        if record.deadline_at is None:
+            pipe.zrem(self._deadlines, execution_id)
+        else:
+            pipe.zadd(self._deadlines, {execution_id: record.deadline_at})
+        if record.expires_at is None:
+            pipe.zrem(self._expiry, execution_id)
+        else:
+            pipe.zadd(self._expiry, {execution_id: record.expires_at})
+        if new_names:
+            pipe.sadd(self._tasks, *new_names)
+        for inc in outcome.increments:
+            field = _field(inc.name, inc.labels)
+            pipe.hincrbyfloat(self._counters, field, inc.amount)
+            if inc.exemplar:
+                pipe.hset(self._exemplars, field, json.dumps(inc.exemplar))
+
+    def get(self, execution_id: str) -> Execution | None:
+        try:
+            raw = self._redis.get(self._key(execution_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return _decode(raw) if raw is not None else None
+
+    def query(self, *, status: str | None = None, task_name: str | None = None,
+              after: str | None = None, limit: int = 100) -> list[Execution]:
+        found: list[Execution] = []
+        start = f"({after}" if after else "-"
+        try:
+            while len(found) < limit:
+                ids = self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK)
+                if not ids:
+                    break
+                for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
+                    if raw is None:
+                        continue  # expired between the two reads
+                    record = _decode(raw)
+                    if (status is None or record.status == status) and \
+                            (task_name is None or record.task_name == task_name):
+                        found.append(record)
+                        if len(found) == limit:
+                            break
+                start = "(" + ids[-1].decode()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return found
+
+    def due(self, now: float, limit: int) -> list[str]:
+        try:
+            ids = self._redis.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return [i.decode() for i in ids]
+
+    def expire(self, now: float) -> int:
+        dropped = 0
+        try:
+            while True:
+                batch = self._expire_script(keys=[self._expiry, self._ids, self._deadlines],
+                                            args=[now, self._prefix + "x:", CHUNK])
+                dropped += batch
+                if batch < CHUNK:
+                    return dropped
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    def _records(self, ids: list[bytes]) -> Iterator[Execution]:
+        for begin in range(0, len(ids), CHUNK):
+            keys = [self._key(i.decode()) for i in ids[begin:begin + CHUNK]]
+            for raw in self._redis.mget(keys):
+                if raw is not None:
+                    yield _decode(raw)
+
+    def snapshot(self) -> Snapshot:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrange(self._ids, 0, -1)
+                pipe.hgetall(self._counters)
+                pipe.hgetall(self._exemplars)
+                pipe.smembers(self._tasks)
+                ids, counters, exemplars, tasks = pipe.execute()
+            executions = list(self._records(ids))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        decode = lambda field: (lambda pair: (pair[0], tuple(pair[1])))(json.loads(field))
+        return Snapshot(
+            executions,
+            {decode(f): float(v) for f, v in counters.items()},
+            sorted(t.decode() for t in tasks),
+            {decode(f): tuple(json.loads(v)) for f, v in exemplars.items()})
+
+    def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        try:
+            self._redis.hincrbyfloat(self._counters, _field(name, labels), amount)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self._redis.ping()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    def close(self) -> None:
+        self._redis.close()

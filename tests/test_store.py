@@ -1,0 +1,181 @@
+"""The store contract, run against both stores: SQLite, and a real Redis server."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from bridge import state
+from bridge.config import load_settings
+from bridge.monitor import Monitor
+from bridge.state import Completion, Heartbeat, Rules
+from bridge.store import CapacityError, StoreUnavailable, open_store
+from support import start_redis
+
+RULES = Rules()
+T0 = 1_000_000.0
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    server, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'b.db'}"
+    url = request.getfixturevalue("redis_url")
+    import redis
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def connect(url, **limits):
+    return open_store(load_settings({}, store_url=url, max_executions=limits.get("max_executions", 10_000),
+                                    max_task_names=limits.get("max_task_names", 100)))
+
+
+def heartbeat(store, execution_id, now, **fields):
+    hb = Heartbeat(execution_id, **fields)
+    return store.apply(execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, RULES, label))
+
+
+def complete(store, execution_id, now):
+    done = Completion(execution_id, success=True)
+    return store.apply(execution_id, lambda cur, label: state.apply_completion(cur, done, now, RULES, label))
+
+
+def _reap_in_child(url, now, barrier):
+    store = connect(url)
+    barrier.wait()
+    Monitor(store, RULES, clock=lambda: now).reap()
+
+
+def test_it_counts_each_loss_once_when_processes_reap_at_the_same_moment(store_url):
+    store = connect(store_url)
+    for n in range(300):
+        heartbeat(store, f"e{n}", T0, task_name="etl")
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_reap_in_child, args=(store_url, T0 + 1000, barrier)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    snapshot = store.snapshot()
+    assert snapshot.counters[(state.LOST, ("etl",))] == 300
+    assert {e.lost_count for e in snapshot.executions} == {1}
+
+
+def _heartbeat_in_child(url, ids, barrier):
+    store = connect(url)
+    barrier.wait()
+    for execution_id in ids:
+        heartbeat(store, execution_id, T0)
+
+
+def test_it_applies_every_heartbeat_once_when_processes_write_the_same_executions(store_url):
+    connect(store_url)
+    ids = [f"e{n}" for n in range(50)]
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_heartbeat_in_child, args=(store_url, ids, barrier)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    snapshot = connect(store_url).snapshot()
+    assert {e.heartbeat_count for e in snapshot.executions} == {4}
+    assert {e.version for e in snapshot.executions} == {4}
+    assert snapshot.counters[(state.HEARTBEATS, ("unknown",))] == 200
+
+
+def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
+    store = connect(store_url, max_executions=1)
+    heartbeat(store, "a", T0, task_name="first")
+    with pytest.raises(CapacityError):
+        heartbeat(store, "b", T0, task_name="second")
+    snapshot = store.snapshot()
+    assert snapshot.task_names == ["first"]
+    assert [e.execution_id for e in snapshot.executions] == ["a"]
+
+
+def test_it_caps_task_names(store_url):
+    store = connect(store_url, max_task_names=2)
+    for n in range(4):
+        heartbeat(store, f"e{n}", T0, task_name=f"t{n}")
+    labels = {e.execution_id: e.metric_task_name for e in store.snapshot().executions}
+    assert labels == {"e0": "t0", "e1": "t1", "e2": "_other", "e3": "_other"}
+
+
+def test_it_frees_capacity_when_executions_expire(store_url):
+    store = connect(store_url, max_executions=1)
+    heartbeat(store, "a", T0)
+    Monitor(store, RULES, clock=lambda: T0 + 100).reap()  # lost, expires an hour later
+    assert store.expire(T0 + 100 + 3599) == 0
+    assert store.expire(T0 + 100 + 3600) == 1
+    assert store.get("a") is None and store.due(T0 + 10**6, 10) == []
+    heartbeat(store, "b", T0 + 4000)
+    assert [e.execution_id for e in store.snapshot().executions] == ["b"]
+
+
+def test_it_finds_due_executions_by_deadline(store_url):
+    store = connect(store_url)
+    heartbeat(store, "early", T0)
+    heartbeat(store, "late", T0 + 50)
+    assert store.due(T0 + 90, 10) == ["early"]
+    assert store.due(T0 + 140, 10) == ["early", "late"]
+    assert store.due(T0 + 140, 1) == ["early"]
+
+
+def test_it_queries_with_filters_and_pages(store_url):
+    store = connect(store_url)
+    for n in range(5):
+        heartbeat(store, f"e{n}", T0, task_name="even" if n % 2 == 0 else "odd")
+    complete(store, "e2", T0 + 1)
+    ids = lambda **q: [e.execution_id for e in store.query(**q)]
+    assert ids() == ["e0", "e1", "e2", "e3", "e4"]
+    assert ids(limit=2) == ["e0", "e1"] and ids(after="e1", limit=2) == ["e2", "e3"]
+    assert ids(task_name="even") == ["e0", "e2", "e4"]
+    assert ids(status="completed") == ["e2"]
+    assert ids(status="running", task_name="even", after="e0") == ["e4"]
+
+
+def test_it_keeps_counters_and_exemplars(store_url):
+    store = connect(store_url)
+    heartbeat(store, "a", T0, task_name="etl")
+    complete(store, "a", T0 + 45)
+    snapshot = store.snapshot()
+    assert snapshot.counters[(state.COMPLETIONS, ("etl", "success"))] == 1
+    assert snapshot.exemplars[(state.DURATION + "_bucket", ("etl", "success", "60"))] == \
+        (store.get("a").trace_id, 45.0)
+    store.count("bridge_requests_rejected_total", ("heartbeat", "invalid_json"), 2)
+    assert store.snapshot().counters[("bridge_requests_rejected_total", ("heartbeat", "invalid_json"))] == 2
+
+
+def test_it_keeps_working_in_a_forked_child(store_url):
+    store = connect(store_url)
+    heartbeat(store, "parent", T0)
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=heartbeat, args=(store, "child", T0))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert store.get("child") is not None
+
+
+def test_it_says_unavailable_when_redis_is_gone(tmp_path):
+    server, url = start_redis(tmp_path / "redis")
+    store = connect(url)
+    heartbeat(store, "a", T0)
+    server.stop()
+    with pytest.raises(StoreUnavailable):
+        heartbeat(store, "a", T0 + 1)
+    with pytest.raises(StoreUnavailable):
+        store.ping()
