@@ -1,0 +1,69 @@
+"""Two bridge replicas (separate gunicorn servers) sharing one real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from support import COMPLETION, HEARTBEAT, start_redis, total
+
+WAIT_SECONDS = 30.0
+
+
+def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_bridge, tmp_path):
+    server, url = start_redis(tmp_path / "redis")
+    env = {"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
+           "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    replicas = [live_bridge(workers=2, env=env, data_dir=tmp_path / name) for name in ("a", "b")]
+    pool = ThreadPoolExecutor(16)
+    ids = [str(uuid.uuid4()) for _ in range(60)]
+    silent, finishing, steady = ids[:20], ids[20:40], ids[40:]
+    rounds = iter(range(10**6))
+
+    def beat(execution_id):
+        replica = replicas[next(rounds) % 2]  # alternate: no execution sticks to one replica
+        response = requests.post(replica.url + HEARTBEAT, timeout=10, json={
+            "execution_id": execution_id, "status": "running", "task_name": "replicated", "interval_seconds": 1})
+        assert response.status_code == 200, response.text
+
+    def complete(pair):
+        replica, execution_id = pair
+        response = requests.post(replica.url + COMPLETION, timeout=10,
+                                 json={"execution_id": execution_id, "success": True})
+        assert response.status_code == 200, response.text
+        return response.json()["duplicate"]
+
+    try:
+        for _ in range(2):
+            list(pool.map(beat, ids))
+        # every completion sent to both replicas at once
+        duplicates = list(pool.map(complete, [(r, e) for e in finishing for r in replicas]))
+        assert sorted(duplicates) == [False] * 20 + [True] * 20
+        deadline = time.monotonic() + WAIT_SECONDS
+        lost = lambda: requests.get(replicas[0].url + "/api/v1/executions", timeout=10,
+                                    params={"status": "lost", "limit": "1000"}).json()["executions"]
+        while len(lost()) < 20 and time.monotonic() < deadline:
+            list(pool.map(beat, steady))
+            time.sleep(0.3)
+        for _ in range(4):  # more reaper rounds in all four workers
+            list(pool.map(beat, steady))
+            time.sleep(0.3)
+        assert sorted(e["execution_id"] for e in lost()) == sorted(silent)
+        assert {e["lost_count"] for e in lost()} == {1}
+
+        scrapes = [requests.get(r.url + "/metrics", timeout=10).text for r in replicas]
+        assert scrapes[0] == scrapes[1]
+        metrics = replicas[1].metrics()
+        assert total(metrics, "task_executions_lost_total", task_name="replicated") == 20
+        assert total(metrics, "task_completions_total", task_name="replicated", outcome="success") == 20
+        assert total(metrics, "task_executions", task_name="replicated", status="running") == 20
+    finally:
+        pool.shutdown()
+        for replica in replicas:
+            replica.stop()
+        server.stop()
