@@ -7,12 +7,11 @@ import time
 from typing import Any, Mapping
 
 from flask import Flask
-from prometheus_client import CollectorRegistry
 
 from . import errors, executions, ingest, ops
 from .config import load_settings
 from .extension import EXTENSION_KEY, Bridge
-from .metrics import ExecutionCollector
+from .metrics import Exposition
 from .monitor import Monitor, rules_from
 from .reaper import Reaper
 from .store import open_store
@@ -46,10 +45,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         from .tracing import ExecutionSpans
         monitor.spans = ExecutionSpans(tracer_provider,
                                        on_error=lambda: monitor.telemetry_error("build"))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExecutionCollector(store))
     app.extensions[EXTENSION_KEY] = Bridge(
-        settings=settings, monitor=monitor, registry=registry,
+        settings=settings, monitor=monitor, exposition=Exposition(store),
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
         limits=Limits(max_field_bytes=settings.max_field_bytes),
         tracer_provider=tracer_provider)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
-from prometheus_client import CollectorRegistry
 
 from .config import Settings
+from .metrics import Exposition
 from .monitor import Monitor
 from .reaper import Reaper
 from .validation import Limits
@@ -23,7 +23,7 @@ class Bridge:
 
     settings: Settings
     monitor: Monitor
-    registry: CollectorRegistry
+    exposition: Exposition
     reaper: Reaper
     limits: Limits
     tracer_provider: object | None = None

@@ -12,15 +12,15 @@ from typing import Iterable, Iterator
 
 from prometheus_client.core import (CounterMetricFamily, Exemplar, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .state import (COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES,
                     STATUSES)
 from .monitor import REJECTED, TELEMETRY_ERRORS
-from .store import Snapshot, Store
+from .store import ExecutionRow, Snapshot, Store
 
-__all__ = ["ExecutionCollector", "REJECTION_REASONS", "INGEST_ENDPOINTS"]
+__all__ = ["EXECUTION_FAMILIES", "ExecutionRenderer", "Exposition", "INGEST_ENDPOINTS", "REJECTION_REASONS"]
 
 OUTCOMES = ("success", "failure")
 INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")
@@ -30,65 +30,116 @@ TELEMETRY_STAGES = ("build", "export")
 _BUCKET_LABELS = tuple(f"{b:g}" for b in DURATION_BUCKETS) + ("+Inf",)
 
 
-class ExecutionCollector(Collector):
-    """Yields every ``task_*`` and ``bridge_*`` family from one store snapshot."""
+class _Families:
+    """Hands a list of families to prometheus-client's encoders, which want a registry."""
+
+    def __init__(self, families: list[Metric]):
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+#: (name, help) of the per-execution gauge families, in exposition order.
+EXECUTION_FAMILIES = (
+    ("task_execution_info", "Identity of each tracked execution; always 1."),
+    ("task_execution_status", "1 for the execution's current status, 0 for the others."),
+    ("task_heartbeat_last_timestamp_seconds", "When the bridge last received a heartbeat (unix seconds)."),
+    ("task_heartbeat_interval_seconds", "Heartbeat interval the bridge expects (sent, learned or default)."),
+    ("task_execution_start_timestamp_seconds", "When the bridge first heard of the execution (unix seconds)."),
+    ("task_execution_end_timestamp_seconds", "When the execution completed or failed (unix seconds)."),
+    ("task_progress_ratio", "Reported progress from 0 to 1 (percentage or current_step/total_steps)."),
+    ("task_execution_max_runtime_seconds", "Longest run the task declared for itself (max_runtime_seconds)."),
+)
+
+
+class ExecutionRenderer:
+    """Renders the per-execution families as exposition text, fast.
+
+    Prometheus text and OpenMetrics agree on gauges, so one rendering serves both. Each
+    execution's escaped label set is kept between scrapes and rebuilt only when its
+    identity changes; executions that left the store leave the cache with the next scrape.
+    """
+
+    def __init__(self) -> None:
+        self._labels: dict[str, tuple[tuple, str, str]] = {}
+
+    def render(self, rows: list[ExecutionRow]) -> str:
+        """Return the text of every per-execution family for ``rows``."""
+        families: list[list[str]] = [[] for _ in EXECUTION_FAMILIES]
+        info, status, last, interval, start, end, ratio, max_runtime = families
+        previous, labels = self._labels, {}
+        for row in rows:
+            identity = row[2:8]
+            cached = previous.get(row.execution_id)
+            if cached is None or cached[0] != identity:
+                cached = _label_sets(row, identity)
+            labels[row.execution_id] = cached
+            _, key, info_line = cached
+            info.append(info_line)
+            for name in STATUSES:
+                status.append(f'task_execution_status{{{key},status="{name}"}} '
+                              f'{"1.0" if name == row.status else "0.0"}\n')
+            interval.append(f"task_heartbeat_interval_seconds{{{key}}} {_number(row.interval_seconds)}\n")
+            start.append(f"task_execution_start_timestamp_seconds{{{key}}} {_number(row.started_at)}\n")
+            if row.last_heartbeat_at is not None:
+                last.append(f"task_heartbeat_last_timestamp_seconds{{{key}}} {_number(row.last_heartbeat_at)}\n")
+            if row.ended_at is not None:
+                end.append(f"task_execution_end_timestamp_seconds{{{key}}} {_number(row.ended_at)}\n")
+            if row.progress_ratio is not None:
+                ratio.append(f"task_progress_ratio{{{key}}} {_number(row.progress_ratio)}\n")
+            if row.max_runtime_seconds is not None:
+                max_runtime.append(f"task_execution_max_runtime_seconds{{{key}}} "
+                                   f"{_number(row.max_runtime_seconds)}\n")
+        self._labels = labels
+        parts = []
+        for (name, documentation), lines in zip(EXECUTION_FAMILIES, families):
+            parts.append(f"# HELP {name} {documentation}\n# TYPE {name} gauge\n")
+            parts.extend(lines)
+        return "".join(parts)
+
+
+def _label_sets(row: ExecutionRow, identity: tuple) -> tuple[tuple, str, str]:
+    key = f'execution_id="{_escape(row.execution_id)}",task_name="{_escape(row.task_name)}"'
+    info = (f'task_execution_info{{{key},container_id="{_escape(row.container_id or "")}",'
+            f'task_type="{_escape(row.task_type or "")}",trace_id="{row.trace_id}",'
+            f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"}} 1.0\n')
+    return identity, key, info
+
+
+class Exposition:
+    """One scrape: a store snapshot, rendered as Prometheus text or OpenMetrics."""
 
     def __init__(self, store: Store, version: str = __version__):
         self.store = store
         self.version = version
+        self._renderer = ExecutionRenderer()
 
-    def collect(self) -> Iterator[Metric]:
-        """Yield the metric families. Raises :class:`~bridge.store.StoreUnavailable`."""
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """Return (body, content type) for a scraper sending the ``Accept`` header ``accept``.
+
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        encoder, content_type = choose_encoder(accept)
         snapshot = self.store.snapshot()
-        yield from self._per_execution(snapshot)
-        yield from self._per_task(snapshot)
-        yield from self._bridge(snapshot)
-
-    def _per_execution(self, snapshot: Snapshot) -> Iterable[Metric]:
-        info = GaugeMetricFamily(
-            "task_execution_info", "Identity of each tracked execution; always 1.",
-            labels=["execution_id", "container_id", "task_name", "task_type", "trace_id",
-                    "container_name", "image"])
-        status = GaugeMetricFamily(
-            "task_execution_status",
-            "1 for the execution's current status, 0 for the others.",
-            labels=["execution_id", "task_name", "status"])
-        last = _execution_gauge("task_heartbeat_last_timestamp_seconds",
-                                "When the bridge last received a heartbeat (unix seconds).")
-        interval = _execution_gauge("task_heartbeat_interval_seconds",
-                                    "Heartbeat interval the bridge expects (sent, learned or default).")
-        start = _execution_gauge("task_execution_start_timestamp_seconds",
-                                 "When the bridge first heard of the execution (unix seconds).")
-        end = _execution_gauge("task_execution_end_timestamp_seconds",
-                               "When the execution completed or failed (unix seconds).")
-        ratio = _execution_gauge("task_progress_ratio",
-                                 "Reported progress from 0 to 1 (percentage or current_step/total_steps).")
-        max_runtime = _execution_gauge("task_execution_max_runtime_seconds",
-                                       "Longest run the task declared for itself (max_runtime_seconds).")
-        for e in snapshot.executions:
-            key = [e.execution_id, e.metric_task_name]
-            info.add_metric([e.execution_id, e.container_id or "", e.metric_task_name,
-                             e.task_type or "", e.trace_id, e.container_name or "", e.image or ""], 1)
-            for name in STATUSES:
-                status.add_metric(key + [name], 1 if e.status == name else 0)
-            interval.add_metric(key, e.interval_seconds)
-            start.add_metric(key, e.started_at)
-            if e.last_heartbeat_at is not None:
-                last.add_metric(key, e.last_heartbeat_at)
-            if e.ended_at is not None:
-                end.add_metric(key, e.ended_at)
-            if e.progress_ratio is not None:
-                ratio.add_metric(key, e.progress_ratio)
-            if e.max_runtime_seconds is not None:
-                max_runtime.add_metric(key, e.max_runtime_seconds)
-        return info, status, last, interval, start, end, ratio, max_runtime
+        bounded = encoder(_Families([*self._per_task(snapshot), *self._bridge(snapshot)]))
+        # Per-execution families first: OpenMetrics's "# EOF" closes the bounded part.
+        return self._renderer.render(snapshot.rows).encode() + bounded, content_type
 
     def _per_task(self, snapshot: Snapshot) -> Iterable[Metric]:
         counters = snapshot.counters
         # Every known task name gets zeros, so increase() sees the first event.
-        tasks = set(snapshot.task_names) | {e.metric_task_name for e in snapshot.executions}
+        tasks = set(snapshot.task_names) | {r.task_name for r in snapshot.rows}
         tasks |= {labels[0] for (name, labels) in counters if name.startswith("task_")}
-        now = Counter((e.metric_task_name, e.status) for e in snapshot.executions)
+        now = Counter((r.task_name, r.status) for r in snapshot.rows)
         executions = GaugeMetricFamily("task_executions",
                                        "Tracked executions by task name and current status.",
                                        labels=["task_name", "status"])
@@ -129,7 +180,7 @@ class ExecutionCollector(Collector):
             rejected,
             telemetry,
             GaugeMetricFamily("bridge_tracked_executions", "Executions the bridge tracks now.",
-                              value=len(snapshot.executions)),
+                              value=len(snapshot.rows)),
             GaugeMetricFamily("bridge_tracked_executions_limit",
                               "Most executions the bridge will track (BRIDGE_MAX_EXECUTIONS).",
                               value=limit),
@@ -140,10 +191,6 @@ class ExecutionCollector(Collector):
                               value=self.store.max_task_names),
             build,
         )
-
-
-def _execution_gauge(name: str, documentation: str) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=["execution_id", "task_name"])
 
 
 def _task_counter(name: str, documentation: str) -> CounterMetricFamily:

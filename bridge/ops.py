@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
-from prometheus_client.exposition import choose_encoder
 
 from .errors import error_response
 from .extension import current_bridge
@@ -33,5 +32,5 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     """Expose every metric: Prometheus text, or OpenMetrics when the Accept header asks."""
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(current_bridge().registry), content_type=content_type)
+    body, content_type = current_bridge().exposition.render(request.headers.get("Accept", ""))
+    return Response(body, content_type=content_type)

@@ -125,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{PROGRESS_FD_VARIABLE: str(PROGRESS_FD),
                               "TRACEPARENT": client.execution_traceparent()})
+    # Handlers go in before the command starts: a signal in between is held, then passed on.
+    started: list[subprocess.Popen] = []
+    held: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        if started:
+            started[0].send_signal(signum)
+        else:
+            held.append(signum)
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
     try:
         # Its own session: a terminal's Ctrl-C reaches the command once, through us.
         child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True,
@@ -140,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heartbeat-run: cannot run {command[0]}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     os.close(write_fd)  # the command holds the only writer: its exit ends the progress stream
-
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, lambda signum, _frame: child.send_signal(signum))
+    started.append(child)
+    for signum in held:
+        child.send_signal(signum)
     tail: collections.deque = collections.deque(maxlen=max(0, args.stderr_tail))
     pumps = [threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
              threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True)]

@@ -119,3 +119,46 @@ def test_it_links_duration_buckets_to_traces_with_exemplars(fleet):
     # the exemplar sits on the bucket its value falls in: both ran 45 s
     assert exemplars[("success", "60")].value == 45
     assert ("success", "30") not in exemplars
+
+
+def test_it_renders_exactly_what_prometheus_client_would(fleet, app, client):
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.exposition import generate_latest
+
+    from bridge.state import STATUSES
+
+    client.post("/api/v1/monitoring/container-events", json={
+        "execution_id": "run-1", "event": "start", "container_name": 'odd\\name "x"', "image": "i:1"})
+    rows = app.extensions["heartbeat_bridge"].monitor.store.snapshot().rows
+    key = ["execution_id", "task_name"]
+    info = GaugeMetricFamily("task_execution_info", "", labels=key + [
+        "container_id", "task_type", "trace_id", "container_name", "image"])
+    status = GaugeMetricFamily("task_execution_status", "", labels=key + ["status"])
+    gauges = {name: GaugeMetricFamily(name, "", labels=key) for name, field in REFERENCE_GAUGES}
+    for r in rows:
+        info.add_metric([r.execution_id, r.task_name, r.container_id or "", r.task_type or "", r.trace_id,
+                         r.container_name or "", r.image or ""], 1)
+        for name in STATUSES:
+            status.add_metric([r.execution_id, r.task_name, name], 1 if name == r.status else 0)
+        for name, field in REFERENCE_GAUGES:
+            if getattr(r, field) is not None:
+                gauges[name].add_metric([r.execution_id, r.task_name], getattr(r, field))
+
+    class Families:
+        def collect(self):
+            return [info, status, *gauges.values()]
+
+    reference = samples(generate_latest(Families()).decode())
+    ours = {k: v for k, v in samples(scrape(client)).items() if k in reference or k[0] in dict(REFERENCE_GAUGES)}
+    assert ours == reference
+    assert ("container_name", 'odd\\name "x"') in {item for (_, labels) in reference for item in labels}
+
+
+REFERENCE_GAUGES = (
+    ("task_heartbeat_last_timestamp_seconds", "last_heartbeat_at"),
+    ("task_heartbeat_interval_seconds", "interval_seconds"),
+    ("task_execution_start_timestamp_seconds", "started_at"),
+    ("task_execution_end_timestamp_seconds", "ended_at"),
+    ("task_progress_ratio", "progress_ratio"),
+    ("task_execution_max_runtime_seconds", "max_runtime_seconds"),
+)

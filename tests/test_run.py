@@ -110,3 +110,4 @@ def test_it_reports_a_command_that_cannot_start(bridge):
     assert wrapper.returncode == 127
     record = execution(bridge, "missing-1")
     assert record["status"] == "failed" and "cannot run /nonexistent/tool" in record["error_message"]
+

@@ -67,9 +67,8 @@ def test_it_counts_each_loss_once_when_processes_reap_at_the_same_moment(store_u
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
-    snapshot = store.snapshot()
-    assert snapshot.counters[(state.LOST, ("etl",))] == 300
-    assert {e.lost_count for e in snapshot.executions} == {1}
+    assert store.snapshot().counters[(state.LOST, ("etl",))] == 300
+    assert {e.lost_count for e in store.query(limit=1000)} == {1}
 
 
 def _heartbeat_in_child(url, ids, barrier):
@@ -90,10 +89,9 @@ def test_it_applies_every_heartbeat_once_when_processes_write_the_same_execution
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
-    snapshot = connect(store_url).snapshot()
-    assert {e.heartbeat_count for e in snapshot.executions} == {4}
-    assert {e.version for e in snapshot.executions} == {4}
-    assert snapshot.counters[(state.HEARTBEATS, ("unknown",))] == 200
+    store = connect(store_url)
+    assert {(e.heartbeat_count, e.version) for e in store.query(limit=1000)} == {(4, 4)}
+    assert store.snapshot().counters[(state.HEARTBEATS, ("unknown",))] == 200
 
 
 def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
@@ -103,14 +101,14 @@ def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
         heartbeat(store, "b", T0, task_name="second")
     snapshot = store.snapshot()
     assert snapshot.task_names == ["first"]
-    assert [e.execution_id for e in snapshot.executions] == ["a"]
+    assert [r.execution_id for r in snapshot.rows] == ["a"]
 
 
 def test_it_caps_task_names(store_url):
     store = connect(store_url, max_task_names=2)
     for n in range(4):
         heartbeat(store, f"e{n}", T0, task_name=f"t{n}")
-    labels = {e.execution_id: e.metric_task_name for e in store.snapshot().executions}
+    labels = {r.execution_id: r.task_name for r in store.snapshot().rows}
     assert labels == {"e0": "t0", "e1": "t1", "e2": "_other", "e3": "_other"}
 
 
@@ -122,7 +120,7 @@ def test_it_frees_capacity_when_executions_expire(store_url):
     assert store.expire(T0 + 100 + 3600) == 1
     assert store.get("a") is None and store.due(T0 + 10**6, 10) == []
     heartbeat(store, "b", T0 + 4000)
-    assert [e.execution_id for e in store.snapshot().executions] == ["b"]
+    assert [r.execution_id for r in store.snapshot().rows] == ["b"]
 
 
 def test_it_finds_due_executions_by_deadline(store_url):
@@ -179,3 +177,13 @@ def test_it_says_unavailable_when_redis_is_gone(tmp_path):
         heartbeat(store, "a", T0 + 1)
     with pytest.raises(StoreUnavailable):
         store.ping()
+
+
+def test_it_keeps_each_executions_metric_row_in_step_with_its_record(store_url):
+    store = connect(store_url)
+    heartbeat(store, "a", T0, task_name="etl", progress={"percentage": 40}, max_runtime_seconds=60)
+    complete(store, "a", T0 + 5)
+    (row,) = store.snapshot().rows
+    record = store.get("a")
+    assert (row.status, row.task_name, row.progress_ratio, row.ended_at, row.max_runtime_seconds) == \
+        (record.status, record.metric_task_name, 0.4, T0 + 5, 60)

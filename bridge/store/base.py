@@ -8,19 +8,54 @@ with its counter increments as one compare-and-set.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from ..state import Execution, Outcome, TaskLabel
 
-__all__ = ["CapacityError", "Decide", "Snapshot", "Store", "StoreUnavailable", "OTHER_TASK"]
+__all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
+           "StoreUnavailable", "decode_rows", "encode_row"]
 
 #: The label value that task names beyond ``max_task_names`` share.
 OTHER_TASK = "_other"
 
 #: Given the current record (None if unknown) and the task-name resolver, the outcome.
 Decide = Callable[["Execution | None", TaskLabel], Outcome]
+
+
+class ExecutionRow(NamedTuple):
+    """What the scrape needs of an execution: stores keep it beside the record, compact."""
+
+    execution_id: str
+    status: str
+    task_name: str          # the bounded metric label
+    container_id: str | None
+    task_type: str | None
+    trace_id: str
+    container_name: str | None
+    image: str | None
+    started_at: float
+    last_heartbeat_at: float | None
+    ended_at: float | None
+    interval_seconds: float
+    progress_ratio: float | None
+    max_runtime_seconds: float | None
+
+
+def encode_row(record: Execution) -> str:
+    """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
+    return json.dumps([record.execution_id, record.status, record.metric_task_name, record.container_id,
+                       record.task_type, record.trace_id, record.container_name, record.image,
+                       record.started_at, record.last_heartbeat_at, record.ended_at,
+                       record.interval_seconds, record.progress_ratio, record.max_runtime_seconds],
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
+    """Return the rows of many :func:`encode_row` strings, parsed in one call."""
+    return [ExecutionRow(*values) for values in json.loads("[" + ",".join(encoded) + "]")]
 
 
 class StoreUnavailable(RuntimeError):
@@ -35,7 +70,7 @@ class CapacityError(RuntimeError):
 class Snapshot:
     """Everything ``/metrics`` needs, read consistently at one moment."""
 
-    executions: list[Execution]
+    rows: list[ExecutionRow]
     counters: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
     #: (counter name, labels) -> (trace id, observed value) of the latest exemplar
@@ -92,7 +127,7 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot(self) -> Snapshot:
-        """Return all tracked executions, counters and task names."""
+        """Return the rows of all tracked executions, the counters and the task names."""
 
     @abstractmethod
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterator
 
 import redis
 from redis.exceptions import RedisError, WatchError
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_rows,
+                   encode_row)
 
 __all__ = ["RedisStore"]
 
@@ -36,6 +36,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
 end
 return #ids
 """
@@ -68,6 +69,7 @@ class RedisStore(Store):
         self._counters = prefix + "counters"
         self._exemplars = prefix + "exemplars"
         self._tasks = prefix + "tasks"
+        self._rows = prefix + "rows"
         self._expire_script = self._redis.register_script(_EXPIRE)
         self.ping()
 
@@ -122,6 +124,7 @@ class RedisStore(Store):
     def _write(self, pipe, record: Execution, new_names: list[str], outcome: Outcome) -> None:
         execution_id = record.execution_id
         pipe.set(self._key(execution_id), _encode(record))
+        pipe.hset(self._rows, execution_id, encode_row(record))
         pipe.zadd(self._ids, {execution_id: 0})
         if record.deadline_at is None:
             pipe.zrem(self._deadlines, execution_id)
@@ -180,7 +183,7 @@ class RedisStore(Store):
         dropped = 0
         try:
             while True:
-                batch = self._expire_script(keys=[self._expiry, self._ids, self._deadlines],
+                batch = self._expire_script(keys=[self._expiry, self._ids, self._deadlines, self._rows],
                                             args=[now, self._prefix + "x:", CHUNK])
                 dropped += batch
                 if batch < CHUNK:
@@ -188,27 +191,20 @@ class RedisStore(Store):
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    def _records(self, ids: list[bytes]) -> Iterator[Execution]:
-        for begin in range(0, len(ids), CHUNK):
-            keys = [self._key(i.decode()) for i in ids[begin:begin + CHUNK]]
-            for raw in self._redis.mget(keys):
-                if raw is not None:
-                    yield _decode(raw)
-
     def snapshot(self) -> Snapshot:
         try:
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrange(self._ids, 0, -1)
                 pipe.hgetall(self._counters)
                 pipe.hgetall(self._exemplars)
                 pipe.smembers(self._tasks)
-                ids, counters, exemplars, tasks = pipe.execute()
-            executions = list(self._records(ids))
+                counters, exemplars, tasks = pipe.execute()
+            # HSCAN in chunks: never one command that holds Redis for the whole fleet
+            encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         decode = lambda field: (lambda pair: (pair[0], tuple(pair[1])))(json.loads(field))
         return Snapshot(
-            executions,
+            decode_rows(encoded),
             {decode(f): float(v) for f, v in counters.items()},
             sorted(t.decode() for t in tasks),
             {decode(f): tuple(json.loads(v)) for f, v in exemplars.items()})

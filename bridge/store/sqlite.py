@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_rows,
+                   encode_row)
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS executions (
     deadline_at REAL,
     expires_at REAL,
     version INTEGER NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    metric_row TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS executions_deadline ON executions(deadline_at)
     WHERE deadline_at IS NOT NULL;
@@ -82,12 +84,25 @@ class SQLiteStore(Store):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection()
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(counters)")}
-            if "exemplar" not in columns:  # a store written by version 0.1.0
-                conn.execute("ALTER TABLE counters ADD COLUMN exemplar TEXT")
+            self._migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             self._drop_connection()
             raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a store written by an earlier version up to this schema."""
+        counters = {row[1] for row in conn.execute("PRAGMA table_info(counters)")}
+        if "exemplar" not in counters:
+            conn.execute("ALTER TABLE counters ADD COLUMN exemplar TEXT")
+        executions = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
+        if "metric_row" not in executions:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ALTER TABLE executions ADD COLUMN metric_row TEXT")
+            for execution_id, data in conn.execute("SELECT execution_id, data FROM executions").fetchall():
+                conn.execute("UPDATE executions SET metric_row = ? WHERE execution_id = ?",
+                             (encode_row(_decode(data)), execution_id))
+            conn.execute("COMMIT")
 
     # -- connections -------------------------------------------------------------
 
@@ -189,18 +204,18 @@ class SQLiteStore(Store):
             raise CapacityError(f"tracking {tracked} executions, the limit")
         record.version = 1
         conn.execute(
-            "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.execution_id, record.status, record.task_name, record.deadline_at,
-             record.expires_at, record.version, _encode(record)))
+             record.expires_at, record.version, _encode(record), encode_row(record)))
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'tracked'")
 
     def _compare_and_set(self, conn: sqlite3.Connection, record: Execution, expected: int) -> None:
         record.version = expected + 1
         changed = conn.execute(
             "UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
-            " version = ?, data = ? WHERE execution_id = ? AND version = ?",
+            " version = ?, data = ?, metric_row = ? WHERE execution_id = ? AND version = ?",
             (record.status, record.task_name, record.deadline_at, record.expires_at,
-             record.version, _encode(record), record.execution_id, expected)).rowcount
+             record.version, _encode(record), encode_row(record), record.execution_id, expected)).rowcount
         if changed != 1:  # impossible under BEGIN IMMEDIATE; a broken invariant, not a race
             raise RuntimeError(f"compare-and-set lost on {record.execution_id}")
 
@@ -254,7 +269,7 @@ class SQLiteStore(Store):
 
     def snapshot(self) -> Snapshot:
         with self._transaction("DEFERRED") as conn:
-            executions = [_decode(data) for (data,) in conn.execute("SELECT data FROM executions")]
+            rows = decode_rows([row for (row,) in conn.execute("SELECT metric_row FROM executions")])
             counters, exemplars = {}, {}
             for name, labels, value, exemplar in conn.execute(
                     "SELECT name, labels, value, exemplar FROM counters"):
@@ -263,7 +278,7 @@ class SQLiteStore(Store):
                 if exemplar:
                     exemplars[key] = tuple(json.loads(exemplar))
             task_names = [name for (name,) in conn.execute("SELECT name FROM task_names")]
-        return Snapshot(executions, counters, task_names, exemplars)
+        return Snapshot(rows, counters, task_names, exemplars)
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:
