@@ -2,12 +2,14 @@
 # make test  - run every test (Debian's prometheus, prometheus-alertmanager, docker.io,
 #              busybox-static and curl needed; the Docker tests start their own engine as root)
 # make demo  - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
+# make bench - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
+#              (Debian's wrk, redis-server and prometheus-pushgateway needed)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 
-.PHONY: run test demo install clean
+.PHONY: run test demo bench install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,9 @@ run: install
 
 demo: install
 	$(BIN)/heartbeat-bridge demo
+
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

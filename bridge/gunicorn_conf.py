@@ -26,7 +26,9 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     """Start this worker's tracing and reaper: after the fork, so nothing is inherited."""
-    worker.wsgi.extensions[EXTENSION_KEY].start()
+    bridge = getattr(worker.wsgi, "extensions", {}).get(EXTENSION_KEY)
+    if bridge is not None:  # the benchmark's bare app runs under this same configuration
+        bridge.start()
 
 
 def worker_exit(server, worker):

@@ -4,7 +4,8 @@ Each event is an optimistic transaction: ``WATCH`` the execution's key, read it,
 rules decide, then write the record, its indexes and the counter increments in one
 ``MULTI``/``EXEC``; a concurrent change makes ``EXEC`` fail and the event is decided
 again on the new record. So each transition and each increment happens exactly once
-across replicas. Expiry is one Lua script; the scrape reads ids from a sorted set and
+across replicas. ``BRIDGE_MAX_EXECUTIONS`` is checked without watching the whole fleet,
+so it may be passed by as many new executions as arrive at the same instant. Expiry is one Lua script; the scrape reads ids from a sorted set and
 the records with pipelined ``MGET`` in chunks, never blocking Redis for long.
 """
 
@@ -94,7 +95,8 @@ class RedisStore(Store):
                             pipe.unwatch()
                             return outcome
                         if current is None:
-                            pipe.watch(self._ids)
+                            # Not watched: every insert would conflict with every other.
+                            # The limit may be passed by the inserts in flight at once.
                             tracked = pipe.zcard(self._ids)
                             if tracked >= self.max_executions:
                                 pipe.unwatch()

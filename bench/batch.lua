@@ -1,0 +1,16 @@
+-- wrk: BATCH heartbeats per request to /api/v1/monitoring/heartbeats.
+local executions = tonumber(os.getenv("EXECUTIONS") or "10000")
+local batch = tonumber(os.getenv("BATCH") or "500")
+local sent = 0
+
+request = function()
+  local items = {}
+  for i = 1, batch do
+    sent = sent + 1
+    local id = "batch-" .. (sent % executions)
+    items[i] = '{"execution_id":"' .. id .. '","status":"running","progress":{"percentage":' ..
+      (sent % 100) .. '},"task_name":"bench-' .. (sent % 10) .. '"}'
+  end
+  return wrk.format("POST", "/api/v1/monitoring/heartbeats", {["Content-Type"] = "application/json"},
+    "[" .. table.concat(items, ",") .. "]")
+end

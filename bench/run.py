@@ -1,0 +1,277 @@
+"""``make bench``: how fast the bridge ingests and scrapes, beside a bare Flask app and the Pushgateway.
+
+Everything runs here, on 127.0.0.1, started and stopped by this script: the bridge (SQLite,
+then Redis), the bare Flask app under the same gunicorn configuration, Debian's
+``redis-server`` and ``prometheus-pushgateway``, and ``wrk`` as the load generator, each run
+bounded in time. Ratios against the bare app come from the same run on the same machine.
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+NEEDED = ("wrk", "redis-server", "prometheus-pushgateway")
+SCRAPE_COUNTS = (1_000, 10_000, 50_000)
+PUSH_COUNTS = (1_000, 10_000)
+WORKERS = 2
+BATCH = 500
+CONNECTIONS = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server process group on a loopback port, stopped on exit."""
+
+    def __init__(self, argv: list[str], ready: str, env: dict | None = None, log: Path | None = None):
+        self.ready = ready
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited with {self.process.returncode}")
+            try:
+                if self._ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{argv[0]} did not start")
+
+    def _ready(self) -> bool:
+        if self.ready.startswith("http"):
+            try:
+                urllib.request.urlopen(self.ready, timeout=1).close()
+            except urllib.error.HTTPError:
+                pass  # any answer means it is serving
+            return True
+        host, port = self.ready.split(":")
+        with socket.create_connection((host, int(port)), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the whole process group, in MiB."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:  # the process group
+                    status = (stat.parent / "status").read_text()
+                    total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+            except (OSError, AttributeError, IndexError, ValueError):
+                continue
+        return total / 1024
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _bridge(store_url: str, work: Path, name: str) -> tuple[Server, str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
+    env.update(BRIDGE_STORE_URL=store_url, BRIDGE_WORKERS=str(WORKERS), BRIDGE_LOG_LEVEL="WARNING",
+               BRIDGE_MAX_EXECUTIONS="200000", BRIDGE_BIND=f"127.0.0.1:{port}")
+    server = Server([sys.executable, "-m", "bridge.cli", "serve"], f"http://127.0.0.1:{port}/healthz",
+                    env, work / f"{name}.log")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _bare(work: Path) -> tuple[Server, str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_WORKERS=str(WORKERS), BRIDGE_BIND=f"127.0.0.1:{port}", BRIDGE_LOG_LEVEL="WARNING",
+               BRIDGE_STORE_URL=f"sqlite:///{work / 'unused.db'}")
+    server = Server([sys.executable, "-m", "gunicorn", "--config", "python:bridge.gunicorn_conf",
+                     "bench.bare_app:create_app()"], f"http://127.0.0.1:{port}/", env, work / "bare.log")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _wrk(url: str, script: str, seconds: float, **env: str) -> float:
+    """Return requests per second; raises if any answer was not 2xx."""
+    _say(f"wrk {script} {url} {env or ''}")
+    result = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", str(BENCH / script), url],
+                            capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 60)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
+    if rate is None or errors:
+        raise RuntimeError(f"wrk on {url} failed:\n{result.stdout}\n{result.stderr}")
+    return float(rate.group(1))
+
+
+def _populate_bridge(url: str, target: int, start: int) -> None:
+    """Add executions until ``target`` are tracked (ids from ``start``)."""
+    _say(f"bridge: {start:,} -> {target:,} live executions")
+    for first in range(start, target, 1000):
+        body = json.dumps([{"execution_id": f"live-{n}", "status": "running", "task_name": f"bench-{n % 10}",
+                            "container_id": f"task-live-{n}", "progress": {"percentage": n % 100}}
+                           for n in range(first, min(first + 1000, target))]).encode()
+        request = urllib.request.Request(url + "/api/v1/monitoring/heartbeats", data=body,
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).close()
+
+
+def _populate_pushgateway(address: str, start: int, target: int) -> None:
+    _say(f"pushgateway: {start:,} -> {target:,} groups")
+    host, port = address.split(":")
+
+    def push(ids: range) -> None:
+        connection = HTTPConnection(host, int(port), timeout=30)
+        for n in ids:
+            body = (f"task_heartbeat_last_timestamp_seconds 1700000000\ntask_heartbeat_interval_seconds 30\n"
+                    f"task_progress_ratio {n % 100 / 100}\n" 'task_execution_status{status="running"} 1\n')
+            connection.request("PUT", f"/metrics/job/heartbeat/execution_id/live-{n}", body)
+            connection.getresponse().read()
+        connection.close()
+
+    step = max(1, (target - start) // 8)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(push, [range(a, min(a + step, target)) for a in range(start, target, step)]))
+
+
+def _scrape(url: str) -> tuple[float, int]:
+    """Return (median milliseconds of 5 scrapes, bytes)."""
+    times, size = [], 0
+    for _ in range(5):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=120) as response:
+            size = len(response.read())
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default 10)")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: install {' '.join(missing)} (Debian: apt-get install wrk redis-server "
+              "prometheus-pushgateway)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="heartbeat-bench-"))
+    rows: list[tuple[str, str, str, str]] = []
+    servers: list[Server] = []
+    try:
+        bare, bare_url = _bare(work)
+        servers.append(bare)
+        bare_rate = _wrk(bare_url, "heartbeat.lua", args.seconds)
+        bare.stop()
+
+        sqlite, sqlite_url = _bridge(f"sqlite:///{work / 'bench.db'}", work, "bridge-sqlite")
+        servers.append(sqlite)
+        rate = _wrk(sqlite_url, "heartbeat.lua", args.seconds)
+        rows.append(("1. heartbeat ingest, SQLite store, 2 workers", f"{rate:,.0f} /s",
+                     f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
+        batch_rate = _wrk(sqlite_url, "batch.lua", args.seconds, BATCH=str(BATCH)) * BATCH
+        batch_row = ("4. batch ingest, SQLite store", f"{batch_rate:,.0f} heartbeats/s",
+                     f"{BATCH} per request", "")
+
+        redis_port = _free_port()
+        redis = Server(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", str(work)], f"127.0.0.1:{redis_port}")
+        servers.append(redis)
+        on_redis, redis_url = _bridge(f"redis://127.0.0.1:{redis_port}/0", work, "bridge-redis")
+        servers.append(on_redis)
+        rate = _wrk(redis_url, "heartbeat.lua", args.seconds)
+        rows.append(("2. heartbeat ingest, Redis store, 2 workers", f"{rate:,.0f} /s",
+                     f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
+        on_redis.stop()
+        redis.stop()
+
+        # The Pushgateway's default consistency check serialises pushes (about 150 ms each
+        # here): measure that once, then compare against its fast configuration.
+        push_address = f"127.0.0.1:{_free_port()}"
+        checked = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
+                          "--persistence.file="], f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        push_rate = _wrk(f"http://{push_address}", "push.lua", min(args.seconds, 5), EXECUTIONS="1000")
+        rows.append(("3. Pushgateway push, default settings", f"{push_rate:,.1f} /s",
+                     f"bare Flask {bare_rate:,.0f} /s", f"{push_rate / bare_rate:.4f}"))
+        checked.stop()
+        pushgateway = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
+                              "--persistence.file=", "--push.disable-consistency-check"],
+                             f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        servers.append(pushgateway)
+        for count in PUSH_COUNTS:
+            push_rate = _wrk(f"http://{push_address}", "push.lua", args.seconds, EXECUTIONS=str(count))
+            rows.append((f"3. Pushgateway push, no consistency check, {count:,} executions", f"{push_rate:,.0f} /s",
+                         f"bare Flask {bare_rate:,.0f} /s", f"{push_rate / bare_rate:.2f}"))
+        rows.append(batch_row)
+        pushgateway.stop()  # fresh servers below: only the live executions they are given
+
+        _scrape(sqlite_url + "/metrics")
+        sqlite.stop()
+        pushgateway = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
+                              "--persistence.file=", "--push.disable-consistency-check"],
+                             f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        servers.append(pushgateway)
+        fresh, fresh_url = _bridge(f"sqlite:///{work / 'scrape.db'}", work, "bridge-scrape")
+        servers.append(fresh)
+        tracked = pushed = 0
+        memory = []
+        for count in SCRAPE_COUNTS:
+            _populate_bridge(fresh_url, count, tracked)
+            tracked = count
+            _populate_pushgateway(push_address, pushed, count)
+            pushed = count
+            bridge_ms, bridge_bytes = _scrape(fresh_url + "/metrics")
+            push_ms, push_bytes = _scrape(f"http://{push_address}/metrics")
+            rows.append((f"5. /metrics at {count:,} live executions", f"{bridge_ms:,.0f} ms, "
+                         f"{bridge_bytes / 1e6:.1f} MB", f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
+                         f"{bridge_ms / push_ms:.2f}"))
+            memory.append((f"6. resident memory at {count:,} executions", f"{fresh.rss_mb():,.0f} MiB",
+                           f"Pushgateway {pushgateway.rss_mb():,.0f} MiB", ""))
+        rows.extend(memory)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t2 -c{CONNECTIONS} for "
+          f"{args.seconds:g} s per run, {WORKERS} gunicorn workers\n")
+    print("| measure | bridge | baseline | ratio |")
+    print("| --- | --- | --- | --- |")
+    for row in sorted(rows, key=lambda r: r[0]):
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
