@@ -1,6 +1,6 @@
 # make run   - start the bridge on the embedded SQLite store (./data/bridge.db)
-# make test  - run every test (Debian's prometheus, prometheus-alertmanager, docker.io,
-#              busybox-static and curl needed; the Docker tests start their own engine as root)
+# make test  - run every test (Debian's prometheus, prometheus-alertmanager, redis-server,
+#              docker.io, busybox-static and curl needed; the Docker tests start their own engine)
 # make demo  - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
 # make bench - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
 #              (Debian's wrk, redis-server and prometheus-pushgateway needed)
