@@ -10,7 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .extension import current_bridge
 from .store import CapacityError
-from .state import Heartbeat
+from .state import Heartbeat, Outcome
 from .validation import (InvalidInput, parse_completion, parse_container_event, parse_heartbeat,
                          parse_json)
 
@@ -91,15 +91,16 @@ def completion():
     """Record a completion; a repeat answers 200 with ``"duplicate": true`` and changes nothing."""
     bridge = current_bridge()
 
-    def act(c):
-        outcome = bridge.monitor.complete(c)
-        duplicate = outcome.result == "duplicate"
-        body = {"status": "ok", "execution_id": c.execution_id, "duplicate": duplicate}
-        if not duplicate:
-            body["execution_status"] = outcome.record.status
-        return jsonify(body)
+    return _ingest("completion", lambda body: parse_completion(body, bridge.limits),
+                   lambda c: _answer(c.execution_id, bridge.monitor.complete(c)))
 
-    return _ingest("completion", lambda body: parse_completion(body, bridge.limits), act)
+
+def _answer(execution_id: str, outcome: Outcome):
+    """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did."""
+    body = {"status": "ok", "execution_id": execution_id, "duplicate": outcome.result == "duplicate"}
+    if outcome.record is not None:
+        body["execution_status"] = outcome.record.status
+    return jsonify(body)
 
 
 @bp.post("/container-events")
@@ -107,15 +108,8 @@ def container_event():
     """Record a Docker agent's start, die or oom report; a repeat after the end is a duplicate."""
     bridge = current_bridge()
 
-    def act(event):
-        outcome = bridge.monitor.container_event(event)
-        duplicate = outcome.result == "duplicate"
-        body = {"status": "ok", "execution_id": event.execution_id, "duplicate": duplicate}
-        if outcome.record is not None:
-            body["execution_status"] = outcome.record.status
-        return jsonify(body)
-
-    return _ingest("container_event", parse_container_event, act)
+    return _ingest("container_event", parse_container_event,
+                   lambda event: _answer(event.execution_id, bridge.monitor.container_event(event)))
 
 
 @bp.post("/heartbeats")

@@ -8,7 +8,7 @@ replica answers the same, and prometheus-client's multiprocess mode is not neede
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from prometheus_client.core import (CounterMetricFamily, Exemplar, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)

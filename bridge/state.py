@@ -205,11 +205,6 @@ class Outcome:
     transition: tuple[str | None, str] | None = None
 
     @property
-    def ended(self) -> bool:
-        """True when this outcome is the execution's final transition."""
-        return self.transition is not None and self.transition[1] in FINAL_STATUSES
-
-    @property
     def closes_span(self) -> bool:
         """True when this outcome ends a segment of the execution span (final or lost)."""
         return self.transition is not None and self.transition[1] in SPAN_ENDING_STATUSES

@@ -19,6 +19,29 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 30.0
 
 
+def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop a process and its group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(condition, what: str = "a condition", timeout: float = 30.0):
+    """Return ``condition()``'s first true value, polling; raise AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class FakeClock:
     """A clock the tests move by hand."""
 
@@ -117,17 +140,9 @@ class LiveBridge:
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), or kill after 15 seconds."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         response = requests.get(self.url + "/metrics", timeout=10)
@@ -199,17 +214,9 @@ class LiveProcess:
         raise RuntimeError(f"{self.argv[0]} did not become ready: {self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
 
 
 def start_prometheus(workdir: Path, config_text: str) -> tuple[LiveProcess, str]:
@@ -300,17 +307,9 @@ class DockerEngine:
         return tag
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process, grace=60)
+            self.process = None
 
     def remove(self) -> None:
         self.stop()

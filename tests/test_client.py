@@ -13,7 +13,7 @@ import requests
 
 from bridge import ids
 from bridge.client import HeartbeatClient, execution_traceparent
-from support import free_port, total
+from support import free_port, total, wait_for
 
 #: A bound on "at once" that is far below any interval used here (30 s): not a benchmark.
 PROMPTLY = 5.0
@@ -22,16 +22,6 @@ PROMPTLY = 5.0
 def execution(bridge, execution_id):
     response = requests.get(f"{bridge.url}/api/v1/executions/{execution_id}", timeout=5)
     return response.json() if response.status_code == 200 else None
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

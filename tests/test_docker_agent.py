@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import ROOT, DockerEngine
+from support import ROOT, DockerEngine, wait_for
 
 IMAGE = "busybox:local"
 #: "Within 2 seconds of its death" is the issue's promise for a container's exit.
@@ -64,16 +64,6 @@ def agent(engine, bridge, tmp_path):
     for process in started:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
-
-
-def wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def execution(bridge, execution_id):

@@ -78,7 +78,7 @@ def test_it_treats_every_completion_after_the_first_as_a_duplicate():
     record, _ = beat(None, T0)
     first = state.apply_completion(record, Completion("e1", success=True), T0 + 1, RULES, label)
     again = state.apply_completion(first.record, Completion("e1", success=False), T0 + 2, RULES, label)
-    assert first.ended and first.transition == ("running", "completed")
+    assert first.transition == ("running", "completed") and first.closes_span
     assert (again.record, again.result, again.increments) == (None, "duplicate", ())
 
 
