@@ -90,6 +90,15 @@ def test_it_fails_an_execution_within_2_seconds_of_its_container_exiting_3(bridg
     assert record["container_id"] == container.id
 
 
+def test_it_reports_a_removed_container_from_the_event_alone(bridge, agent, docker_client):
+    agent()
+    execution_id = str(uuid.uuid4())
+    docker_client.containers.run(IMAGE, ["sh", "-c", "exit 5"], name=f"task-{execution_id}",
+                                 auto_remove=True, detach=True)  # docker run --rm: gone at once
+    record = wait_for(status_is(bridge, execution_id, "failed"), "the death of a --rm container")
+    assert (record["exit_code"], record["error_message"]) == (5, "exited with code 5")
+
+
 def test_it_reports_a_container_killed_for_memory_as_out_of_memory(bridge, agent, docker_client):
     agent()
     execution_id = str(uuid.uuid4())
