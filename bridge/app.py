@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from . import errors, executions, ingest, ops
+from .auth import Authorizer
 from .config import load_settings
 from .extension import EXTENSION_KEY, Bridge
 from .metrics import Exposition
@@ -49,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         settings=settings, monitor=monitor, exposition=Exposition(store),
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
         limits=Limits(max_field_bytes=settings.max_field_bytes),
+        authorizer=Authorizer(settings),
         tracer_provider=tracer_provider)
 
     errors.init_app(app)

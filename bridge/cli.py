@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
     serve.set_defaults(run=_serve)
+    token = commands.add_parser("token", help="print the per-execution token of an execution id")
+    token.add_argument("execution_id")
+    token.set_defaults(run=_token)
     demo = commands.add_parser("demo", add_help=False,
                                help="the bridge with a simulated fleet (and Prometheus if installed)")
     demo.set_defaults(run=_demo)
@@ -29,6 +32,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     return args.run(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import execution_token
+    from .ids import normalise_id
+
+    try:
+        secret = load_settings().execution_token_secret
+    except ConfigError as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    if secret is None:
+        print("heartbeat-bridge: set BRIDGE_EXECUTION_TOKEN_SECRET to make execution tokens", file=sys.stderr)
+        return 2
+    canonical = normalise_id(args.execution_id)
+    if canonical is None:
+        print("heartbeat-bridge: not an execution id: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+              file=sys.stderr)
+        return 2
+    print(execution_token(secret, canonical))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -46,6 +46,9 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_seconds: float = 5.0
     log_level: str = "INFO"
+    auth_tokens: tuple[str, ...] = ()
+    metrics_token: str | None = None
+    execution_token_secret: str | None = None
 
 
 def _integer(low: int, high: int) -> Callable[[str, str], int]:
@@ -106,6 +109,29 @@ def parse_bind(name: str, raw: str) -> str:
     return value
 
 
+MIN_SECRET_LENGTH = 16
+
+
+def _secret(name: str, raw: str) -> str:
+    value = raw.strip()
+    if len(value) < MIN_SECRET_LENGTH or any(c.isspace() for c in value):
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_LENGTH} characters without spaces")
+    return value
+
+
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(_secret(name, token) for token in raw.split(",") if token.strip())
+
+
+def _token_file(name: str, raw: str) -> tuple[str, ...]:
+    try:
+        with open(raw.strip(), encoding="utf-8") as tokens:
+            lines = [line.strip() for line in tokens if line.strip() and not line.startswith("#")]
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {raw.strip()!r}: {exc.strerror}") from None
+    return tuple(_secret(name, line) for line in lines)
+
+
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
@@ -127,6 +153,10 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
     "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
     "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for SQLite's lock before answering 503."),
+    "BRIDGE_AUTH_TOKENS": ("auth_tokens", _tokens, "Bearer tokens (comma-separated, 16+ characters) the ingest API accepts for any execution; unset: no token needed."),
+    "BRIDGE_AUTH_TOKENS_FILE": ("auth_tokens", _token_file, "A file of such tokens, one per line (added to `BRIDGE_AUTH_TOKENS`)."),
+    "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),
+    "BRIDGE_EXECUTION_TOKEN_SECRET": ("execution_token_secret", _secret, "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only."),
     "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
 }
 
@@ -144,7 +174,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     for name, (field, parse, _doc) in VARIABLES.items():
         raw = environ.get(name)
         if raw is not None and raw.strip() != "":
-            values[field] = parse(name, raw)
+            value = parse(name, raw)
+            # Two variables feed the token list; the others set their field alone.
+            values[field] = values.get(field, ()) + value if field == "auth_tokens" else value
     for name in environ:
         if name.startswith("BRIDGE_") and name not in VARIABLES:
             close = difflib.get_close_matches(name, VARIABLES, n=1)

@@ -32,7 +32,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(InvalidInput)
     def invalid_input(exc: InvalidInput):
-        return error_response(exc.status, exc.message, exc.field)
+        response = error_response(exc.status, exc.message, exc.field)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="heartbeat-bridge"'
+        return response
 
     @app.errorhandler(CapacityError)
     def capacity(exc: CapacityError):

@@ -15,6 +15,11 @@ __all__ = ["bp", "execution_json"]
 
 bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
 
+
+@bp.before_request
+def _authorize() -> None:
+    current_bridge().authorizer.read(request.headers.get("Authorization"))
+
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from .auth import Authorizer
 from .config import Settings
 from .metrics import Exposition
 from .monitor import Monitor
@@ -26,6 +27,7 @@ class Bridge:
     exposition: Exposition
     reaper: Reaper
     limits: Limits
+    authorizer: Authorizer
     tracer_provider: object | None = None
 
     def start(self) -> None:

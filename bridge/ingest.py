@@ -57,10 +57,13 @@ def _json_body(max_bytes: int) -> Any:
 
 
 def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
-    """Parse the body, act on it, and count a refusal under ``endpoint`` if either refuses."""
+    """Check the token, parse the body, act on it; count a refusal under ``endpoint``."""
     bridge = current_bridge()
     try:
-        return act(parse(_json_body(bridge.settings.max_body_bytes)))
+        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+        item = parse(_json_body(bridge.settings.max_body_bytes))
+        bridge.authorizer.check(grant, item.execution_id)
+        return act(item)
     except InvalidInput as exc:
         bridge.monitor.reject(endpoint, exc.reason)
         raise
@@ -122,6 +125,7 @@ def heartbeats():
     bridge = current_bridge()
     settings = bridge.settings
     try:
+        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
         body = _json_body(settings.max_batch_body_bytes)
         if not isinstance(body, list):
             raise InvalidInput("body must be a JSON array of heartbeats", "body")
@@ -136,7 +140,9 @@ def heartbeats():
     refused: Counter = Counter()
     for index, item in enumerate(body):
         try:
-            valid.append((index, parse_heartbeat(item, bridge.limits)))
+            hb = parse_heartbeat(item, bridge.limits)
+            bridge.authorizer.check(grant, hb.execution_id)
+            valid.append((index, hb))
         except InvalidInput as exc:
             refused[exc.reason] += 1
             results[index] = {"status": "error", "error": exc.message, "field": exc.field, "code": exc.status}

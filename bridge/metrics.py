@@ -25,7 +25,7 @@ __all__ = ["EXECUTION_FAMILIES", "ExecutionRenderer", "Exposition", "INGEST_ENDP
 OUTCOMES = ("success", "failure")
 INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
-                     "capacity")
+                     "capacity", "unauthorized", "forbidden")
 TELEMETRY_STAGES = ("build", "export")
 _BUCKET_LABELS = tuple(f"{b:g}" for b in DURATION_BUCKETS) + ("+Inf",)
 

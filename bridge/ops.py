@@ -32,5 +32,7 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     """Expose every metric: Prometheus text, or OpenMetrics when the Accept header asks."""
-    body, content_type = current_bridge().exposition.render(request.headers.get("Accept", ""))
+    bridge = current_bridge()
+    bridge.authorizer.read(request.headers.get("Authorization"))
+    body, content_type = bridge.exposition.render(request.headers.get("Accept", ""))
     return Response(body, content_type=content_type)
