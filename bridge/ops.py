@@ -6,11 +6,18 @@ from flask import Blueprint, Response, jsonify, request
 
 from .errors import error_response
 from .extension import current_bridge
+from .openapi import document
 from .store import StoreUnavailable
 
 __all__ = ["bp"]
 
 bp = Blueprint("ops", __name__)
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    """Describe the API as OpenAPI 3, with this deployment's limits."""
+    return jsonify(document(current_bridge().settings))
 
 
 @bp.get("/healthz")

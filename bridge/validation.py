@@ -32,6 +32,7 @@ MAX_RUNTIME = 366 * 86_400.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9._:-]{1,256}")
+_TRACEPARENT_FORM = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class InvalidInput(ValueError):
@@ -216,9 +217,11 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
         raise InvalidInput(f"status must be one of {', '.join(REPORTED_STATUSES)}", "status")
     traceparent = body.get("traceparent")
     if traceparent is not None:
-        if not isinstance(traceparent, str) or not is_traceparent(traceparent):
+        if not isinstance(traceparent, str) or not _TRACEPARENT_FORM.fullmatch(traceparent):
             raise InvalidInput("traceparent must be a W3C traceparent "
                                "(00-<32 hex>-<16 hex>-<2 hex>)", "traceparent")
+        if not is_traceparent(traceparent):
+            traceparent = None  # all-zero ids: W3C Trace Context says to ignore it
     elif traceparent_header and is_traceparent(traceparent_header.strip()):
         traceparent = traceparent_header.strip()
     return Heartbeat(
@@ -238,6 +241,8 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
 
 def _exit_code(body: dict) -> int | None:
     exit_code = body.get("exit_code")
+    if isinstance(exit_code, float) and exit_code.is_integer():
+        exit_code = int(exit_code)  # JSON has one number type: 3.0 is the integer 3
     if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
                                   or not -2**31 <= exit_code < 2**31):
         raise InvalidInput("exit_code must be an integer", "exit_code")

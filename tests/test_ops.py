@@ -16,3 +16,4 @@ def test_it_answers_unknown_routes_and_methods_with_json(client):
     assert missing.status_code == 404 and "error" in missing.json
     wrong_method = client.get("/api/v1/monitoring/heartbeat")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json
+    assert "POST" in wrong_method.headers["Allow"]
