@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 REJECTED = "bridge_requests_rejected_total"
 TELEMETRY_ERRORS = "bridge_telemetry_errors_total"
 REAP_BATCH = 500
+#: Reaper rounds that may go missing (jitter, a slow round) before a gap counts as an outage.
+OUTAGE_ROUNDS = 3
+OUTAGE_SLACK_SECONDS = 1.0
+#: Shorter silences are a busy machine, not an outage; far below any lost-window.
+MIN_OUTAGE_SECONDS = 10.0
 
 
 class SpanSink(Protocol):
@@ -31,6 +36,8 @@ def rules_from(settings: Settings) -> Rules:
     return Rules(default_interval=settings.default_interval_seconds,
                  lost_after_intervals=settings.lost_after_intervals,
                  startup_grace=settings.startup_grace_seconds,
+                 outage_after=max(MIN_OUTAGE_SECONDS,
+                                  OUTAGE_ROUNDS * settings.reaper_interval_seconds + OUTAGE_SLACK_SECONDS),
                  retention=settings.retention_seconds)
 
 
@@ -98,11 +105,18 @@ class Monitor:
         """Apply every passed deadline and drop expired executions.
 
         Returns ``(transitions, dropped)``. Each deadline is claimed by a
-        compare-and-set, so workers reaping at once never double a transition.
+        compare-and-set, so workers reaping at once never double a transition. After a
+        gap in the rounds (the bridge or its store was down) deadlines wait one full
+        lost-window, so that the outage itself makes nobody lost.
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
         now = self.clock()
         transitions = 0
+        hold_until = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold)
+        if now < hold_until:
+            # The bridge (or its store) was down: heartbeats could not arrive, so silence
+            # proves nothing until every execution has had a full window to report again.
+            return 0, self.store.expire(now)
         while True:
             due = self.store.due(now, REAP_BATCH)
             changed = 0

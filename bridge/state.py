@@ -74,6 +74,13 @@ class Rules:
     lost_after_intervals: float = 3.0
     startup_grace: float = 120.0
     retention: float = 3600.0
+    #: A gap this long between reaper rounds means no worker ran: the bridge was down.
+    outage_after: float = 16.0
+
+    @property
+    def outage_hold(self) -> float:
+        """How long deadlines wait after the bridge's own outage: one full lost-window."""
+        return self.lost_after_intervals * self.default_interval
 
 
 @dataclass(frozen=True)

@@ -316,15 +316,17 @@ class DockerEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_redis(workdir: Path) -> tuple[LiveProcess, str]:
-    """Start Debian's redis-server without persistence; return it and its redis:// URL."""
+def start_redis(workdir: Path, durable: bool = False) -> tuple[LiveProcess, str]:
+    """Start Debian's redis-server (``durable``: AOF, fsync on every write); return it and its URL."""
     binary = require_binary("redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     process = LiveProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", str(workdir)],
+                           *persistence, "--dir", str(workdir)],
                           workdir / "redis.log")
-    return process.start_until(lambda: _redis_answers(port)), f"redis://127.0.0.1:{port}/0"
+    process.ready = lambda: _redis_answers(port)
+    return process.start_until(process.ready), f"redis://127.0.0.1:{port}/0"
 
 
 def _redis_answers(port: int) -> bool:

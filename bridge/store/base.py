@@ -109,6 +109,14 @@ class Store(ABC):
         return results
 
     @abstractmethod
+    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
+        """Record a reaper round at ``now``; return until when deadlines must wait.
+
+        Atomically: when the previous round is more than ``outage_after`` seconds old,
+        deadlines wait until ``now + hold`` (shared by every worker and replica).
+        """
+
+    @abstractmethod
     def get(self, execution_id: str) -> Execution | None:
         """Return the execution, or None. Raises :class:`StoreUnavailable`."""
 

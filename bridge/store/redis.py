@@ -43,6 +43,19 @@ return #ids
 """
 
 
+_MARK_REAPED = """
+local previous = tonumber(redis.call('HGET', KEYS[1], 'reaped_at'))
+local hold_until = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0')
+local now = tonumber(ARGV[1])
+if previous and now - previous > tonumber(ARGV[2]) then
+  hold_until = math.max(hold_until, now + tonumber(ARGV[3]))
+end
+redis.call('HSET', KEYS[1], 'reaped_at', tostring(math.max(now, previous or now)),
+           'hold_until', tostring(hold_until))
+return tostring(hold_until)
+"""
+
+
 def _encode(record: Execution) -> str:
     return json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
@@ -72,6 +85,8 @@ class RedisStore(Store):
         self._tasks = prefix + "tasks"
         self._rows = prefix + "rows"
         self._expire_script = self._redis.register_script(_EXPIRE)
+        self._mark_reaped_script = self._redis.register_script(_MARK_REAPED)
+        self._reaper = prefix + "reaper"
         self.ping()
 
     def _key(self, execution_id: str) -> str:
@@ -143,6 +158,12 @@ class RedisStore(Store):
             pipe.hincrbyfloat(self._counters, field, inc.amount)
             if inc.exemplar:
                 pipe.hset(self._exemplars, field, json.dumps(inc.exemplar))
+
+    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
+        try:
+            return float(self._mark_reaped_script(keys=[self._reaper], args=[repr(now), outage_after, hold]))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
 
     def get(self, execution_id: str) -> Execution | None:
         try:

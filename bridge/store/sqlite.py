@@ -240,6 +240,18 @@ class SQLiteStore(Store):
         conn.execute("INSERT INTO task_names VALUES (?)", (name,))
         return name
 
+    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
+        with self._transaction() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('reaped_at', 'hold_until')"))
+            hold_until = meta.get("hold_until", 0.0)
+            previous = meta.get("reaped_at")
+            if previous is not None and now - previous > outage_after:
+                hold_until = max(hold_until, now + hold)
+                log.warning("no reaper round for %.0fs: holding deadlines until %.0f", now - previous, hold_until)
+            conn.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             [("reaped_at", max(now, previous or now)), ("hold_until", hold_until)])
+        return hold_until
+
     def get(self, execution_id: str) -> Execution | None:
         rows = self._read("SELECT data FROM executions WHERE execution_id = ?", (execution_id,))
         return _decode(rows[0][0]) if rows else None

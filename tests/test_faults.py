@@ -1,0 +1,71 @@
+"""Faults: the store goes away under load and comes back; the bridge says 503, loses nothing,
+recovers without a restart, and declares nobody lost over its own outage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from support import HEARTBEAT, start_redis, wait_for
+
+EXECUTIONS = [f"fault-{n}" for n in range(20)]
+OUTAGE_SECONDS = 13  # past the 10 s that make a gap an outage, and the 6 s lost-window
+PROMPTLY = 3.0  # a 503 must not wait for timeouts: not a benchmark, a bound far below them
+
+
+def test_it_rides_out_redis_stopping_and_restarting_under_load(live_bridge, tmp_path):
+    redis, url = start_redis(tmp_path / "redis", durable=True)
+    bridge = live_bridge(workers=2, env={"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
+                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    answers: list[tuple[float, int, float]] = []
+    stop = threading.Event()
+
+    def beat(session, execution_id):
+        started = time.monotonic()
+        try:
+            code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
+                "execution_id": execution_id, "status": "running", "interval_seconds": 3}).status_code
+        except requests.RequestException:
+            code = 0
+        answers.append((started, code, time.monotonic() - started))
+
+    def load():
+        session = requests.Session()
+        while not stop.is_set():
+            for execution_id in EXECUTIONS:
+                beat(session, execution_id)
+            time.sleep(0.3)
+
+    session = requests.Session()
+    for execution_id in EXECUTIONS:
+        beat(session, execution_id)
+    assert {code for _, code, _ in answers} == {200}
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(1)
+        redis.stop()
+        down_at = time.monotonic()
+        wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 503, "readyz to fail")
+        time.sleep(OUTAGE_SECONDS)
+        redis.start_until(redis.ready)
+        up_at = time.monotonic()
+        wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+                 "readyz to recover without a restart")
+        time.sleep(3)  # several reaper rounds and heartbeats after the store came back
+    finally:
+        stop.set()
+        worker.join(30)
+
+    during = [(code, took) for started, code, took in answers if down_at + 1 < started < up_at - 1]
+    assert during and {code for code, _ in during} == {503}
+    assert max(took for _, took in during) < PROMPTLY
+    after = [code for started, code, _ in answers if started > up_at + 2]
+    assert after and set(after) == {200}
+    records = {e["execution_id"]: e for e in requests.get(bridge.url + "/api/v1/executions",
+                                                           params={"limit": "1000"}, timeout=10).json()["executions"]}
+    assert set(records) == set(EXECUTIONS)  # everything accepted before the fault is there
+    assert {(r["status"], r["lost_count"]) for r in records.values()} == {("running", 0)}
+    redis.stop()
