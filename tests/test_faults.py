@@ -3,9 +3,12 @@ recovers without a restart, and declares nobody lost over its own outage."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from support import HEARTBEAT, start_redis, wait_for
@@ -69,3 +72,62 @@ def test_it_rides_out_redis_stopping_and_restarting_under_load(live_bridge, tmp_
     assert set(records) == set(EXECUTIONS)  # everything accepted before the fault is there
     assert {(r["status"], r["lost_count"]) for r in records.values()} == {("running", 0)}
     redis.stop()
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A small tmpfs of its own, which the test can fill up (mounting needs root)."""
+    if os.geteuid() != 0:
+        message = "mounting a tmpfs needs root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder))
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def _fill(folder) -> None:
+    """Take every free byte of the filesystem holding ``folder``."""
+    with open(folder / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, tmp_path, small_disk):
+    bridge = live_bridge(workers=2, data_dir=tmp_path, env={
+        "BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    session = requests.Session()
+
+    def beat(execution_id):
+        started = time.monotonic()
+        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
+            "execution_id": execution_id, "status": "running", "interval_seconds": 5}).status_code
+        return code, time.monotonic() - started
+
+    try:
+        assert {beat(e)[0] for e in EXECUTIONS} == {200}
+        _fill(small_disk)
+        refused = [beat(f"new-{e}") for e in EXECUTIONS]  # new executions need new pages
+        assert {code for code, _ in refused} == {503}
+        assert max(took for _, took in refused) < PROMPTLY
+        assert requests.get(bridge.url + "/readyz", timeout=5).status_code == 503
+        (small_disk / "filler").unlink()
+        wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+                 "readyz to recover without a restart")
+        assert {beat(e)[0] for e in EXECUTIONS} == {200}
+        records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
+        assert {e["execution_id"] for e in records["executions"]} == set(EXECUTIONS)
+        assert {(e["status"], e["lost_count"], e["heartbeat_count"]) for e in records["executions"]} == \
+            {("running", 0, 2)}
+    finally:
+        bridge.stop()

@@ -25,6 +25,8 @@ __all__ = ["SQLiteStore", "path_from_url"]
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+#: Less free space than this beside the file and the store is not ready: writes would fail.
+MIN_FREE_BYTES = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -297,9 +299,16 @@ class SQLiteStore(Store):
             self._increment(conn, name, labels, amount)
 
     def ping(self) -> None:
-        # Taking the write lock proves the file is writable, not merely readable.
-        with self._transaction():
-            pass
+        # A real write, and room to grow: a store that can only be read is not ready.
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO meta VALUES ('ping', 0) ON CONFLICT (key)"
+                         " DO UPDATE SET value = value + 1")
+        try:
+            space = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot see the disk of {self.path}: {exc}") from exc
+        if space.f_bavail * space.f_frsize < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"sqlite: the disk holding {self.path} is full")
 
     def close(self) -> None:
         self._drop_connection()
