@@ -77,23 +77,25 @@ def test_it_leaves_the_completion_to_the_task_when_its_block_ends_normally(bridg
 
 def test_it_retries_while_the_bridge_is_down_and_completes_exactly_once(live_bridge, tmp_path):
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    client = HeartbeatClient(url, "retry-1", "c", heartbeat_interval=1, completion_deadline=60)
+    client = HeartbeatClient(f"http://127.0.0.1:{port}", "retry-1", "c", heartbeat_interval=1,
+                             completion_deadline=60)
     client.start()
+    time.sleep(1.5)  # heartbeats fail for a while: nobody listens
+    bridge = live_bridge(workers=2, port=port)
+    wait_for(lambda: (r := execution(bridge, "retry-1")) and r["heartbeat_count"] >= 1,
+             "heartbeats once the bridge is up", timeout=PROMPTLY * 3)
+    bridge.stop()
     acknowledged = []
     completer = threading.Thread(target=lambda: acknowledged.append(client.send_completion(True)))
-    time.sleep(1.5)  # heartbeats and the completion fail for a while: nobody listens
     completer.start()
-    time.sleep(1.0)
-    bridge = live_bridge(workers=2, port=port)
+    time.sleep(1.0)  # the completion fails for a while too
+    bridge = live_bridge(workers=2, port=port)  # the same store: nothing was lost
     completer.join(60)
     client.stop()
     assert acknowledged == [True]
-    record = execution(bridge, "retry-1")
-    assert record["status"] == "completed" and record["heartbeat_count"] >= 1
+    assert execution(bridge, "retry-1")["status"] == "completed"
     assert client.send_completion(True) is True  # a repeat is acknowledged as a duplicate
-    metrics = bridge.metrics()
-    assert total(metrics, "task_completions_total") == 1
+    assert total(bridge.metrics(), "task_completions_total") == 1
 
 
 def test_it_installs_no_signal_handlers_unless_asked():
