@@ -131,3 +131,43 @@ def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, 
             {("running", 0, 2)}
     finally:
         bridge.stop()
+
+
+def _immutable(flag: str, *paths) -> subprocess.CompletedProcess:
+    return subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True, timeout=30)
+
+
+def test_it_answers_503_while_the_sqlite_file_is_read_only_and_recovers(live_bridge, tmp_path):
+    bridge = live_bridge(workers=2, env={"BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    database = tmp_path / "bridge.db"
+    # The database and its write-ahead log; not the -shm file, which SQLite maps into
+    # memory (an immutable mapping ends the process with SIGBUS, not a refused write).
+    files = (database, database.with_name("bridge.db-wal"))
+    session = requests.Session()
+
+    def beat(execution_id):
+        started = time.monotonic()
+        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
+            "execution_id": execution_id, "status": "running", "interval_seconds": 5}).status_code
+        return code, time.monotonic() - started
+
+    assert {beat(e)[0] for e in EXECUTIONS} == {200}
+    made = _immutable("+i", *files)
+    if made.returncode != 0:
+        message = f"chattr +i is not available here: {made.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        refused = [beat(e) for e in EXECUTIONS]
+        assert {code for code, _ in refused} == {503}
+        assert max(took for _, took in refused) < PROMPTLY
+        assert requests.get(bridge.url + "/readyz", timeout=5).status_code == 503
+    finally:
+        _immutable("-i", *files)
+    wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+             "readyz to recover without a restart")
+    assert {beat(e)[0] for e in EXECUTIONS} == {200}
+    records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
+    assert {(e["execution_id"], e["status"], e["lost_count"], e["heartbeat_count"])
+            for e in records["executions"]} == {(e, "running", 0, 2) for e in EXECUTIONS}
