@@ -310,6 +310,11 @@ class DockerEngine:
         if self.process is not None:
             stop_group(self.process, grace=60)
             self.process = None
+        # Whatever daemon the pidfile still names (one that outlived its Popen) goes too.
+        try:
+            os.kill(int((self.root / "docker.pid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
     def remove(self) -> None:
         self.stop()

@@ -20,6 +20,13 @@ PROMPTLY = 3.0  # a 503 must not wait for timeouts: not a benchmark, a bound far
 
 def test_it_rides_out_redis_stopping_and_restarting_under_load(live_bridge, tmp_path):
     redis, url = start_redis(tmp_path / "redis", durable=True)
+    try:
+        _ride_out_redis_outage(live_bridge, redis, url)
+    finally:
+        redis.stop()
+
+
+def _ride_out_redis_outage(live_bridge, redis, url):
     bridge = live_bridge(workers=2, env={"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
                                          "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
     answers: list[tuple[float, int, float]] = []
@@ -71,7 +78,6 @@ def test_it_rides_out_redis_stopping_and_restarting_under_load(live_bridge, tmp_
                                                            params={"limit": "1000"}, timeout=10).json()["executions"]}
     assert set(records) == set(EXECUTIONS)  # everything accepted before the fault is there
     assert {(r["status"], r["lost_count"]) for r in records.values()} == {("running", 0)}
-    redis.stop()
 
 
 def _mount(*args: str) -> None:
