@@ -34,12 +34,7 @@ def _ride_out_redis_outage(live_bridge, redis, url):
 
     def beat(session, execution_id):
         started = time.monotonic()
-        try:
-            code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
-                "execution_id": execution_id, "status": "running", "interval_seconds": 3}).status_code
-        except requests.RequestException:
-            code = 0
-        answers.append((started, code, time.monotonic() - started))
+        answers.append((started, *_timed_heartbeat(session, bridge, execution_id, interval=3)))
 
     def load():
         session = requests.Session()
@@ -109,34 +104,46 @@ def _fill(folder) -> None:
             pass
 
 
-def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, tmp_path, small_disk):
-    bridge = live_bridge(workers=2, data_dir=tmp_path, env={
-        "BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
-    session = requests.Session()
-
-    def beat(execution_id):
-        started = time.monotonic()
-        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
-            "execution_id": execution_id, "status": "running", "interval_seconds": 5}).status_code
-        return code, time.monotonic() - started
-
+def _timed_heartbeat(session, bridge, execution_id, interval=5) -> tuple[int, float]:
+    """Post a heartbeat; return (status code, 0 when no answer came; seconds taken)."""
+    started = time.monotonic()
     try:
-        assert {beat(e)[0] for e in EXECUTIONS} == {200}
-        _fill(small_disk)
-        refused = [beat(f"new-{e}") for e in EXECUTIONS]  # new executions need new pages
+        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
+            "execution_id": execution_id, "status": "running", "interval_seconds": interval}).status_code
+    except requests.RequestException:
+        code = 0
+    return code, time.monotonic() - started
+
+
+def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids) -> None:
+    """Heartbeats before a store fault, during it (quick 503s, readyz failing) and after it
+    (recovery without a restart, nothing accepted lost, nobody lost)."""
+    session = requests.Session()
+    assert {_timed_heartbeat(session, bridge, e)[0] for e in EXECUTIONS} == {200}
+    make_fault()
+    try:
+        refused = [_timed_heartbeat(session, bridge, e) for e in refused_ids]
         assert {code for code, _ in refused} == {503}
         assert max(took for _, took in refused) < PROMPTLY
         assert requests.get(bridge.url + "/readyz", timeout=5).status_code == 503
-        (small_disk / "filler").unlink()
-        wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
-                 "readyz to recover without a restart")
-        assert {beat(e)[0] for e in EXECUTIONS} == {200}
-        records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
-        assert {e["execution_id"] for e in records["executions"]} == set(EXECUTIONS)
-        assert {(e["status"], e["lost_count"], e["heartbeat_count"]) for e in records["executions"]} == \
-            {("running", 0, 2)}
     finally:
-        bridge.stop()
+        clear_fault()
+    wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+             "readyz to recover without a restart")
+    assert {_timed_heartbeat(session, bridge, e)[0] for e in EXECUTIONS} == {200}
+    records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
+    assert {(e["execution_id"], e["status"], e["lost_count"], e["heartbeat_count"])
+            for e in records["executions"]} == {(e, "running", 0, 2) for e in EXECUTIONS}
+
+
+def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, tmp_path, small_disk):
+    bridge = live_bridge(workers=2, data_dir=tmp_path, env={
+        "BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    try:  # new executions need new pages, which a full disk cannot give
+        _survive_store_fault(bridge, lambda: _fill(small_disk), (small_disk / "filler").unlink,
+                             [f"new-{e}" for e in EXECUTIONS])
+    finally:
+        bridge.stop()  # before the small disk is unmounted
 
 
 def _immutable(flag: str, *paths) -> subprocess.CompletedProcess:
@@ -149,31 +156,14 @@ def test_it_answers_503_while_the_sqlite_file_is_read_only_and_recovers(live_bri
     # The database and its write-ahead log; not the -shm file, which SQLite maps into
     # memory (an immutable mapping ends the process with SIGBUS, not a refused write).
     files = (database, database.with_name("bridge.db-wal"))
-    session = requests.Session()
 
-    def beat(execution_id):
-        started = time.monotonic()
-        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
-            "execution_id": execution_id, "status": "running", "interval_seconds": 5}).status_code
-        return code, time.monotonic() - started
+    def make_read_only():
+        made = _immutable("+i", *files)
+        if made.returncode != 0:
+            _immutable("-i", *files)  # it may have taken on one file before failing
+            message = f"chattr +i is not available here: {made.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
 
-    assert {beat(e)[0] for e in EXECUTIONS} == {200}
-    made = _immutable("+i", *files)
-    if made.returncode != 0:
-        message = f"chattr +i is not available here: {made.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        refused = [beat(e) for e in EXECUTIONS]
-        assert {code for code, _ in refused} == {503}
-        assert max(took for _, took in refused) < PROMPTLY
-        assert requests.get(bridge.url + "/readyz", timeout=5).status_code == 503
-    finally:
-        _immutable("-i", *files)
-    wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
-             "readyz to recover without a restart")
-    assert {beat(e)[0] for e in EXECUTIONS} == {200}
-    records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
-    assert {(e["execution_id"], e["status"], e["lost_count"], e["heartbeat_count"])
-            for e in records["executions"]} == {(e, "running", 0, 2) for e in EXECUTIONS}
+    _survive_store_fault(bridge, make_read_only, lambda: _immutable("-i", *files), EXECUTIONS)
