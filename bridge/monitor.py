@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 from . import state
 from .config import Settings
 from .state import Completion, ContainerEvent, Execution, Heartbeat, Outcome, Rules
-from .store import CapacityError, Store, StoreUnavailable
+from .store import CapacityError, GroupCommit, Store, StoreUnavailable
 
 __all__ = ["Monitor", "REJECTED", "SpanSink", "TELEMETRY_ERRORS", "rules_from"]
 
@@ -44,12 +44,17 @@ def rules_from(settings: Settings) -> Rules:
 class Monitor:
     """Applies heartbeats, completions and deadlines to the store.
 
-    Every write goes through here; reads (the query API, the scrape) use the store.
+    Each event reads the clock when it is decided, inside its transaction, so that the
+    times an execution records never run backwards however its events queue.
+
+    Every write goes through here; reads (the query API, the scrape) use the store. The
+    request threads' events are group-committed; the reaper's deadlines are applied alone.
     """
 
     def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
                  spans: SpanSink | None = None):
         self.store = store
+        self._events = GroupCommit(store)
         self.rules = rules
         self.clock = clock
         self.spans = spans
@@ -66,18 +71,17 @@ class Monitor:
 
         Raises :class:`~bridge.store.CapacityError` or :class:`~bridge.store.StoreUnavailable`.
         """
-        now = self.clock()
-        return self._committed(self.store.apply(
-            hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, self.rules, label)))
+        return self._committed(self._events.apply(
+            hb.execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, self.clock(), self.rules, label)))
 
     def heartbeats(self, batch: list[Heartbeat]) -> list[Outcome | CapacityError]:
         """Record many heartbeats at once; one outcome (or capacity refusal) per heartbeat.
 
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
-        now = self.clock()
         results = self.store.apply_many([
-            (hb.execution_id, lambda cur, label, hb=hb: state.apply_heartbeat(cur, hb, now, self.rules, label))
+            (hb.execution_id,
+             lambda cur, label, hb=hb: state.apply_heartbeat(cur, hb, self.clock(), self.rules, label))
             for hb in batch])
         for result in results:
             if isinstance(result, Outcome):
@@ -86,20 +90,18 @@ class Monitor:
 
     def complete(self, completion: Completion) -> Outcome:
         """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
-        now = self.clock()
-        return self._committed(self.store.apply(
+        return self._committed(self._events.apply(
             completion.execution_id,
-            lambda cur, label: state.apply_completion(cur, completion, now, self.rules, label)))
+            lambda cur, label: state.apply_completion(cur, completion, self.clock(), self.rules, label)))
 
     def container_event(self, event: ContainerEvent) -> Outcome:
         """Record a Docker agent's report; returns the outcome (``duplicate`` after the end).
 
         Raises as :meth:`heartbeat`.
         """
-        now = self.clock()
-        return self._committed(self.store.apply(
+        return self._committed(self._events.apply(
             event.execution_id,
-            lambda cur, label: state.apply_container_event(cur, event, now, self.rules, label)))
+            lambda cur, label: state.apply_container_event(cur, event, self.clock(), self.rules, label)))
 
     def reap(self) -> tuple[int, int]:
         """Apply every passed deadline and drop expired executions.

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Callable
 
 from .ids import trace_id_for
@@ -25,6 +26,7 @@ __all__ = [
     "Heartbeat",
     "Increment",
     "Outcome",
+    "RECORD_FIELDS",
     "REPORTED_STATUSES",
     "Rules",
     "STATUSES",
@@ -174,16 +176,38 @@ class Execution:
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the record as a JSON-ready dict (the store's serialised form)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Return the record as a JSON-ready dict (the query API's form)."""
+        return {name: getattr(self, name) for name in RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Execution":
         """Return the record stored as ``data``; keys this version does not know are dropped."""
         return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})
 
+    def to_values(self) -> tuple[Any, ...]:
+        """Return the field values in :data:`RECORD_FIELDS` order (the stores' compact form)."""
+        return _get_values(self)
 
-_FIELD_NAMES = frozenset(f.name for f in fields(Execution))
+    @classmethod
+    def from_values(cls, values: list[Any]) -> "Execution":
+        """Return the record stored by :meth:`to_values`, by this version or any other.
+
+        Fields are only ever appended, so a shorter list (an older version's) leaves the
+        newer fields at their defaults and a longer one (a newer version's) is cut.
+        """
+        return cls(*values[:len(RECORD_FIELDS)])
+
+    def clone(self) -> "Execution":
+        """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
+        copy = object.__new__(Execution)
+        copy.__dict__.update(self.__dict__)
+        return copy
+
+
+#: The stored order of the fields. Append only: records already stored depend on it.
+RECORD_FIELDS = tuple(f.name for f in fields(Execution))
+_FIELD_NAMES = frozenset(RECORD_FIELDS)
+_get_values = attrgetter(*RECORD_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -268,12 +292,15 @@ def _copy(current: Execution, now: float) -> Execution:
     The lost segment's span was built from ``current``; the next one starts afresh,
     with the stage that was open when the execution went silent.
     """
+    record = current.clone()
     if current.status != "lost":
-        return replace(current, gaps=list(current.gaps))
+        return record
     stages = current.stages
-    still_open = [[stages[-1][0], now, None]] if stages and stages[-1][2] is None else []
-    return replace(current, gaps=list(current.gaps), segment=current.segment + 1,
-                   segment_started_at=now, stages=still_open, events=[])
+    record.stages = [[stages[-1][0], now, None]] if stages and stages[-1][2] is None else []
+    record.segment = current.segment + 1
+    record.segment_started_at = now
+    record.events = []
+    return record
 
 
 def _note_status(record: Execution, now: float) -> None:
@@ -291,11 +318,12 @@ def _note_stage(record: Execution, progress: dict | None, now: float) -> None:
     if not isinstance(stage, str) or not stage.strip():
         return
     stage = stage[:MAX_STAGE_NAME]
-    stages = [list(s) for s in record.stages]
-    if stages and stages[-1][0] == stage and stages[-1][2] is None:
+    last = record.stages[-1] if record.stages else None
+    if last is not None and last[0] == stage and last[2] is None:
         return
-    if len(stages) >= MAX_STAGES:
+    if len(record.stages) >= MAX_STAGES:
         return
+    stages = [list(s) for s in record.stages]  # copied: the current record shares the list
     if stages and stages[-1][2] is None:
         stages[-1][2] = now
     stages.append([stage, now, None])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..config import Settings
 from .base import OTHER_TASK, CapacityError, ExecutionRow, Snapshot, Store, StoreUnavailable
+from .group import GroupCommit
 from .sqlite import SQLiteStore, path_from_url
 
-__all__ = ["CapacityError", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store", "StoreUnavailable",
-           "open_store"]
+__all__ = ["CapacityError", "ExecutionRow", "GroupCommit", "OTHER_TASK", "Snapshot", "Store",
+           "StoreUnavailable", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

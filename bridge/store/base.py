@@ -16,7 +16,8 @@ from typing import Callable, NamedTuple, Sequence
 from ..state import Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
-           "StoreUnavailable", "decode_rows", "encode_row"]
+           "StoreUnavailable", "decode_record", "decode_rows", "encode_record", "encode_row", "record_from",
+           "row_values"]
 
 #: The label value that task names beyond ``max_task_names`` share.
 OTHER_TASK = "_other"
@@ -44,13 +45,36 @@ class ExecutionRow(NamedTuple):
     max_runtime_seconds: float | None
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
+
+
+def encode_record(record: Execution) -> str:
+    """Return ``record`` as stored: the JSON array of its values (see ``Execution.to_values``)."""
+    return _encode_json(record.to_values())
+
+
+def decode_record(data: str | bytes) -> Execution:
+    """Return the record :func:`encode_record` stored; also reads the JSON objects of earlier versions."""
+    return record_from(_decode_json(data if isinstance(data, str) else data.decode()))
+
+
+def row_values(record: Execution) -> list:
+    """Return the values of ``record``'s :class:`ExecutionRow`, in order."""
+    return [record.execution_id, record.status, record.metric_task_name, record.container_id,
+            record.task_type, record.trace_id, record.container_name, record.image,
+            record.started_at, record.last_heartbeat_at, record.ended_at,
+            record.interval_seconds, record.progress_ratio, record.max_runtime_seconds]
+
+
 def encode_row(record: Execution) -> str:
     """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
-    return json.dumps([record.execution_id, record.status, record.metric_task_name, record.container_id,
-                       record.task_type, record.trace_id, record.container_name, record.image,
-                       record.started_at, record.last_heartbeat_at, record.ended_at,
-                       record.interval_seconds, record.progress_ratio, record.max_runtime_seconds],
-                      ensure_ascii=False, separators=(",", ":"))
+    return _encode_json(row_values(record))
+
+
+def record_from(values: list | dict) -> Execution:
+    """Return the record whose decoded JSON is ``values`` (this version's array, or an older object)."""
+    return Execution.from_values(values) if isinstance(values, list) else Execution.from_dict(values)
 
 
 def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:

@@ -1,13 +1,18 @@
 """The embedded store: one SQLite file in WAL mode, shared by every gunicorn worker.
 
-Each event runs in a ``BEGIN IMMEDIATE`` transaction, which SQLite serialises across
-processes, so the read-decide-write of :meth:`SQLiteStore.apply` is a true
-compare-and-set. Connections are per thread and per process (never inherited
-across a fork); a failed connection is dropped so the next call reconnects.
+Events are applied in batches (see :mod:`bridge.store.group`). A batch is decided against
+a plain read, then written in a ``BEGIN IMMEDIATE`` transaction only if every record it
+read is still at the version it read (else it is decided again inside the transaction),
+so the read-decide-write is a true compare-and-set while the write lock is held for the
+writes alone. Writers first take an ``flock`` on ``<database>-writer`` beside the file:
+the kernel queues them and wakes the next at once, where SQLite's own busy handler
+would poll and sleep a millisecond or more. Connections are per thread and per process
+(never inherited across a fork); a failed connection is dropped so the next call reconnects.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -17,8 +22,8 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_rows,
-                   encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_record,
+                   decode_rows, encode_record, encode_row)
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -62,12 +67,142 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite:///"):]
 
 
-def _encode(record: Execution) -> str:
-    return json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+#: Ids per ``IN (...)`` read, well below SQLite's smallest limit on bound variables (999).
+_READ_CHUNK = 500
+
+_INSERT = "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = ("UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
+           " version = ?, data = ?, metric_row = ? WHERE execution_id = ? AND version = ?")
+# A heartbeat on a running execution moves only its deadline: the status and expiry indexes
+# are left alone, so the commit writes fewer pages.
+_UPDATE_DEADLINE = ("UPDATE executions SET deadline_at = ?, version = ?, data = ?, metric_row = ?"
+                    " WHERE execution_id = ? AND version = ?")
+_INCREMENT = ("INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
+              " DO UPDATE SET value = value + excluded.value, exemplar = coalesce(excluded.exemplar, exemplar)")
 
 
-def _decode(data: str) -> Execution:
-    return Execution.from_dict(json.loads(data))
+def _in(ids: list[str]) -> Iterator[tuple[list[str], str]]:
+    """Yield chunks of ``ids`` with the ``IN (...)`` placeholders of each."""
+    for first in range(0, len(ids), _READ_CHUNK):
+        chunk = ids[first:first + _READ_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
+
+
+class _NeedsLock(Exception):
+    """A decision needs a write before its own (a new task name): decide under the lock."""
+
+
+class _Batch:
+    """The events of one transaction: decided in order against records read once.
+
+    Decided ``locked`` inside the write transaction, or beforehand against a plain read,
+    to be written only if :meth:`still_current` finds every record as it was read. The
+    write lock is then held for the check and the writes alone, not for the decisions.
+    """
+
+    def __init__(self, store: "SQLiteStore", conn: sqlite3.Connection, *, locked: bool):
+        self.store = store
+        self.conn = conn
+        self.locked = locked
+        self.records: dict[str, Execution | None] = {}
+        self.stored: dict[str, Execution] = {}
+        self.changed: dict[str, Execution] = {}
+        self.counters: dict[tuple[str, tuple[str, ...]], list] = {}
+        self.tracked: int | None = None
+        self.label = (lambda name: store._task_label(conn, name)) if locked else store._known_label
+        self.results: list[Outcome | CapacityError] = []
+
+    def decide(self, items: Sequence[tuple[str, Decide]]) -> None:
+        """Read the records of ``items`` and decide each in order. Raises :class:`_NeedsLock`."""
+        for chunk, marks in _in(list(dict.fromkeys(execution_id for execution_id, _ in items))):
+            for execution_id, data in self.conn.execute(
+                    f"SELECT execution_id, data FROM executions WHERE execution_id IN ({marks})", chunk):
+                record = decode_record(data)
+                self.records[execution_id] = self.stored[execution_id] = record
+        self.results = [self._decide(execution_id, decide) for execution_id, decide in items]
+
+    def still_current(self) -> bool:
+        """Return True when, inside the transaction, every record read is unchanged and the
+        new executions fit under the limit."""
+        found: dict[str, int] = {}
+        for chunk, marks in _in(list(self.records)):
+            found.update(self.conn.execute(
+                f"SELECT execution_id, version FROM executions WHERE execution_id IN ({marks})", chunk))
+        if found != {execution_id: record.version for execution_id, record in self.stored.items()}:
+            return False
+        new = sum(1 for execution_id in self.changed if execution_id not in self.stored)
+        return not new or self._tracked() + new <= self.store.max_executions
+
+    def _decide(self, execution_id: str, decide: Decide) -> Outcome | CapacityError:
+        current = self.records.get(execution_id)
+        if current is not None or not self.locked:
+            outcome = decide(current, self.label)
+        else:
+            # A refused new execution must leave nothing behind, not even its task name.
+            self.conn.execute("SAVEPOINT new_execution")
+            outcome = decide(None, self.label)
+            if outcome.record is not None and self._tracked() >= self.store.max_executions:
+                self.conn.execute("ROLLBACK TO new_execution")
+                self.conn.execute("RELEASE new_execution")
+                return CapacityError(f"tracking {self.tracked} executions, the limit")
+            self.conn.execute("RELEASE new_execution")
+            if outcome.record is not None:
+                self.tracked += 1
+        record = outcome.record
+        if record is None:
+            return outcome
+        record.version = 1 if current is None else current.version + 1
+        self.records[execution_id] = self.changed[execution_id] = record
+        for inc in outcome.increments:
+            key = (inc.name, inc.labels)
+            total = self.counters.get(key)
+            if total is None:
+                self.counters[key] = [inc.amount, inc.exemplar]
+            else:
+                total[0] += inc.amount
+                total[1] = inc.exemplar or total[1]
+        return outcome
+
+    def _tracked(self) -> int:
+        if self.tracked is None:
+            self.tracked = self.conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
+        return self.tracked
+
+    def encode(self) -> None:
+        """Encode the writes: done before taking the write lock when the batch was decided before it."""
+        self.inserts, self.updates, self.moves = [], [], []
+        for execution_id, record in self.changed.items():
+            stored = self.stored.get(execution_id)
+            if stored is None:
+                self.inserts.append((execution_id, record.status, record.task_name, record.deadline_at,
+                                     record.expires_at, record.version, encode_record(record),
+                                     encode_row(record)))
+            elif (stored.status == record.status and stored.task_name == record.task_name
+                  and stored.expires_at == record.expires_at):
+                self.moves.append((record.deadline_at, record.version, encode_record(record),
+                                   encode_row(record), execution_id, stored.version))
+            else:
+                self.updates.append((record.status, record.task_name, record.deadline_at, record.expires_at,
+                                     record.version, encode_record(record), encode_row(record),
+                                     execution_id, stored.version))
+        self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
+                           for (name, labels), (amount, exemplar) in self.counters.items()]
+
+    def write(self) -> None:
+        """Write each changed record once and add to each counter once (inside the transaction)."""
+        if self.inserts:
+            self.conn.executemany(_INSERT, self.inserts)
+            self.conn.execute("UPDATE meta SET value = value + ? WHERE key = 'tracked'", (len(self.inserts),))
+        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.moves)):
+            if rows and self.conn.executemany(statement, rows).rowcount != len(rows):
+                # impossible under the write lock: a broken invariant, not a race
+                raise RuntimeError("compare-and-set lost on an execution")
+        if self.increments:
+            self.conn.executemany(_INCREMENT, self.increments)
+
+
+def _labels_key(labels: tuple[str, ...]) -> str:
+    return json.dumps(labels, ensure_ascii=False)
 
 
 class SQLiteStore(Store):
@@ -82,6 +217,7 @@ class SQLiteStore(Store):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pid = os.getpid()
+        self._known_names: set[str] = set()
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection()
@@ -103,7 +239,7 @@ class SQLiteStore(Store):
             conn.execute("ALTER TABLE executions ADD COLUMN metric_row TEXT")
             for execution_id, data in conn.execute("SELECT execution_id, data FROM executions").fetchall():
                 conn.execute("UPDATE executions SET metric_row = ? WHERE execution_id = ?",
-                             (encode_row(_decode(data)), execution_id))
+                             (encode_row(decode_record(data)), execution_id))
             conn.execute("COMMIT")
 
     # -- connections -------------------------------------------------------------
@@ -135,20 +271,41 @@ class SQLiteStore(Store):
     @contextmanager
     def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
         conn = self._connection()
+        writer = mode == "IMMEDIATE"
+        if writer:
+            self._lock_writer()
         try:
-            conn.execute(f"BEGIN {mode}")
-        except sqlite3.Error as exc:
-            self._drop_connection()
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            self._rollback(conn)
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
+            try:
+                conn.execute(f"BEGIN {mode}")
+            except sqlite3.Error as exc:
+                self._drop_connection()
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback(conn)
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+        finally:
+            if writer:
+                fcntl.flock(self._local.writer_fd, fcntl.LOCK_UN)
+
+    def _lock_writer(self) -> None:
+        """Wait for this thread's turn to write, across every thread and process.
+
+        Raises :class:`StoreUnavailable` when the lock file cannot be opened.
+        """
+        fd = getattr(self._local, "writer_fd", None)
+        if fd is None:
+            try:  # one open file per thread: flock excludes other open files, not other threads
+                fd = os.open(self.path + "-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise StoreUnavailable(f"sqlite: cannot open the writer lock of {self.path}: {exc}") from exc
+            self._local.writer_fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -166,70 +323,44 @@ class SQLiteStore(Store):
     # -- the Store interface -------------------------------------------------------
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
-        with self._transaction() as conn:
-            return self._apply(conn, execution_id, decide)
+        result = self.apply_many([(execution_id, decide)])[0]
+        if isinstance(result, CapacityError):
+            raise result
+        return result
 
     def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
-        # One transaction for the batch; a savepoint per item, so that a refused item
-        # (capacity) takes back only its own writes.
-        results: list[Outcome | CapacityError] = []
+        # One transaction for the batch: the records read once, the decisions made in order
+        # in memory (before taking the write lock when that is safe), then each changed
+        # record written once and each counter added to once.
+        guess: _Batch | None = _Batch(self, self._connection(), locked=False)
+        try:
+            guess.decide(items)
+            guess.encode()
+        except _NeedsLock:
+            guess = None
+        except sqlite3.OperationalError as exc:
+            self._drop_connection()
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
         with self._transaction() as conn:
-            for execution_id, decide in items:
-                conn.execute("SAVEPOINT item")
-                try:
-                    results.append(self._apply(conn, execution_id, decide))
-                except CapacityError as exc:
-                    conn.execute("ROLLBACK TO item")
-                    results.append(exc)
-                conn.execute("RELEASE item")
-        return results
+            if guess is not None and guess.still_current():
+                guess.write()
+                return guess.results
+            batch = _Batch(self, conn, locked=True)
+            batch.decide(items)
+            batch.encode()
+            batch.write()
+            return batch.results
 
-    def _apply(self, conn: sqlite3.Connection, execution_id: str, decide: Decide) -> Outcome:
-        row = conn.execute("SELECT data FROM executions WHERE execution_id = ?",
-                           (execution_id,)).fetchone()
-        current = _decode(row[0]) if row else None
-        outcome = decide(current, lambda name: self._task_label(conn, name))
-        record = outcome.record
-        if record is None:
-            return outcome
-        if current is None:
-            self._insert(conn, record)
-        else:
-            self._compare_and_set(conn, record, current.version)
-        for inc in outcome.increments:
-            self._increment(conn, inc.name, inc.labels, inc.amount, inc.exemplar)
-        return outcome
-
-    def _insert(self, conn: sqlite3.Connection, record: Execution) -> None:
-        tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
-        if tracked >= self.max_executions:
-            raise CapacityError(f"tracking {tracked} executions, the limit")
-        record.version = 1
-        conn.execute(
-            "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.execution_id, record.status, record.task_name, record.deadline_at,
-             record.expires_at, record.version, _encode(record), encode_row(record)))
-        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'tracked'")
-
-    def _compare_and_set(self, conn: sqlite3.Connection, record: Execution, expected: int) -> None:
-        record.version = expected + 1
-        changed = conn.execute(
-            "UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
-            " version = ?, data = ?, metric_row = ? WHERE execution_id = ? AND version = ?",
-            (record.status, record.task_name, record.deadline_at, record.expires_at,
-             record.version, _encode(record), encode_row(record), record.execution_id, expected)).rowcount
-        if changed != 1:  # impossible under BEGIN IMMEDIATE; a broken invariant, not a race
-            raise RuntimeError(f"compare-and-set lost on {record.execution_id}")
-
-    @staticmethod
-    def _increment(conn: sqlite3.Connection, name: str, labels: tuple[str, ...],
-                   amount: float, exemplar: tuple[str, float] | None = None) -> None:
-        conn.execute(
-            "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
-            " DO UPDATE SET value = value + excluded.value,"
-            " exemplar = coalesce(excluded.exemplar, exemplar)",
-            (name, json.dumps(labels, ensure_ascii=False), amount,
-             json.dumps(exemplar) if exemplar else None))
+    def _known_label(self, name: str | None) -> str:
+        """Return the label of a task name already in the store. Raises :class:`_NeedsLock`."""
+        if name is None:
+            return UNKNOWN_TASK
+        if name in self._known_names:
+            return name
+        if self._connection().execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone():
+            self._known_names.add(name)  # names are never removed: safe to remember
+            return name
+        raise _NeedsLock(name)
 
     def _task_label(self, conn: sqlite3.Connection, name: str | None) -> str:
         if name is None:
@@ -256,7 +387,7 @@ class SQLiteStore(Store):
 
     def get(self, execution_id: str) -> Execution | None:
         rows = self._read("SELECT data FROM executions WHERE execution_id = ?", (execution_id,))
-        return _decode(rows[0][0]) if rows else None
+        return decode_record(rows[0][0]) if rows else None
 
     def query(self, *, status: str | None = None, task_name: str | None = None,
               after: str | None = None, limit: int = 100) -> list[Execution]:
@@ -265,7 +396,7 @@ class SQLiteStore(Store):
             " AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR execution_id > ?3)"
             " ORDER BY execution_id LIMIT ?4",
             (status, task_name, after, limit))
-        return [_decode(data) for (data,) in rows]
+        return [decode_record(data) for (data,) in rows]
 
     def due(self, now: float, limit: int) -> list[str]:
         rows = self._read("SELECT execution_id FROM executions WHERE deadline_at <= ?"
@@ -296,7 +427,7 @@ class SQLiteStore(Store):
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:
-            self._increment(conn, name, labels, amount)
+            conn.execute(_INCREMENT, (name, _labels_key(labels), amount, None))
 
     def ping(self) -> None:
         # A real write, and room to grow: a store that can only be read is not ready.
@@ -312,3 +443,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._drop_connection()
+        fd = getattr(self._local, "writer_fd", None)
+        self._local.writer_fd = None
+        if fd is not None:
+            os.close(fd)
