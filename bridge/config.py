@@ -152,7 +152,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _integer(1024, 256 * 1024 * 1024), "Largest batch request body; larger gets 413."),
     "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
     "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
-    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for SQLite's lock before answering 503."),
+    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for the store's write lock before answering 503."),
     "BRIDGE_AUTH_TOKENS": ("auth_tokens", _tokens, "Bearer tokens (comma-separated, 16+ characters) the ingest API accepts for any execution; unset: no token needed."),
     "BRIDGE_AUTH_TOKENS_FILE": ("auth_tokens", _token_file, "A file of such tokens, one per line (added to `BRIDGE_AUTH_TOKENS`)."),
     "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from bridge import state
@@ -109,3 +111,32 @@ def test_it_resolves_a_task_name_first_sent_later():
     record, outcome = beat(record, T0 + 1, task_name="etl")
     assert (record.task_name, record.metric_task_name) == ("etl", "etl")
     assert outcome.increments[0].labels == ("etl",)
+
+
+# Stored records are arrays in this order; a field may only ever be appended.
+STORED_ORDER = (
+    "execution_id", "status", "trace_id", "metric_task_name", "started_at", "updated_at", "container_id",
+    "container_name", "image", "oom_killed", "task_name", "task_type", "reported_status", "status_reason",
+    "progress", "progress_ratio", "labels", "last_heartbeat_at", "client_timestamp", "ended_at", "deadline_at",
+    "expires_at", "heartbeat_count", "interval_seconds", "interval_source", "gaps", "max_runtime_seconds",
+    "success", "error_message", "exit_code", "result_data", "completion_received", "end_cause", "lost_count",
+    "recoveries", "traceparent", "segment", "segment_started_at", "stages", "events", "version")
+
+
+def test_it_only_appends_to_the_stored_field_order():
+    assert state.RECORD_FIELDS[:len(STORED_ORDER)] == STORED_ORDER
+
+
+def test_it_reads_values_written_by_older_and_newer_versions():
+    record, _ = beat(None, T0, task_name="etl", progress={"percentage": 10})
+    values = list(record.to_values())
+    assert Execution.from_values(values + ["a later field"]) == record
+    older = Execution.from_values(values[:-1])
+    assert older.version == 0 and older.events == record.events
+
+
+def test_it_leaves_the_current_record_untouched_by_the_next_decision():
+    record, _ = beat(None, T0, progress={"stage": "load"})
+    before = copy.deepcopy(record.to_dict())
+    beat(record, T0 + 30, progress={"stage": "train"}, status="failed")
+    assert record.to_dict() == before

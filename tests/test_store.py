@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 
 import pytest
@@ -187,3 +188,64 @@ def test_it_keeps_each_executions_metric_row_in_step_with_its_record(store_url):
     record = store.get("a")
     assert (row.status, row.task_name, row.progress_ratio, row.ended_at, row.max_runtime_seconds) == \
         (record.status, record.metric_task_name, 0.4, T0 + 5, 60)
+
+
+def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_url):
+    store = connect(store_url, max_executions=1)
+    beat = lambda execution_id, now: (execution_id, lambda cur, label: state.apply_heartbeat(
+        cur, Heartbeat(execution_id, task_name="etl"), now, RULES, label))
+    done = Completion("a", success=True)
+    results = store.apply_many([beat("a", T0), beat("a", T0 + 30), beat("b", T0 + 31),
+                                ("a", lambda cur, label: state.apply_completion(cur, done, T0 + 40, RULES, label))])
+    assert [r.result if isinstance(r, state.Outcome) else type(r) for r in results] == \
+        ["accepted", "accepted", CapacityError, "accepted"]
+    record = store.get("a")
+    assert (record.status, record.heartbeat_count, record.last_heartbeat_at) == ("completed", 2, T0 + 30)
+    assert store.get("b") is None
+    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 2
+
+
+def test_it_decides_again_when_another_writer_changed_the_record_first(store_url):
+    store, other = connect(store_url), connect(store_url)
+    heartbeat(store, "a", T0, task_name="etl")
+    seen = []
+
+    def decide(current, label):
+        seen.append(current.heartbeat_count)
+        if len(seen) == 1:  # another worker commits between this decision and its write
+            heartbeat(other, "a", T0 + 10)
+        return state.apply_heartbeat(current, Heartbeat("a"), T0 + 20, RULES, label)
+
+    store.apply("a", decide)
+    assert seen == [1, 2]
+    assert store.get("a").heartbeat_count == 3
+    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 3
+
+
+def test_it_reads_records_stored_as_objects_by_earlier_versions(tmp_path):
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    store = connect(url)
+    heartbeat(store, "a", T0, task_name="etl")
+    original = store.get("a")
+    legacy = original.to_dict() | {"a_field_of_a_later_version": 1}
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        conn.execute("UPDATE executions SET data = ? WHERE execution_id = 'a'", (json.dumps(legacy),))
+    assert store.get("a") == original
+    heartbeat(store, "a", T0 + 30)
+    assert (store.get("a").heartbeat_count, store.get("a").task_name) == (2, "etl")
+
+
+def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_path):
+    import fcntl
+
+    store = open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}",
+                                     sqlite_busy_timeout_seconds=0.2))
+    heartbeat(store, "a", T0)
+    with open(tmp_path / "b.db-writer", "w") as hung_writer:
+        fcntl.flock(hung_writer, fcntl.LOCK_EX)
+        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+            heartbeat(store, "a", T0 + 30)
+    heartbeat(store, "a", T0 + 60)
+    assert store.get("a").heartbeat_count == 2
