@@ -1,9 +1,10 @@
 """The scale-out store: Redis, shared by many replicas.
 
-Each event is an optimistic transaction: ``WATCH`` the execution's key, read it, let the
-rules decide, then write the record, its indexes and the counter increments in one
-``MULTI``/``EXEC``; a concurrent change makes ``EXEC`` fail and the event is decided
-again on the new record. So each transition and each increment happens exactly once
+Each batch of events (one, or those group-committed together) is an optimistic
+transaction: ``WATCH`` the executions' keys, read them in one ``MGET``, let the rules
+decide, then write the records, their indexes and the summed counter increments in one
+``MULTI``/``EXEC``; a concurrent change makes ``EXEC`` fail and the batch is decided
+again on the new records. So each transition and each increment happens exactly once
 across replicas. ``BRIDGE_MAX_EXECUTIONS`` is checked without watching the whole fleet,
 so it may be passed by as many new executions as arrive at the same instant. Expiry is one Lua script; the scrape reads ids from a sorted set and
 the records with pipelined ``MGET`` in chunks, never blocking Redis for long.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Sequence
 
 import redis
 from redis.exceptions import RedisError, WatchError
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_rows,
-                   encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_record,
+                   decode_rows, encode_record, encode_row)
 
 __all__ = ["RedisStore"]
 
@@ -56,14 +58,6 @@ return tostring(hold_until)
 """
 
 
-def _encode(record: Execution) -> str:
-    return json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
-
-def _decode(raw: bytes | str) -> Execution:
-    return Execution.from_dict(json.loads(raw))
-
-
 def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
 
@@ -95,37 +89,76 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
-        key = self._key(execution_id)
+        result = self.apply_many([(execution_id, decide)])[0]
+        if isinstance(result, CapacityError):
+            raise result
+        return result
+
+    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        # One optimistic transaction for the batch: watch every key, read them in one MGET,
+        # decide in order, write everything in one MULTI/EXEC; a concurrent change to any of
+        # them makes EXEC fail and the whole batch is decided again.
+        keys = list(dict.fromkeys(self._key(execution_id) for execution_id, _ in items))
         try:
             with self._redis.pipeline() as pipe:
                 for _attempt in range(MAX_ATTEMPTS):
                     try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        current = _decode(raw) if raw is not None else None
-                        new_names: list[str] = []
-                        outcome = decide(current, lambda name: self._task_label(pipe, name, new_names))
-                        record = outcome.record
-                        if record is None:
-                            pipe.unwatch()
-                            return outcome
-                        if current is None:
-                            # Not watched: every insert would conflict with every other.
-                            # The limit may be passed by the inserts in flight at once.
-                            tracked = pipe.zcard(self._ids)
-                            if tracked >= self.max_executions:
-                                pipe.unwatch()
-                                raise CapacityError(f"tracking {tracked} executions, the limit")
-                        record.version = 1 if current is None else current.version + 1
-                        pipe.multi()
-                        self._write(pipe, record, new_names, outcome)
-                        pipe.execute()
-                        return outcome
+                        return self._try_batch(pipe, keys, items)
                     except WatchError:
-                        continue  # another replica changed it first: decide again
+                        continue  # another replica changed one first: decide again
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
-        raise StoreUnavailable(f"redis: {execution_id} kept changing under {MAX_ATTEMPTS} attempts")
+        raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
+
+    def _try_batch(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        pipe.watch(*keys)
+        prefix = len(self._key(""))
+        records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
+        new_names: list[str] = []
+        label = lambda name: self._task_label(pipe, name, new_names)
+        changed: dict[str, Execution] = {}
+        increments: dict[tuple[str, tuple[str, ...]], list] = {}
+        results: list[Outcome | CapacityError] = []
+        tracked: int | None = None
+        for execution_id, decide in items:
+            current = records.get(execution_id)
+            names_before = len(new_names)
+            outcome = decide(current, label)
+            record = outcome.record
+            if record is None:
+                results.append(outcome)
+                continue
+            if current is None:
+                # Not watched: every insert would conflict with every other.
+                # The limit may be passed by the inserts in flight at once.
+                tracked = pipe.zcard(self._ids) if tracked is None else tracked
+                if tracked >= self.max_executions:
+                    del new_names[names_before:]  # a refused execution leaves nothing behind
+                    results.append(CapacityError(f"tracking {tracked} executions, the limit"))
+                    continue
+                tracked += 1
+            record.version = 1 if current is None else current.version + 1
+            records[execution_id] = changed[execution_id] = record
+            for inc in outcome.increments:
+                total = increments.setdefault((inc.name, inc.labels), [0.0, None])
+                total[0] += inc.amount
+                total[1] = inc.exemplar or total[1]
+            results.append(outcome)
+        if not changed:
+            pipe.unwatch()
+            return results
+        pipe.multi()
+        for record in changed.values():
+            self._write(pipe, record)
+        if new_names:
+            pipe.sadd(self._tasks, *new_names)
+        for (name, labels), (amount, exemplar) in increments.items():
+            field = _field(name, labels)
+            pipe.hincrbyfloat(self._counters, field, amount)
+            if exemplar:
+                pipe.hset(self._exemplars, field, json.dumps(exemplar))
+        pipe.execute()
+        return results
 
     def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
         if name is None:
@@ -138,9 +171,9 @@ class RedisStore(Store):
         new_names.append(name)
         return name
 
-    def _write(self, pipe, record: Execution, new_names: list[str], outcome: Outcome) -> None:
+    def _write(self, pipe, record: Execution) -> None:
         execution_id = record.execution_id
-        pipe.set(self._key(execution_id), _encode(record))
+        pipe.set(self._key(execution_id), encode_record(record))
         pipe.hset(self._rows, execution_id, encode_row(record))
         pipe.zadd(self._ids, {execution_id: 0})
         if record.deadline_at is None:
@@ -151,13 +184,6 @@ class RedisStore(Store):
             pipe.zrem(self._expiry, execution_id)
         else:
             pipe.zadd(self._expiry, {execution_id: record.expires_at})
-        if new_names:
-            pipe.sadd(self._tasks, *new_names)
-        for inc in outcome.increments:
-            field = _field(inc.name, inc.labels)
-            pipe.hincrbyfloat(self._counters, field, inc.amount)
-            if inc.exemplar:
-                pipe.hset(self._exemplars, field, json.dumps(inc.exemplar))
 
     def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
         try:
@@ -170,7 +196,7 @@ class RedisStore(Store):
             raw = self._redis.get(self._key(execution_id))
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
-        return _decode(raw) if raw is not None else None
+        return decode_record(raw) if raw is not None else None
 
     def query(self, *, status: str | None = None, task_name: str | None = None,
               after: str | None = None, limit: int = 100) -> list[Execution]:
@@ -184,7 +210,7 @@ class RedisStore(Store):
                 for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
                     if raw is None:
                         continue  # expired between the two reads
-                    record = _decode(raw)
+                    record = decode_record(raw)
                     if (status is None or record.status == status) and \
                             (task_name is None or record.task_name == task_name):
                         found.append(record)
