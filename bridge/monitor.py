@@ -44,11 +44,10 @@ def rules_from(settings: Settings) -> Rules:
 class Monitor:
     """Applies heartbeats, completions and deadlines to the store.
 
-    Each event reads the clock when it is decided, inside its transaction, so that the
-    times an execution records never run backwards however its events queue.
-
     Every write goes through here; reads (the query API, the scrape) use the store. The
     request threads' events are group-committed; the reaper's deadlines are applied alone.
+    Each event reads the clock when it is decided, inside its transaction, so that the
+    times an execution records never run backwards however its events queue.
     """
 
     def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,

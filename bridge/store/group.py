@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+
 from ..state import Outcome
 from .base import Decide, Store, StoreUnavailable
 

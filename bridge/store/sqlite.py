@@ -5,8 +5,9 @@ a plain read, then written in a ``BEGIN IMMEDIATE`` transaction only if every re
 read is still at the version it read (else it is decided again inside the transaction),
 so the read-decide-write is a true compare-and-set while the write lock is held for the
 writes alone. Writers first take an ``flock`` on ``<database>-writer`` beside the file,
-retried every 50 µs at first, where SQLite's own busy handler sleeps a millisecond or more. Connections are per thread and per process
-(never inherited across a fork); a failed connection is dropped so the next call reconnects.
+retried every 50 µs at first, where SQLite's own busy handler sleeps a millisecond or more.
+Connections are per thread and per process (never inherited across a fork); a failed
+connection is dropped so the next call reconnects.
 """
 
 from __future__ import annotations
