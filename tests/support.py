@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
@@ -56,14 +57,18 @@ class FakeClock:
         return self.now
 
 
+def unavailable(message: str) -> NoReturn:
+    """Skip the test for a missing binary or facility; fail instead when ``CI=true``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_binary(name: str) -> str:
     """Return the path of ``name``; skip without it, but fail when ``CI=true``."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian package; see README)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed (Debian package; see README)")
     return path
 
 

@@ -16,8 +16,7 @@ from typing import Callable, NamedTuple, Sequence
 from ..state import Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
-           "StoreUnavailable", "decode_record", "decode_rows", "encode_record", "encode_row", "record_from",
-           "row_values"]
+           "StoreUnavailable", "decode_record", "decode_rows", "encode_record", "encode_row"]
 
 #: The label value that task names beyond ``max_task_names`` share.
 OTHER_TASK = "_other"
@@ -56,25 +55,16 @@ def encode_record(record: Execution) -> str:
 
 def decode_record(data: str | bytes) -> Execution:
     """Return the record :func:`encode_record` stored; also reads the JSON objects of earlier versions."""
-    return record_from(_decode_json(data if isinstance(data, str) else data.decode()))
-
-
-def row_values(record: Execution) -> list:
-    """Return the values of ``record``'s :class:`ExecutionRow`, in order."""
-    return [record.execution_id, record.status, record.metric_task_name, record.container_id,
-            record.task_type, record.trace_id, record.container_name, record.image,
-            record.started_at, record.last_heartbeat_at, record.ended_at,
-            record.interval_seconds, record.progress_ratio, record.max_runtime_seconds]
+    values = _decode_json(data if isinstance(data, str) else data.decode())
+    return Execution.from_values(values) if isinstance(values, list) else Execution.from_dict(values)
 
 
 def encode_row(record: Execution) -> str:
     """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
-    return _encode_json(row_values(record))
-
-
-def record_from(values: list | dict) -> Execution:
-    """Return the record whose decoded JSON is ``values`` (this version's array, or an older object)."""
-    return Execution.from_values(values) if isinstance(values, list) else Execution.from_dict(values)
+    return _encode_json([record.execution_id, record.status, record.metric_task_name, record.container_id,
+                         record.task_type, record.trace_id, record.container_name, record.image,
+                         record.started_at, record.last_heartbeat_at, record.ended_at,
+                         record.interval_seconds, record.progress_ratio, record.max_runtime_seconds])
 
 
 def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
@@ -108,7 +98,6 @@ class Store(ABC):
         self.max_executions = max_executions
         self.max_task_names = max_task_names
 
-    @abstractmethod
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         """Run ``decide`` on the current record and commit its outcome atomically.
 
@@ -116,21 +105,20 @@ class Store(ABC):
         Raises :class:`CapacityError` when it would add an execution beyond the limit,
         :class:`StoreUnavailable` when the store fails.
         """
+        result = self.apply_many([(execution_id, decide)])[0]
+        if isinstance(result, CapacityError):
+            raise result
+        return result
 
+    @abstractmethod
     def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
-        """Apply each ``(execution_id, decide)`` in order, as :meth:`apply` would.
+        """Apply each ``(execution_id, decide)`` in order, in one atomic transaction.
 
         Returns one outcome per item, or the :class:`CapacityError` that refused it; the
-        other items are applied regardless. A store may commit them together.
+        other items are applied regardless. Each record is read once, each changed one
+        written once, each counter added to once.
         Raises :class:`StoreUnavailable` when the store fails.
         """
-        results: list[Outcome | CapacityError] = []
-        for execution_id, decide in items:
-            try:
-                results.append(self.apply(execution_id, decide))
-            except CapacityError as exc:
-                results.append(exc)
-        return results
 
     @abstractmethod
     def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:

@@ -88,12 +88,6 @@ class RedisStore(Store):
 
     # -- the Store interface -------------------------------------------------------
 
-    def apply(self, execution_id: str, decide: Decide) -> Outcome:
-        result = self.apply_many([(execution_id, decide)])[0]
-        if isinstance(result, CapacityError):
-            raise result
-        return result
-
     def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
         # One optimistic transaction for the batch: watch every key, read them in one MGET,
         # decide in order, write everything in one MULTI/EXEC; a concurrent change to any of

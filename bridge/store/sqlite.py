@@ -342,12 +342,6 @@ class SQLiteStore(Store):
 
     # -- the Store interface -------------------------------------------------------
 
-    def apply(self, execution_id: str, decide: Decide) -> Outcome:
-        result = self.apply_many([(execution_id, decide)])[0]
-        if isinstance(result, CapacityError):
-            raise result
-        return result
-
     def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
         # One transaction for the batch: the records read once, the decisions made in order
         # in memory (before taking the write lock when that is safe), then each changed
