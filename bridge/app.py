@@ -12,6 +12,7 @@ from . import errors, executions, ingest, ops
 from .auth import Authorizer
 from .config import load_settings
 from .extension import EXTENSION_KEY, Bridge
+from .jsoncodec import FastJSONProvider
 from .metrics import Exposition
 from .monitor import Monitor, rules_from
 from .reaper import Reaper
@@ -36,6 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
+    app.json = FastJSONProvider(app)
     # The largest body any endpoint takes; each endpoint enforces its own limit.
     app.config.update(MAX_CONTENT_LENGTH=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app.config.update(test_config)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import jsoncodec
 from .ids import is_traceparent, normalise_id
 from .state import CONTAINER_EVENTS, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
 
@@ -72,6 +73,11 @@ def parse_json(body: bytes) -> Any:
     Raises :class:`InvalidInput` for non-UTF-8 bytes, malformed or too deeply nested
     JSON, and NaN/Infinity or numbers too large to represent.
     """
+    return jsoncodec.loads(body, fallback=_parse_exactly)
+
+
+def _parse_exactly(body: bytes) -> Any:
+    """:func:`parse_json` by the standard library: what orjson refuses, and long integers."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -173,7 +179,7 @@ def _document(body: dict, name: str, limits: Limits) -> dict | None:
     if _nested_deeper_than(raw, MAX_DEPTH):
         raise InvalidInput(f"{name} is nested deeper than {MAX_DEPTH} levels", name)
     try:
-        size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        size = len(jsoncodec.dumps(raw).encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidInput(f"{name} holds a string that is not valid Unicode", name) from None
     if size > limits.max_field_bytes:

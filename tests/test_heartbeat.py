@@ -44,6 +44,16 @@ def test_it_records_the_seed_payload(client, clock):
     assert record["client_timestamp"] == 1_700_000_000
 
 
+@pytest.mark.parametrize("number", [2**53 + 1, 2**63 - 1, -2**63, 2**64, -2**63 - 1, 10**30, -10**40])
+def test_it_keeps_integers_of_any_size_exactly(client, number):
+    # JSON numbers in a progress document come back as sent, however long: through the
+    # request's parser, the stored record and the answer (orjson alone would round some).
+    body = json.dumps(seed_heartbeat(progress={"rows": number, "stage": "load"}))
+    assert client.post(HEARTBEAT, data=body, content_type="application/json").status_code == 200
+    assert get(client)["progress"] == {"rows": number, "stage": "load"}
+    assert json.loads(client.get(f"/api/v1/executions/{EID}").data)["progress"]["rows"] == number
+
+
 def test_it_normalises_uuids_to_lower_case(client):
     client.post(HEARTBEAT, json=seed_heartbeat(EID.upper()))
     client.post(HEARTBEAT, json=seed_heartbeat(EID))

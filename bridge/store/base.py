@@ -8,11 +8,11 @@ with its counter increments as one compare-and-set.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
+from .. import jsoncodec
 from ..state import Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
@@ -44,24 +44,20 @@ class ExecutionRow(NamedTuple):
     max_runtime_seconds: float | None
 
 
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_decode_json = json.JSONDecoder().decode
-
-
 def encode_record(record: Execution) -> str:
     """Return ``record`` as stored: the JSON array of its values (see ``Execution.to_values``)."""
-    return _encode_json(record.to_values())
+    return jsoncodec.dumps(record.to_values())
 
 
 def decode_record(data: str | bytes) -> Execution:
     """Return the record :func:`encode_record` stored; also reads the JSON objects of earlier versions."""
-    values = _decode_json(data if isinstance(data, str) else data.decode())
+    values = jsoncodec.loads(data)
     return Execution.from_values(values) if isinstance(values, list) else Execution.from_dict(values)
 
 
 def encode_row(record: Execution) -> str:
     """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
-    return _encode_json([record.execution_id, record.status, record.metric_task_name, record.container_id,
+    return jsoncodec.dumps([record.execution_id, record.status, record.metric_task_name, record.container_id,
                          record.task_type, record.trace_id, record.container_name, record.image,
                          record.started_at, record.last_heartbeat_at, record.ended_at,
                          record.interval_seconds, record.progress_ratio, record.max_runtime_seconds])
@@ -69,7 +65,7 @@ def encode_row(record: Execution) -> str:
 
 def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
     """Return the rows of many :func:`encode_row` strings, parsed in one call."""
-    return [ExecutionRow(*values) for values in json.loads("[" + ",".join(encoded) + "]")]
+    return [ExecutionRow(*values) for values in jsoncodec.loads("[" + ",".join(encoded) + "]")]
 
 
 class StoreUnavailable(RuntimeError):

@@ -12,6 +12,7 @@ the records with pipelined ``MGET`` in chunks, never blocking Redis for long.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Sequence
@@ -58,6 +59,7 @@ return tostring(hold_until)
 """
 
 
+@functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
 def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
 
