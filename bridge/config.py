@@ -31,7 +31,7 @@ class Settings:
     store_url: str = DEFAULT_STORE_URL
     bind: str = DEFAULT_BIND
     workers: int = 2
-    threads: int = 4
+    threads: int = 8
     default_interval_seconds: float = 30.0
     lost_after_intervals: float = 3.0
     reaper_interval_seconds: float = 5.0

@@ -222,6 +222,24 @@ def test_it_decides_again_when_another_writer_changed_the_record_first(store_url
     assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 3
 
 
+def test_it_decides_again_when_another_writer_added_the_execution_first(store_url):
+    store, other = connect(store_url), connect(store_url)
+    heartbeat(store, "known", T0, task_name="etl")  # the task name is stored: no lock needed
+    seen = []
+
+    def decide(current, label):
+        seen.append(current and current.heartbeat_count)
+        if len(seen) == 1:  # another worker adds the execution between this decision and its write
+            heartbeat(other, "new", T0 + 10, task_name="etl")
+        return state.apply_heartbeat(current, Heartbeat("new", task_name="etl"), T0 + 20, RULES, label)
+
+    store.apply("new", decide)
+    assert seen == [None, 1]
+    assert store.get("new").heartbeat_count == 2
+    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 3
+    assert len(store.snapshot().rows) == 2
+
+
 def test_it_reads_records_stored_as_objects_by_earlier_versions(tmp_path):
     import sqlite3
 

@@ -13,6 +13,7 @@ connection is dropped so the next call reconnects.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -93,6 +94,10 @@ def _in(ids: list[str]) -> Iterator[tuple[list[str], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
+class _Stale(Exception):
+    """A record changed after the batch read it: the batch is rolled back and decided again."""
+
+
 class _NeedsLock(Exception):
     """A decision needs a write before its own (a new task name): decide under the lock."""
 
@@ -101,8 +106,9 @@ class _Batch:
     """The events of one transaction: decided in order against records read once.
 
     Decided ``locked`` inside the write transaction, or beforehand against a plain read,
-    to be written only if :meth:`still_current` finds every record as it was read. The
-    write lock is then held for the check and the writes alone, not for the decisions.
+    to be written only if every record is still as it was read: each update names the
+    version it read, and new executions are checked by :meth:`still_current`. The write
+    lock is then held for the writes alone, not for the decisions.
     """
 
     def __init__(self, store: "SQLiteStore", conn: sqlite3.Connection, *, locked: bool):
@@ -128,7 +134,8 @@ class _Batch:
 
     def still_current(self) -> bool:
         """Return True when, inside the transaction, every record read is unchanged and the
-        new executions fit under the limit."""
+        new executions fit under the limit: needed when the batch adds executions, which
+        another writer may have added meanwhile."""
         found: dict[str, int] = {}
         for chunk, marks in _in(list(self.records)):
             found.update(self.conn.execute(
@@ -193,20 +200,26 @@ class _Batch:
         self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
                            for (name, labels), (amount, exemplar) in self.counters.items()]
 
-    def write(self) -> None:
-        """Write each changed record once and add to each counter once (inside the transaction)."""
+    def write(self) -> bool:
+        """Write each changed record once and add to each counter once (inside the transaction).
+
+        Returns False, having written part of the batch, when an update finds its record
+        at another version than the one read: the caller must roll back.
+        """
+        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.moves)):
+            if rows and self.conn.executemany(statement, rows).rowcount != len(rows):
+                return False
         if self.inserts:
             self.conn.executemany(_INSERT, self.inserts)
             self.conn.execute("UPDATE meta SET value = value + ? WHERE key = 'tracked'", (len(self.inserts),))
-        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.moves)):
-            if rows and self.conn.executemany(statement, rows).rowcount != len(rows):
-                # impossible under the write lock: a broken invariant, not a race
-                raise RuntimeError("compare-and-set lost on an execution")
         if self.increments:
             self.conn.executemany(_INCREMENT, self.increments)
+        return True
 
 
+@functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
 def _labels_key(labels: tuple[str, ...]) -> str:
+    # The stored form since the first version: the default separators, not compact JSON.
     return json.dumps(labels, ensure_ascii=False)
 
 
@@ -346,24 +359,39 @@ class SQLiteStore(Store):
         # One transaction for the batch: the records read once, the decisions made in order
         # in memory (before taking the write lock when that is safe), then each changed
         # record written once and each counter added to once.
-        guess: _Batch | None = _Batch(self, self._connection(), locked=False)
-        try:
-            guess.decide(items)
-            guess.encode()
-        except _NeedsLock:
-            guess = None
-        except sqlite3.OperationalError as exc:
-            self._drop_connection()
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
-        with self._transaction() as conn:
-            if guess is not None and guess.still_current():
-                guess.write()
+        guess = self._decide_unlocked(items)
+        if guess is not None:
+            try:
+                with self._transaction():
+                    if (guess.inserts and not guess.still_current()) or not guess.write():
+                        raise _Stale
                 return guess.results
+            except _Stale:
+                pass  # another writer changed a record since it was read: decide again, locked
+        with self._transaction() as conn:
             batch = _Batch(self, conn, locked=True)
             batch.decide(items)
             batch.encode()
-            batch.write()
+            if not batch.write():
+                # impossible under the write lock: a broken invariant, not a race
+                raise RuntimeError("compare-and-set lost on an execution")
             return batch.results
+
+    def _decide_unlocked(self, items: Sequence[tuple[str, Decide]]) -> _Batch | None:
+        """Return the batch decided against a plain read, or None when it needs the write lock.
+
+        Raises :class:`StoreUnavailable`.
+        """
+        guess = _Batch(self, self._connection(), locked=False)
+        try:
+            guess.decide(items)
+        except _NeedsLock:
+            return None
+        except sqlite3.OperationalError as exc:
+            self._drop_connection()
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        guess.encode()
+        return guess
 
     def _known_label(self, name: str | None) -> str:
         """Return the label of a task name already in the store. Raises :class:`_NeedsLock`."""
