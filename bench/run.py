@@ -35,6 +35,8 @@ PUSH_COUNTS = (1_000, 10_000)
 WORKERS = 2
 BATCH = 500
 CONNECTIONS = 32
+ROUNDS = 3
+WRK_THREADS = 2
 # gunicorn's workers share one listening socket, and one of them sometimes accepts all of
 # wrk's kept-alive connections, measuring one worker instead of two. Both apps run with
 # room for a little over half of them per worker, so the load is shared either way.
@@ -135,8 +137,9 @@ def _wrk(url: str, script: str, seconds: float, **env: str) -> float:
     """Return requests per second after a short unmeasured warm-up; raises if any answer was not 2xx."""
     _say(f"wrk {script} {url} {env or ''}")
     for length in (WARMUP_SECONDS, seconds):
-        result = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{length:g}s", "-s", str(BENCH / script),
-                                 url], capture_output=True, text=True, env={**os.environ, **env},
+        result = subprocess.run(["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{length:g}s", "-s",
+                                 str(BENCH / script), url], capture_output=True, text=True,
+                                env={**os.environ, "THREADS": str(WRK_THREADS), **env},
                                 timeout=length + 60)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
@@ -199,34 +202,42 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     servers: list[Server] = []
     try:
-        # The baseline runs before and after the bridges; the better run is the one used,
-        # so that noise on this small machine can only make the bridge look worse.
+        # The bare app and both bridges take turns, ROUNDS times, and each reports its
+        # median: a run on this small machine varies by a tenth, and a slow spell then
+        # touches every app alike instead of one.
         bare, bare_url = _bare(work)
         servers.append(bare)
-        bare_runs = [_wrk(bare_url, "heartbeat.lua", args.seconds)]
-
         sqlite, sqlite_url = _bridge(f"sqlite:///{work / 'bench.db'}", work, "bridge-sqlite")
         servers.append(sqlite)
-        ingest = {"SQLite": _wrk(sqlite_url, "heartbeat.lua", args.seconds)}
-        batch_rate = _wrk(sqlite_url, "batch.lua", args.seconds, BATCH=str(BATCH)) * BATCH
-        batch_row = ("4. batch ingest, SQLite store", f"{batch_rate:,.0f} heartbeats/s",
-                     f"{BATCH} per request", "")
-
         redis_port = _free_port()
         redis = Server(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--dir", str(work)], f"127.0.0.1:{redis_port}")
         servers.append(redis)
         on_redis, redis_url = _bridge(f"redis://127.0.0.1:{redis_port}/0", work, "bridge-redis")
         servers.append(on_redis)
-        ingest["Redis"] = _wrk(redis_url, "heartbeat.lua", args.seconds)
+        urls = {"bare": bare_url, "SQLite": sqlite_url, "Redis": redis_url}
+        runs: dict[str, list[float]] = {name: [] for name in urls}
+        for _ in range(ROUNDS):
+            for name, url in urls.items():
+                runs[name].append(_wrk(url, "heartbeat.lua", args.seconds))
         on_redis.stop()
         redis.stop()
-        bare_runs.append(_wrk(bare_url, "heartbeat.lua", args.seconds))
         bare.stop()
-        bare_rate = max(bare_runs)
-        for number, (store, rate) in enumerate(ingest.items(), 1):
+        bare_rate = statistics.median(runs["bare"])
+        for number, store in enumerate(("SQLite", "Redis"), 1):
+            rate = statistics.median(runs[store])
             rows.append((f"{number}. heartbeat ingest, {store} store, 2 workers", f"{rate:,.0f} /s",
                          f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
+
+        # Twice the executions that the requests in flight hold, so that no two of them carry
+        # the same execution (a sender does not resend one within a second or two): those
+        # would race, and one of them be decided again.
+        batch_executions = 2 * CONNECTIONS * BATCH
+        batch_rate = _wrk(sqlite_url, "batch.lua", args.seconds, BATCH=str(BATCH),
+                          EXECUTIONS=str(batch_executions)) * BATCH
+        rows.append(("4. batch ingest, SQLite store", f"{batch_rate:,.0f} heartbeats/s",
+                     f"{BATCH} per request, {batch_executions:,} executions", ""))
+
         # The Pushgateway's default consistency check serialises pushes (about 150 ms each
         # here): measure that once, then compare against its fast configuration.
         push_address = f"127.0.0.1:{_free_port()}"
@@ -244,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
             push_rate = _wrk(f"http://{push_address}", "push.lua", args.seconds, EXECUTIONS=str(count))
             rows.append((f"3. Pushgateway push, no consistency check, {count:,} executions", f"{push_rate:,.0f} /s",
                          f"bare Flask {bare_rate:,.0f} /s", f"{push_rate / bare_rate:.2f}"))
-        rows.append(batch_row)
         pushgateway.stop()  # fresh servers below: only the live executions they are given
 
         _scrape(sqlite_url + "/metrics")
@@ -275,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t2 -c{CONNECTIONS} for "
-          f"{args.seconds:g} s per run, {WORKERS} gunicorn workers ({GUNICORN_ARGS})\n")
+    print(f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{CONNECTIONS} for "
+          f"{args.seconds:g} s per run (ingest: the median of {ROUNDS} runs each), {WORKERS} gunicorn "
+          f"workers ({GUNICORN_ARGS})\n")
     print("| measure | bridge | baseline | ratio |")
     print("| --- | --- | --- | --- |")
     for row in sorted(rows, key=lambda r: r[0]):
