@@ -1,0 +1,45 @@
+"""``make bench``: it runs to the end and prints every row of its table.
+
+Only the table's shape and that each figure was measured are checked here; how fast is
+the benchmark's own business (README "Performance"), never a test's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from support import ROOT, require_binary
+
+ROWS = [
+    "1. heartbeat ingest, SQLite store, 2 workers",
+    "2. heartbeat ingest, Redis store, 2 workers",
+    "3. Pushgateway push, default settings",
+    "3. Pushgateway push, no consistency check, 1,000 executions",
+    "3. Pushgateway push, no consistency check, 10,000 executions",
+    "4. batch ingest, SQLite store",
+    "5. /metrics at 1,000 live executions",
+    "5. /metrics at 10,000 live executions",
+    "5. /metrics at 50,000 live executions",
+    "6. resident memory at 1,000 executions",
+    "6. resident memory at 10,000 executions",
+    "6. resident memory at 50,000 executions",
+]
+
+
+def test_it_runs_to_the_end_and_prints_every_row():
+    for tool in ("wrk", "redis-server", "prometheus-pushgateway"):
+        require_binary(tool)
+    result = subprocess.run([sys.executable, "-m", "bench.run", "--seconds", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [[cell.strip() for cell in line.split("|")[1:-1]]
+             for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == ["measure", "bridge", "baseline", "ratio"]
+    rows = {cells[0]: cells[1:] for cells in table[2:]}
+    assert list(rows) == ROWS
+    for label, (measured, _baseline, _ratio) in rows.items():
+        number = re.match(r"[\d,.]+", measured)
+        assert number and float(number.group().replace(",", "")) > 0, (label, measured)
+    assert rows["5. /metrics at 50,000 live executions"][0].endswith("MB")
