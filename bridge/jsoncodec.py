@@ -31,7 +31,9 @@ _RESPONSE_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 def dumps(value: Any) -> str:
     """Return the compact JSON of ``value``, non-ASCII characters as they are.
 
-    Raises ``TypeError`` for a value JSON cannot hold, as :func:`json.dumps` does.
+    Non-finite floats become ``null`` (the standard library would write ``NaN``, which
+    is not JSON); validated input holds none. Raises ``TypeError`` for a value JSON
+    cannot hold, as :func:`json.dumps` does.
     """
     try:
         return orjson.dumps(value).decode()
@@ -58,8 +60,9 @@ def loads(data: str | bytes, fallback: Callable[[Any], Any] = json.loads) -> Any
 class FastJSONProvider(DefaultJSONProvider):
     """Flask's JSON provider with orjson answers: the same sorted keys and types, faster.
 
-    Dates and dataclasses still go through Flask's ``default`` (dates as HTTP dates),
-    and the debug mode's indented output is Flask's own.
+    Non-ASCII characters are sent as UTF-8 rather than ``\\u`` escapes. Dates and
+    dataclasses still go through Flask's ``default`` (dates as HTTP dates), and the
+    debug mode's indented output is Flask's own.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:

@@ -1,9 +1,9 @@
 """The embedded store: one SQLite file in WAL mode, shared by every gunicorn worker.
 
 Events are applied in batches (see :mod:`bridge.store.group`). A batch is decided against
-a plain read, then written in a ``BEGIN IMMEDIATE`` transaction only if every record it
-read is still at the version it read (else it is decided again inside the transaction),
-so the read-decide-write is a true compare-and-set while the write lock is held for the
+a plain read, then written in a ``BEGIN IMMEDIATE`` transaction in which each update names
+the version it read (else the batch is rolled back and decided again under the lock), so
+the read-decide-write is a true compare-and-set while the write lock is held for the
 writes alone. Writers first take an ``flock`` on ``<database>-writer`` beside the file,
 retried every 50 µs at first, where SQLite's own busy handler sleeps a millisecond or more.
 Connections are per thread and per process (never inherited across a fork); a failed
