@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ..state import Outcome
 from .base import Decide, Store, StoreUnavailable
@@ -73,6 +74,10 @@ class GroupCommit:
         batch: list[_Event] = []
         try:
             while event.result is _PENDING or event.result is _LEAD:
+                # Let the threads that are reading their requests run first: those that
+                # reach the queue meanwhile share this commit instead of needing their own.
+                # With no other thread ready this returns at once.
+                time.sleep(0)
                 with self._lock:
                     batch = self._queue[:self.max_batch]
                     del self._queue[:self.max_batch]
