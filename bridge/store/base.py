@@ -58,9 +58,9 @@ def decode_record(data: str | bytes) -> Execution:
 def encode_row(record: Execution) -> str:
     """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
     return jsoncodec.dumps([record.execution_id, record.status, record.metric_task_name, record.container_id,
-                         record.task_type, record.trace_id, record.container_name, record.image,
-                         record.started_at, record.last_heartbeat_at, record.ended_at,
-                         record.interval_seconds, record.progress_ratio, record.max_runtime_seconds])
+                            record.task_type, record.trace_id, record.container_name, record.image,
+                            record.started_at, record.last_heartbeat_at, record.ended_at,
+                            record.interval_seconds, record.progress_ratio, record.max_runtime_seconds])
 
 
 def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
