@@ -65,7 +65,9 @@ def encode_row(record: Execution) -> str:
 
 def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
     """Return the rows of many :func:`encode_row` strings, parsed in one call."""
-    return [ExecutionRow(*values) for values in jsoncodec.loads("[" + ",".join(encoded) + "]")]
+    # A row's numbers are times, ratios and intervals, never long integers.
+    return [ExecutionRow(*values)
+            for values in jsoncodec.loads("[" + ",".join(encoded) + "]", long_integers=False)]
 
 
 class StoreUnavailable(RuntimeError):
