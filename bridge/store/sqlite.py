@@ -107,7 +107,7 @@ class _Batch:
 
     Decided ``locked`` inside the write transaction, or beforehand against a plain read,
     to be written only if every record is still as it was read: each update names the
-    version it read, and new executions are checked by :meth:`still_current`. The write
+    version it read, and new executions are checked by :meth:`new_still_fit`. The write
     lock is then held for the writes alone, not for the decisions.
     """
 
@@ -132,18 +132,16 @@ class _Batch:
                 self.records[execution_id] = self.stored[execution_id] = record
         self.results = [self._decide(execution_id, decide) for execution_id, decide in items]
 
-    def still_current(self) -> bool:
-        """Return True when, inside the transaction, every record read is unchanged and the
-        new executions fit under the limit: needed when the batch adds executions, which
-        another writer may have added meanwhile."""
-        found: dict[str, int] = {}
-        for chunk, marks in _in(list(self.records)):
-            found.update(self.conn.execute(
-                f"SELECT execution_id, version FROM executions WHERE execution_id IN ({marks})", chunk))
-        if found != {execution_id: record.version for execution_id, record in self.stored.items()}:
-            return False
-        new = sum(1 for execution_id in self.changed if execution_id not in self.stored)
-        return not new or self._tracked() + new <= self.store.max_executions
+    def new_still_fit(self) -> bool:
+        """Return True when, inside the transaction, no other writer has added the batch's new
+        executions meanwhile and they fit under the limit. (The updates check their own
+        records: each names the version it read.)"""
+        new = [execution_id for execution_id in self.changed if execution_id not in self.stored]
+        for chunk, marks in _in(new):
+            if self.conn.execute(f"SELECT 1 FROM executions WHERE execution_id IN ({marks}) LIMIT 1",
+                                 chunk).fetchone():
+                return False
+        return self._tracked() + len(new) <= self.store.max_executions
 
     def _decide(self, execution_id: str, decide: Decide) -> Outcome | CapacityError:
         current = self.records.get(execution_id)
@@ -363,7 +361,7 @@ class SQLiteStore(Store):
         if guess is not None:
             try:
                 with self._transaction():
-                    if (guess.inserts and not guess.still_current()) or not guess.write():
+                    if (guess.inserts and not guess.new_still_fit()) or not guess.write():
                         raise _Stale
                 return guess.results
             except _Stale:
