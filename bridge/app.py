@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import errors, executions, ingest, ops
+from . import errors, executions, fastpath, ingest, ops
 from .auth import Authorizer
 from .config import load_settings
 from .extension import EXTENSION_KEY, Bridge
@@ -59,6 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ingest.bp)
     app.register_blueprint(executions.bp)
     app.register_blueprint(ops.bp)
+    fastpath.init_app(app)
     return app
 
 

@@ -14,9 +14,13 @@ from .state import Heartbeat, Outcome
 from .validation import (InvalidInput, parse_completion, parse_container_event, parse_heartbeat,
                          parse_json)
 
-__all__ = ["bp"]
+__all__ = ["FAST_PATH_ERROR", "bp", "heartbeat_answer", "is_json_mimetype"]
 
 bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
+
+#: The environ key in which :mod:`bridge.fastpath` hands the heartbeat view the error of a
+#: heartbeat it already gave the store, for the view to answer without applying it again.
+FAST_PATH_ERROR = "bridge.fast_path_error"
 
 T = TypeVar("T")
 
@@ -42,12 +46,16 @@ def _read_body(max_bytes: int) -> bytes:
     return request.get_data(cache=False)  # no length, no framing: werkzeug reads nothing
 
 
+def is_json_mimetype(mimetype: str) -> bool:
+    """Return True when a request's (lower-case) ``mimetype`` says its body is JSON."""
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
 def _json_body(max_bytes: int) -> Any:
     """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415 or 400)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
-    mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+    if not is_json_mimetype(request.mimetype):
         raise InvalidInput("Content-Type must be application/json", "Content-Type", 415,
                            "unsupported_media_type")
     try:
@@ -72,18 +80,28 @@ def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
         raise
 
 
+def heartbeat_answer(execution_id: str, outcome: Outcome) -> dict[str, Any]:
+    """Return the body of the 200 answer to a committed heartbeat."""
+    if outcome.record is None:
+        return {"status": "ok", "execution_id": execution_id, "ignored": True}
+    return {"status": "ok", "execution_id": execution_id, "execution_status": outcome.record.status,
+            "interval_seconds": outcome.record.interval_seconds}
+
+
 @bp.post("/heartbeat")
 def heartbeat():
-    """Record one heartbeat; 200 ``{"status": "ok"}`` once it is committed."""
+    """Record one heartbeat; 200 ``{"status": "ok"}`` once it is committed.
+
+    Most heartbeats are answered by :mod:`bridge.fastpath` before they reach Flask; this
+    view serves the others, and answers the errors the fast path hands it.
+    """
     bridge = current_bridge()
 
     def act(hb):
-        outcome = bridge.monitor.heartbeat(hb)
-        if outcome.record is None:
-            return jsonify(status="ok", execution_id=hb.execution_id, ignored=True)
-        return jsonify(status="ok", execution_id=hb.execution_id,
-                       execution_status=outcome.record.status,
-                       interval_seconds=outcome.record.interval_seconds)
+        error = request.environ.pop(FAST_PATH_ERROR, None)
+        if error is not None:
+            raise error
+        return jsonify(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
 
     return _ingest("heartbeat", lambda body: parse_heartbeat(
         body, bridge.limits, request.headers.get("traceparent")), act)

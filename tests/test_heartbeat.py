@@ -306,3 +306,59 @@ def test_it_answers_503_while_the_store_is_locked_and_recovers_by_itself(client,
     assert client.post(HEARTBEAT, json=seed_heartbeat()).status_code == 200
     assert client.get("/readyz").status_code == 200
     assert get(client)["heartbeat_count"] == 2
+
+
+# -- the fast path (bridge.fastpath) and the Flask view answer alike ------------------------
+
+def test_it_answers_on_the_fast_path_exactly_as_the_flask_view_does(app, client):
+    from werkzeug.test import Client
+    view = Client(app.wsgi_app.wrapped)  # the Flask app without the fast path in front
+    traceparent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    for path, make, headers in [(HEARTBEAT, seed_heartbeat, {}),            # a new execution
+                                (HEARTBEAT, seed_heartbeat, traceparent),   # a running one
+                                (COMPLETION, seed_completion, {}),
+                                (HEARTBEAT, seed_heartbeat, {})]:           # ignored after the end
+        fast = client.post(path, json=make("fast-1"), headers=headers)
+        slow = view.post(path, json=make("flask1"), headers=headers)
+        assert (fast.status, fast.headers.to_wsgi_list()) == (slow.status, slow.headers.to_wsgi_list())
+        assert fast.data == slow.data.replace(b'"flask1"', b'"fast-1"')
+    assert get(client, "fast-1")["heartbeat_count"] == get(client, "flask1")["heartbeat_count"] == 2
+
+
+def test_it_answers_a_plain_heartbeat_on_the_fast_path(app, client):
+    from flask import request_started
+    through_flask = []
+    with request_started.connected_to(lambda sender, **extra: through_flask.append(1), app):
+        assert client.post(HEARTBEAT, json=seed_heartbeat()).status_code == 200
+        assert client.post(HEARTBEAT, json=seed_heartbeat(), content_type="application/json; charset=utf-8",
+                           headers={"Authorization": "Bearer unused"}).status_code == 200
+        assert through_flask == []
+        assert client.post(HEARTBEAT, json={"execution_id": "a b"}).status_code == 400
+        assert through_flask == [1]  # refused input is answered, and counted, by the view
+    assert metric(client, "bridge_requests_rejected_total", endpoint="heartbeat", reason="invalid_field") == 1
+
+
+@pytest.mark.parametrize("error, status", [("StoreUnavailable", 503), ("RuntimeError", 500)])
+def test_it_applies_a_heartbeat_once_when_its_commit_fails(app, client, monkeypatch, error, status):
+    from bridge import store
+    exception = getattr(store, error, RuntimeError)("injected")
+    calls = []
+
+    def failing(hb):
+        calls.append(hb.execution_id)
+        raise exception
+
+    monkeypatch.setattr(app.extensions["heartbeat_bridge"].monitor, "heartbeat", failing)
+    response = client.post(HEARTBEAT, json=seed_heartbeat())
+    assert response.status_code == status
+    assert set(response.json) == {"error"}
+    assert calls == [EID]
+
+
+def test_it_refuses_a_body_shorter_than_its_content_length_with_400(client):
+    import io
+    body = json.dumps(seed_heartbeat()).encode()
+    response = client.post(HEARTBEAT, input_stream=io.BytesIO(body[:-5]), content_length=len(body),
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert client.get(f"/api/v1/executions/{EID}").status_code == 404
