@@ -105,6 +105,31 @@ def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
     assert [r.execution_id for r in snapshot.rows] == ["a"]
 
 
+def test_it_refuses_a_new_execution_beyond_the_limit_when_decided_before_the_lock(store_url):
+    # No task name to add: the batch is decided on a plain read, and written only if its
+    # new executions still fit.
+    store = connect(store_url, max_executions=1)
+    heartbeat(store, "a", T0)
+    with pytest.raises(CapacityError):
+        heartbeat(store, "b", T0)
+    assert [r.execution_id for r in store.snapshot().rows] == ["a"]
+    assert heartbeat(store, "a", T0 + 30).record.heartbeat_count == 2
+
+
+def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
+    import redis
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    store = connect(redis_url)
+    heartbeat(store, "a", T0, task_name="etl")
+    server.config_resetstat()
+    heartbeat(store, "a", T0 + 30, task_name="etl")
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    assert (calls.get("mget"), calls.get("evalsha")) == (1, 1)
+    assert "watch" not in calls and "exec" not in calls
+    assert store.get("a").heartbeat_count == 2
+
+
 def test_it_caps_task_names(store_url):
     store = connect(store_url, max_task_names=2)
     for n in range(4):

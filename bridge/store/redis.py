@@ -1,13 +1,17 @@
 """The scale-out store: Redis, shared by many replicas.
 
 Each batch of events (one, or those group-committed together) is an optimistic
-transaction: ``WATCH`` the executions' keys, read them in one ``MGET``, let the rules
-decide, then write the records, their indexes and the summed counter increments in one
-``MULTI``/``EXEC``; a concurrent change makes ``EXEC`` fail and the batch is decided
-again on the new records. So each transition and each increment happens exactly once
-across replicas. ``BRIDGE_MAX_EXECUTIONS`` is checked without watching the whole fleet,
-so it may be passed by as many new executions as arrive at the same instant. Expiry is one Lua script; the scrape reads ids from a sorted set and
-the records with pipelined ``MGET`` in chunks, never blocking Redis for long.
+transaction. First, in two round trips: read the records in one ``MGET``, let the rules
+decide, and hand every write to one Lua script, which makes them only if each record is
+still the one read (the same bytes, or still absent) and the new executions fit under
+``BRIDGE_MAX_EXECUTIONS``. When it refuses, or a decision needs a task name this process
+has not seen, the batch is decided again under ``WATCH``: the keys watched, read in one
+``MGET``, the writes in one ``MULTI``/``EXEC`` that a concurrent change makes fail, to
+be decided again on the new records. So each transition and each increment happens
+exactly once across replicas. Under ``WATCH`` the limit is checked without watching the
+whole fleet, so it may be passed by as many new executions as arrive at the same
+instant. Expiry is one Lua script; the scrape reads ids from a sorted set and the
+records with pipelined ``MGET`` in chunks, never blocking Redis for long.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import redis
 from redis.exceptions import RedisError, WatchError
 
-from ..state import UNKNOWN_TASK, Execution, Outcome
+from .. import jsoncodec
+from ..state import UNKNOWN_TASK, Execution, Outcome, TaskLabel
 from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_record,
                    decode_rows, encode_record, encode_row)
 
@@ -59,6 +64,61 @@ return tostring(hold_until)
 """
 
 
+# KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes.
+# ARGV: the prefix of the record keys, then one JSON document (one argument for redis-py to
+# pack, not dozens): [the limit on executions, [[id, bytes as read or false, new bytes, row,
+# deadline or false, expiry or false], ...], [[counter field, amount, exemplar or false], ...]].
+# Returns 1 when written, 0 when a record changed since it was read, -1 when the new
+# executions do not fit: then nothing is written.
+_WRITE = """
+local batch = cjson.decode(ARGV[2])
+local new = 0
+for _, r in ipairs(batch[2]) do
+  local current = redis.call('GET', ARGV[1] .. r[1])
+  if r[2] then
+    if current ~= r[2] then return 0 end
+  elseif current then
+    return 0
+  else
+    new = new + 1
+  end
+end
+if new > 0 and redis.call('ZCARD', KEYS[1]) + new > batch[1] then
+  return -1
+end
+for _, r in ipairs(batch[2]) do
+  local id = r[1]
+  redis.call('SET', ARGV[1] .. id, r[3])
+  redis.call('HSET', KEYS[4], id, r[4])
+  redis.call('ZADD', KEYS[1], 0, id)
+  if r[5] then redis.call('ZADD', KEYS[2], r[5], id) else redis.call('ZREM', KEYS[2], id) end
+  if r[6] then redis.call('ZADD', KEYS[3], r[6], id) else redis.call('ZREM', KEYS[3], id) end
+end
+for _, c in ipairs(batch[3]) do
+  redis.call('HINCRBYFLOAT', KEYS[5], c[1], c[2])
+  if c[3] then redis.call('HSET', KEYS[6], c[1], c[3]) end
+end
+return 1
+"""
+
+
+class _Decided:
+    """A batch's decisions: one result per item, the records to write, the summed increments."""
+
+    def __init__(self) -> None:
+        self.results: list[Outcome | CapacityError] = []
+        self.changed: dict[str, Execution] = {}
+        self.increments: dict[tuple[str, tuple[str, ...]], list] = {}
+
+
+def _or_false(value: float | None) -> float | bool:
+    return False if value is None else value
+
+
+class _NeedsWatch(Exception):
+    """A decision needs a task name this process has not seen: decide the batch under WATCH."""
+
+
 @functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
 def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
@@ -82,6 +142,8 @@ class RedisStore(Store):
         self._rows = prefix + "rows"
         self._expire_script = self._redis.register_script(_EXPIRE)
         self._mark_reaped_script = self._redis.register_script(_MARK_REAPED)
+        self._write_script = self._redis.register_script(_WRITE)
+        self._known_names: set[str] = set()
         self._reaper = prefix + "reaper"
         self.ping()
 
@@ -91,70 +153,114 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------
 
     def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
-        # One optimistic transaction for the batch: watch every key, read them in one MGET,
-        # decide in order, write everything in one MULTI/EXEC; a concurrent change to any of
-        # them makes EXEC fail and the whole batch is decided again.
         keys = list(dict.fromkeys(self._key(execution_id) for execution_id, _ in items))
         try:
+            results = self._try_script(keys, items)
+            if results is not None:
+                return results
             with self._redis.pipeline() as pipe:
                 for _attempt in range(MAX_ATTEMPTS):
                     try:
-                        return self._try_batch(pipe, keys, items)
+                        return self._try_watched(pipe, keys, items)
                     except WatchError:
                         continue  # another replica changed one first: decide again
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
 
-    def _try_batch(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+    def _try_script(self, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError] | None:
+        """Return the results of the batch decided on one read and written by one script call.
+
+        Returns None, having written nothing, when the batch must be decided under WATCH.
+        """
+        prefix = len(self._key(""))
+        stored = {key[prefix:]: raw for key, raw in zip(keys, self._redis.mget(keys)) if raw is not None}
+        try:
+            batch = self._decide({execution_id: decode_record(raw) for execution_id, raw in stored.items()},
+                                 items, self._known_label)
+        except _NeedsWatch:
+            return None
+        if not batch.changed:
+            return batch.results
+        records = []
+        for execution_id, record in batch.changed.items():
+            raw = stored.get(execution_id)
+            records.append((execution_id, False if raw is None else raw.decode(), encode_record(record),
+                            encode_row(record), _or_false(record.deadline_at), _or_false(record.expires_at)))
+        counters = [(_field(name, labels), amount, json.dumps(exemplar) if exemplar else False)
+                    for (name, labels), (amount, exemplar) in batch.increments.items()]
+        written = self._write_script(
+            keys=[self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars],
+            args=[self._key(""), jsoncodec.dumps([self.max_executions, records, counters])])
+        return batch.results if written == 1 else None
+
+    def _try_watched(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
         pipe.watch(*keys)
         prefix = len(self._key(""))
         records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
         new_names: list[str] = []
-        label = lambda name: self._task_label(pipe, name, new_names)
-        changed: dict[str, Execution] = {}
-        increments: dict[tuple[str, tuple[str, ...]], list] = {}
-        results: list[Outcome | CapacityError] = []
-        tracked: int | None = None
-        for execution_id, decide in items:
-            current = records.get(execution_id)
-            names_before = len(new_names)
-            outcome = decide(current, label)
-            record = outcome.record
-            if record is None:
-                results.append(outcome)
-                continue
-            if current is None:
-                # Not watched: every insert would conflict with every other.
-                # The limit may be passed by the inserts in flight at once.
-                tracked = pipe.zcard(self._ids) if tracked is None else tracked
-                if tracked >= self.max_executions:
-                    del new_names[names_before:]  # a refused execution leaves nothing behind
-                    results.append(CapacityError(f"tracking {tracked} executions, the limit"))
-                    continue
-                tracked += 1
-            record.version = 1 if current is None else current.version + 1
-            records[execution_id] = changed[execution_id] = record
-            for inc in outcome.increments:
-                total = increments.setdefault((inc.name, inc.labels), [0.0, None])
-                total[0] += inc.amount
-                total[1] = inc.exemplar or total[1]
-            results.append(outcome)
-        if not changed:
+        # Not watched: every insert would conflict with every other.
+        # The limit may be passed by the inserts in flight at once.
+        batch = self._decide(records, items, lambda name: self._task_label(pipe, name, new_names),
+                             new_names, lambda: pipe.zcard(self._ids))
+        if not batch.changed:
             pipe.unwatch()
-            return results
+            return batch.results
         pipe.multi()
-        for record in changed.values():
+        for record in batch.changed.values():
             self._write(pipe, record)
         if new_names:
             pipe.sadd(self._tasks, *new_names)
-        for (name, labels), (amount, exemplar) in increments.items():
+        for (name, labels), (amount, exemplar) in batch.increments.items():
             field = _field(name, labels)
             pipe.hincrbyfloat(self._counters, field, amount)
             if exemplar:
                 pipe.hset(self._exemplars, field, json.dumps(exemplar))
         pipe.execute()
-        return results
+        return batch.results
+
+    def _decide(self, records: dict[str, Execution], items: Sequence[tuple[str, Decide]], label: TaskLabel,
+                new_names: list[str] | None = None, count_tracked: Callable[[], int] | None = None) -> _Decided:
+        """Decide each item in order on ``records``; return the results and what to write.
+
+        With ``count_tracked``, a new execution beyond the limit is refused here (and
+        the task names its decision added to ``new_names`` are taken back).
+        """
+        batch = _Decided()
+        tracked: int | None = None
+        for execution_id, decide in items:
+            current = records.get(execution_id)
+            names_before = len(new_names) if new_names is not None else 0
+            outcome = decide(current, label)
+            record = outcome.record
+            if record is None:
+                batch.results.append(outcome)
+                continue
+            if current is None and count_tracked is not None:
+                tracked = count_tracked() if tracked is None else tracked
+                if tracked >= self.max_executions:
+                    del new_names[names_before:]  # a refused execution leaves nothing behind
+                    batch.results.append(CapacityError(f"tracking {tracked} executions, the limit"))
+                    continue
+                tracked += 1
+            record.version = 1 if current is None else current.version + 1
+            records[execution_id] = batch.changed[execution_id] = record
+            for inc in outcome.increments:
+                total = batch.increments.setdefault((inc.name, inc.labels), [0.0, None])
+                total[0] += inc.amount
+                total[1] = inc.exemplar or total[1]
+            batch.results.append(outcome)
+        return batch
+
+    def _known_label(self, name: str | None) -> str:
+        """Return the label of a task name already in the store. Raises :class:`_NeedsWatch`."""
+        if name is None:
+            return UNKNOWN_TASK
+        if name not in self._known_names:
+            if not self._redis.sismember(self._tasks, name):
+                raise _NeedsWatch(name)
+            self._known_names.add(name)  # names are never removed: safe to remember
+        return name
 
     def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
         if name is None:
