@@ -35,7 +35,7 @@ PUSH_COUNTS = (1_000, 10_000)
 WORKERS = 2
 BATCH = 500
 CONNECTIONS = 32
-ROUNDS = 3
+ROUNDS = 5
 WRK_THREADS = 2
 # gunicorn's workers share one listening socket, and one of them sometimes accepts all of
 # wrk's kept-alive connections, measuring one worker instead of two. Both apps run with

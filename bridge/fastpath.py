@@ -8,10 +8,10 @@ what the Flask view does, through the same functions: the token, the parser, the
 monitor, the answer. Everything else goes to Flask as it came.
 
 So does every failure, which keeps one place that answers and counts them. Input the
-fast path refuses is handed to the view with its body, to be refused there again. An
-error raised once the heartbeat went to the store travels in the environ
-(:data:`bridge.ingest.FAST_PATH_ERROR`), and the view answers it without applying the
-heartbeat a second time.
+fast path refuses is handed to the view with its body, to be refused there again (nothing
+was applied yet). An error raised once the heartbeat went to the store travels in the
+environ (:data:`bridge.ingest.FAST_PATH_ERROR`), and the view answers it without applying
+the heartbeat a second time.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from werkzeug.http import parse_options_header
 from .extension import EXTENSION_KEY
 from .ingest import FAST_PATH_ERROR, bp, heartbeat_answer, is_json_mimetype
 from .jsoncodec import encode_answer
-from .validation import InvalidInput, parse_heartbeat, parse_json
+from .validation import parse_heartbeat, parse_json
 
 __all__ = ["HeartbeatFastPath", "init_app"]
 
@@ -55,7 +55,7 @@ class HeartbeatFastPath:
             grant = bridge.authorizer.ingest(environ.get("HTTP_AUTHORIZATION"))
             hb = parse_heartbeat(parse_json(body), bridge.limits, environ.get("HTTP_TRACEPARENT"))
             bridge.authorizer.check(grant, hb.execution_id)
-        except InvalidInput:
+        except Exception:  # refused input, or a fault: nothing is applied yet, the view answers it
             return self._to_flask(environ, start_response, body)
         try:
             answer = encode_answer(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
@@ -69,17 +69,18 @@ class HeartbeatFastPath:
         if (environ.get("PATH_INFO") != HEARTBEAT_PATH or environ.get("REQUEST_METHOD") != "POST"
                 or "HTTP_TRANSFER_ENCODING" in environ):
             return None
-        length = environ.get("CONTENT_LENGTH", "")
-        if not (length.isascii() and length.isdigit()):
+        declared = environ.get("CONTENT_LENGTH", "")
+        if not (declared.isascii() and declared.isdigit()):
             return None
+        length = int(declared)
         limit = self.app.extensions[EXTENSION_KEY].settings.max_body_bytes
         flask_limit = self.app.config.get("MAX_CONTENT_LENGTH")
-        if int(length) > (limit if flask_limit is None else min(limit, flask_limit)):
+        if length > (limit if flask_limit is None else min(limit, flask_limit)):
             return None
         if not is_json_mimetype(parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()):
             return None
-        body = environ["wsgi.input"].read(int(length))
-        if len(body) != int(length):  # the client went away: Flask says so
+        body = environ["wsgi.input"].read(length)
+        if len(body) != length:  # the client went away: Flask says so
             environ["wsgi.input"] = io.BytesIO(body)
             return None
         return body

@@ -338,6 +338,18 @@ def test_it_answers_a_plain_heartbeat_on_the_fast_path(app, client):
     assert metric(client, "bridge_requests_rejected_total", endpoint="heartbeat", reason="invalid_field") == 1
 
 
+def test_it_hands_a_heartbeat_to_flask_when_the_fast_path_fails_before_applying_it(client, monkeypatch):
+    import bridge.fastpath
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(bridge.fastpath, "parse_heartbeat", broken)
+    response = client.post(HEARTBEAT, json=seed_heartbeat())
+    assert response.status_code == 200 and response.json["execution_status"] == "running"
+    assert get(client)["heartbeat_count"] == 1
+
+
 @pytest.mark.parametrize("error, status", [("StoreUnavailable", 503), ("RuntimeError", 500)])
 def test_it_applies_a_heartbeat_once_when_its_commit_fails(app, client, monkeypatch, error, status):
     from bridge import store
