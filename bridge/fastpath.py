@@ -67,7 +67,8 @@ class HeartbeatFastPath:
     def _plain_heartbeat_body(self, environ: dict) -> bytes | None:
         """Return the body of a heartbeat the fast path takes; None leaves the request to Flask."""
         if (environ.get("PATH_INFO") != HEARTBEAT_PATH or environ.get("REQUEST_METHOD") != "POST"
-                or "HTTP_TRANSFER_ENCODING" in environ):
+                or "HTTP_TRANSFER_ENCODING" in environ
+                or self.app.debug):  # Flask's debugger, and its indented answers
             return None
         declared = environ.get("CONTENT_LENGTH", "")
         if not (declared.isascii() and declared.isdigit()):

@@ -335,6 +335,9 @@ def test_it_answers_a_plain_heartbeat_on_the_fast_path(app, client):
         assert through_flask == []
         assert client.post(HEARTBEAT, json={"execution_id": "a b"}).status_code == 400
         assert through_flask == [1]  # refused input is answered, and counted, by the view
+        app.debug = True  # Flask's debugger and indented answers
+        assert client.post(HEARTBEAT, json=seed_heartbeat()).status_code == 200
+        assert through_flask == [1, 1]
     assert metric(client, "bridge_requests_rejected_total", endpoint="heartbeat", reason="invalid_field") == 1
 
 

@@ -121,13 +121,17 @@ def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     store = connect(redis_url)
-    heartbeat(store, "a", T0, task_name="etl")
+    # The script compares the stored bytes with those read: text that JSON escapes must
+    # come through its argument unchanged, or every batch would fall back to WATCH.
+    progress = {"stage": '数据 "quoted" \\ back\nslash\u0001', "percentage": 12.5}
+    heartbeat(store, "a", T0, task_name="etl", progress=progress)
     server.config_resetstat()
-    heartbeat(store, "a", T0 + 30, task_name="etl")
+    heartbeat(store, "a", T0 + 30, task_name="etl", progress=progress)
     calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
     assert (calls.get("mget"), calls.get("evalsha")) == (1, 1)
     assert "watch" not in calls and "exec" not in calls
-    assert store.get("a").heartbeat_count == 2
+    record = store.get("a")
+    assert (record.heartbeat_count, record.progress) == (2, progress)
 
 
 def test_it_caps_task_names(store_url):
