@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bridge.store import StoreUnavailable
 from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EID = "550e8400-e29b-41d4-a716-446655440000"
@@ -353,15 +354,13 @@ def test_it_hands_a_heartbeat_to_flask_when_the_fast_path_fails_before_applying_
     assert get(client)["heartbeat_count"] == 1
 
 
-@pytest.mark.parametrize("error, status", [("StoreUnavailable", 503), ("RuntimeError", 500)])
+@pytest.mark.parametrize("error, status", [(StoreUnavailable, 503), (RuntimeError, 500)])
 def test_it_applies_a_heartbeat_once_when_its_commit_fails(app, client, monkeypatch, error, status):
-    from bridge import store
-    exception = getattr(store, error, RuntimeError)("injected")
     calls = []
 
     def failing(hb):
         calls.append(hb.execution_id)
-        raise exception
+        raise error("injected")
 
     monkeypatch.setattr(app.extensions["heartbeat_bridge"].monitor, "heartbeat", failing)
     response = client.post(HEARTBEAT, json=seed_heartbeat())

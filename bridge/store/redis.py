@@ -199,8 +199,8 @@ class RedisStore(Store):
         prefix = len(self._key(""))
         records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
         new_names: list[str] = []
-        # Not watched: every insert would conflict with every other.
-        # The limit may be passed by the inserts in flight at once.
+        # The count of executions (ZCARD) is not watched: every insert would conflict with
+        # every other. So here the limit may be passed by the inserts in flight at once.
         batch = self._decide(records, items, lambda name: self._task_label(pipe, name, new_names),
                              new_names, lambda: pipe.zcard(self._ids))
         if not batch.changed:
