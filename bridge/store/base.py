@@ -16,7 +16,8 @@ from .. import jsoncodec
 from ..state import Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
-           "StoreUnavailable", "decode_record", "decode_rows", "encode_record", "encode_row"]
+           "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",
+           "encode_row"]
 
 #: The label value that task names beyond ``max_task_names`` share.
 OTHER_TASK = "_other"
@@ -68,6 +69,18 @@ def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
     # A row's numbers are times, ratios and intervals, never long integers.
     return [ExecutionRow(*values)
             for values in jsoncodec.loads("[" + ",".join(encoded) + "]", long_integers=False)]
+
+
+def add_increments(totals: dict[tuple[str, tuple[str, ...]], list], outcome: Outcome) -> None:
+    """Add ``outcome``'s counter increments into a batch's ``totals``.
+
+    ``totals`` maps (counter name, labels) to [summed amount, latest exemplar], so that a
+    batch adds to each counter once.
+    """
+    for inc in outcome.increments:
+        total = totals.setdefault((inc.name, inc.labels), [0.0, None])
+        total[0] += inc.amount
+        total[1] = inc.exemplar or total[1]
 
 
 class StoreUnavailable(RuntimeError):

@@ -26,8 +26,8 @@ from redis.exceptions import RedisError, WatchError
 
 from .. import jsoncodec
 from ..state import UNKNOWN_TASK, Execution, Outcome, TaskLabel
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_record,
-                   decode_rows, encode_record, encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, add_increments,
+                   decode_record, decode_rows, encode_record, encode_row)
 
 __all__ = ["RedisStore"]
 
@@ -132,7 +132,7 @@ class RedisStore(Store):
         super().__init__(max_executions, max_task_names)
         self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
                                            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
-        self._prefix = prefix
+        self._records = prefix + "x:"  # the record keys: <prefix>x:<execution id>
         self._ids = prefix + "ids"
         self._deadlines = prefix + "deadline"
         self._expiry = prefix + "expiry"
@@ -148,7 +148,7 @@ class RedisStore(Store):
         self.ping()
 
     def _key(self, execution_id: str) -> str:
-        return f"{self._prefix}x:{execution_id}"
+        return self._records + execution_id
 
     # -- the Store interface -------------------------------------------------------
 
@@ -173,7 +173,7 @@ class RedisStore(Store):
 
         Returns None, having written nothing, when the batch must be decided under WATCH.
         """
-        prefix = len(self._key(""))
+        prefix = len(self._records)
         stored = {key[prefix:]: raw for key, raw in zip(keys, self._redis.mget(keys)) if raw is not None}
         try:
             batch = self._decide({execution_id: decode_record(raw) for execution_id, raw in stored.items()},
@@ -191,12 +191,12 @@ class RedisStore(Store):
                     for (name, labels), (amount, exemplar) in batch.increments.items()]
         written = self._write_script(
             keys=[self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars],
-            args=[self._key(""), jsoncodec.dumps([self.max_executions, records, counters])])
+            args=[self._records, jsoncodec.dumps([self.max_executions, records, counters])])
         return batch.results if written == 1 else None
 
     def _try_watched(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
         pipe.watch(*keys)
-        prefix = len(self._key(""))
+        prefix = len(self._records)
         records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
         new_names: list[str] = []
         # The count of executions (ZCARD) is not watched: every insert would conflict with
@@ -245,10 +245,7 @@ class RedisStore(Store):
                 tracked += 1
             record.version = 1 if current is None else current.version + 1
             records[execution_id] = batch.changed[execution_id] = record
-            for inc in outcome.increments:
-                total = batch.increments.setdefault((inc.name, inc.labels), [0.0, None])
-                total[0] += inc.amount
-                total[1] = inc.exemplar or total[1]
+            add_increments(batch.increments, outcome)
             batch.results.append(outcome)
         return batch
 
@@ -335,7 +332,7 @@ class RedisStore(Store):
         try:
             while True:
                 batch = self._expire_script(keys=[self._expiry, self._ids, self._deadlines, self._rows],
-                                            args=[now, self._prefix + "x:", CHUNK])
+                                            args=[now, self._records, CHUNK])
                 dropped += batch
                 if batch < CHUNK:
                     return dropped

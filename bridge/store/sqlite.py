@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, decode_record,
-                   decode_rows, encode_record, encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, add_increments,
+                   decode_record, decode_rows, encode_record, encode_row)
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -163,14 +163,7 @@ class _Batch:
             return outcome
         record.version = 1 if current is None else current.version + 1
         self.records[execution_id] = self.changed[execution_id] = record
-        for inc in outcome.increments:
-            key = (inc.name, inc.labels)
-            total = self.counters.get(key)
-            if total is None:
-                self.counters[key] = [inc.amount, inc.exemplar]
-            else:
-                total[0] += inc.amount
-                total[1] = inc.exemplar or total[1]
+        add_increments(self.counters, outcome)
         return outcome
 
     def _tracked(self) -> int:
