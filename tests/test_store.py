@@ -124,14 +124,40 @@ def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
     # The script compares the stored bytes with those read: text that JSON escapes must
     # come through its argument unchanged, or every batch would fall back to WATCH.
     progress = {"stage": '数据 "quoted" \\ back\nslash\u0001', "percentage": 12.5}
-    heartbeat(store, "a", T0, task_name="etl", progress=progress)
+    heartbeat(store, "a", T0, task_name="etl", progress=progress)  # a new task name: under WATCH
+    heartbeat(store, "a", T0 + 30, task_name="etl", progress=progress)  # loads the script
     server.config_resetstat()
-    heartbeat(store, "a", T0 + 30, task_name="etl", progress=progress)
+    heartbeat(store, "a", T0 + 60, task_name="etl", progress=progress)
     calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
-    assert (calls.get("mget"), calls.get("evalsha")) == (1, 1)
+    # The store's read, then the script, whose own check reads the records once more.
+    assert (calls.get("mget"), calls.get("evalsha")) == (2, 1)
     assert "watch" not in calls and "exec" not in calls
     record = store.get("a")
-    assert (record.heartbeat_count, record.progress) == (2, progress)
+    assert (record.heartbeat_count, record.progress) == (3, progress)
+
+
+def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redis_url):
+    import redis
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    store = connect(redis_url)
+    ids = [f"e{n}" for n in range(4500)]  # 9,000 arguments to MSET: past Lua's 8,000
+
+    def beat(execution_id, now):
+        hb = Heartbeat(execution_id)
+        return execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, RULES, label)
+
+    store.apply_many([beat(i, T0) for i in ids])
+    server.config_resetstat()
+    store.apply_many([beat(i, T0 + 30 + n / 1000) for n, i in enumerate(ids)])
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    assert calls.get("evalsha") == 1 and "watch" not in calls
+    assert {(r.heartbeat_count, r.version) for r in store.query(limit=5000)} == {(2, 2)}
+    assert len(store.snapshot().rows) == 4500
+    last = store.get(ids[-1])
+    assert store.due(last.deadline_at, 5000)[-1] == ids[-1]
+    assert len(store.due(last.deadline_at, 5000)) == 4500
+    assert store.snapshot().counters[(state.HEARTBEATS, ("unknown",))] == 9000
 
 
 def test_it_caps_task_names(store_url):

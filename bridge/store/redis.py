@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 import redis
 from redis.exceptions import RedisError, WatchError
 
-from .. import jsoncodec
 from ..state import UNKNOWN_TASK, Execution, Outcome, TaskLabel
 from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, add_increments,
                    decode_record, decode_rows, encode_record, encode_row)
@@ -65,41 +64,103 @@ return tostring(hold_until)
 
 
 # KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes.
-# ARGV: the prefix of the record keys, then one JSON document (one argument for redis-py to
-# pack, not dozens): [the limit on executions, [[id, bytes as read or false, new bytes, row,
-# deadline or false, expiry or false], ...], [[counter field, amount, exemplar or false], ...]].
+# ARGV: the prefix of the record keys; the limit on executions; the records, six fields
+# each: id, the bytes as read ('' when absent), the new bytes, the row, the deadline and
+# the expiry (a score, or '' for none); the counters, three fields each: hash
+# field, amount, exemplar ('' for none). The fields of a list are joined by the unit
+# separator (\31), which JSON and execution ids never hold: two strings for redis-py to
+# pack, not hundreds, and none for the script to parse as JSON. Commands go out once
+# per batch, not once per record, in chunks within Lua's stack.
 # Returns 1 when written, 0 when a record changed since it was read, -1 when the new
 # executions do not fit: then nothing is written.
 _WRITE = """
-local batch = cjson.decode(ARGV[2])
-local new = 0
-for _, r in ipairs(batch[2]) do
-  local current = redis.call('GET', ARGV[1] .. r[1])
-  if r[2] then
-    if current ~= r[2] then return 0 end
-  elseif current then
-    return 0
-  else
-    new = new + 1
+local function split(text)
+  local fields, n, start = {}, 0, 1
+  if text == '' then return fields end
+  while true do
+    local stop = string.find(text, '\\31', start, true)
+    n = n + 1
+    if not stop then
+      fields[n] = string.sub(text, start)
+      return fields
+    end
+    fields[n] = string.sub(text, start, stop - 1)
+    start = stop + 1
   end
 end
-if new > 0 and redis.call('ZCARD', KEYS[1]) + new > batch[1] then
+local function send(command, key, args)
+  for first = 1, #args, 1000 do
+    local last = math.min(first + 999, #args)
+    if key then
+      redis.call(command, key, unpack(args, first, last))
+    else
+      redis.call(command, unpack(args, first, last))
+    end
+  end
+end
+local r = split(ARGV[3])
+local keys = {}
+for i = 1, #r, 6 do keys[#keys + 1] = ARGV[1] .. r[i] end
+local new = 0
+for first = 1, #keys, 1000 do
+  local current = redis.call('MGET', unpack(keys, first, math.min(first + 999, #keys)))
+  for k, now in ipairs(current) do
+    local read = r[6 * (first + k - 1) - 4]
+    if read == '' then
+      if now then return 0 end
+      new = new + 1
+    elseif now ~= read then
+      return 0
+    end
+  end
+end
+if new > 0 and redis.call('ZCARD', KEYS[1]) + new > tonumber(ARGV[2]) then
   return -1
 end
-for _, r in ipairs(batch[2]) do
-  local id = r[1]
-  redis.call('SET', ARGV[1] .. id, r[3])
-  redis.call('HSET', KEYS[4], id, r[4])
-  redis.call('ZADD', KEYS[1], 0, id)
-  if r[5] then redis.call('ZADD', KEYS[2], r[5], id) else redis.call('ZREM', KEYS[2], id) end
-  if r[6] then redis.call('ZADD', KEYS[3], r[6], id) else redis.call('ZREM', KEYS[3], id) end
+local records, rows, added, index = {}, {}, {}, {{}, {}, {}, {}}
+for j = 1, #keys do
+  local i = 6 * j - 5
+  local id = r[i]
+  records[#records + 1] = keys[j]
+  records[#records + 1] = r[i + 2]
+  rows[#rows + 1] = id
+  rows[#rows + 1] = r[i + 3]
+  if r[i + 1] == '' then
+    added[#added + 1] = 0
+    added[#added + 1] = id
+  end
+  for s = 0, 1 do
+    local score = r[i + 4 + s]
+    if score == '' then
+      local removed = index[2 * s + 2]
+      removed[#removed + 1] = id
+    else
+      local scored = index[2 * s + 1]
+      scored[#scored + 1] = score
+      scored[#scored + 1] = id
+    end
+  end
 end
-for _, c in ipairs(batch[3]) do
-  redis.call('HINCRBYFLOAT', KEYS[5], c[1], c[2])
-  if c[3] then redis.call('HSET', KEYS[6], c[1], c[3]) end
+send('MSET', nil, records)
+send('HSET', KEYS[4], rows)
+send('ZADD', KEYS[1], added)
+send('ZADD', KEYS[2], index[1])
+send('ZREM', KEYS[2], index[2])
+send('ZADD', KEYS[3], index[3])
+send('ZREM', KEYS[3], index[4])
+local c = split(ARGV[4])
+for i = 1, #c, 3 do
+  redis.call('HINCRBYFLOAT', KEYS[5], c[i], c[i + 1])
+  if c[i + 2] ~= '' then redis.call('HSET', KEYS[6], c[i], c[i + 2]) end
 end
 return 1
 """
+
+_SEPARATOR = "\x1f"
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 class _Decided:
@@ -109,10 +170,6 @@ class _Decided:
         self.results: list[Outcome | CapacityError] = []
         self.changed: dict[str, Execution] = {}
         self.increments: dict[tuple[str, tuple[str, ...]], list] = {}
-
-
-def _or_false(value: float | None) -> float | bool:
-    return False if value is None else value
 
 
 class _NeedsWatch(Exception):
@@ -175,23 +232,25 @@ class RedisStore(Store):
         """
         prefix = len(self._records)
         stored = {key[prefix:]: raw for key, raw in zip(keys, self._redis.mget(keys)) if raw is not None}
+        before = {execution_id: decode_record(raw) for execution_id, raw in stored.items()}
         try:
-            batch = self._decide({execution_id: decode_record(raw) for execution_id, raw in stored.items()},
-                                 items, self._known_label)
+            batch = self._decide(dict(before), items, self._known_label)
         except _NeedsWatch:
             return None
         if not batch.changed:
             return batch.results
-        records = []
+        records: list[str] = []
         for execution_id, record in batch.changed.items():
-            raw = stored.get(execution_id)
-            records.append((execution_id, False if raw is None else raw.decode(), encode_record(record),
-                            encode_row(record), _or_false(record.deadline_at), _or_false(record.expires_at)))
-        counters = [(_field(name, labels), amount, json.dumps(exemplar) if exemplar else False)
-                    for (name, labels), (amount, exemplar) in batch.increments.items()]
+            old = before.get(execution_id)
+            records += (execution_id, "" if old is None else stored[execution_id].decode(),
+                        encode_record(record), encode_row(record),
+                        _score(record.deadline_at), _score(record.expires_at))
+        counters: list[str] = []
+        for (name, labels), (amount, exemplar) in batch.increments.items():
+            counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
         written = self._write_script(
             keys=[self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars],
-            args=[self._records, jsoncodec.dumps([self.max_executions, records, counters])])
+            args=[self._records, self.max_executions, _SEPARATOR.join(records), _SEPARATOR.join(counters)])
         return batch.results if written == 1 else None
 
     def _try_watched(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
