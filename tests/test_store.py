@@ -160,6 +160,38 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
     assert store.snapshot().counters[(state.HEARTBEATS, ("unknown",))] == 9000
 
 
+def test_it_loads_the_write_script_again_when_redis_has_lost_it(redis_url):
+    import redis
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    store = connect(redis_url)
+    heartbeat(store, "a", T0)
+    server.script_flush()  # as a restarted Redis
+    server.config_resetstat()
+    heartbeat(store, "a", T0 + 30)
+    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    assert (calls.get("evalsha"), calls.get("script|load")) == (2, 1) and "watch" not in calls
+    assert store.get("a").heartbeat_count == 2
+
+
+def test_it_says_unavailable_while_redis_is_stuck_and_writes_again_after(redis_url, monkeypatch):
+    import redis
+    from bridge.store import redis as redis_store
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    monkeypatch.setattr(redis_store, "SOCKET_TIMEOUT_SECONDS", 0.2)
+    store = connect(redis_url)
+    heartbeat(store, "a", T0)
+    server.client_pause(1000)  # the store's read gets its answer only after its timeout
+    with pytest.raises(StoreUnavailable):
+        heartbeat(store, "a", T0 + 30)
+    server.client_unpause()
+    # The late answer to the timed-out read must not be taken for the next command's.
+    heartbeat(store, "b", T0 + 31)
+    assert (store.get("a").heartbeat_count, store.get("b").heartbeat_count) == (1, 1)
+    assert heartbeat(store, "a", T0 + 60).record.heartbeat_count == 2
+
+
 def test_it_caps_task_names(store_url):
     store = connect(store_url, max_task_names=2)
     for n in range(4):
