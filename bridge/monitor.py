@@ -45,7 +45,8 @@ class Monitor:
     """Applies heartbeats, completions and deadlines to the store.
 
     Every write goes through here; reads (the query API, the scrape) use the store. The
-    request threads' events are group-committed; the reaper's deadlines are applied alone.
+    request threads' events are group-committed (a batch request's in a transaction of its
+    own, in turn with them); the reaper's deadlines are applied alone.
     Each event reads the clock when it is decided, inside its transaction, so that the
     times an execution records never run backwards however its events queue.
     """
@@ -78,7 +79,7 @@ class Monitor:
 
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
-        results = self.store.apply_many([
+        results = self._events.apply_many([
             (hb.execution_id,
              lambda cur, label, hb=hb: state.apply_heartbeat(cur, hb, self.clock(), self.rules, label))
             for hb in batch])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -130,3 +131,21 @@ def test_it_lets_a_new_caller_lead_once_the_last_commit_is_done(store):
         thread.join(30)
     assert group.apply("e0", beat("e0", T0 + 30)).record.heartbeat_count == 2
     assert not group._leading and not group._queue
+
+
+def test_it_runs_a_batch_only_once_the_running_commit_is_done(store):
+    recording = Recording(store)
+    group = GroupCommit(recording)
+    first, results = run_all(group, [("a", beat("a"))])
+    assert recording.entered.wait(30)
+    batch = []
+    batch_thread = threading.Thread(target=lambda: batch.extend(group.apply_many([("b", beat("b")),
+                                                                                 ("c", beat("c"))])))
+    batch_thread.start()
+    time.sleep(0.2)  # time enough for the batch to reach the store, were it not waiting
+    assert recording.batches == [["a"]]
+    recording.release.set()
+    for thread in first + [batch_thread]:
+        thread.join(30)
+    assert recording.batches == [["a"], ["b", "c"]]
+    assert [r.result for r in batch] == ["accepted", "accepted"] and results["a"].result == "accepted"

@@ -5,6 +5,12 @@ is acknowledged that is not stored. Whoever arrives while no commit is running l
 it takes everything queued (its own event among it) into one ``Store.apply_many`` and
 hands each waiting thread its outcome. Under load, one transaction, one read and one
 write per counter then serve every request in flight, instead of one each.
+
+A request's own batch of events (``apply_many``) is one transaction too, and takes its
+turn with the group's: one transaction of the process's request threads at a time.
+Several at once, each deciding hundreds of events, only share one GIL and queue on the
+store's write lock: on the batch benchmark one at a time per worker wrote 40% more
+heartbeats per second than eight.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Sequence
 
 from ..state import Outcome
-from .base import Decide, Store, StoreUnavailable
+from .base import CapacityError, Decide, Store, StoreUnavailable
 
 __all__ = ["DEFAULT_MAX_BATCH", "GroupCommit"]
 
@@ -48,6 +55,7 @@ class GroupCommit:
         self._queue: list[_Event] = []
         self._leading = False
         self._lock = threading.Lock()
+        self._turn = threading.Lock()  # held for each transaction: one at a time
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         """Run ``decide`` on the current record and commit its outcome; returns that outcome.
@@ -69,6 +77,15 @@ class GroupCommit:
             raise event.result
         return event.result  # type: ignore[return-value]
 
+    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        """Apply ``items`` in one transaction of their own, as ``Store.apply_many`` does,
+        once no other commit of this process is running; returns one result per item.
+
+        Raises ``StoreUnavailable`` as ``Store.apply_many`` does.
+        """
+        with self._turn:
+            return self.store.apply_many(items)
+
     def _lead(self, event: _Event) -> None:
         """Commit queued batches until ``event`` is done, then hand the lead to the next waiter."""
         batch: list[_Event] = []
@@ -81,7 +98,9 @@ class GroupCommit:
                 with self._lock:
                     batch = self._queue[:self.max_batch]
                     del self._queue[:self.max_batch]
-                for waiting, result in zip(batch, self._commit(batch)):
+                with self._turn:
+                    results = self._commit(batch)
+                for waiting, result in zip(batch, results):
                     waiting.result = result
                     if waiting is not event:
                         waiting.woken.release()
