@@ -235,19 +235,18 @@ class RedisStore(Store):
             connection.send_command("MGET", *keys)
             prefix = len(self._records)
             stored = {key[prefix:]: raw for key, raw in zip(keys, connection.read_response()) if raw is not None}
-            before = {execution_id: decode_record(raw) for execution_id, raw in stored.items()}
             try:
-                batch = self._decide(dict(before), items, self._known_label)
+                batch = self._decide({execution_id: decode_record(raw) for execution_id, raw in stored.items()},
+                                     items, self._known_label)
             except _NeedsWatch:
                 return None
             if not batch.changed:
                 return batch.results
             records: list[str] = []
             for execution_id, record in batch.changed.items():
-                old = before.get(execution_id)
-                records += (execution_id, "" if old is None else stored[execution_id].decode(),
-                            encode_record(record), encode_row(record),
-                            _score(record.deadline_at), _score(record.expires_at))
+                read = stored.get(execution_id)
+                records += (execution_id, "" if read is None else read.decode(), encode_record(record),
+                            encode_row(record), _score(record.deadline_at), _score(record.expires_at))
             counters: list[str] = []
             for (name, labels), (amount, exemplar) in batch.increments.items():
                 counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
