@@ -50,6 +50,11 @@ def complete(store, execution_id, now):
     return store.apply(execution_id, lambda cur, label: state.apply_completion(cur, done, now, RULES, label))
 
 
+def command_calls(server):
+    """Return how many times Redis ran each command since its statistics were reset."""
+    return {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+
+
 def _reap_in_child(url, now, barrier):
     store = connect(url)
     barrier.wait()
@@ -128,7 +133,7 @@ def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
     heartbeat(store, "a", T0 + 30, task_name="etl", progress=progress)  # loads the script
     server.config_resetstat()
     heartbeat(store, "a", T0 + 60, task_name="etl", progress=progress)
-    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    calls = command_calls(server)
     # The store's read, then the script, whose own check reads the records once more.
     assert (calls.get("mget"), calls.get("evalsha")) == (2, 1)
     assert "watch" not in calls and "exec" not in calls
@@ -150,7 +155,7 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
     store.apply_many([beat(i, T0) for i in ids])
     server.config_resetstat()
     store.apply_many([beat(i, T0 + 30 + n / 1000) for n, i in enumerate(ids)])
-    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    calls = command_calls(server)
     assert calls.get("evalsha") == 1 and "watch" not in calls
     assert {(r.heartbeat_count, r.version) for r in store.query(limit=5000)} == {(2, 2)}
     assert len(store.snapshot().rows) == 4500
@@ -169,7 +174,7 @@ def test_it_loads_the_write_script_again_when_redis_has_lost_it(redis_url):
     server.script_flush()  # as a restarted Redis
     server.config_resetstat()
     heartbeat(store, "a", T0 + 30)
-    calls = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in server.info("commandstats").items()}
+    calls = command_calls(server)
     assert (calls.get("evalsha"), calls.get("script|load")) == (2, 1) and "watch" not in calls
     assert store.get("a").heartbeat_count == 2
 
