@@ -26,13 +26,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Return a configured app; starts no threads (gunicorn's hooks start the reaper).
 
     ``test_config`` may hold ``SETTINGS`` (a :class:`~bridge.config.Settings`, else read
-    from the environment), ``CLOCK`` (a time function), ``TRACER_PROVIDER`` (from
+    from the environment), ``CLOCK`` (a time function; also the monotonic clock unless
+    ``MONOTONIC`` is given), ``TRACER_PROVIDER`` (from
     :func:`bridge.tracing.new_provider`) and Flask keys such as ``TESTING``.
     Raises :class:`~bridge.config.ConfigError` for a bad ``BRIDGE_*`` value.
     """
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or load_settings()
     clock = test_config.pop("CLOCK", time.time)
+    # A test's clock is the only one: moved by hand, it must not read as a clock step.
+    monotonic = test_config.pop("MONOTONIC", time.monotonic if clock is time.time else clock)
     tracer_provider = test_config.pop("TRACER_PROVIDER", None)
     _configure_logging(settings.log_level)
 
@@ -43,7 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
 
     store = open_store(settings)
-    monitor = Monitor(store, rules_from(settings), clock)
+    monitor = Monitor(store, rules_from(settings), clock, monotonic=monotonic)
     if tracer_provider is not None:
         from .tracing import ExecutionSpans
         monitor.spans = ExecutionSpans(tracer_provider,

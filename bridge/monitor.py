@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Protocol
 
@@ -23,6 +24,9 @@ OUTAGE_ROUNDS = 3
 OUTAGE_SLACK_SECONDS = 1.0
 #: Shorter silences are a busy machine, not an outage; far below any lost-window.
 MIN_OUTAGE_SECONDS = 10.0
+#: The wall clock may drift from the monotonic one by this much between two rounds (NTP
+#: slews by at most 0.5 ms a second); more is a step.
+CLOCK_STEP_TOLERANCE_SECONDS = 1.0
 
 
 class SpanSink(Protocol):
@@ -52,12 +56,14 @@ class Monitor:
     """
 
     def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
-                 spans: SpanSink | None = None):
+                 spans: SpanSink | None = None, monotonic: Callable[[], float] = time.monotonic):
         self.store = store
         self._events = GroupCommit(store)
         self.rules = rules
         self.clock = clock
+        self.monotonic = monotonic
         self.spans = spans
+        self._last_round: tuple[float, float] | None = None  # (wall, monotonic) of this process's last round
 
     def _committed(self, outcome: Outcome) -> Outcome:
         # Only the caller whose compare-and-set committed the transition gets here
@@ -108,17 +114,25 @@ class Monitor:
 
         Returns ``(transitions, dropped)``. Each deadline is claimed by a
         compare-and-set, so workers reaping at once never double a transition. After a
-        gap in the rounds (the bridge or its store was down) deadlines wait one full
-        lost-window, so that the outage itself makes nobody lost.
+        gap in the rounds (the bridge or its store was down) or a step of the wall clock,
+        the deadlines are re-based and wait one full lost-window, so that neither makes
+        anybody lost, nor delays a loss by the step.
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
         now = self.clock()
-        transitions = 0
-        hold_until = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold)
-        if now < hold_until:
-            # The bridge (or its store) was down: heartbeats could not arrive, so silence
-            # proves nothing until every execution has had a full window to report again.
+        mark = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold,
+                                      clock_stepped=self._clock_stepped(now))
+        if mark.anomaly and mark.previous is not None and abs(now - mark.previous) > self.rules.outage_after:
+            log.warning("the last reaper round was at %.0f, %+.0fs from now: the bridge or its store was "
+                        "down, or the clock stepped; deadlines wait until %.0f", mark.previous,
+                        mark.previous - now, mark.hold_until)
+        if mark.rebase:
+            log.warning("re-based %d deadlines to one window from now", self._rebase(now))
+        if now < mark.hold_until:
+            # Heartbeats could not arrive, or arrived on another time line: silence proves
+            # nothing until every execution has had a full window to report again.
             return 0, self.store.expire(now)
+        transitions = 0
         while True:
             due = self.store.due(now, REAP_BATCH)
             changed = 0
@@ -134,6 +148,31 @@ class Monitor:
             if len(due) < REAP_BATCH or not changed:
                 break
         return transitions, self.store.expire(now)
+
+    def _clock_stepped(self, now: float) -> bool:
+        """Return True when the wall clock moved apart from the monotonic one since this
+        process's previous round: a step (NTP, a suspended machine), not the passing of time."""
+        ticks = self.monotonic()
+        previous, self._last_round = self._last_round, (now, ticks)
+        if previous is None:
+            return False
+        step = (now - previous[0]) - (ticks - previous[1])
+        if abs(step) <= CLOCK_STEP_TOLERANCE_SECONDS:
+            return False
+        log.warning("the wall clock stepped by %+.1fs since the last reaper round", step)
+        return True
+
+    def _rebase(self, now: float) -> int:
+        """Give every execution with a deadline one full window from ``now``; return how many changed."""
+        ids = self.store.due(math.inf, self.store.max_executions)
+        changed = 0
+        for first in range(0, len(ids), REAP_BATCH):
+            results = self.store.apply_many([
+                (execution_id, lambda cur, _label: (state.apply_rebase(cur, now, self.rules) if cur is not None
+                                                     else Outcome(None, result="unchanged")))
+                for execution_id in ids[first:first + REAP_BATCH]])
+            changed += sum(1 for result in results if isinstance(result, Outcome) and result.record is not None)
+        return changed
 
     def reject(self, endpoint: str, reason: str, requests: int = 1) -> None:
         """Count refused requests; never raises, since the refusal must still be answered."""

@@ -35,6 +35,7 @@ __all__ = [
     "apply_container_event",
     "apply_deadline",
     "apply_heartbeat",
+    "apply_rebase",
     "progress_ratio",
 ]
 
@@ -58,7 +59,8 @@ DURATION = "task_execution_duration_seconds"
 UNKNOWN_TASK = "unknown"
 _GAP_WINDOW = 8
 _GAPS_TO_LEARN = 3
-_MIN_INTERVAL = 1.0
+#: A longer gap between two heartbeats is a clock step or a suspended machine, not a cadence.
+MAX_LEARNED_GAP = 86_400.0
 #: Kept per span segment; past these, later stages or status events are not recorded.
 MAX_STAGES = 64
 MAX_EVENTS = 32
@@ -330,23 +332,26 @@ def _note_stage(record: Execution, progress: dict | None, now: float) -> None:
     record.stages = stages
 
 
-def _learn_interval(record: Execution, gap: float | None, rules: Rules) -> None:
+def _learn_interval(record: Execution, gap: float | None, rules: Rules, recovered: bool) -> None:
     """Update the expected interval from one more gap between heartbeats.
 
-    Until a few gaps are known the interval never drops below the default, so a
-    slow first gap does not make an execution lost; after that the median of the
-    recent gaps, which neither an extra status-change heartbeat nor one late
-    heartbeat moves far.
+    Learning only ever lengthens the interval past the default: shorter gaps (a start-up
+    burst, status-change heartbeats, a fast task) never shorten it, so an execution that
+    later settles on a slower cadence is not lost for it. A task that wants to be found
+    lost sooner sends ``interval_seconds``. Until a few gaps are known the longest one
+    counts, then the median of the recent ones, which one extra or one late heartbeat
+    does not move far. After a recovery the gaps start again from the one that caused
+    the loss, so a task that slowed down past its lost-window is lost once, not before
+    every heartbeat. Negative gaps (the clock went back) and gaps past a day (a clock
+    step, a suspended machine) say nothing about the cadence and are ignored.
     """
-    if gap is None:
+    if gap is None or not 0 < gap <= MAX_LEARNED_GAP:
         return
-    record.gaps = (list(record.gaps) + [round(gap, 3)])[-_GAP_WINDOW:]
-    if len(record.gaps) >= _GAPS_TO_LEARN:
-        record.interval_seconds = max(_MIN_INTERVAL, statistics.median(record.gaps))
-        record.interval_source = "learned"
-    else:
-        record.interval_seconds = max(rules.default_interval, max(record.gaps))
-        record.interval_source = "default"
+    gaps = [round(gap, 3)] if recovered else (list(record.gaps) + [round(gap, 3)])[-_GAP_WINDOW:]
+    record.gaps = gaps
+    learned = statistics.median(gaps) if len(gaps) >= _GAPS_TO_LEARN else max(gaps)
+    record.interval_seconds = max(rules.default_interval, learned)
+    record.interval_source = "learned" if learned > rules.default_interval else "default"
 
 
 def _end(record: Execution, status: str, ended_at: float, now: float, rules: Rules,
@@ -392,9 +397,8 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
     else:
         record = _copy(current, now)
         transition = None if current.status == "running" else (current.status, "running")
-        # A gap that spanned a lost period says nothing about the task's cadence.
         gap = (now - current.last_heartbeat_at
-               if current.last_heartbeat_at is not None and current.status == "running" else None)
+               if current.last_heartbeat_at is not None and current.status in ("running", "lost") else None)
         if current.status == "lost":
             record.recoveries += 1
             record.expires_at = None
@@ -421,7 +425,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         record.interval_seconds = hb.interval_seconds
         record.interval_source = "reported"
     elif record.interval_source != "reported":
-        _learn_interval(record, gap, rules)
+        _learn_interval(record, gap, rules, recovered=current is not None and current.status == "lost")
     _note_stage(record, hb.progress, now)
     _note_status(record, now)
     record.client_timestamp = hb.timestamp
@@ -491,6 +495,26 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted",
                    (current.status, "lost"))
 
+
+
+def apply_rebase(current: Execution, now: float, rules: Rules) -> Outcome:
+    """Return ``current`` with its deadline one full window from ``now`` (unchanged without one).
+
+    After the wall clock stepped, or the bridge was down, the stored deadlines were set on
+    another time line: a step back would delay every loss by the step, a step forward (or
+    an outage) would make executions lost that kept reporting. A live execution is then
+    given its own window again, as if it had just been heard from: a loss is found at
+    most one window late, never falsely. No counter moves and the status stays.
+    """
+    if current.deadline_at is None or current.status not in ("running", "starting"):
+        return _UNCHANGED
+    window = (rules.startup_grace if current.status == "starting"
+              else rules.lost_after_intervals * current.interval_seconds)
+    if current.deadline_at == now + window:
+        return _UNCHANGED
+    record = current.clone()
+    record.deadline_at = now + window
+    return Outcome(record)
 
 
 def _enrich(record: Execution, event: ContainerEvent) -> None:

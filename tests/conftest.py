@@ -28,14 +28,20 @@ def tracer_provider():
 
 
 @pytest.fixture
-def app(tmp_path, clock, settings_overrides, tracer_provider):
+def monotonic():
+    """Override with a FakeClock to move the monotonic clock apart from ``clock`` (a step)."""
+    return None
+
+
+@pytest.fixture
+def app(tmp_path, clock, monotonic, settings_overrides, tracer_provider):
     # Reaper rounds here happen only when a test calls monitor.reap(): say so, or the
     # fake clock's jumps between them would read as the bridge's own outages.
     overrides = {"reaper_interval_seconds": 3600, **settings_overrides}
     settings = load_settings({}, store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
                              sqlite_busy_timeout_seconds=0.2, **overrides)
     app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True,
-                      "TRACER_PROVIDER": tracer_provider})
+                      "TRACER_PROVIDER": tracer_provider, **({"MONOTONIC": monotonic} if monotonic else {})})
     yield app
     app.extensions[EXTENSION_KEY].monitor.store.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import HEARTBEAT, seed_heartbeat
+from support import HEARTBEAT, FakeClock, seed_heartbeat
 
 EID = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -53,3 +53,70 @@ def test_it_still_marks_lost_on_time_when_rounds_are_regular(client, clock, moni
         clock.advance(5)
         monitor.reap()
     assert status(client) == "lost"  # 95 s of silence, rounds every 5 s: no hold
+
+
+class TestClockSteps:
+    """The wall clock steps while the monotonic one runs on: deadlines are re-based, once."""
+
+    @pytest.fixture
+    def monotonic(self):
+        return FakeClock(0.0)
+
+    @staticmethod
+    def tick(clock, monotonic, monitor, seconds=5):
+        clock.advance(seconds)
+        monotonic.advance(seconds)
+        monitor.reap()
+
+    def test_it_finds_a_loss_one_window_after_the_clock_went_back_an_hour(self, client, clock, monotonic,
+                                                                            monitor, caplog):
+        client.post(HEARTBEAT, json=seed_heartbeat())
+        self.tick(clock, monotonic, monitor)
+        clock.advance(-3600)
+        with caplog.at_level("WARNING", logger="bridge"):
+            self.tick(clock, monotonic, monitor)
+        assert "stepped by -3600" in caplog.text and "re-based 1 deadlines" in caplog.text
+        record = client.get(f"/api/v1/executions/{EID}").json
+        assert record["deadline_at"] == clock.now + 90
+        for _ in range(17):
+            self.tick(clock, monotonic, monitor)
+        assert status(client) == "running"
+        self.tick(clock, monotonic, monitor, 6)  # one window after the step, not an hour
+        assert status(client) == "lost"
+
+    def test_it_does_not_lose_a_fast_execution_over_a_forward_step(self, client, clock, monotonic, monitor):
+        client.post(HEARTBEAT, json=seed_heartbeat(interval_seconds=2))
+        for _ in range(4):
+            clock.advance(1)
+            monotonic.advance(1)
+            client.post(HEARTBEAT, json=seed_heartbeat(interval_seconds=2))
+        self.tick(clock, monotonic, monitor, 1)
+        clock.advance(12)  # NTP steps the clock forward, past the 6 s deadline
+        self.tick(clock, monotonic, monitor, 1)
+        assert status(client) == "running"
+        for _ in range(10):  # the task keeps reporting; it is never lost
+            clock.advance(1)
+            monotonic.advance(1)
+            client.post(HEARTBEAT, json=seed_heartbeat(interval_seconds=2))
+            monitor.reap()
+        record = client.get(f"/api/v1/executions/{EID}").json
+        assert (record["status"], record["lost_count"]) == ("running", 0)
+
+    def test_it_stores_no_negative_gap_after_a_step_back(self, client, clock, monotonic, monitor):
+        client.post(HEARTBEAT, json=seed_heartbeat())
+        clock.advance(-600)
+        client.post(HEARTBEAT, json=seed_heartbeat())
+        assert monitor.store.get(EID).gaps == []
+
+    def test_it_rebases_once_when_two_workers_see_the_same_step(self, app, client, clock, monotonic, monitor):
+        from bridge.monitor import Monitor
+        other = Monitor(monitor.store, monitor.rules, clock, monotonic=monotonic)
+        client.post(HEARTBEAT, json=seed_heartbeat())
+        monitor.reap()
+        other.reap()
+        clock.advance(-3600)
+        first = monitor.store.mark_reaped(clock.now, monitor.rules.outage_after, monitor.rules.outage_hold, True)
+        second = other.store.mark_reaped(clock.now + 3, monitor.rules.outage_after, monitor.rules.outage_hold, True)
+        assert (first.anomaly, first.rebase) == (True, True)
+        assert (second.anomaly, second.rebase) == (True, False)
+        assert second.hold_until == clock.now + 3 + monitor.rules.outage_hold

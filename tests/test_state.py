@@ -38,23 +38,94 @@ def test_it_becomes_lost_exactly_at_the_deadline_not_before():
     assert outcome.record.expires_at == T0 + 90 + 3600
 
 
-def test_it_does_not_learn_from_a_gap_that_spanned_a_lost_period():
-    record = None
-    for n in range(4):
-        record, _ = beat(record, T0 + 10 * n)
-    assert record.interval_seconds == 10
-    record = state.apply_deadline(record, T0 + 1000, RULES).record
-    record, outcome = beat(record, T0 + 1000)
+def cadence(*steps):
+    """Return heartbeat times: ``(count, gap)`` pairs, one after the other, from T0."""
+    times, now = [T0], T0
+    for count, gap in steps:
+        for _ in range(count):
+            now += gap
+            times.append(now)
+    return times
+
+
+def losses(times, **fields):
+    """Beat at each time, the reaper applying a passed deadline first; return the record and the losses."""
+    record, lost = None, 0
+    for now in times:
+        if record is not None and record.deadline_at is not None and record.deadline_at <= now:
+            outcome = state.apply_deadline(record, now, RULES)
+            lost += outcome.transition == ("running", "lost")
+            record = outcome.record or record
+        record, _ = beat(record, now, **fields)
+    return record, lost
+
+
+@pytest.mark.parametrize("steps", [
+    ((4, 2), (60, 10)),          # five heartbeats 2 s apart, then one every 10 s
+    ((6, 0.1), (60, 30)),        # a start-up burst, then the seed's 30 s
+    ((10, 30), (30, 80)),        # slower, still inside the lost-window
+])
+def test_it_is_never_lost_by_a_cadence_that_fits_the_default_window(steps):
+    record, lost = losses(cadence(*steps))
+    assert lost == 0
+    assert record.interval_seconds >= RULES.default_interval
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (((10, 30), (20, 120)), 1),       # slows down past three default intervals
+    (((5, 2), (20, 200)), 1),         # a burst, then a slow cadence
+    (((10, 120), (20, 500)), 2),      # slow from the start, then slower again past that window
+])
+def test_it_is_lost_at_most_once_for_each_slower_cadence_it_settles_on(steps, expected):
+    record, lost = losses(cadence(*steps))
+    assert lost == expected
+    assert record.interval_seconds == steps[-1][1]
+    assert record.status == "running"
+
+
+def test_it_learns_from_the_gap_that_made_it_lost():
+    record, _ = losses(cadence((4, 30)))
+    record = state.apply_deadline(record, T0 + 120 + 400, RULES).record
+    record, outcome = beat(record, T0 + 120 + 400)
     assert outcome.transition == ("lost", "running")
-    assert record.interval_seconds == 10
-    assert record.gaps == [10, 10, 10]
+    assert record.gaps == [400]
+    assert record.interval_seconds == 400 and record.interval_source == "learned"
 
 
 def test_it_takes_the_median_gap_so_one_extra_heartbeat_does_not_shrink_the_interval():
     record = None
-    for now in (0, 20, 40, 41, 60, 80):
+    for now in (0, 60, 120, 121, 180, 240):
         record, _ = beat(record, T0 + now)
-    assert record.interval_seconds == 20
+    assert record.interval_seconds == 60
+
+
+def test_it_ignores_negative_and_absurd_gaps():
+    record, _ = beat(None, T0)
+    record, _ = beat(record, T0 + 50)
+    record, _ = beat(record, T0 - 3600)               # the clock went back an hour
+    record, _ = beat(record, T0 - 3600 + 2 * 86_400)  # then forward two days
+    assert record.gaps == [50]
+    assert record.interval_seconds == 50
+    assert record.deadline_at == T0 - 3600 + 2 * 86_400 + 150
+
+
+def test_it_rebases_a_deadline_set_on_another_time_line_to_one_window_from_now():
+    record, _ = beat(None, T0, interval_seconds=2)
+    assert record.deadline_at == T0 + 6
+    back = state.apply_rebase(record, T0 - 3600, RULES)      # the clock went back an hour
+    assert back.record.deadline_at == T0 - 3600 + 6
+    assert back.transition is None and back.increments == ()
+    forward = state.apply_rebase(record, T0 + 12, RULES)     # or forward past the deadline
+    assert forward.record.deadline_at == T0 + 18
+    assert state.apply_rebase(forward.record, T0 + 12, RULES).record is None
+
+
+def test_it_rebases_a_starting_execution_by_the_startup_grace_and_leaves_ended_ones():
+    starting = Execution("e1", "starting", "0" * 32, "etl", T0, T0, deadline_at=T0 + 120)
+    assert state.apply_rebase(starting, T0 + 500, RULES).record.deadline_at == T0 + 500 + RULES.startup_grace
+    record, _ = beat(None, T0)
+    lost = state.apply_deadline(record, T0 + 90, RULES).record
+    assert state.apply_rebase(lost, T0 + 100, RULES).record is None
 
 
 def test_it_flags_a_started_container_that_never_reported_as_lost():

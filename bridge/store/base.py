@@ -15,9 +15,9 @@ from typing import Callable, NamedTuple, Sequence
 from .. import jsoncodec
 from ..state import Execution, Outcome, TaskLabel
 
-__all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "Snapshot", "Store",
+__all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "ReaperMark", "Snapshot", "Store",
            "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",
-           "encode_row"]
+           "encode_row", "mark_round"]
 
 #: The label value that task names beyond ``max_task_names`` share.
 OTHER_TASK = "_other"
@@ -83,6 +83,51 @@ def add_increments(totals: dict[tuple[str, tuple[str, ...]], list], outcome: Out
         total[1] = inc.exemplar or total[1]
 
 
+class ReaperMark(NamedTuple):
+    """What a reaper round learnt from the rounds recorded in the store."""
+
+    #: Deadlines wait until then (the bridge was down, or the clock stepped).
+    hold_until: float
+    #: The latest round recorded before this one (None for the first ever).
+    previous: float | None
+    #: This round found an outage or a clock step, and started a hold.
+    anomaly: bool
+    #: The caller must re-base every deadline: no other round did since the anomaly.
+    rebase: bool
+
+
+def mark_round(recorded: dict[str, float], now: float, outage_after: float, hold: float,
+               clock_stepped: bool) -> tuple[dict[str, float], ReaperMark]:
+    """Return the reaper's shared record after a round at ``now``, and what the round learnt.
+
+    ``recorded`` holds ``reaped_at``, ``hold_until`` and ``rebased_at`` as last written. A
+    round is an anomaly when this process saw its clock step (``clock_stepped``), when no
+    round ran for ``outage_after`` seconds (the bridge or its store was down), or when the
+    recorded rounds are that far ahead of ``now`` (the clock went back). Then deadlines
+    wait ``hold`` seconds from ``now``, a hold set on the old time line is replaced, and
+    the first round to see the anomaly is told to re-base; others within ``outage_after``
+    are not. Pure: each store applies it atomically.
+    """
+    previous = recorded.get("reaped_at")
+    hold_until = recorded.get("hold_until", 0.0)
+    rebased_at = recorded.get("rebased_at")
+    anomaly = clock_stepped or (previous is not None and abs(now - previous) > outage_after)
+    rebase = False
+    if anomaly:
+        hold_until = now + hold
+        reaped_at = now
+        rebase = rebased_at is None or not now - outage_after <= rebased_at <= now
+        if rebase:
+            rebased_at = now
+    else:
+        # Replicas' clocks differ a little: the record keeps the latest round seen.
+        reaped_at = now if previous is None else max(now, previous)
+    written = {"reaped_at": reaped_at, "hold_until": hold_until}
+    if rebased_at is not None:
+        written["rebased_at"] = rebased_at
+    return written, ReaperMark(hold_until, previous, anomaly, rebase)
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached or written right now; the caller answers 503."""
 
@@ -132,11 +177,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
-        """Record a reaper round at ``now``; return until when deadlines must wait.
+    def mark_reaped(self, now: float, outage_after: float, hold: float,
+                    clock_stepped: bool = False) -> ReaperMark:
+        """Record a reaper round at ``now``, shared by every worker and replica.
 
-        Atomically: when the previous round is more than ``outage_after`` seconds old,
-        deadlines wait until ``now + hold`` (shared by every worker and replica).
+        Returns what :func:`mark_round`, applied atomically to the stored record, says.
+        Raises :class:`StoreUnavailable`.
         """
 
     @abstractmethod

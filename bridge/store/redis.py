@@ -26,8 +26,8 @@ import redis
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from ..state import UNKNOWN_TASK, Execution, Outcome, TaskLabel
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, add_increments,
-                   decode_record, decode_rows, encode_record, encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
+                   add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
 
 __all__ = ["RedisStore"]
 
@@ -51,17 +51,6 @@ return #ids
 """
 
 
-_MARK_REAPED = """
-local previous = tonumber(redis.call('HGET', KEYS[1], 'reaped_at'))
-local hold_until = tonumber(redis.call('HGET', KEYS[1], 'hold_until') or '0')
-local now = tonumber(ARGV[1])
-if previous and now - previous > tonumber(ARGV[2]) then
-  hold_until = math.max(hold_until, now + tonumber(ARGV[3]))
-end
-redis.call('HSET', KEYS[1], 'reaped_at', tostring(math.max(now, previous or now)),
-           'hold_until', tostring(hold_until))
-return tostring(hold_until)
-"""
 
 
 # KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes.
@@ -199,7 +188,6 @@ class RedisStore(Store):
         self._tasks = prefix + "tasks"
         self._rows = prefix + "rows"
         self._expire_script = self._redis.register_script(_EXPIRE)
-        self._mark_reaped_script = self._redis.register_script(_MARK_REAPED)
         self._write_script = self._redis.register_script(_WRITE)
         self._known_names: set[str] = set()
         self._reaper = prefix + "reaper"
@@ -374,11 +362,26 @@ class RedisStore(Store):
         else:
             pipe.zadd(self._expiry, {execution_id: record.expires_at})
 
-    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
+    def mark_reaped(self, now: float, outage_after: float, hold: float,
+                    clock_stepped: bool = False) -> ReaperMark:
+        # Once per reaper round: a WATCH transaction over one hash, so that the rule itself
+        # is the one the SQLite store applies.
         try:
-            return float(self._mark_reaped_script(keys=[self._reaper], args=[repr(now), outage_after, hold]))
+            with self._redis.pipeline() as pipe:
+                for _attempt in range(MAX_ATTEMPTS):
+                    try:
+                        pipe.watch(self._reaper)
+                        recorded = {k.decode(): float(v) for k, v in pipe.hgetall(self._reaper).items()}
+                        written, mark = mark_round(recorded, now, outage_after, hold, clock_stepped)
+                        pipe.multi()
+                        pipe.hset(self._reaper, mapping={k: repr(v) for k, v in written.items()})
+                        pipe.execute()
+                        return mark
+                    except WatchError:
+                        continue
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+        raise StoreUnavailable(f"redis: the reaper's record kept changing under {MAX_ATTEMPTS} attempts")
 
     def get(self, execution_id: str) -> Execution | None:
         try:

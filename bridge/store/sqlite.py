@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import (OTHER_TASK, CapacityError, Decide, Snapshot, Store, StoreUnavailable, add_increments,
-                   decode_record, decode_rows, encode_record, encode_row)
+from .base import (OTHER_TASK, CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
+                   add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -406,17 +406,15 @@ class SQLiteStore(Store):
         conn.execute("INSERT INTO task_names VALUES (?)", (name,))
         return name
 
-    def mark_reaped(self, now: float, outage_after: float, hold: float) -> float:
+    def mark_reaped(self, now: float, outage_after: float, hold: float,
+                    clock_stepped: bool = False) -> ReaperMark:
         with self._transaction() as conn:
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('reaped_at', 'hold_until')"))
-            hold_until = meta.get("hold_until", 0.0)
-            previous = meta.get("reaped_at")
-            if previous is not None and now - previous > outage_after:
-                hold_until = max(hold_until, now + hold)
-                log.warning("no reaper round for %.0fs: holding deadlines until %.0f", now - previous, hold_until)
+            recorded = dict(conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('reaped_at', 'hold_until', 'rebased_at')"))
+            written, mark = mark_round(recorded, now, outage_after, hold, clock_stepped)
             conn.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             [("reaped_at", max(now, previous or now)), ("hold_until", hold_until)])
-        return hold_until
+                             list(written.items()))
+        return mark
 
     def get(self, execution_id: str) -> Execution | None:
         rows = self._read("SELECT data FROM executions WHERE execution_id = ?", (execution_id,))
