@@ -39,7 +39,10 @@ def list_executions():
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
     raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "１２"; and
+    # few of them, since int() refuses thousands.
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) \
+            or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", "limit")
     limit = int(raw_limit)
     records = current_bridge().monitor.store.query(

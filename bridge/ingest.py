@@ -113,14 +113,18 @@ def completion():
     bridge = current_bridge()
 
     return _ingest("completion", lambda body: parse_completion(body, bridge.limits),
-                   lambda c: _answer(c.execution_id, bridge.monitor.complete(c)))
+                   lambda c: _answer(c.execution_id, bridge.monitor.complete(c), c.warnings))
 
 
-def _answer(execution_id: str, outcome: Outcome):
-    """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did."""
-    body = {"status": "ok", "execution_id": execution_id, "duplicate": outcome.result == "duplicate"}
+def _answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()):
+    """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did,
+    ``warnings`` what of it was cut or dropped."""
+    body: dict[str, Any] = {"status": "ok", "execution_id": execution_id,
+                            "duplicate": outcome.result == "duplicate"}
     if outcome.record is not None:
         body["execution_status"] = outcome.record.status
+    if warnings:
+        body["warnings"] = list(warnings)
     return jsonify(body)
 
 
@@ -168,7 +172,7 @@ def heartbeats():
     for (index, hb), outcome in zip(valid, outcomes):
         if isinstance(outcome, CapacityError):
             refused["capacity"] += 1
-            results[index] = {"status": "error", "error": str(outcome), "code": 429}
+            results[index] = {"status": "error", "error": str(outcome), "field": "execution_id", "code": 429}
         elif outcome.record is None:
             results[index] = {"status": "ok", "execution_id": hb.execution_id, "ignored": True}
         else:

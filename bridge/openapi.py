@@ -101,7 +101,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "status": {"type": "string", "enum": ["ok"]}, "execution_id": {"type": "string"},
             "execution_status": {"type": "string", "enum": list(STATUSES)},
             "interval_seconds": {"type": "number"}, "ignored": {"type": "boolean"},
-            "duplicate": {"type": "boolean"}}},
+            "duplicate": {"type": "boolean"},
+            "warnings": {"type": "array", "items": {"type": "string"},
+                         "description": "what of the event was cut or dropped to keep it"}}},
         "BatchAnswer": {"type": "object", "required": ["status", "accepted", "rejected", "results"], "properties": {
             "status": {"type": "string", "enum": ["ok"]},
             "accepted": {"type": "integer"}, "rejected": {"type": "integer"},

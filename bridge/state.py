@@ -57,6 +57,8 @@ RECOVERIES = "task_execution_recoveries_total"
 DURATION = "task_execution_duration_seconds"
 
 UNKNOWN_TASK = "unknown"
+#: The label value that task names beyond ``max_task_names`` share; no client may send it.
+OTHER_TASK = "_other"
 _GAP_WINDOW = 8
 _GAPS_TO_LEARN = 3
 #: A longer gap between two heartbeats is a clock step or a suspended machine, not a cadence.
@@ -106,7 +108,7 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Completion:
-    """A validated completion."""
+    """A validated completion; ``warnings`` say what of it was cut or dropped to keep it."""
 
     execution_id: str
     success: bool
@@ -115,6 +117,7 @@ class Completion:
     error_message: str | None = None
     exit_code: int | None = None
     task_name: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import jsoncodec
 from .ids import is_traceparent, normalise_id
-from .state import CONTAINER_EVENTS, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
+from .state import CONTAINER_EVENTS, OTHER_TASK, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
 
 __all__ = ["InvalidInput", "Limits", "parse_completion", "parse_container_event", "parse_heartbeat",
            "parse_json"]
@@ -46,6 +46,10 @@ class InvalidInput(ValueError):
         self.field = field
         self.status = status
         self.reason = reason
+
+
+class _Oversized(InvalidInput):
+    """A free-form field is larger or deeper than the limits allow."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,14 @@ def _text(body: dict, name: str, limit: int = MAX_TEXT) -> str | None:
     return raw
 
 
+def _task_name(body: dict) -> str | None:
+    name = _text(body, "task_name")
+    if name == OTHER_TASK:
+        raise InvalidInput(f"task_name {OTHER_TASK} is reserved for the names beyond the bridge's limit",
+                           "task_name")
+    return name
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -177,14 +189,14 @@ def _document(body: dict, name: str, limits: Limits) -> dict | None:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{name} must be a JSON object", name)
     if _nested_deeper_than(raw, MAX_DEPTH):
-        raise InvalidInput(f"{name} is nested deeper than {MAX_DEPTH} levels", name)
+        raise _Oversized(f"{name} is nested deeper than {MAX_DEPTH} levels", name)
     try:
         size = len(jsoncodec.dumps(raw).encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidInput(f"{name} holds a string that is not valid Unicode", name) from None
     if size > limits.max_field_bytes:
-        raise InvalidInput(f"{name} is {size} bytes as JSON, more than {limits.max_field_bytes}",
-                           name, 413, "too_large")
+        raise _Oversized(f"{name} is {size} bytes as JSON, more than {limits.max_field_bytes}",
+                         name, 413, "too_large")
     return raw
 
 
@@ -236,7 +248,7 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
         status=status,
         progress=_document(body, "progress", limits),
         timestamp=_number(body, "timestamp", 0, MAX_TIMESTAMP),
-        task_name=_text(body, "task_name"),
+        task_name=_task_name(body),
         task_type=_text(body, "task_type"),
         interval_seconds=_number(body, "interval_seconds", 1, MAX_INTERVAL),
         max_runtime_seconds=_number(body, "max_runtime_seconds", 1, MAX_RUNTIME),
@@ -280,27 +292,35 @@ def parse_container_event(body: Any) -> ContainerEvent:
 def parse_completion(body: Any, limits: Limits) -> Completion:
     """Return the :class:`Completion` in a decoded JSON ``body``. Raises :class:`InvalidInput`.
 
-    An ``error_message`` longer than the limit is cut, not refused: losing a failed
-    task's completion over the length of its message would be worse.
+    An ``error_message`` longer than the limit is cut, and a ``result_data`` too large or
+    too deep is dropped, not refused: losing a task's completion (and so making it
+    ``lost``) over its extras would be worse. The completion's ``warnings`` say so.
     """
     body = _object(body)
     execution_id = _execution_id(body)
     success = body.get("success")
     if not isinstance(success, bool):
         raise InvalidInput("success is required and must be true or false", "success")
+    warnings: list[str] = []
     error_message = body.get("error_message")
     if error_message is not None:
         if not isinstance(error_message, str) or not _is_utf8(error_message):
             raise InvalidInput("error_message must be a string", "error_message")
         if len(error_message) > MAX_ERROR_MESSAGE:
+            warnings.append(f"error_message was {len(error_message)} characters: cut to {MAX_ERROR_MESSAGE}")
             error_message = error_message[:MAX_ERROR_MESSAGE - 1] + "…"
-    exit_code = _exit_code(body)
+    try:
+        result_data = _document(body, "result_data", limits)
+    except _Oversized as exc:  # not an object, or not valid Unicode, is still refused
+        warnings.append(f"{exc.message}: dropped")
+        result_data = None
     return Completion(
         execution_id=execution_id,
         success=success,
         container_id=_container_id(body),
-        result_data=_document(body, "result_data", limits),
+        result_data=result_data,
         error_message=error_message,
-        exit_code=exit_code,
-        task_name=_text(body, "task_name"),
+        exit_code=_exit_code(body),
+        task_name=_task_name(body),
+        warnings=tuple(warnings),
     )

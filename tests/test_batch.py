@@ -45,6 +45,7 @@ def test_it_refuses_items_beyond_capacity_and_keeps_the_rest(app, client):
     body = client.post(BATCH, json=[seed_heartbeat("new-1", task_name="t1"), seed_heartbeat("old"),
                                     seed_heartbeat("new-2", task_name="t2")]).json
     assert [r.get("code", 200) for r in body["results"]] == [200, 200, 429]
+    assert body["results"][2]["field"] == "execution_id"
     assert client.get("/api/v1/executions/new-2").status_code == 404
     task_names = {labels for (name, labels) in samples(client.get("/metrics").data.decode())
                   if name == "task_heartbeats_received_total"}

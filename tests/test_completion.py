@@ -97,9 +97,31 @@ def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     assert client.get(f"/api/v1/executions/{EID}").status_code == 404
 
 
-def test_it_refuses_result_data_over_the_field_limit_with_413(client):
-    response = client.post(COMPLETION, json=seed_completion(result_data={"x": "y" * 20_000}))
-    assert response.status_code == 413
-    assert response.json["field"] == "result_data"
+@pytest.mark.parametrize("result_data, said", [
+    ({"x": "y" * 20_000}, "more than 16384"),
+    ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}, "nested deeper than 8"),
+])
+def test_it_keeps_a_completion_whose_result_data_is_too_large_and_says_it_dropped_it(client, result_data, said):
+    response = client.post(COMPLETION, json=seed_completion(success=False, result_data=result_data,
+                                                            error_message="boom"))
+    assert response.status_code == 200
+    assert response.json["execution_status"] == "failed"
+    [warning] = response.json["warnings"]
+    assert said in warning and "result_data" in warning and warning.endswith("dropped")
+    record = client.get(f"/api/v1/executions/{EID}").json
+    assert (record["status"], record["result_data"], record["error_message"]) == ("failed", None, "boom")
     parsed = samples(client.get("/metrics").data.decode())
-    assert total(parsed, "bridge_requests_rejected_total", endpoint="completion", reason="too_large") == 1
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="completion") == 0
+    assert total(parsed, "task_completions_total", outcome="failure") == 1
+
+
+def test_it_says_it_cut_an_overlong_error_message(client):
+    response = client.post(COMPLETION, json=seed_completion(success=False, error_message="e" * 5000))
+    assert response.json["warnings"] == ["error_message was 5000 characters: cut to 4096"]
+    assert len(client.get(f"/api/v1/executions/{EID}").json["error_message"]) == 4096
+
+
+def test_it_refuses_the_reserved_task_name_other(client):
+    response = client.post(COMPLETION, json=seed_completion(task_name="_other"))
+    assert (response.status_code, response.json["field"]) == (400, "task_name")
+    assert client.get(f"/api/v1/executions/{EID}").status_code == 404

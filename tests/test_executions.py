@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import re
 
@@ -64,3 +66,9 @@ def test_it_refuses_a_bad_filter_with_400(client):
     assert client.get("/api/v1/executions?status=done").json["field"] == "status"
     assert client.get("/api/v1/executions?limit=0").json["field"] == "limit"
     assert client.get("/api/v1/executions?limit=abc").status_code == 400
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "%EF%BC%91%EF%BC%92", "1e2", "-1", "+5", " 5", "9" * 5000, "1001"])
+def test_it_refuses_a_limit_that_is_not_ascii_digits_from_1_to_1000(client, limit):
+    response = client.get(f"/api/v1/executions?limit={limit}")
+    assert (response.status_code, response.json["field"]) == (400, "limit")

@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 from .. import jsoncodec
-from ..state import Execution, Outcome, TaskLabel
+from ..state import OTHER_TASK, Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "ReaperMark", "Snapshot", "Store",
            "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",
            "encode_row", "mark_round"]
-
-#: The label value that task names beyond ``max_task_names`` share.
-OTHER_TASK = "_other"
 
 #: Given the current record (None if unknown) and the task-name resolver, the outcome.
 Decide = Callable[["Execution | None", TaskLabel], Outcome]
