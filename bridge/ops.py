@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from .errors import error_response
+from .errors import RETRY_AFTER_SECONDS, error_response
 from .extension import current_bridge
 from .openapi import document
 from .store import StoreUnavailable
@@ -32,7 +32,9 @@ def readyz():
     try:
         current_bridge().monitor.store.ping()
     except StoreUnavailable as exc:
-        return error_response(503, f"store unavailable: {exc}")
+        response = error_response(503, f"store unavailable: {exc}")
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
     return jsonify(status="ready")
 
 

@@ -4,6 +4,7 @@ recovers without a restart, and declares nobody lost over its own outage."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -161,3 +162,79 @@ def test_it_answers_503_while_the_sqlite_file_is_read_only_and_recovers(live_bri
             unavailable(f"chattr +i is not available here: {made.stderr.strip()}")
 
     _survive_store_fault(bridge, make_read_only, lambda: _immutable("-i", *files), EXECUTIONS)
+
+
+def test_it_acknowledges_nothing_after_the_database_files_are_removed(live_bridge, tmp_path):
+    bridge = live_bridge(workers=2, env={"BRIDGE_THREADS": "4"})
+    database = tmp_path / "bridge.db"
+    acknowledged: list[str] = []
+    after_removal: list[str] = []  # sent once the files were gone, and acknowledged
+    refused: list[int] = []
+    stop, removed = threading.Event(), threading.Event()
+
+    def load(worker: int):
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            execution_id = f"gone-{worker}-{n}"
+            n += 1
+            sent_after_removal = removed.is_set()
+            try:
+                response = session.post(bridge.url + HEARTBEAT, json={"execution_id": execution_id}, timeout=10)
+            except requests.RequestException:
+                continue
+            if response.status_code == 200:
+                (after_removal if sent_after_removal else acknowledged).append(execution_id)
+            elif response.headers.get("Retry-After"):
+                refused.append(response.status_code)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(acknowledged) > 50, "heartbeats before the removal")
+        for suffix in ("", "-wal", "-shm"):
+            os.remove(f"{database}{suffix}")
+        removed.set()
+        time.sleep(3)
+        readiness = [requests.get(bridge.url + "/readyz", timeout=10).status_code for _ in range(20)]
+        assert readiness == [503] * 20
+        assert requests.get(bridge.url + "/metrics", timeout=10).status_code == 503
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert refused and set(refused) == {503}
+    bridge.stop()
+    bridge.start()  # a new, empty database: whatever was acknowledged after the removal must be in it
+    missing = [e for e in after_removal
+               if requests.get(f"{bridge.url}/api/v1/executions/{e}", timeout=10).status_code != 200]
+    assert missing == []
+    assert not database.with_name("bridge.db-journal").exists()
+
+
+def test_it_answers_503_everywhere_on_a_corrupted_database(live_bridge, tmp_path):
+    bridge = live_bridge(workers=2)
+    for n in range(300):  # enough rows for several pages
+        requests.post(bridge.url + HEARTBEAT, json={"execution_id": f"page-{n}", "task_name": f"t{n % 7}",
+                                                    "progress": {"note": "x" * 200}}, timeout=10)
+    database = tmp_path / "bridge.db"
+    with sqlite3.connect(database) as conn:  # every page into the file; the log restarts, so
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # caches are stale
+    assert busy == 0
+    page = 4096
+    with open(database, "r+b") as file:
+        for offset in range(page, os.path.getsize(database), page):  # every page but the first
+            file.seek(offset)
+            file.write(os.urandom(page))
+    answers = {
+        "heartbeat": requests.post(bridge.url + HEARTBEAT, json={"execution_id": "page-1"}, timeout=10),
+        "new": requests.post(bridge.url + HEARTBEAT, json={"execution_id": "page-new"}, timeout=10),
+        "metrics": requests.get(bridge.url + "/metrics", timeout=10),
+        "query": requests.get(bridge.url + "/api/v1/executions", params={"status": "running"}, timeout=10),
+        "one": requests.get(bridge.url + "/api/v1/executions/page-2", timeout=10),
+        "readyz": requests.get(bridge.url + "/readyz", timeout=10),
+    }
+    assert {name: r.status_code for name, r in answers.items()} == {name: 503 for name in answers}
+    assert all(r.headers.get("Retry-After") and r.json()["error"] for r in answers.values())
+    assert "malformed" in bridge.log()

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from urllib.parse import quote
 from typing import Iterator, Sequence
 
 from ..state import UNKNOWN_TASK, Execution, Outcome
@@ -92,6 +93,27 @@ def _in(ids: list[str]) -> Iterator[tuple[list[str], str]]:
     for first in range(0, len(ids), _READ_CHUNK):
         chunk = ids[first:first + _READ_CHUNK]
         yield chunk, ",".join("?" * len(chunk))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """Return the (device, inode) of the file at ``path``, None when there is none.
+
+    Raises :class:`StoreUnavailable` when it cannot be looked at.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite: cannot look at {path}: {exc}") from exc
+    return status.st_dev, status.st_ino
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    """Return the error a caller answers 503 to, for any failure of SQLite itself."""
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        log.error("sqlite: %s: the database file is damaged; restore it from a backup", exc)
+    return StoreUnavailable(f"sqlite: {exc}")
 
 
 class _Stale(Exception):
@@ -229,7 +251,7 @@ class SQLiteStore(Store):
         self._known_names: set[str] = set()
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            conn = self._connection()
+            conn = self._connection(create=True)
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
             self._migrate(conn)
         except (OSError, sqlite3.Error) as exc:
@@ -253,20 +275,47 @@ class SQLiteStore(Store):
 
     # -- connections -------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, create: bool = False) -> sqlite3.Connection:
+        """Return this thread's connection, opened on first use.
+
+        Only the store's constructor creates the file: a connection opened later, after the
+        file vanished, must fail rather than start an empty database beside the real one.
+        Raises :class:`StoreUnavailable`.
+        """
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             self._local = threading.local()
             self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            uri = f"file:{quote(os.path.abspath(self.path))}?mode={'rwc' if create else 'rw'}"
             try:
-                conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+                conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
             self._local.conn = conn
+            self._local.files = (_identity(self.path), _identity(self.path + "-wal"))
         return conn
+
+    def _check_files(self) -> None:
+        """Make sure the files under the path are still the ones this connection has open.
+
+        A database (or its write-ahead log) removed or replaced under a running bridge
+        leaves each open connection writing to the unlinked file, acknowledging writes
+        that no restart will find. Called after every commit and before every read, so
+        nothing is acknowledged or served from a file that is gone. Raises
+        :class:`StoreUnavailable` (and drops the connection, so the next call opens the
+        file now at the path, if there is one).
+        """
+        database, log_file = self._local.files
+        now = _identity(self.path), _identity(self.path + "-wal")
+        if now[0] != database or (log_file is not None and now[1] != log_file):
+            self._drop_connection()
+            raise StoreUnavailable(f"sqlite: {self.path} was removed or replaced under the running bridge; "
+                                   "put it back, or restart the bridge to start a new one")
+        if log_file is None:
+            self._local.files = (database, now[1])
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -292,12 +341,13 @@ class SQLiteStore(Store):
             try:
                 yield conn
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # also a corrupt file: "disk image is malformed"
                 self._rollback(conn)
-                raise StoreUnavailable(f"sqlite: {exc}") from exc
+                raise _unavailable(exc) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
+            self._check_files()  # committed: to the file a restart will find, or answered 503
         finally:
             if writer:
                 fcntl.flock(self._local.writer_fd, fcntl.LOCK_UN)
@@ -338,11 +388,13 @@ class SQLiteStore(Store):
             self._drop_connection()
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        conn = self._connection()
+        self._check_files()
         try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
             self._drop_connection()
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     # -- the Store interface -------------------------------------------------------
 
@@ -378,9 +430,9 @@ class SQLiteStore(Store):
             guess.decide(items)
         except _NeedsLock:
             return None
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             self._drop_connection()
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise _unavailable(exc) from exc
         guess.encode()
         return guess
 
