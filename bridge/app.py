@@ -40,6 +40,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
+    # "//" in a path is a client's mistake (a base URL ending in "/"): a 404 that names the
+    # path says so, where werkzeug's default answers a 308 redirect some clients drop.
+    app.url_map.merge_slashes = False
     app.json = FastJSONProvider(app)
     # The largest body any endpoint takes; each endpoint enforces its own limit.
     app.config.update(MAX_CONTENT_LENGTH=max(settings.max_body_bytes, settings.max_batch_body_bytes))

@@ -36,6 +36,8 @@ class Settings:
     lost_after_intervals: float = 3.0
     reaper_interval_seconds: float = 5.0
     retention_seconds: float = 3600.0
+    dedup_seconds: float = 86_400.0
+    task_retention_seconds: float = 30 * 86_400.0
     startup_grace_seconds: float = 120.0
     max_executions: int = 100_000
     max_task_names: int = 200
@@ -45,6 +47,7 @@ class Settings:
     max_field_bytes: int = 16_384
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout_seconds: float = 5.0
+    request_read_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     auth_tokens: tuple[str, ...] = ()
     metrics_token: str | None = None
@@ -144,6 +147,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_LOST_AFTER_INTERVALS": ("lost_after_intervals", _number(1, 100), "Silent intervals after which a running execution is `lost`."),
     "BRIDGE_REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _number(0.05, 3600), "How often each worker looks for overdue and expired executions."),
     "BRIDGE_RETENTION_SECONDS": ("retention_seconds", _number(0, 90 * _DAY), "How long finished or lost executions stay visible."),
+    "BRIDGE_DEDUP_SECONDS": ("dedup_seconds", _number(0, 90 * _DAY), "How long the ids of finished executions are remembered after their retention, so that a late repeat (a retried completion, a replayed container death) is a duplicate, not a new execution."),
+    "BRIDGE_TASK_RETENTION_SECONDS": ("task_retention_seconds", _number(0, 366 * _DAY), "How long a task name keeps its slot (and its counters) after its last execution left; then a new name may take it."),
     "BRIDGE_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", _number(1, _DAY), "How long a container the agent saw start may stay silent before it is `lost`."),
     "BRIDGE_MAX_EXECUTIONS": ("max_executions", _integer(1, 10_000_000), "Executions tracked at most; new ones beyond get 429."),
     "BRIDGE_MAX_TASK_NAMES": ("max_task_names", _integer(1, 100_000), "Distinct `task_name` label values; later names become `_other`."),
@@ -153,6 +158,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
     "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
     "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for the store's write lock before answering 503."),
+    "BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": ("request_read_timeout_seconds", _number(0.1, 600), "How long a client may take to send a whole request (head and body) before it gets 408 and its connection is closed; a stalled client holds no request thread meanwhile."),
     "BRIDGE_AUTH_TOKENS": ("auth_tokens", _tokens, "Bearer tokens (comma-separated, 16+ characters) the ingest API accepts for any execution; unset: no token needed."),
     "BRIDGE_AUTH_TOKENS_FILE": ("auth_tokens", _token_file, "A file of such tokens, one per line (added to `BRIDGE_AUTH_TOKENS`)."),
     "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .extension import current_bridge
 from .store import CapacityError, StoreUnavailable
 from .validation import InvalidInput
 
@@ -15,6 +16,8 @@ __all__ = ["error_response", "init_app"]
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
+#: Refusals of requests no endpoint took, by status: their reason in the rejection counter.
+_COUNTED = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(status: int, message: str, field: str | None = None):
@@ -52,7 +55,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        response = error_response(exc.code or 500, exc.description or exc.name)
+        code = exc.code or 500
+        if code in _COUNTED:  # no endpoint of the bridge took the request: counted as "http"
+            current_bridge().monitor.reject("http", _COUNTED[code])
+        message = exc.description or exc.name
+        if code == 404:
+            message = f"no endpoint at {request.path[:200]}" + (
+                " (an empty segment: does the base URL end with '/'?)" if "//" in request.path else "")
+        response = error_response(code, message)
         for name, value in exc.get_headers():  # such as Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value

@@ -11,7 +11,8 @@ _settings = load_settings()
 
 bind = [_settings.bind]
 workers = _settings.workers
-worker_class = "gthread"
+# gthread, reading each request whole (under a deadline) before a thread takes it
+worker_class = "bridge.worker.BridgeWorker"
 threads = _settings.threads
 timeout = 30
 graceful_timeout = 10

@@ -52,16 +52,19 @@ def is_json_mimetype(mimetype: str) -> bool:
 
 
 def _json_body(max_bytes: int) -> Any:
-    """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415 or 400)."""
+    """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415, 408 or 400)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     if not is_json_mimetype(request.mimetype):
         raise InvalidInput("Content-Type must be application/json", "Content-Type", 415,
                            "unsupported_media_type")
     try:
-        return parse_json(_read_body(max_bytes))
+        body = _read_body(max_bytes)
     except RequestEntityTooLarge:
         raise _too_large(max_bytes) from None
+    except OSError:  # a long body that stalled past the read deadline (bridge.worker)
+        raise InvalidInput("the body was not received in time", "body", 408, "timeout") from None
+    return parse_json(body)
 
 
 def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):

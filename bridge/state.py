@@ -37,6 +37,7 @@ __all__ = [
     "apply_heartbeat",
     "apply_rebase",
     "progress_ratio",
+    "tombstone",
 ]
 
 STATUSES = ("starting", "running", "completed", "failed", "lost")
@@ -247,6 +248,15 @@ class Outcome:
 
 
 _UNCHANGED = Outcome(None, result="unchanged")
+
+
+def tombstone(execution_id: str, status: str) -> Execution:
+    """Return the stand-in of an execution that ended with ``status`` and left retention.
+
+    It is final, so a late repeat (a retried completion, a replayed container death, a
+    heartbeat) is answered as a duplicate or ignored, and counts nothing again.
+    """
+    return Execution(execution_id, status, trace_id_for(execution_id), UNKNOWN_TASK, 0.0, 0.0)
 
 
 def progress_ratio(progress: dict | None) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 import uuid
@@ -9,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from support import COMPLETION, HEARTBEAT, total
+from support import COMPLETION, HEARTBEAT, samples, total, wait_for
 
 WAIT_SECONDS = 30.0
 
@@ -120,3 +122,108 @@ def test_it_refuses_a_chunked_body_over_the_limit_with_413(live_bridge):
     fits = requests.post(url, data=chunks(1_000), headers=headers, timeout=10)
     assert fits.status_code == 200, fits.text
     assert total(bridge.metrics(), "bridge_requests_rejected_total", reason="too_large") == 1
+
+
+def _trickle(url: str, head: bytes, stop: threading.Event, opened: list) -> None:
+    """Open a connection and send ``head`` one byte every two seconds until ``stop``."""
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=5)
+    except OSError:
+        return
+    opened.append(sock)
+    for byte in head:
+        if stop.wait(2):
+            return
+        try:
+            sock.send(bytes([byte]))
+        except OSError:  # closed by the bridge: the point
+            return
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(0.5)
+    try:
+        data = sock.recv(65536)
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+def test_it_answers_probes_and_heartbeats_at_once_while_200_clients_trickle(live_bridge):
+    bridge = live_bridge(workers=2, env={"BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": "4"})
+    stop, opened = threading.Event(), []
+    heads = [b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 40\r\n\r\n{\"execution_id\": ",  # declares a body, then stalls in it
+             b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100]  # headers, a byte at a time
+    threads = [threading.Thread(target=_trickle, args=(bridge.url, heads[n % 2], stop, opened))
+               for n in range(200)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(opened) == 200, "200 trickling connections")
+        time.sleep(1)  # every one of them has sent its first bytes and holds its request open
+        session = requests.Session()
+        deadline = time.monotonic() + 8  # past the read timeout: the tricklers get cut meanwhile
+        while time.monotonic() < deadline:
+            # Without read deadlines each of these waits behind the tricklers for good.
+            assert session.get(bridge.url + "/healthz", timeout=3).status_code == 200
+            assert session.get(bridge.url + "/readyz", timeout=3).status_code == 200
+            response = session.post(bridge.url + HEARTBEAT, json={"execution_id": "prompt"}, timeout=3)
+            assert response.status_code == 200
+        assert all(_closed_by_peer(sock) for sock in opened)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        for sock in opened:
+            sock.close()
+    parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="http", reason="timeout") == 200
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict, bytes]:
+    """Send ``request`` as it is; return the status, headers and body of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+MALFORMED = {
+    "duplicate Content-Length": (b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n"
+                                 b"\r\n{}", 400),
+    "NUL in a header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n", 400),
+    "too many headers": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                         + b"".join(b"X-H%d: v\r\n" % n for n in range(200)) + b"\r\n", 431),
+    "an over-long URI": (b"GET /healthz?" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+}
+
+
+def test_it_refuses_malformed_requests_in_json_and_counts_them(live_bridge):
+    bridge = live_bridge(workers=1)
+    for name, (request, status) in MALFORMED.items():
+        code, headers, body = _raw(bridge.url, request)
+        assert (code, headers["content-type"]) == (status, "application/json"), name
+        assert json.loads(body)["error"], name
+    parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="http") == len(MALFORMED)
+
+
+def test_it_answers_a_doubled_slash_with_a_json_404_not_a_redirect(live_bridge):
+    bridge = live_bridge(workers=1)
+    response = requests.post(bridge.url + "/api/v1//monitoring/heartbeat", json={"execution_id": "x"},
+                             timeout=10, allow_redirects=False)
+    assert response.status_code == 404 and "base URL" in response.json()["error"]
+    assert requests.get(bridge.url + "/api/v1/executions/x", timeout=10).status_code == 404
+    parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="http", reason="not_found") == 1

@@ -37,7 +37,9 @@ def store_url(request, tmp_path):
 
 def connect(url, **limits):
     return open_store(load_settings({}, store_url=url, max_executions=limits.get("max_executions", 10_000),
-                                    max_task_names=limits.get("max_task_names", 100)))
+                                    max_task_names=limits.get("max_task_names", 100),
+                                    **{k: v for k, v in limits.items() if k in ("dedup_seconds",
+                                                                                 "task_retention_seconds")}))
 
 
 def heartbeat(store, execution_id, now, **fields):
@@ -359,3 +361,72 @@ def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_
             heartbeat(store, "a", T0 + 30)
     heartbeat(store, "a", T0 + 60)
     assert store.get("a").heartbeat_count == 2
+
+
+def fail(store, execution_id, now):
+    done = Completion(execution_id, success=False)
+    return store.apply(execution_id, lambda cur, label: state.apply_completion(cur, done, now, RULES, label))
+
+
+def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedup_window(store_url):
+    store = connect(store_url, dedup_seconds=600)
+    heartbeat(store, "late", T0)
+    complete(store, "late", T0 + 10)
+    assert store.expire(T0 + 10 + RULES.retention) == 1
+    assert store.get("late") is None  # gone from the query API and /metrics
+    assert complete(store, "late", T0 + 5000).result == "duplicate"  # a completion retried
+    assert heartbeat(store, "late", T0 + 5000).result == "ignored"
+    assert store.get("late") is None
+    counted = store.snapshot().counters
+    assert counted[(state.COMPLETIONS, ("unknown", "success"))] == 1
+    if store_url.startswith("redis"):  # Redis forgets it by itself, a window of real time from now
+        import redis
+        assert 590_000 < redis.Redis.from_url(store_url).pttl("hb:t:late") <= 600_000
+    else:
+        store.expire(T0 + 10 + RULES.retention + 600)  # past the window: the id is forgotten
+        assert complete(store, "late", T0 + 10 + RULES.retention + 601).result == "accepted"
+
+
+def test_it_keeps_no_tombstone_for_a_lost_execution_or_with_a_zero_window(store_url):
+    store = connect(store_url, dedup_seconds=0)
+    heartbeat(store, "done", T0)
+    complete(store, "done", T0)
+    store.expire(T0 + RULES.retention)
+    assert complete(store, "done", T0 + RULES.retention + 1).result == "accepted"
+
+
+def test_it_releases_a_task_name_nothing_tracked_carried_for_the_task_retention(store_url):
+    store = connect(store_url, max_task_names=2, task_retention_seconds=100)
+    heartbeat(store, "a", T0, task_name="once")
+    heartbeat(store, "b", T0, task_name="kept")
+    complete(store, "a", T0)
+    assert heartbeat(store, "c", T0, task_name="new").record.metric_task_name == "_other"
+    store.expire(T0 + RULES.retention)  # "once" leaves with its only execution
+    store.expire(T0 + RULES.retention + 99)
+    assert "once" in store.snapshot().task_names
+    store.expire(T0 + RULES.retention + 100)
+    snapshot = store.snapshot()
+    assert sorted(snapshot.task_names) == ["kept"]
+    assert not [key for key in snapshot.counters if key[1][:1] == ("once",)]  # its series went too
+    assert heartbeat(store, "d", T0 + 4000, task_name="new").record.metric_task_name == "new"
+    assert sorted(store.snapshot().task_names) == ["kept", "new"]
+
+
+def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
+    import redis
+    server = redis.Redis.from_url(redis_url)
+    server.flushdb()
+    store = connect(redis_url)
+    for n in range(2500):
+        heartbeat(store, f"e{n:05}", T0, task_name="rare" if n % 500 == 0 else "common")
+    complete(store, "e00500", T0)
+    server.config_resetstat()
+    found = store.query(task_name="rare", limit=100)
+    assert [r.execution_id for r in found] == [f"e{n:05}" for n in range(0, 2500, 500)]
+    assert [r.execution_id for r in store.query(status="completed")] == ["e00500"]
+    assert [r.execution_id for r in store.query(status="running", task_name="rare", after="e00000")] == \
+        ["e01000", "e01500", "e02000"]
+    assert command_calls(server)["mget"] == 3  # one small read each, not every record
+    store.expire(T0 + RULES.retention)
+    assert store.query(status="completed") == []
+    assert server.zcard("hb:status:completed") == 0

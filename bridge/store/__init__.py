@@ -17,9 +17,12 @@ def open_store(settings: Settings) -> Store:
         from .redis import RedisStore  # only scale-out deployments need the client loaded
 
         return RedisStore(settings.store_url, max_executions=settings.max_executions,
-                          max_task_names=settings.max_task_names)
+                          max_task_names=settings.max_task_names, dedup_seconds=settings.dedup_seconds,
+                          task_retention=settings.task_retention_seconds)
     return SQLiteStore(path_from_url(settings.store_url),
                        max_executions=settings.max_executions,
                        max_task_names=settings.max_task_names,
+                       dedup_seconds=settings.dedup_seconds,
+                       task_retention=settings.task_retention_seconds,
                        synchronous=settings.sqlite_synchronous,
                        busy_timeout=settings.sqlite_busy_timeout_seconds)

@@ -147,9 +147,17 @@ class Snapshot:
 class Store(ABC):
     """Durable execution state shared by every worker and replica."""
 
-    def __init__(self, max_executions: int, max_task_names: int):
+    def __init__(self, max_executions: int, max_task_names: int, dedup_seconds: float = 86_400.0,
+                 task_retention: float = 30 * 86_400.0):
         self.max_executions = max_executions
         self.max_task_names = max_task_names
+        #: How long an ended execution's id answers repeats as duplicates after it expired.
+        self.dedup_seconds = dedup_seconds
+        #: How long a task name keeps its slot and counters once nothing tracked carries it.
+        self.task_retention = task_retention
+        # Task names looked up are remembered for less than the retention, so that none is
+        # remembered past its release (see ``known_name_seconds``).
+        self.known_name_seconds = min(60.0, task_retention / 2)
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         """Run ``decide`` on the current record and commit its outcome atomically.
@@ -197,7 +205,13 @@ class Store(ABC):
 
     @abstractmethod
     def expire(self, now: float) -> int:
-        """Drop executions whose ``expires_at`` is at or before ``now``; return how many."""
+        """Drop executions whose ``expires_at`` is at or before ``now``; return how many.
+
+        A dropped execution that had ended leaves a tombstone for ``dedup_seconds``, read
+        back as :func:`bridge.state.tombstone`. Task names that no tracked execution has
+        carried for ``task_retention`` seconds are released with their counters, and
+        tombstones past their window are forgotten.
+        """
 
     @abstractmethod
     def snapshot(self) -> Snapshot:

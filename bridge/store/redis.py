@@ -20,13 +20,15 @@ import contextlib
 import functools
 import json
 import logging
+import math
+import time
 from typing import Callable, Iterator, Sequence
 
 import redis
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
-from ..state import UNKNOWN_TASK, Execution, Outcome, TaskLabel
-from .base import (OTHER_TASK, CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
+from ..state import OTHER_TASK, RECORD_FIELDS, UNKNOWN_TASK, Execution, Outcome, TaskLabel, tombstone
+from .base import (CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
                    add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
 
 __all__ = ["RedisStore"]
@@ -38,10 +40,29 @@ MAX_ATTEMPTS = 50
 CHUNK = 1000
 SOCKET_TIMEOUT_SECONDS = 5.0
 
+# KEYS: the expiry, id and deadline sorted sets, the rows hash, the hash of names' last use.
+# ARGV: now, the key prefix, how many at most, the positions of status and task_name in a
+# stored record, the tombstone window in milliseconds (0: none).
 _EXPIRE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local status_at, task_at, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[2] .. id)
+  local raw = redis.call('GET', ARGV[2] .. 'x:' .. id)
+  if raw then
+    local record = cjson.decode(raw)
+    local status, task = record[status_at] or record.status, record[task_at] or record.task_name
+    if type(status) == 'string' then
+      redis.call('ZREM', ARGV[2] .. 'status:' .. status, id)
+      if window > 0 and (status == 'completed' or status == 'failed') then
+        redis.call('SET', ARGV[2] .. 't:' .. id, status, 'PX', window)
+      end
+    end
+    if type(task) == 'string' then
+      redis.call('ZREM', ARGV[2] .. 'task:' .. task, id)
+      redis.call('HSET', KEYS[5], task, ARGV[1])
+    end
+  end
+  redis.call('DEL', ARGV[2] .. 'x:' .. id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
@@ -50,14 +71,45 @@ end
 return #ids
 """
 
+# KEYS: the names set, the hash of names' last use, the counter and exemplar hashes.
+# ARGV: the key prefix, the cut-off. Releases each name no tracked execution carries that
+# was last used before the cut-off, with its task_* series. Returns the names released.
+_RELEASE = """
+local released = {}
+local seen = redis.call('HGETALL', KEYS[2])
+for i = 1, #seen, 2 do
+  local name, at = seen[i], tonumber(seen[i + 1])
+  if at <= tonumber(ARGV[2]) and redis.call('ZCARD', ARGV[1] .. 'task:' .. name) == 0 then
+    redis.call('SREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name)
+    released[#released + 1] = name
+  end
+end
+if #released > 0 then
+  local gone = {}
+  for _, name in ipairs(released) do gone[name] = true end
+  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+    local series = cjson.decode(field)
+    if string.sub(series[1], 1, 5) == 'task_' and gone[series[2][1]] then
+      redis.call('HDEL', KEYS[3], field)
+      redis.call('HDEL', KEYS[4], field)
+    end
+  end
+end
+return released
+"""
 
 
 
-# KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes.
-# ARGV: the prefix of the record keys; the limit on executions; the records, six fields
-# each: id, the bytes as read ('' when absent), the new bytes, the row, the deadline and
-# the expiry (a score, or '' for none); the counters, three fields each: hash
-# field, amount, exemplar ('' for none). The fields of a list are joined by the unit
+
+
+# KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes, the
+# names set. ARGV: the prefix of the record keys; the limit on executions; the records, six
+# fields each: id, the bytes as read ('' when absent), the new bytes, the row, the deadline
+# and the expiry (a score, or '' for none); the counters, three fields each: hash
+# field, amount, exemplar ('' for none); the filter indexes to leave and join, three fields
+# each ('-' or '+', the index key after the prefix, the id); the prefix; the task names the
+# new executions are counted under, which must still be in the names set. The fields of a list are joined by the unit
 # separator (\31), which JSON and execution ids never hold: two strings for redis-py to
 # pack, not hundreds, and none for the script to parse as JSON. Commands go out once
 # per batch, not once per record, in chunks within Lua's stack.
@@ -87,6 +139,9 @@ local function send(command, key, args)
       redis.call(command, unpack(args, first, last))
     end
   end
+end
+for _, name in ipairs(split(ARGV[7])) do
+  if redis.call('SISMEMBER', KEYS[7], name) == 0 then return 0 end
 end
 local r = split(ARGV[3])
 local keys = {}
@@ -138,6 +193,14 @@ send('ZADD', KEYS[2], index[1])
 send('ZREM', KEYS[2], index[2])
 send('ZADD', KEYS[3], index[3])
 send('ZREM', KEYS[3], index[4])
+local moved = split(ARGV[5])
+for i = 1, #moved, 3 do
+  if moved[i] == '-' then
+    redis.call('ZREM', ARGV[6] .. moved[i + 1], moved[i + 2])
+  else
+    redis.call('ZADD', ARGV[6] .. moved[i + 1], 0, moved[i + 2])
+  end
+end
 local c = split(ARGV[4])
 for i = 1, #c, 3 do
   redis.call('HINCRBYFLOAT', KEYS[5], c[i], c[i + 1])
@@ -147,6 +210,25 @@ return 1
 """
 
 _SEPARATOR = "\x1f"
+#: The version of the keys' layout: 2 added the filter indexes and the names' last use.
+_SCHEMA = 2
+#: Where the expiry script finds a stored record's status and task name (Lua counts from 1).
+_STATUS_AT = RECORD_FIELDS.index("status") + 1
+_TASK_AT = RECORD_FIELDS.index("task_name") + 1
+
+
+def _index_moves(before: Execution | None, after: Execution) -> list[str]:
+    """Return the filter-index changes of a record going from ``before`` to ``after``:
+    three fields each, '-' or '+', the index key after the prefix, the execution id."""
+    moves: list[str] = []
+    for kind, old, new in (("status:", before.status if before else None, after.status),
+                           ("task:", before.task_name if before else None, after.task_name)):
+        if old != new:
+            if old is not None:
+                moves += ("-", kind + old, after.execution_id)
+            if new is not None:
+                moves += ("+", kind + new, after.execution_id)
+    return moves
 
 
 def _score(value: float | None) -> str:
@@ -175,8 +257,10 @@ class RedisStore(Store):
     """A :class:`Store` in one Redis database."""
 
     def __init__(self, url: str, *, max_executions: int, max_task_names: int,
+                 dedup_seconds: float = 86_400.0, task_retention: float = 30 * 86_400.0,
                  prefix: str = KEY_PREFIX):
-        super().__init__(max_executions, max_task_names)
+        super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
+        self._prefix = prefix
         self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
                                            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
         self._records = prefix + "x:"  # the record keys: <prefix>x:<execution id>
@@ -187,11 +271,14 @@ class RedisStore(Store):
         self._exemplars = prefix + "exemplars"
         self._tasks = prefix + "tasks"
         self._rows = prefix + "rows"
+        self._task_seen = prefix + "task_seen"
         self._expire_script = self._redis.register_script(_EXPIRE)
+        self._release_script = self._redis.register_script(_RELEASE)
         self._write_script = self._redis.register_script(_WRITE)
-        self._known_names: set[str] = set()
+        self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
         self._reaper = prefix + "reaper"
         self.ping()
+        self._build_indexes()
 
     def _key(self, execution_id: str) -> str:
         return self._records + execution_id
@@ -223,25 +310,41 @@ class RedisStore(Store):
             connection.send_command("MGET", *keys)
             prefix = len(self._records)
             stored = {key[prefix:]: raw for key, raw in zip(keys, connection.read_response()) if raw is not None}
+            before = {execution_id: decode_record(raw) for execution_id, raw in stored.items()}
+            absent = [key[prefix:] for key in keys if key[prefix:] not in stored]
+            tombstones: dict[str, Execution] = {}
+            if absent:  # an id that ended and left retention answers repeats as a duplicate
+                connection.send_command("MGET", *(self._tombstone(execution_id) for execution_id in absent))
+                tombstones = {execution_id: tombstone(execution_id, status.decode())
+                              for execution_id, status in zip(absent, connection.read_response()) if status}
             try:
-                batch = self._decide({execution_id: decode_record(raw) for execution_id, raw in stored.items()},
-                                     items, self._known_label)
+                batch = self._decide({**before, **tombstones}, items, self._known_label)
             except _NeedsWatch:
                 return None
             if not batch.changed:
                 return batch.results
             records: list[str] = []
+            moves: list[str] = []
+            new_names: set[str] = set()
             for execution_id, record in batch.changed.items():
                 read = stored.get(execution_id)
                 records += (execution_id, "" if read is None else read.decode(), encode_record(record),
                             encode_row(record), _score(record.deadline_at), _score(record.expires_at))
+                moves += _index_moves(before.get(execution_id), record)
+                if read is None and record.metric_task_name not in (UNKNOWN_TASK, OTHER_TASK):
+                    new_names.add(record.metric_task_name)
             counters: list[str] = []
             for (name, labels), (amount, exemplar) in batch.increments.items():
                 counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
             written = self._call_write_script(
-                connection, (self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars),
-                (self._records, self.max_executions, _SEPARATOR.join(records), _SEPARATOR.join(counters)))
+                connection, (self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars,
+                             self._tasks),
+                (self._records, self.max_executions, _SEPARATOR.join(records), _SEPARATOR.join(counters),
+                 _SEPARATOR.join(moves), self._prefix, _SEPARATOR.join(new_names)))
         return batch.results if written == 1 else None
+
+    def _tombstone(self, execution_id: str) -> str:
+        return f"{self._prefix}t:{execution_id}"
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[redis.Connection]:
@@ -276,6 +379,12 @@ class RedisStore(Store):
         pipe.watch(*keys)
         prefix = len(self._records)
         records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
+        before = dict(records)
+        absent = [key[prefix:] for key in keys if key[prefix:] not in records]
+        if absent:  # tombstones are written with the record's removal, which WATCH sees
+            for execution_id, status in zip(absent, pipe.mget([self._tombstone(e) for e in absent])):
+                if status:
+                    records[execution_id] = tombstone(execution_id, status.decode())
         new_names: list[str] = []
         # The count of executions (ZCARD) is not watched: every insert would conflict with
         # every other. So here the limit may be passed by the inserts in flight at once.
@@ -285,8 +394,8 @@ class RedisStore(Store):
             pipe.unwatch()
             return batch.results
         pipe.multi()
-        for record in batch.changed.values():
-            self._write(pipe, record)
+        for execution_id, record in batch.changed.items():
+            self._write(pipe, record, before.get(execution_id))
         if new_names:
             pipe.sadd(self._tasks, *new_names)
         for (name, labels), (amount, exemplar) in batch.increments.items():
@@ -331,10 +440,11 @@ class RedisStore(Store):
         """Return the label of a task name already in the store. Raises :class:`_NeedsWatch`."""
         if name is None:
             return UNKNOWN_TASK
-        if name not in self._known_names:
+        now = time.monotonic()
+        if now - self._known_names.get(name, -math.inf) >= self.known_name_seconds:
             if not self._redis.sismember(self._tasks, name):
                 raise _NeedsWatch(name)
-            self._known_names.add(name)  # names are never removed: safe to remember
+            self._known_names[name] = now
         return name
 
     def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
@@ -348,8 +458,9 @@ class RedisStore(Store):
         new_names.append(name)
         return name
 
-    def _write(self, pipe, record: Execution) -> None:
+    def _write(self, pipe, record: Execution, before: Execution | None) -> None:
         execution_id = record.execution_id
+        self._write_indexes(pipe, _index_moves(before, record))
         pipe.set(self._key(execution_id), encode_record(record))
         pipe.hset(self._rows, execution_id, encode_row(record))
         pipe.zadd(self._ids, {execution_id: 0})
@@ -361,6 +472,14 @@ class RedisStore(Store):
             pipe.zrem(self._expiry, execution_id)
         else:
             pipe.zadd(self._expiry, {execution_id: record.expires_at})
+
+    def _write_indexes(self, pipe, moves: list[str]) -> None:
+        for first in range(0, len(moves), 3):
+            sign, index, member = moves[first:first + 3]
+            if sign == "-":
+                pipe.zrem(self._prefix + index, member)
+            else:
+                pipe.zadd(self._prefix + index, {member: 0})
 
     def mark_reaped(self, now: float, outage_after: float, hold: float,
                     clock_stepped: bool = False) -> ReaperMark:
@@ -392,11 +511,15 @@ class RedisStore(Store):
 
     def query(self, *, status: str | None = None, task_name: str | None = None,
               after: str | None = None, limit: int = 100) -> list[Execution]:
+        # A filter reads its index (ids by task, or by status), not every record; each
+        # record read is checked again, since it may have changed between the two reads.
+        index = (self._prefix + "task:" + task_name if task_name is not None
+                 else self._prefix + "status:" + status if status is not None else self._ids)
         found: list[Execution] = []
         start = f"({after}" if after else "-"
         try:
             while len(found) < limit:
-                ids = self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK)
+                ids = self._redis.zrangebylex(index, start, "+", start=0, num=CHUNK)
                 if not ids:
                     break
                 for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
@@ -424,11 +547,40 @@ class RedisStore(Store):
         dropped = 0
         try:
             while True:
-                batch = self._expire_script(keys=[self._expiry, self._ids, self._deadlines, self._rows],
-                                            args=[now, self._records, CHUNK])
+                batch = self._expire_script(
+                    keys=[self._expiry, self._ids, self._deadlines, self._rows, self._task_seen],
+                    args=[repr(now), self._prefix, CHUNK, _STATUS_AT, _TASK_AT, int(self.dedup_seconds * 1000)])
                 dropped += batch
                 if batch < CHUNK:
-                    return dropped
+                    break
+            released = self._release_script(keys=[self._tasks, self._task_seen, self._counters, self._exemplars],
+                                            args=[self._prefix, repr(now - self.task_retention)])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        for name in released:
+            log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
+                     self.task_retention)
+        return dropped
+
+    def _build_indexes(self) -> None:
+        """Index the records of a store written before the filter indexes existed (once)."""
+        version = self._prefix + "schema"
+        try:
+            if int(self._redis.get(version) or 1) >= _SCHEMA:
+                return
+            now = repr(time.time())
+            for name in self._redis.smembers(self._tasks):  # a full retention from now
+                self._redis.hsetnx(self._task_seen, name, now)
+            start = "-"
+            while ids := self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK):
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
+                        if raw is not None:
+                            record = decode_record(raw)
+                            self._write_indexes(pipe, _index_moves(None, record))
+                    pipe.execute()
+                start = "(" + ids[-1].decode()
+            self._redis.set(version, _SCHEMA)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 

@@ -16,6 +16,7 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -24,8 +25,8 @@ from contextlib import contextmanager
 from urllib.parse import quote
 from typing import Iterator, Sequence
 
-from ..state import UNKNOWN_TASK, Execution, Outcome
-from .base import (OTHER_TASK, CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
+from ..state import FINAL_STATUSES, OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, tombstone
+from .base import (CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
                    add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
 
 __all__ = ["SQLiteStore", "path_from_url"]
@@ -63,7 +64,12 @@ CREATE TABLE IF NOT EXISTS counters (
     exemplar TEXT,
     PRIMARY KEY (name, labels)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS task_names (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS executions_task ON executions(task_name, execution_id)
+    WHERE task_name IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_names (name TEXT PRIMARY KEY, last_seen REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ended (execution_id TEXT PRIMARY KEY, status TEXT NOT NULL, until REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ended_until ON ended(until);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('tracked', 0);
 """
@@ -73,6 +79,10 @@ def path_from_url(url: str) -> str:
     """Return the file path of ``sqlite:///relative`` or ``sqlite:////absolute`` URLs."""
     return url[len("sqlite:///"):]
 
+
+# Task names no tracked execution carries, last seen before the cut-off.
+_RELEASABLE = ("SELECT name FROM task_names WHERE coalesce(last_seen, 0) <= ? AND NOT EXISTS"
+               " (SELECT 1 FROM executions WHERE executions.task_name = task_names.name)")
 
 #: Ids per ``IN (...)`` read, well below SQLite's smallest limit on bound variables (999).
 _READ_CHUNK = 500
@@ -152,6 +162,11 @@ class _Batch:
                     f"SELECT execution_id, data FROM executions WHERE execution_id IN ({marks})", chunk):
                 record = decode_record(data)
                 self.records[execution_id] = self.stored[execution_id] = record
+        absent = [execution_id for execution_id, _ in items if execution_id not in self.records]
+        for chunk, marks in _in(list(dict.fromkeys(absent))):
+            for execution_id, status in self.conn.execute(
+                    f"SELECT execution_id, status FROM ended WHERE execution_id IN ({marks})", chunk):
+                self.records[execution_id] = tombstone(execution_id, status)
         self.results = [self._decide(execution_id, decide) for execution_id, decide in items]
 
     def new_still_fit(self) -> bool:
@@ -162,6 +177,12 @@ class _Batch:
         for chunk, marks in _in(new):
             if self.conn.execute(f"SELECT 1 FROM executions WHERE execution_id IN ({marks}) LIMIT 1",
                                  chunk).fetchone():
+                return False
+        # A name remembered by this process may have been released since (see expire()).
+        names = list({self.changed[e].metric_task_name for e in new} - {UNKNOWN_TASK, OTHER_TASK})
+        for chunk, marks in _in(names):
+            if self.conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})",
+                                 chunk).fetchone()[0] != len(chunk):
                 return False
         return self._tracked() + len(new) <= self.store.max_executions
 
@@ -240,15 +261,16 @@ class SQLiteStore(Store):
     """A :class:`Store` in one SQLite file."""
 
     def __init__(self, path: str, *, max_executions: int, max_task_names: int,
+                 dedup_seconds: float = 86_400.0, task_retention: float = 30 * 86_400.0,
                  synchronous: str = "NORMAL",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS):
-        super().__init__(max_executions, max_task_names)
+        super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pid = os.getpid()
-        self._known_names: set[str] = set()
+        self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection(create=True)
@@ -261,6 +283,10 @@ class SQLiteStore(Store):
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         """Bring a store written by an earlier version up to this schema."""
+        if "last_seen" not in {row[1] for row in conn.execute("PRAGMA table_info(task_names)")}:
+            conn.execute("ALTER TABLE task_names ADD COLUMN last_seen REAL")
+            # Names from before: their slot is kept a full retention from now.
+            conn.execute("UPDATE task_names SET last_seen = ?", (time.time(),))
         counters = {row[1] for row in conn.execute("PRAGMA table_info(counters)")}
         if "exemplar" not in counters:
             conn.execute("ALTER TABLE counters ADD COLUMN exemplar TEXT")
@@ -440,10 +466,11 @@ class SQLiteStore(Store):
         """Return the label of a task name already in the store. Raises :class:`_NeedsLock`."""
         if name is None:
             return UNKNOWN_TASK
-        if name in self._known_names:
+        now = time.monotonic()
+        if now - self._known_names.get(name, -math.inf) < self.known_name_seconds:
             return name
         if self._connection().execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone():
-            self._known_names.add(name)  # names are never removed: safe to remember
+            self._known_names[name] = now
             return name
         raise _NeedsLock(name)
 
@@ -455,7 +482,7 @@ class SQLiteStore(Store):
         known = conn.execute("SELECT count(*) FROM task_names").fetchone()[0]
         if known >= self.max_task_names:
             return OTHER_TASK
-        conn.execute("INSERT INTO task_names VALUES (?)", (name,))
+        conn.execute("INSERT INTO task_names (name) VALUES (?)", (name,))
         return name
 
     def mark_reaped(self, now: float, outage_after: float, hold: float,
@@ -487,13 +514,31 @@ class SQLiteStore(Store):
         return [execution_id for (execution_id,) in rows]
 
     def expire(self, now: float) -> int:
-        # Look without the write lock first: most reaper rounds find nothing.
-        if not self._read("SELECT 1 FROM executions WHERE expires_at <= ? LIMIT 1", (now,)):
+        # Look without the write lock first: most reaper rounds find nothing to do.
+        expired = bool(self._read("SELECT 1 FROM executions WHERE expires_at <= ? LIMIT 1", (now,)))
+        forgotten = bool(self._read("SELECT 1 FROM ended WHERE until <= ? LIMIT 1", (now,)))
+        released = self._read(_RELEASABLE, (now - self.task_retention,))
+        if not (expired or forgotten or released):
             return 0
         with self._transaction() as conn:
-            dropped = conn.execute("DELETE FROM executions WHERE expires_at <= ?", (now,)).rowcount
-            conn.execute("UPDATE meta SET value = value - ? WHERE key = 'tracked'", (dropped,))
-        return dropped
+            ended = conn.execute("SELECT execution_id, status, task_name FROM executions WHERE expires_at <= ?",
+                                 (now,)).fetchall()
+            conn.execute("DELETE FROM executions WHERE expires_at <= ?", (now,))
+            conn.execute("UPDATE meta SET value = value - ? WHERE key = 'tracked'", (len(ended),))
+            if self.dedup_seconds > 0:
+                conn.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?)",
+                                 [(execution_id, status, now + self.dedup_seconds)
+                                  for execution_id, status, _ in ended if status in FINAL_STATUSES])
+            conn.executemany("UPDATE task_names SET last_seen = ? WHERE name = ?",
+                             [(now, name) for name in {name for _, _, name in ended if name is not None}])
+            conn.execute("DELETE FROM ended WHERE until <= ?", (now,))
+            for (name,) in conn.execute(_RELEASABLE, (now - self.task_retention,)).fetchall():
+                conn.execute("DELETE FROM task_names WHERE name = ?", (name,))
+                # Its series go with it: names that come and go must not grow the counters.
+                conn.execute("DELETE FROM counters WHERE name LIKE 'task\\_%' ESCAPE '\\'"
+                             " AND json_extract(labels, '$[0]') = ?", (name,))
+                log.info("task name %r released: nothing tracked carried it for %.0fs", name, self.task_retention)
+        return len(ended)
 
     def snapshot(self) -> Snapshot:
         with self._transaction("DEFERRED") as conn:
