@@ -2,7 +2,7 @@
 
 Nearly all of the bridge's traffic is single heartbeats, and Flask's request context, URL
 matching and response object cost about as much as everything the bridge itself does
-with a heartbeat (measured: see the README's Performance section). This WSGI middleware
+with a heartbeat (measured: see docs/performance.md). This WSGI middleware
 takes ``POST /api/v1/monitoring/heartbeat`` with a JSON body of declared length and does
 what the Flask view does, through the same functions: the token, the parser, the
 monitor, the answer. Everything else goes to Flask as it came.

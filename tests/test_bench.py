@@ -1,7 +1,7 @@
 """``make bench``: it runs to the end and prints every row of its table.
 
 Only the table's shape and that each figure was measured are checked here; how fast is
-the benchmark's own business (README "Performance"), never a test's.
+the benchmark's own business (docs/performance.md), never a test's.
 """
 
 from __future__ import annotations

@@ -184,6 +184,19 @@ def test_it_answers_probes_and_heartbeats_at_once_while_200_clients_trickle(live
     assert total(parsed, "bridge_requests_rejected_total", endpoint="http", reason="timeout") == 200
 
 
+def test_it_answers_408_to_a_chunked_body_that_stalls(live_bridge):
+    bridge = live_bridge(workers=1, env={"BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": "1"})
+    host, port = bridge.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"execution_id\":")  # then nothing
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["field"] == "body"
+    parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="heartbeat", reason="timeout") == 1
+
+
 def _raw(url: str, request: bytes) -> tuple[int, dict, bytes]:
     """Send ``request`` as it is; return the status, headers and body of the answer."""
     host, port = url.removeprefix("http://").split(":")

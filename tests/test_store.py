@@ -388,6 +388,12 @@ def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedu
 
 
 def test_it_keeps_no_tombstone_for_a_lost_execution_or_with_a_zero_window(store_url):
+    store = connect(store_url, dedup_seconds=600)
+    heartbeat(store, "silent", T0)
+    Monitor(store, RULES, clock=lambda: T0 + 100).reap()  # lost, expires an hour later
+    store.expire(T0 + 100 + RULES.retention)
+    assert store.get("silent") is None
+    assert heartbeat(store, "silent", T0 + 5000).transition == (None, "running")  # back: a new run
     store = connect(store_url, dedup_seconds=0)
     heartbeat(store, "done", T0)
     complete(store, "done", T0)

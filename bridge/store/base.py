@@ -8,16 +8,23 @@ with its counter increments as one compare-and-set.
 
 from __future__ import annotations
 
+import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 from .. import jsoncodec
-from ..state import OTHER_TASK, Execution, Outcome, TaskLabel
+from ..state import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "ReaperMark", "Snapshot", "Store",
            "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",
            "encode_row", "mark_round"]
+
+#: How long an ended execution's id answers repeats once it left retention: a day.
+DEFAULT_DEDUP_SECONDS = 86_400.0
+#: How long a task name keeps its slot once nothing tracked carries it: 30 days.
+DEFAULT_TASK_RETENTION_SECONDS = 30 * 86_400.0
 
 #: Given the current record (None if unknown) and the task-name resolver, the outcome.
 Decide = Callable[["Execution | None", TaskLabel], Outcome]
@@ -147,17 +154,35 @@ class Snapshot:
 class Store(ABC):
     """Durable execution state shared by every worker and replica."""
 
-    def __init__(self, max_executions: int, max_task_names: int, dedup_seconds: float = 86_400.0,
-                 task_retention: float = 30 * 86_400.0):
+    def __init__(self, max_executions: int, max_task_names: int, dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+                 task_retention: float = DEFAULT_TASK_RETENTION_SECONDS):
         self.max_executions = max_executions
         self.max_task_names = max_task_names
         #: How long an ended execution's id answers repeats as duplicates after it expired.
         self.dedup_seconds = dedup_seconds
         #: How long a task name keeps its slot and counters once nothing tracked carries it.
         self.task_retention = task_retention
-        # Task names looked up are remembered for less than the retention, so that none is
-        # remembered past its release (see ``known_name_seconds``).
+        # Task names found in the store are remembered for less than the retention, so
+        # that none is remembered past its release.
         self.known_name_seconds = min(60.0, task_retention / 2)
+        self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
+
+    def _label_if_known(self, name: str | None, in_store: Callable[[str], bool]) -> str | None:
+        """Return the metric label of task name ``name`` when the store holds the name, else None.
+
+        ``in_store`` asks the store; a name it holds is remembered for
+        ``known_name_seconds``, and a batch that adds an execution under a remembered name
+        checks the name again when it writes.
+        """
+        if name is None:
+            return UNKNOWN_TASK
+        now = time.monotonic()
+        if now - self._known_names.get(name, -math.inf) < self.known_name_seconds:
+            return name
+        if not in_store(name):
+            return None
+        self._known_names[name] = now
+        return name
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         """Run ``decide`` on the current record and commit its outcome atomically.

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -28,8 +27,9 @@ import redis
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from ..state import OTHER_TASK, RECORD_FIELDS, UNKNOWN_TASK, Execution, Outcome, TaskLabel, tombstone
-from .base import (CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
-                   add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
+from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
+                   Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
+                   encode_row, mark_round)
 
 __all__ = ["RedisStore"]
 
@@ -109,9 +109,10 @@ return released
 # and the expiry (a score, or '' for none); the counters, three fields each: hash
 # field, amount, exemplar ('' for none); the filter indexes to leave and join, three fields
 # each ('-' or '+', the index key after the prefix, the id); the prefix; the task names the
-# new executions are counted under, which must still be in the names set. The fields of a list are joined by the unit
-# separator (\31), which JSON and execution ids never hold: two strings for redis-py to
-# pack, not hundreds, and none for the script to parse as JSON. Commands go out once
+# new executions are counted under, which must still be in the names set. The fields of a
+# list are joined by the unit separator (\31), which JSON, execution ids and task names
+# never hold: a few strings for redis-py to pack, not hundreds, and none for the script to
+# parse as JSON. Commands go out once
 # per batch, not once per record, in chunks within Lua's stack.
 # Returns 1 when written, 0 when a record changed since it was read, -1 when the new
 # executions do not fit: then nothing is written.
@@ -217,6 +218,12 @@ _STATUS_AT = RECORD_FIELDS.index("status") + 1
 _TASK_AT = RECORD_FIELDS.index("task_name") + 1
 
 
+def _tombstones(absent: list[str], statuses: list[bytes | None]) -> dict[str, Execution]:
+    """Return the tombstone records of the ``absent`` ids whose tombstone key held a status."""
+    return {execution_id: tombstone(execution_id, status.decode())
+            for execution_id, status in zip(absent, statuses) if status}
+
+
 def _index_moves(before: Execution | None, after: Execution) -> list[str]:
     """Return the filter-index changes of a record going from ``before`` to ``after``:
     three fields each, '-' or '+', the index key after the prefix, the execution id."""
@@ -257,7 +264,7 @@ class RedisStore(Store):
     """A :class:`Store` in one Redis database."""
 
     def __init__(self, url: str, *, max_executions: int, max_task_names: int,
-                 dedup_seconds: float = 86_400.0, task_retention: float = 30 * 86_400.0,
+                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
                  prefix: str = KEY_PREFIX):
         super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
         self._prefix = prefix
@@ -275,7 +282,6 @@ class RedisStore(Store):
         self._expire_script = self._redis.register_script(_EXPIRE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._write_script = self._redis.register_script(_WRITE)
-        self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
         self._reaper = prefix + "reaper"
         self.ping()
         self._build_indexes()
@@ -315,8 +321,7 @@ class RedisStore(Store):
             tombstones: dict[str, Execution] = {}
             if absent:  # an id that ended and left retention answers repeats as a duplicate
                 connection.send_command("MGET", *(self._tombstone(execution_id) for execution_id in absent))
-                tombstones = {execution_id: tombstone(execution_id, status.decode())
-                              for execution_id, status in zip(absent, connection.read_response()) if status}
+                tombstones = _tombstones(absent, connection.read_response())
             try:
                 batch = self._decide({**before, **tombstones}, items, self._known_label)
             except _NeedsWatch:
@@ -382,9 +387,7 @@ class RedisStore(Store):
         before = dict(records)
         absent = [key[prefix:] for key in keys if key[prefix:] not in records]
         if absent:  # tombstones are written with the record's removal, which WATCH sees
-            for execution_id, status in zip(absent, pipe.mget([self._tombstone(e) for e in absent])):
-                if status:
-                    records[execution_id] = tombstone(execution_id, status.decode())
+            records.update(_tombstones(absent, pipe.mget([self._tombstone(e) for e in absent])))
         new_names: list[str] = []
         # The count of executions (ZCARD) is not watched: every insert would conflict with
         # every other. So here the limit may be passed by the inserts in flight at once.
@@ -438,14 +441,10 @@ class RedisStore(Store):
 
     def _known_label(self, name: str | None) -> str:
         """Return the label of a task name already in the store. Raises :class:`_NeedsWatch`."""
-        if name is None:
-            return UNKNOWN_TASK
-        now = time.monotonic()
-        if now - self._known_names.get(name, -math.inf) >= self.known_name_seconds:
-            if not self._redis.sismember(self._tasks, name):
-                raise _NeedsWatch(name)
-            self._known_names[name] = now
-        return name
+        label = self._label_if_known(name, lambda known: bool(self._redis.sismember(self._tasks, known)))
+        if label is None:
+            raise _NeedsWatch(name)
+        return label
 
     def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
         if name is None:

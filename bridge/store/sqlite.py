@@ -16,7 +16,6 @@ import fcntl
 import functools
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -26,8 +25,9 @@ from urllib.parse import quote
 from typing import Iterator, Sequence
 
 from ..state import FINAL_STATUSES, OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, tombstone
-from .base import (CapacityError, Decide, ReaperMark, Snapshot, Store, StoreUnavailable,
-                   add_increments, decode_record, decode_rows, encode_record, encode_row, mark_round)
+from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
+                   Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
+                   encode_row, mark_round)
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -261,7 +261,7 @@ class SQLiteStore(Store):
     """A :class:`Store` in one SQLite file."""
 
     def __init__(self, path: str, *, max_executions: int, max_task_names: int,
-                 dedup_seconds: float = 86_400.0, task_retention: float = 30 * 86_400.0,
+                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
                  synchronous: str = "NORMAL",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS):
         super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
@@ -270,7 +270,6 @@ class SQLiteStore(Store):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pid = os.getpid()
-        self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection(create=True)
@@ -464,15 +463,11 @@ class SQLiteStore(Store):
 
     def _known_label(self, name: str | None) -> str:
         """Return the label of a task name already in the store. Raises :class:`_NeedsLock`."""
-        if name is None:
-            return UNKNOWN_TASK
-        now = time.monotonic()
-        if now - self._known_names.get(name, -math.inf) < self.known_name_seconds:
-            return name
-        if self._connection().execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone():
-            self._known_names[name] = now
-            return name
-        raise _NeedsLock(name)
+        label = self._label_if_known(name, lambda known: bool(self._connection().execute(
+            "SELECT 1 FROM task_names WHERE name = ?", (known,)).fetchone()))
+        if label is None:
+            raise _NeedsLock(name)
+        return label
 
     def _task_label(self, conn: sqlite3.Connection, name: str | None) -> str:
         if name is None:
