@@ -13,6 +13,9 @@ COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
+# shipped inside the package as data (the rules, the Alertmanager example, the dashboards)
+COPY alerts ./alerts
+COPY dashboards ./dashboards
 RUN pip install --no-cache-dir --no-deps . \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
  && mkdir -p /data \

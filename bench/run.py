@@ -111,7 +111,7 @@ def _bridge(store_url: str, work: Path, name: str) -> tuple[Server, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
     env.update(BRIDGE_STORE_URL=store_url, BRIDGE_WORKERS=str(WORKERS), BRIDGE_LOG_LEVEL="WARNING",
                BRIDGE_MAX_EXECUTIONS="200000", BRIDGE_BIND=f"127.0.0.1:{port}", GUNICORN_CMD_ARGS=GUNICORN_ARGS)
-    server = Server([sys.executable, "-m", "bridge.cli", "serve"], f"http://127.0.0.1:{port}/healthz",
+    server = Server([sys.executable, "-m", "bridge.server.cli", "serve"], f"http://127.0.0.1:{port}/healthz",
                     env, work / f"{name}.log")
     return server, f"http://127.0.0.1:{port}"
 
@@ -121,7 +121,7 @@ def _bare(work: Path) -> tuple[Server, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(BRIDGE_WORKERS=str(WORKERS), BRIDGE_BIND=f"127.0.0.1:{port}", BRIDGE_LOG_LEVEL="WARNING",
                BRIDGE_STORE_URL=f"sqlite:///{work / 'unused.db'}", GUNICORN_CMD_ARGS=GUNICORN_ARGS)
-    server = Server([sys.executable, "-m", "gunicorn", "--config", "python:bridge.gunicorn_conf",
+    server = Server([sys.executable, "-m", "gunicorn", "--config", "python:bridge.server.gunicorn_conf",
                      "bench.bare_app:create_app()"], f"http://127.0.0.1:{port}/", env, work / "bare.log")
     return server, f"http://127.0.0.1:{port}"
 

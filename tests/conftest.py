@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.app import create_app
-from bridge.config import load_settings
-from bridge.extension import EXTENSION_KEY
+from bridge.web import create_app
+from bridge.service.config import load_settings
+from bridge.web.extension import EXTENSION_KEY
 from support import FakeClock, LiveBridge
 
 
@@ -23,7 +23,7 @@ def settings_overrides() -> dict:
 
 @pytest.fixture
 def tracer_provider():
-    """Override with a provider from bridge.tracing.new_provider() to record spans."""
+    """Override with a provider from bridge.telemetry.tracing.new_provider() to record spans."""
     return None
 
 

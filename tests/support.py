@@ -117,7 +117,7 @@ class LiveBridge:
         env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

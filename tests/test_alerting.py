@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from bridge.demo import ALERTS_DIR, alertmanager_config, prometheus_config
+from bridge.server.demo import alertmanager_config, prometheus_config
 from support import COMPLETION, HEARTBEAT, ROOT, start_alertmanager, start_prometheus
 
 PHASE_SECONDS = 90.0
@@ -91,7 +91,7 @@ def stack(live_bridge, tmp_path):
     webhook = Webhook()
     alertmanager, am_url = start_alertmanager(tmp_path / "am", alertmanager_config(webhook.url))
     prometheus, prom_url = start_prometheus(tmp_path / "prom", prometheus_config(
-        bridge.url.removeprefix("http://"), ALERTS_DIR / "heartbeat-bridge.rules.yml",
+        bridge.url.removeprefix("http://"), ROOT / "alerts" / "heartbeat-bridge.rules.yml",
         am_url.removeprefix("http://"), "1s"))
     fleet = Fleet(bridge.url)
     fleet.start()

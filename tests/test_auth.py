@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bridge.auth import execution_token
+from bridge.web.auth import execution_token
 from support import COMPLETION, HEARTBEAT, ROOT, samples, seed_completion, seed_heartbeat, total
 
 FLEET = "fleet-token-0123456789"
@@ -86,7 +86,7 @@ def test_it_counts_refused_tokens(client):
 
 
 def test_it_prints_an_execution_token_that_the_bridge_accepts(client):
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "token", EID.upper()], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "token", EID.upper()], cwd=ROOT,
                             env={"BRIDGE_EXECUTION_TOKEN_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -96,6 +96,6 @@ def test_it_prints_an_execution_token_that_the_bridge_accepts(client):
 
 
 def test_it_needs_the_secret_to_print_a_token():
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "token", EID], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "token", EID], cwd=ROOT,
                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "BRIDGE_EXECUTION_TOKEN_SECRET" in result.stderr

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from bridge import ids
+from bridge.core import ids
 from bridge.client import HeartbeatClient, execution_traceparent
 from support import free_port, total, wait_for
 

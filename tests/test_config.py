@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bridge.config import VARIABLES, ConfigError, Settings, load_settings
+from bridge.service.config import VARIABLES, ConfigError, Settings, load_settings
 from support import ROOT
 
 BAD_VALUES = {
@@ -65,7 +65,7 @@ def test_it_documents_every_variable_in_the_readme():
 
 
 def test_it_stops_serve_with_a_message_naming_the_variable(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "serve"], cwd=tmp_path,
                             env={"BRIDGE_LOST_AFTER_INTERVALS": "zero", "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -75,7 +75,7 @@ def test_it_stops_serve_with_a_message_naming_the_variable(tmp_path):
 def test_it_stops_serve_with_a_message_when_the_store_cannot_be_created(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data folder should be")
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "serve"], cwd=tmp_path,
                             env={"BRIDGE_STORE_URL": f"sqlite:///{blocker}/bridge.db",
                                  "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ DEMO_SECONDS = 60
 def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "demo", "--port", str(port), "--interval", "1",
+        [sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port), "--interval", "1",
          "--spawn-every", "0.3", "--duration", str(DEMO_SECONDS)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[str] = set()

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from bridge import state
-from bridge.config import load_settings
-from bridge.state import Heartbeat, Rules
+from bridge.core import executions
+from bridge.telemetry import families
+from bridge.service.config import load_settings
+from bridge.core.events import Heartbeat
+from bridge.core.executions import Rules
 from bridge.store import CapacityError, GroupCommit, StoreUnavailable, open_store
 from support import wait_for
 
@@ -19,7 +21,7 @@ T0 = 1_000_000.0
 
 def beat(execution_id, now=T0):
     hb = Heartbeat(execution_id, task_name="etl")
-    return lambda cur, label: state.apply_heartbeat(cur, hb, now, RULES, label)
+    return lambda cur, label: executions.apply_heartbeat(cur, hb, now, RULES, label)
 
 
 @pytest.fixture
@@ -74,7 +76,7 @@ def test_it_commits_the_events_that_arrive_during_a_commit_together(store):
         thread.join(30)
     assert recording.batches == [["a"], ["e0", "e1", "e2", "e3"]]
     assert {r.result for r in {**results, **later}.values()} == {"accepted"}
-    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 5
+    assert store.snapshot().counters[(families.HEARTBEATS, ("etl",))] == 5
 
 
 def test_it_fails_only_the_event_whose_decision_raised(store):

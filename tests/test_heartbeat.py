@@ -343,12 +343,12 @@ def test_it_answers_a_plain_heartbeat_on_the_fast_path(app, client):
 
 
 def test_it_hands_a_heartbeat_to_flask_when_the_fast_path_fails_before_applying_it(client, monkeypatch):
-    import bridge.fastpath
+    import bridge.web.fastpath
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(bridge.fastpath, "parse_heartbeat", broken)
+    monkeypatch.setattr(bridge.web.fastpath, "parse_heartbeat", broken)
     response = client.post(HEARTBEAT, json=seed_heartbeat())
     assert response.status_code == 200 and response.json["execution_status"] == "running"
     assert get(client)["heartbeat_count"] == 1

@@ -125,7 +125,7 @@ def test_it_renders_exactly_what_prometheus_client_would(fleet, app, client):
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.exposition import generate_latest
 
-    from bridge.state import STATUSES
+    from bridge.core.executions import STATUSES
 
     client.post("/api/v1/monitoring/container-events", json={
         "execution_id": "run-1", "event": "start", "container_name": 'odd\\name "x"', "image": "i:1"})

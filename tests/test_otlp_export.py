@@ -14,7 +14,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                       ExportTraceServiceResponse)
 
-from bridge.ids import execution_span_id
+from bridge.core.ids import execution_span_id
 from support import COMPLETION, HEARTBEAT, free_port, total
 
 WAIT_SECONDS = 40.0

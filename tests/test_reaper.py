@@ -109,7 +109,7 @@ class TestClockSteps:
         assert monitor.store.get(EID).gaps == []
 
     def test_it_rebases_once_when_two_workers_see_the_same_step(self, app, client, clock, monotonic, monitor):
-        from bridge.monitor import Monitor
+        from bridge.service.monitor import Monitor
         other = Monitor(monitor.store, monitor.rules, clock, monotonic=monotonic)
         client.post(HEARTBEAT, json=seed_heartbeat())
         monitor.reap()

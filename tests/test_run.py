@@ -27,7 +27,7 @@ def run(bridge, execution_id, *command, extra_env=None, **popen):
     env = {k: v for k, v in os.environ.items() if k not in ("TASK_EXECUTION_ID", "TRACEPARENT")}
     env.update(TASK_EXECUTION_ID=execution_id, API_BASE_URL=bridge.url, HOSTNAME=f"host-{execution_id}")
     env.update(extra_env or {})
-    return subprocess.Popen([sys.executable, "-m", "bridge.run", "--interval", "1", "--", *command],
+    return subprocess.Popen([sys.executable, "-m", "bridge.container.run", "--interval", "1", "--", *command],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
@@ -99,7 +99,7 @@ def test_it_hands_the_command_the_execution_spans_traceparent(bridge):
 
 def test_it_refuses_to_run_without_an_execution_id(bridge):
     env = {k: v for k, v in os.environ.items() if k != "TASK_EXECUTION_ID"}
-    result = subprocess.run([sys.executable, "-m", "bridge.run", "--", "true"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "bridge.container.run", "--", "true"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "TASK_EXECUTION_ID" in result.stderr
 

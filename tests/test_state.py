@@ -1,4 +1,4 @@
-"""bridge.state on its own: the rules, with no Flask, no store and no clock."""
+"""bridge.core.executions on its own: the rules, with no Flask, no store and no clock."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ import copy
 
 import pytest
 
-from bridge import state
-from bridge.state import Completion, Execution, Heartbeat, Rules
+from bridge.core import executions
+from bridge.telemetry import families
+from bridge.core.events import Completion, Heartbeat
+from bridge.core.executions import Execution, Rules
 
 RULES = Rules(default_interval=30, lost_after_intervals=3, retention=3600)
 T0 = 1_000_000.0
 
 
 def label(name):
-    return name or state.UNKNOWN_TASK
+    return name or executions.UNKNOWN_TASK
 
 
 def beat(current, now, **fields):
-    outcome = state.apply_heartbeat(current, Heartbeat("e1", **fields), now, RULES, label)
+    outcome = executions.apply_heartbeat(current, Heartbeat("e1", **fields), now, RULES, label)
     return outcome.record or current, outcome
 
 
@@ -26,13 +28,13 @@ def test_it_starts_a_new_execution_running_with_the_default_deadline():
     record, outcome = beat(None, T0)
     assert outcome.transition == (None, "running")
     assert record.deadline_at == T0 + 90
-    assert [i.name for i in outcome.increments] == [state.HEARTBEATS]
+    assert [i.name for i in outcome.increments] == [families.HEARTBEATS]
 
 
 def test_it_becomes_lost_exactly_at_the_deadline_not_before():
     record, _ = beat(None, T0)
-    assert state.apply_deadline(record, T0 + 89.999, RULES).record is None
-    outcome = state.apply_deadline(record, T0 + 90, RULES)
+    assert executions.apply_deadline(record, T0 + 89.999, RULES).record is None
+    outcome = executions.apply_deadline(record, T0 + 90, RULES)
     assert outcome.transition == ("running", "lost")
     assert outcome.record.deadline_at is None
     assert outcome.record.expires_at == T0 + 90 + 3600
@@ -53,7 +55,7 @@ def losses(times, **fields):
     record, lost = None, 0
     for now in times:
         if record is not None and record.deadline_at is not None and record.deadline_at <= now:
-            outcome = state.apply_deadline(record, now, RULES)
+            outcome = executions.apply_deadline(record, now, RULES)
             lost += outcome.transition == ("running", "lost")
             record = outcome.record or record
         record, _ = beat(record, now, **fields)
@@ -85,7 +87,7 @@ def test_it_is_lost_at_most_once_for_each_slower_cadence_it_settles_on(steps, ex
 
 def test_it_learns_from_the_gap_that_made_it_lost():
     record, _ = losses(cadence((4, 30)))
-    record = state.apply_deadline(record, T0 + 120 + 400, RULES).record
+    record = executions.apply_deadline(record, T0 + 120 + 400, RULES).record
     record, outcome = beat(record, T0 + 120 + 400)
     assert outcome.transition == ("lost", "running")
     assert record.gaps == [400]
@@ -112,25 +114,25 @@ def test_it_ignores_negative_and_absurd_gaps():
 def test_it_rebases_a_deadline_set_on_another_time_line_to_one_window_from_now():
     record, _ = beat(None, T0, interval_seconds=2)
     assert record.deadline_at == T0 + 6
-    back = state.apply_rebase(record, T0 - 3600, RULES)      # the clock went back an hour
+    back = executions.apply_rebase(record, T0 - 3600, RULES)      # the clock went back an hour
     assert back.record.deadline_at == T0 - 3600 + 6
     assert back.transition is None and back.increments == ()
-    forward = state.apply_rebase(record, T0 + 12, RULES)     # or forward past the deadline
+    forward = executions.apply_rebase(record, T0 + 12, RULES)     # or forward past the deadline
     assert forward.record.deadline_at == T0 + 18
-    assert state.apply_rebase(forward.record, T0 + 12, RULES).record is None
+    assert executions.apply_rebase(forward.record, T0 + 12, RULES).record is None
 
 
 def test_it_rebases_a_starting_execution_by_the_startup_grace_and_leaves_ended_ones():
     starting = Execution("e1", "starting", "0" * 32, "etl", T0, T0, deadline_at=T0 + 120)
-    assert state.apply_rebase(starting, T0 + 500, RULES).record.deadline_at == T0 + 500 + RULES.startup_grace
+    assert executions.apply_rebase(starting, T0 + 500, RULES).record.deadline_at == T0 + 500 + RULES.startup_grace
     record, _ = beat(None, T0)
-    lost = state.apply_deadline(record, T0 + 90, RULES).record
-    assert state.apply_rebase(lost, T0 + 100, RULES).record is None
+    lost = executions.apply_deadline(record, T0 + 90, RULES).record
+    assert executions.apply_rebase(lost, T0 + 100, RULES).record is None
 
 
 def test_it_flags_a_started_container_that_never_reported_as_lost():
     starting = Execution("e1", "starting", "0" * 32, "etl", T0, T0, deadline_at=T0 + 120)
-    outcome = state.apply_deadline(starting, T0 + 120, RULES)
+    outcome = executions.apply_deadline(starting, T0 + 120, RULES)
     assert outcome.transition == ("starting", "lost")
     assert "startup grace" in outcome.record.status_reason
 
@@ -138,27 +140,27 @@ def test_it_flags_a_started_container_that_never_reported_as_lost():
 def test_it_ends_a_reported_failure_at_its_last_heartbeat_with_its_duration():
     record, _ = beat(None, T0)
     record, _ = beat(record, T0 + 40, status="failed")
-    outcome = state.apply_deadline(record, T0 + 200, RULES)
+    outcome = executions.apply_deadline(record, T0 + 200, RULES)
     assert outcome.transition == ("running", "failed")
     assert outcome.record.ended_at == T0 + 40
     names = {(i.name, i.labels): i.amount for i in outcome.increments}
-    assert names[(state.COMPLETIONS, ("unknown", "failure"))] == 1
-    assert names[(state.DURATION + "_bucket", ("unknown", "failure", "60"))] == 1
-    assert names[(state.DURATION + "_sum", ("unknown", "failure"))] == 40
+    assert names[(families.COMPLETIONS, ("unknown", "failure"))] == 1
+    assert names[(families.DURATION + "_bucket", ("unknown", "failure", "60"))] == 1
+    assert names[(families.DURATION + "_sum", ("unknown", "failure"))] == 40
 
 
 def test_it_treats_every_completion_after_the_first_as_a_duplicate():
     record, _ = beat(None, T0)
-    first = state.apply_completion(record, Completion("e1", success=True), T0 + 1, RULES, label)
-    again = state.apply_completion(first.record, Completion("e1", success=False), T0 + 2, RULES, label)
+    first = executions.apply_completion(record, Completion("e1", success=True), T0 + 1, RULES, label)
+    again = executions.apply_completion(first.record, Completion("e1", success=False), T0 + 2, RULES, label)
     assert first.transition == ("running", "completed") and first.closes_span
     assert (again.record, again.result, again.increments) == (None, "duplicate", ())
 
 
 def test_it_ignores_a_heartbeat_for_a_finished_execution():
     record, _ = beat(None, T0)
-    done = state.apply_completion(record, Completion("e1", success=True), T0, RULES, label).record
-    assert state.apply_heartbeat(done, Heartbeat("e1"), T0 + 1, RULES, label).result == "ignored"
+    done = executions.apply_completion(record, Completion("e1", success=True), T0, RULES, label).record
+    assert executions.apply_heartbeat(done, Heartbeat("e1"), T0 + 1, RULES, label).result == "ignored"
 
 
 @pytest.mark.parametrize("progress, ratio", [
@@ -173,7 +175,7 @@ def test_it_ignores_a_heartbeat_for_a_finished_execution():
     ({}, None),
 ])
 def test_it_reads_progress_ratio_from_percentage_or_steps(progress, ratio):
-    assert state.progress_ratio(progress) == (pytest.approx(ratio) if ratio is not None else None)
+    assert executions.progress_ratio(progress) == (pytest.approx(ratio) if ratio is not None else None)
 
 
 def test_it_resolves_a_task_name_first_sent_later():
@@ -195,7 +197,7 @@ STORED_ORDER = (
 
 
 def test_it_only_appends_to_the_stored_field_order():
-    assert state.RECORD_FIELDS[:len(STORED_ORDER)] == STORED_ORDER
+    assert executions.RECORD_FIELDS[:len(STORED_ORDER)] == STORED_ORDER
 
 
 def test_it_reads_values_written_by_older_and_newer_versions():

@@ -7,10 +7,12 @@ import multiprocessing
 
 import pytest
 
-from bridge import state
-from bridge.config import load_settings
-from bridge.monitor import Monitor
-from bridge.state import Completion, Heartbeat, Rules
+from bridge.core import executions
+from bridge.telemetry import families
+from bridge.service.config import load_settings
+from bridge.service.monitor import Monitor
+from bridge.core.events import Completion, Heartbeat
+from bridge.core.executions import Rules
 from bridge.store import CapacityError, StoreUnavailable, open_store
 from support import start_redis
 
@@ -44,12 +46,12 @@ def connect(url, **limits):
 
 def heartbeat(store, execution_id, now, **fields):
     hb = Heartbeat(execution_id, **fields)
-    return store.apply(execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, RULES, label))
+    return store.apply(execution_id, lambda cur, label: executions.apply_heartbeat(cur, hb, now, RULES, label))
 
 
 def complete(store, execution_id, now):
     done = Completion(execution_id, success=True)
-    return store.apply(execution_id, lambda cur, label: state.apply_completion(cur, done, now, RULES, label))
+    return store.apply(execution_id, lambda cur, label: executions.apply_completion(cur, done, now, RULES, label))
 
 
 def command_calls(server):
@@ -75,7 +77,7 @@ def test_it_counts_each_loss_once_when_processes_reap_at_the_same_moment(store_u
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
-    assert store.snapshot().counters[(state.LOST, ("etl",))] == 300
+    assert store.snapshot().counters[(families.LOST, ("etl",))] == 300
     assert {e.lost_count for e in store.query(limit=1000)} == {1}
 
 
@@ -99,7 +101,7 @@ def test_it_applies_every_heartbeat_once_when_processes_write_the_same_execution
         assert w.exitcode == 0
     store = connect(store_url)
     assert {(e.heartbeat_count, e.version) for e in store.query(limit=1000)} == {(4, 4)}
-    assert store.snapshot().counters[(state.HEARTBEATS, ("unknown",))] == 200
+    assert store.snapshot().counters[(families.HEARTBEATS, ("unknown",))] == 200
 
 
 def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
@@ -152,7 +154,7 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
 
     def beat(execution_id, now):
         hb = Heartbeat(execution_id)
-        return execution_id, lambda cur, label: state.apply_heartbeat(cur, hb, now, RULES, label)
+        return execution_id, lambda cur, label: executions.apply_heartbeat(cur, hb, now, RULES, label)
 
     store.apply_many([beat(i, T0) for i in ids])
     server.config_resetstat()
@@ -164,7 +166,7 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
     last = store.get(ids[-1])
     assert store.due(last.deadline_at, 5000)[-1] == ids[-1]
     assert len(store.due(last.deadline_at, 5000)) == 4500
-    assert store.snapshot().counters[(state.HEARTBEATS, ("unknown",))] == 9000
+    assert store.snapshot().counters[(families.HEARTBEATS, ("unknown",))] == 9000
 
 
 def test_it_loads_the_write_script_again_when_redis_has_lost_it(redis_url):
@@ -245,8 +247,8 @@ def test_it_keeps_counters_and_exemplars(store_url):
     heartbeat(store, "a", T0, task_name="etl")
     complete(store, "a", T0 + 45)
     snapshot = store.snapshot()
-    assert snapshot.counters[(state.COMPLETIONS, ("etl", "success"))] == 1
-    assert snapshot.exemplars[(state.DURATION + "_bucket", ("etl", "success", "60"))] == \
+    assert snapshot.counters[(families.COMPLETIONS, ("etl", "success"))] == 1
+    assert snapshot.exemplars[(families.DURATION + "_bucket", ("etl", "success", "60"))] == \
         (store.get("a").trace_id, 45.0)
     store.count("bridge_requests_rejected_total", ("heartbeat", "invalid_json"), 2)
     assert store.snapshot().counters[("bridge_requests_rejected_total", ("heartbeat", "invalid_json"))] == 2
@@ -286,17 +288,17 @@ def test_it_keeps_each_executions_metric_row_in_step_with_its_record(store_url):
 
 def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_url):
     store = connect(store_url, max_executions=1)
-    beat = lambda execution_id, now: (execution_id, lambda cur, label: state.apply_heartbeat(
+    beat = lambda execution_id, now: (execution_id, lambda cur, label: executions.apply_heartbeat(
         cur, Heartbeat(execution_id, task_name="etl"), now, RULES, label))
     done = Completion("a", success=True)
     results = store.apply_many([beat("a", T0), beat("a", T0 + 30), beat("b", T0 + 31),
-                                ("a", lambda cur, label: state.apply_completion(cur, done, T0 + 40, RULES, label))])
-    assert [r.result if isinstance(r, state.Outcome) else type(r) for r in results] == \
+                                ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES, label))])
+    assert [r.result if isinstance(r, executions.Outcome) else type(r) for r in results] == \
         ["accepted", "accepted", CapacityError, "accepted"]
     record = store.get("a")
     assert (record.status, record.heartbeat_count, record.last_heartbeat_at) == ("completed", 2, T0 + 30)
     assert store.get("b") is None
-    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 2
+    assert store.snapshot().counters[(families.HEARTBEATS, ("etl",))] == 2
 
 
 def test_it_decides_again_when_another_writer_changed_the_record_first(store_url):
@@ -308,12 +310,12 @@ def test_it_decides_again_when_another_writer_changed_the_record_first(store_url
         seen.append(current.heartbeat_count)
         if len(seen) == 1:  # another worker commits between this decision and its write
             heartbeat(other, "a", T0 + 10)
-        return state.apply_heartbeat(current, Heartbeat("a"), T0 + 20, RULES, label)
+        return executions.apply_heartbeat(current, Heartbeat("a"), T0 + 20, RULES, label)
 
     store.apply("a", decide)
     assert seen == [1, 2]
     assert store.get("a").heartbeat_count == 3
-    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 3
+    assert store.snapshot().counters[(families.HEARTBEATS, ("etl",))] == 3
 
 
 def test_it_decides_again_when_another_writer_added_the_execution_first(store_url):
@@ -325,12 +327,12 @@ def test_it_decides_again_when_another_writer_added_the_execution_first(store_ur
         seen.append(current and current.heartbeat_count)
         if len(seen) == 1:  # another worker adds the execution between this decision and its write
             heartbeat(other, "new", T0 + 10, task_name="etl")
-        return state.apply_heartbeat(current, Heartbeat("new", task_name="etl"), T0 + 20, RULES, label)
+        return executions.apply_heartbeat(current, Heartbeat("new", task_name="etl"), T0 + 20, RULES, label)
 
     store.apply("new", decide)
     assert seen == [None, 1]
     assert store.get("new").heartbeat_count == 2
-    assert store.snapshot().counters[(state.HEARTBEATS, ("etl",))] == 3
+    assert store.snapshot().counters[(families.HEARTBEATS, ("etl",))] == 3
     assert len(store.snapshot().rows) == 2
 
 
@@ -365,7 +367,7 @@ def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_
 
 def fail(store, execution_id, now):
     done = Completion(execution_id, success=False)
-    return store.apply(execution_id, lambda cur, label: state.apply_completion(cur, done, now, RULES, label))
+    return store.apply(execution_id, lambda cur, label: executions.apply_completion(cur, done, now, RULES, label))
 
 
 def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedup_window(store_url):
@@ -378,7 +380,7 @@ def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedu
     assert heartbeat(store, "late", T0 + 5000).result == "ignored"
     assert store.get("late") is None
     counted = store.snapshot().counters
-    assert counted[(state.COMPLETIONS, ("unknown", "success"))] == 1
+    assert counted[(families.COMPLETIONS, ("unknown", "success"))] == 1
     if store_url.startswith("redis"):  # Redis forgets it by itself, a window of real time from now
         import redis
         assert 590_000 < redis.Redis.from_url(store_url).pttl("hb:t:late") <= 600_000

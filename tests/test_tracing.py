@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from bridge import tracing
-from bridge.ids import execution_span_id, segment_span_id
+from bridge.telemetry import tracing
+from bridge.core.ids import execution_span_id, segment_span_id
 from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EID = "550e8400-e29b-41d4-a716-446655440000"
@@ -232,7 +232,7 @@ def test_it_refuses_an_otel_value_it_cannot_honour_naming_the_variable(otel_env,
 
 
 def test_it_stops_serve_on_a_bad_otel_value(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "serve"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "serve"], cwd=tmp_path,
                             env={"OTEL_TRACES_EXPORTER": "zipkin", "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from ..config import Settings
+from typing import TYPE_CHECKING
+
 from .base import OTHER_TASK, CapacityError, ExecutionRow, Snapshot, Store, StoreUnavailable
 from .group import GroupCommit
 from .sqlite import SQLiteStore, path_from_url
+
+if TYPE_CHECKING:
+    from ..service.config import Settings
 
 __all__ = ["CapacityError", "ExecutionRow", "GroupCommit", "OTHER_TASK", "Snapshot", "Store",
            "StoreUnavailable", "open_store"]
@@ -14,7 +18,11 @@ __all__ = ["CapacityError", "ExecutionRow", "GroupCommit", "OTHER_TASK", "Snapsh
 def open_store(settings: Settings) -> Store:
     """Return the store named by ``settings.store_url``. Raises :class:`StoreUnavailable`."""
     if not settings.store_url.startswith("sqlite:"):
-        from .redis import RedisStore  # only scale-out deployments need the client loaded
+        try:
+            from .redis import RedisStore  # only scale-out deployments need the client loaded
+        except ImportError as exc:
+            raise StoreUnavailable(f"{settings.store_url.split(':', 1)[0]}: stores need the Redis client: "
+                                   f"pip install 'heartbeat-bridge[redis]' ({exc})") from None
 
         return RedisStore(settings.store_url, max_executions=settings.max_executions,
                           max_task_names=settings.max_task_names, dedup_seconds=settings.dedup_seconds,

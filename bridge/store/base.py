@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
-from .. import jsoncodec
-from ..state import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, TaskLabel
+from ..core import jsoncodec
+from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, TaskLabel
 
 __all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "ReaperMark", "Snapshot", "Store",
            "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",

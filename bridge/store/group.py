@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Sequence
 
-from ..state import Outcome
+from ..core.executions import Outcome
 from .base import CapacityError, Decide, Store, StoreUnavailable
 
 __all__ = ["DEFAULT_MAX_BATCH", "GroupCommit"]

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import redis
 from redis.exceptions import NoScriptError, RedisError, WatchError
 
-from ..state import OTHER_TASK, RECORD_FIELDS, UNKNOWN_TASK, Execution, Outcome, TaskLabel, tombstone
+from ..core.executions import OTHER_TASK, RECORD_FIELDS, UNKNOWN_TASK, Execution, Outcome, TaskLabel, tombstone
 from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
                    Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
                    encode_row, mark_round)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from urllib.parse import quote
 from typing import Iterator, Sequence
 
-from ..state import FINAL_STATUSES, OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, tombstone
+from ..core.executions import FINAL_STATUSES, OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, tombstone
 from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
                    Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
                    encode_row, mark_round)

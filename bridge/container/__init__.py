@@ -1,0 +1,1 @@
+"""The container side: the client library and ``heartbeat-run``. Standard library only."""

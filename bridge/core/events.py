@@ -1,0 +1,55 @@
+"""The validated events a task, its launcher or the Docker agent report about an execution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CONTAINER_EVENTS", "Completion", "ContainerEvent", "Heartbeat", "REPORTED_STATUSES"]
+
+#: The statuses a heartbeat may report.
+REPORTED_STATUSES = ("running", "completed", "failed")
+CONTAINER_EVENTS = ("start", "die", "oom")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A validated heartbeat: the seed's fields plus the optional extensions."""
+
+    execution_id: str
+    container_id: str | None = None
+    status: str = "running"
+    progress: dict | None = None
+    timestamp: float | None = None
+    task_name: str | None = None
+    task_type: str | None = None
+    interval_seconds: float | None = None
+    max_runtime_seconds: float | None = None
+    labels: dict | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A validated completion; ``warnings`` say what of it was cut or dropped to keep it."""
+
+    execution_id: str
+    success: bool
+    container_id: str | None = None
+    result_data: dict | None = None
+    error_message: str | None = None
+    exit_code: int | None = None
+    task_name: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """A validated report from the Docker agent: a task container started, died or ran out of memory."""
+
+    execution_id: str
+    event: str
+    container_id: str | None = None
+    container_name: str | None = None
+    image: str | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False

@@ -1,0 +1,1 @@
+"""The service's processes: the ``heartbeat-bridge`` command, gunicorn and its worker, the demo."""

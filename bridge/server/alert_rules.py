@@ -1,0 +1,61 @@
+"""The Prometheus rules, rendered for a deployment's job selector and runbook URL.
+
+``heartbeat-bridge rules`` prints them; ``alerts/heartbeat-bridge.rules.yml`` is its output
+with the defaults. The source is ``alert_rules.yml.in`` beside this file, in which
+``%(job_selector)s`` stands in every selector of the bridge's series and
+``%(runbook_url)s`` in each alert's runbook link, as the Prometheus mixins do it.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+__all__ = ["DEFAULT_JOB_SELECTOR", "DEFAULT_RUNBOOK_URL", "RulesError", "render"]
+
+DEFAULT_JOB_SELECTOR = 'job="heartbeat-bridge"'
+#: The runbooks shipped in the repository; point it at where yours are published.
+DEFAULT_RUNBOOK_URL = "docs/runbooks.md"
+TEMPLATE = "alert_rules.yml.in"
+
+_MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
+_SELECTOR = re.compile(f"{_MATCHER}(,{_MATCHER})*")
+_ALERT = re.compile(r"\s*- alert: (\w+)")
+
+
+class RulesError(ValueError):
+    """A job selector or runbook URL the rules cannot be rendered with."""
+
+
+def runbook_link(runbook_url: str, alert: str) -> str:
+    """Return the runbook link of ``alert``: ``{alert}`` in ``runbook_url`` replaced by its
+    lower-case name, or that name appended as the anchor."""
+    anchor = alert.lower()
+    return runbook_url.replace("{alert}", anchor) if "{alert}" in runbook_url else f"{runbook_url}#{anchor}"
+
+
+def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_RUNBOOK_URL) -> str:
+    """Return the rules file selecting the bridge's series by ``job_selector`` (label
+    matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``.
+
+    Raises :class:`RulesError` for a selector that is not a list of label matchers, or a
+    URL holding a quote or a line break.
+    """
+    if not _SELECTOR.fullmatch(job_selector):
+        raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
+                         f"got {job_selector!r}")
+    if not runbook_url.strip() or any(c in runbook_url for c in "\"'\n\r"):
+        raise RulesError(f"the runbook URL must be one line without quotes, got {runbook_url!r}")
+    template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
+    lines, alert = [], None
+    for line in template[template.index("groups:"):].splitlines():  # the template's own notes stay behind
+        match = _ALERT.match(line)
+        alert = match.group(1) if match else alert
+        if "%(runbook_url)s" in line:
+            line = line.replace("%(runbook_url)s", runbook_link(runbook_url, alert or "").replace("%", "%%"))
+        lines.append(line)
+    header = (f"# Prometheus rules for Heartbeat Bridge, made by: heartbeat-bridge rules\n"
+              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'\n"
+              "# Scrape the bridge through one address: every replica and worker answers the same,\n"
+              "# so one target is the whole fleet.\n")
+    return header + "\n".join(lines) % {"job_selector": job_selector.strip()} + "\n"

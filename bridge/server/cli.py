@@ -1,0 +1,115 @@
+"""The ``heartbeat-bridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..service.config import ConfigError, load_settings, parse_bind
+from ..store import StoreUnavailable, open_store
+from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, RulesError
+from .alert_rules import render as render_rules
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad configuration)."""
+    parser = argparse.ArgumentParser(prog="heartbeat-bridge",
+                                     description="Heartbeat Bridge: task heartbeats to Prometheus.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
+    serve.set_defaults(run=_serve)
+    token = commands.add_parser("token", help="print the per-execution token of an execution id")
+    token.add_argument("execution_id")
+    token.set_defaults(run=_token)
+    rules = commands.add_parser("rules", help="print the Prometheus alerting and recording rules")
+    rules.add_argument("--job-selector", default=DEFAULT_JOB_SELECTOR,
+                       help=f"label matchers of the bridge's series (default: {DEFAULT_JOB_SELECTOR})")
+    rules.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL,
+                       help="where the runbooks are: each alert links to URL#<alert name in lower case>, "
+                            f"or to URL with {{alert}} replaced (default: {DEFAULT_RUNBOOK_URL})")
+    rules.set_defaults(run=_rules)
+    demo = commands.add_parser("demo", add_help=False,
+                               help="the bridge with a simulated fleet (and Prometheus if installed)")
+    demo.set_defaults(run=_demo)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.run is not _demo:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    return args.run(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from ..web.auth import execution_token
+    from ..core.ids import normalise_id
+
+    try:
+        secret = load_settings().execution_token_secret
+    except ConfigError as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    if secret is None:
+        print("heartbeat-bridge: set BRIDGE_EXECUTION_TOKEN_SECRET to make execution tokens", file=sys.stderr)
+        return 2
+    canonical = normalise_id(args.execution_id)
+    if canonical is None:
+        print("heartbeat-bridge: not an execution id: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+              file=sys.stderr)
+        return 2
+    print(execution_token(secret, canonical))
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    try:
+        sys.stdout.write(render_rules(args.job_selector, args.runbook_url))
+    except RulesError as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main  # its options are its own (heartbeat-bridge demo --help)
+
+    return demo_main(args.rest)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # gunicorn's config module reads the environment, so the flags travel that way.
+    if args.bind:
+        os.environ["BRIDGE_BIND"] = args.bind
+    if args.workers is not None:
+        os.environ["BRIDGE_WORKERS"] = str(args.workers)
+    try:
+        if args.bind:
+            parse_bind("--bind", args.bind)
+        settings = load_settings()
+        open_store(settings).close()  # create the schema once, and fail here, not in each worker
+        _check_tracing()
+    except (ConfigError, StoreUnavailable) as exc:
+        print(f"heartbeat-bridge: {exc}", file=sys.stderr)
+        return 2
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:bridge.server.gunicorn_conf",
+                "bridge.web:create_app()"]
+    os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
+    return 0
+
+
+def _check_tracing() -> None:
+    """Build and drop the tracing setup once, so a bad ``OTEL_*`` value stops the start."""
+    from ..telemetry.tracing import provider_from_env
+
+    provider = provider_from_env()
+    if provider is not None:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""``heartbeat-bridge demo``: the bridge with a simulated fleet, and Prometheus when installed.
+
+Some simulated tasks finish, some fail and some go silent, so a newcomer sees every state
+in the metrics and, with Debian's ``prometheus`` and ``prometheus-alertmanager`` on the
+PATH, the alerts of ``alerts/`` firing. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ..assets import asset
+from .alert_rules import render as render_rules
+
+__all__ = ["alertmanager_config", "main", "prometheus_config"]
+
+RULES_FILE = "heartbeat-bridge.rules.yml"
+JOB = "heartbeat-bridge"
+STAGES = ("download", "parse", "transform", "upload")
+#: Fractions of simulated executions that complete, fail, or go silent.
+OUTCOMES = (("complete", 0.6), ("fail", 0.2), ("vanish", 0.2))
+READY_TIMEOUT_SECONDS = 30.0
+
+
+def prometheus_config(bridge: str, rules: Path, alertmanager: str | None, interval: str) -> str:
+    """Return a Prometheus configuration scraping ``bridge`` as job ``heartbeat-bridge``.
+
+    ``bridge`` and ``alertmanager`` are ``host:port``; ``interval`` is a duration such as
+    ``5s``, used for scraping and rule evaluation. JSON is valid YAML.
+    """
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [bridge]}]}],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return json.dumps(config, indent=2)
+
+
+def alertmanager_config(webhook: str) -> str:
+    """Return ``alerts/alertmanager.yml`` with its receivers posting to ``webhook`` instead."""
+    text = asset("alerts", "alertmanager.yml").read_text()
+    return text.replace("http://127.0.0.1:5001", webhook.rstrip("/"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> None:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=5).close()
+    except OSError as exc:  # the demo goes on; the bridge's refusal is the lesson
+        print(f"  post failed: {exc}", file=sys.stderr)
+
+
+def _wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {READY_TIMEOUT_SECONDS:.0f}s")
+
+
+class _SimulatedTask(threading.Thread):
+    """One execution: heartbeats through the stages, then completes, fails or vanishes."""
+
+    def __init__(self, base: str, interval: float, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.base, self.interval, self.stop_event = base, interval, stop
+        self.execution_id = str(uuid.uuid4())
+        self.task_name = random.choice(("crawl-news", "etl-orders", "train-ranker"))
+        self.fate = random.choices([o for o, _ in OUTCOMES], [w for _, w in OUTCOMES])[0]
+
+    def run(self) -> None:
+        steps = random.randint(4, 10)
+        for step in range(1, steps + 1):
+            if self.stop_event.is_set():
+                return
+            if self.fate == "vanish" and step == steps // 2:
+                return  # the container died: no completion, no more heartbeats
+            _post(self.base + "/api/v1/monitoring/heartbeat", {
+                "execution_id": self.execution_id, "container_id": f"task-{self.execution_id}",
+                "status": "running", "task_name": self.task_name, "task_type": "demo",
+                "interval_seconds": self.interval, "timestamp": int(time.time()),
+                "progress": {"stage": STAGES[min(len(STAGES) - 1, step * len(STAGES) // steps)],
+                             "current_step": step, "total_steps": steps}})
+            self.stop_event.wait(self.interval)
+        success = self.fate == "complete"
+        _post(self.base + "/api/v1/monitoring/completion", {
+            "execution_id": self.execution_id, "container_id": f"task-{self.execution_id}",
+            "success": success, "result_data": {"records": random.randint(10, 1000)} if success else {},
+            "error_message": None if success else "simulated failure", "exit_code": 0 if success else 1})
+
+
+class _PrintingWebhook(BaseHTTPRequestHandler):
+    """Alertmanager's notifications, printed to the console."""
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        for alert in payload.get("alerts", []):
+            labels = alert["labels"]
+            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} "
+                  f"{labels.get('execution_id', labels.get('task_name', ''))} (route {self.path})")
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo until Ctrl-C or ``--duration``; returns the exit status."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="heartbeat-bridge demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="bridge port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds")
+    parser.add_argument("--spawn-every", type=float, default=3.0, help="seconds between new executions")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="heartbeat-bridge-demo-"))
+    base = f"http://127.0.0.1:{args.port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_REAPER_INTERVAL_SECONDS="1",
+               BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval), BRIDGE_RETENTION_SECONDS="600",
+               BRIDGE_LOG_LEVEL="WARNING")
+    processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{args.port}"],
+                        work / "bridge.log", env)]
+    stop = threading.Event()
+    webhook = None
+    try:
+        _wait_ready(base + "/readyz", processes[0])
+        print(f"bridge      {base}/metrics   {base}/api/v1/executions   (logs in {work})")
+        print(f"dashboards  {asset('dashboards')}   (import them into Grafana)")
+        prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+        if prometheus:
+            am_address = None
+            if alertmanager:
+                webhook = ThreadingHTTPServer(("127.0.0.1", 0), _PrintingWebhook)
+                threading.Thread(target=webhook.serve_forever, daemon=True).start()
+                (work / "alertmanager.yml").write_text(
+                    alertmanager_config(f"http://127.0.0.1:{webhook.server_address[1]}"))
+                am_address = f"127.0.0.1:{_free_port()}"
+                processes.append(_start([alertmanager, f"--config.file={work / 'alertmanager.yml'}",
+                                         f"--storage.path={work / 'alertmanager'}",
+                                         f"--web.listen-address={am_address}", "--cluster.listen-address="],
+                                        work / "alertmanager.log"))
+                _wait_ready(f"http://{am_address}/-/ready", processes[-1])
+                print(f"alertmanager http://{am_address}/#/alerts   (notifications print below)")
+            prom_address = f"127.0.0.1:{_free_port()}"
+            (work / RULES_FILE).write_text(render_rules())
+            (work / "prometheus.yml").write_text(prometheus_config(
+                f"127.0.0.1:{args.port}", work / RULES_FILE, am_address, "5s"))
+            processes.append(_start([prometheus, f"--config.file={work / 'prometheus.yml'}",
+                                     f"--storage.tsdb.path={work / 'prometheus'}",
+                                     f"--web.listen-address={prom_address}"], work / "prometheus.log"))
+            _wait_ready(f"http://{prom_address}/-/ready", processes[-1])
+            print(f"prometheus  http://{prom_address}/alerts")
+        else:
+            print("prometheus  not installed: apt-get install prometheus prometheus-alertmanager to see alerts")
+        print("simulating a fleet: some executions complete, some fail, some go silent. Ctrl-C stops.")
+        started = time.monotonic()
+        while not args.duration or time.monotonic() - started < args.duration:
+            _SimulatedTask(base, args.interval, stop).start()
+            time.sleep(args.spawn_every)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"heartbeat-bridge demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop.set()
+        for process in reversed(processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if webhook is not None:
+            webhook.shutdown()
+    return 0

@@ -1,0 +1,189 @@
+"""The domain service: each view and the reaper call exactly one method here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable, Protocol
+
+from ..core import executions
+from ..core.events import Completion, ContainerEvent, Heartbeat
+from ..core.executions import Execution, Outcome, Rules
+from ..store import CapacityError, GroupCommit, Store, StoreUnavailable
+from ..telemetry.families import REJECTED, TELEMETRY_ERRORS
+from .config import Settings
+
+__all__ = ["Monitor", "SpanSink", "rules_from"]
+
+log = logging.getLogger(__name__)
+
+REAP_BATCH = 500
+#: Reaper rounds that may go missing (jitter, a slow round) before a gap counts as an outage.
+OUTAGE_ROUNDS = 3
+OUTAGE_SLACK_SECONDS = 1.0
+#: Shorter silences are a busy machine, not an outage; far below any lost-window.
+MIN_OUTAGE_SECONDS = 10.0
+#: The wall clock may drift from the monotonic one by this much between two rounds (NTP
+#: slews by at most 0.5 ms a second); more is a step.
+CLOCK_STEP_TOLERANCE_SECONDS = 1.0
+
+
+class SpanSink(Protocol):
+    """Receives each execution whose span segment just ended (see bridge.tracing)."""
+
+    def emit(self, record: Execution) -> None: ...
+
+
+def rules_from(settings: Settings) -> Rules:
+    """Return the state-machine rules configured by ``settings``."""
+    return Rules(default_interval=settings.default_interval_seconds,
+                 lost_after_intervals=settings.lost_after_intervals,
+                 startup_grace=settings.startup_grace_seconds,
+                 outage_after=max(MIN_OUTAGE_SECONDS,
+                                  OUTAGE_ROUNDS * settings.reaper_interval_seconds + OUTAGE_SLACK_SECONDS),
+                 retention=settings.retention_seconds)
+
+
+class Monitor:
+    """Applies heartbeats, completions and deadlines to the store.
+
+    Every write goes through here; reads (the query API, the scrape) use the store. The
+    request threads' events are group-committed (a batch request's in a transaction of its
+    own, in turn with them); the reaper's deadlines are applied alone.
+    Each event reads the clock when it is decided, inside its transaction, so that the
+    times an execution records never run backwards however its events queue.
+    """
+
+    def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
+                 spans: SpanSink | None = None, monotonic: Callable[[], float] = time.monotonic):
+        self.store = store
+        self._events = GroupCommit(store)
+        self.rules = rules
+        self.clock = clock
+        self.monotonic = monotonic
+        self.spans = spans
+        self._last_round: tuple[float, float] | None = None  # (wall, monotonic) of this process's last round
+
+    def _committed(self, outcome: Outcome) -> Outcome:
+        # Only the caller whose compare-and-set committed the transition gets here
+        # with it, so each span segment is emitted exactly once across workers.
+        if outcome.closes_span and self.spans is not None:
+            self.spans.emit(outcome.record)
+        return outcome
+
+    def heartbeat(self, hb: Heartbeat) -> Outcome:
+        """Record a heartbeat; returns the committed outcome.
+
+        Raises :class:`~bridge.store.CapacityError` or :class:`~bridge.store.StoreUnavailable`.
+        """
+        return self._committed(self._events.apply(
+            hb.execution_id, lambda cur, label: executions.apply_heartbeat(cur, hb, self.clock(), self.rules, label)))
+
+    def heartbeats(self, batch: list[Heartbeat]) -> list[Outcome | CapacityError]:
+        """Record many heartbeats at once; one outcome (or capacity refusal) per heartbeat.
+
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        results = self._events.apply_many([
+            (hb.execution_id,
+             lambda cur, label, hb=hb: executions.apply_heartbeat(cur, hb, self.clock(), self.rules, label))
+            for hb in batch])
+        for result in results:
+            if isinstance(result, Outcome):
+                self._committed(result)
+        return results
+
+    def complete(self, completion: Completion) -> Outcome:
+        """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
+        return self._committed(self._events.apply(
+            completion.execution_id,
+            lambda cur, label: executions.apply_completion(cur, completion, self.clock(), self.rules, label)))
+
+    def container_event(self, event: ContainerEvent) -> Outcome:
+        """Record a Docker agent's report; returns the outcome (``duplicate`` after the end).
+
+        Raises as :meth:`heartbeat`.
+        """
+        return self._committed(self._events.apply(
+            event.execution_id,
+            lambda cur, label: executions.apply_container_event(cur, event, self.clock(), self.rules, label)))
+
+    def reap(self) -> tuple[int, int]:
+        """Apply every passed deadline and drop expired executions.
+
+        Returns ``(transitions, dropped)``. Each deadline is claimed by a
+        compare-and-set, so workers reaping at once never double a transition. After a
+        gap in the rounds (the bridge or its store was down) or a step of the wall clock,
+        the deadlines are re-based and wait one full lost-window, so that neither makes
+        anybody lost, nor delays a loss by the step.
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        now = self.clock()
+        mark = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold,
+                                      clock_stepped=self._clock_stepped(now))
+        if mark.anomaly and mark.previous is not None and abs(now - mark.previous) > self.rules.outage_after:
+            log.warning("the last reaper round was at %.0f, %+.0fs from now: the bridge or its store was "
+                        "down, or the clock stepped; deadlines wait until %.0f", mark.previous,
+                        mark.previous - now, mark.hold_until)
+        if mark.rebase:
+            log.warning("re-based %d deadlines to one window from now", self._rebase(now))
+        if now < mark.hold_until:
+            # Heartbeats could not arrive, or arrived on another time line: silence proves
+            # nothing until every execution has had a full window to report again.
+            return 0, self.store.expire(now)
+        transitions = 0
+        while True:
+            due = self.store.due(now, REAP_BATCH)
+            changed = 0
+            for execution_id in due:
+                outcome = self._committed(self.store.apply(execution_id, lambda cur, _label: (
+                    executions.apply_deadline(cur, now, self.rules) if cur is not None
+                    else Outcome(None, result="unchanged"))))
+                if outcome.transition is not None:
+                    changed += 1
+                    log.info("execution %s: %s -> %s", execution_id, *outcome.transition)
+            transitions += changed
+            # A full batch in which nothing changed would come back unchanged: stop.
+            if len(due) < REAP_BATCH or not changed:
+                break
+        return transitions, self.store.expire(now)
+
+    def _clock_stepped(self, now: float) -> bool:
+        """Return True when the wall clock moved apart from the monotonic one since this
+        process's previous round: a step (NTP, a suspended machine), not the passing of time."""
+        ticks = self.monotonic()
+        previous, self._last_round = self._last_round, (now, ticks)
+        if previous is None:
+            return False
+        step = (now - previous[0]) - (ticks - previous[1])
+        if abs(step) <= CLOCK_STEP_TOLERANCE_SECONDS:
+            return False
+        log.warning("the wall clock stepped by %+.1fs since the last reaper round", step)
+        return True
+
+    def _rebase(self, now: float) -> int:
+        """Give every execution with a deadline one full window from ``now``; return how many changed."""
+        ids = self.store.due(math.inf, self.store.max_executions)
+        changed = 0
+        for first in range(0, len(ids), REAP_BATCH):
+            results = self.store.apply_many([
+                (execution_id, lambda cur, _label: (executions.apply_rebase(cur, now, self.rules) if cur is not None
+                                                     else Outcome(None, result="unchanged")))
+                for execution_id in ids[first:first + REAP_BATCH]])
+            changed += sum(1 for result in results if isinstance(result, Outcome) and result.record is not None)
+        return changed
+
+    def reject(self, endpoint: str, reason: str, requests: int = 1) -> None:
+        """Count refused requests; never raises, since the refusal must still be answered."""
+        self._count(REJECTED, (endpoint, reason), requests)
+
+    def telemetry_error(self, stage: str, spans: int = 1) -> None:
+        """Count spans that could not be built (``build``) or exported (``export``); never raises."""
+        self._count(TELEMETRY_ERRORS, (stage,), spans)
+
+    def _count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        try:
+            self.store.count(name, labels, amount)
+        except StoreUnavailable as exc:
+            log.warning("could not count %s%s: %s", name, labels, exc)

@@ -1,0 +1,1 @@
+"""Telemetry: the metric families (defined once), the scrape-time collector, and tracing."""

@@ -1,0 +1,84 @@
+"""Every metric family the bridge exposes, defined once: name, type, help text, labels.
+
+Pure data. The rules name the counters they move from here, the stores keep those
+counters under these names, and the collector (:mod:`bridge.telemetry.metrics`) builds
+its families from here; no other module spells a metric name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["COMPLETIONS", "DURATION", "DURATION_BUCKETS", "EXECUTION_FAMILIES", "Family", "HEARTBEATS", "LOST",
+           "RECOVERIES", "REJECTED", "TELEMETRY_ERRORS"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family as exposed; ``name`` is the sample name (a counter's ends in ``_total``)."""
+
+    name: str
+    type: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+
+# The counters the bridge keeps in its store, by the name of their samples.
+HEARTBEATS = "task_heartbeats_received_total"
+COMPLETIONS = "task_completions_total"
+LOST = "task_executions_lost_total"
+RECOVERIES = "task_execution_recoveries_total"
+#: The histogram's series are kept as ``<DURATION>_bucket``, ``_sum`` and ``_count`` counters.
+DURATION = "task_execution_duration_seconds"
+REJECTED = "bridge_requests_rejected_total"
+TELEMETRY_ERRORS = "bridge_telemetry_errors_total"
+
+#: Upper bounds of ``task_execution_duration_seconds``: one second to two days.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                    7200.0, 14400.0, 28800.0, 86400.0, 172800.0)
+
+_EXECUTION = ("execution_id", "task_name")
+
+#: The per-execution gauges, in exposition order.
+EXECUTION_FAMILIES = (
+    Family("task_execution_info", "gauge", "Identity of each tracked execution; always 1.",
+           (*_EXECUTION, "container_id", "task_type", "trace_id", "container_name", "image")),
+    Family("task_execution_status", "gauge", "1 for the execution's current status, 0 for the others.",
+           (*_EXECUTION, "status")),
+    Family("task_heartbeat_last_timestamp_seconds", "gauge",
+           "When the bridge last received a heartbeat (unix seconds).", _EXECUTION),
+    Family("task_heartbeat_interval_seconds", "gauge",
+           "Heartbeat interval the bridge expects (sent, learned or default).", _EXECUTION),
+    Family("task_execution_start_timestamp_seconds", "gauge",
+           "When the bridge first heard of the execution (unix seconds).", _EXECUTION),
+    Family("task_execution_end_timestamp_seconds", "gauge",
+           "When the execution completed or failed (unix seconds).", _EXECUTION),
+    Family("task_progress_ratio", "gauge",
+           "Reported progress from 0 to 1 (percentage or current_step/total_steps).", _EXECUTION),
+    Family("task_execution_max_runtime_seconds", "gauge",
+           "Longest run the task declared for itself (max_runtime_seconds).", _EXECUTION),
+)
+
+# Per task, bounded: labels never carry an execution id.
+TASK_EXECUTIONS = Family("task_executions", "gauge", "Tracked executions by task name and current status.",
+                         ("task_name", "status"))
+TASK_HEARTBEATS = Family(HEARTBEATS, "counter", "Heartbeats applied to executions.", ("task_name",))
+TASK_COMPLETIONS = Family(COMPLETIONS, "counter", "Executions that ended, by outcome (completion, reported "
+                          "final status at its deadline, or container death).", ("task_name", "outcome"))
+TASK_LOST = Family(LOST, "counter", "Times an execution became lost (no heartbeat in time).", ("task_name",))
+TASK_RECOVERIES = Family(RECOVERIES, "counter", "Times a lost execution sent a heartbeat again.", ("task_name",))
+TASK_DURATION = Family(DURATION, "histogram", "Run time of executions that ended, from first sight to end.",
+                       ("task_name", "outcome"))
+
+# The bridge itself.
+BRIDGE_REJECTED = Family(REJECTED, "counter", "Ingest requests refused, by endpoint and reason.",
+                         ("endpoint", "reason"))
+BRIDGE_TELEMETRY_ERRORS = Family(TELEMETRY_ERRORS, "counter",
+                                 "Execution spans that could not be built or exported.", ("stage",))
+BRIDGE_TRACKED = Family("bridge_tracked_executions", "gauge", "Executions the bridge tracks now.")
+BRIDGE_TRACKED_LIMIT = Family("bridge_tracked_executions_limit", "gauge",
+                              "Most executions the bridge will track (BRIDGE_MAX_EXECUTIONS).")
+BRIDGE_TASK_NAMES = Family("bridge_task_names", "gauge", "Distinct task names in metric labels.")
+BRIDGE_TASK_NAMES_LIMIT = Family("bridge_task_names_limit", "gauge",
+                                 "Most distinct task names before _other (BRIDGE_MAX_TASK_NAMES).")
+BRIDGE_BUILD_INFO = Family("bridge_build_info", "gauge", "Version of the running bridge; always 1.", ("version",))

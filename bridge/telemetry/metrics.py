@@ -1,0 +1,191 @@
+"""Prometheus metrics collected from the shared store at scrape time.
+
+The families are defined in :mod:`bridge.telemetry.families`; collection (a store
+snapshot into families) and rendering live here; exposition is the ``/metrics`` view.
+Nothing is kept in a worker's memory, so every worker and replica answers the same, and
+prometheus-client's multiprocess mode is not needed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Iterable
+
+from prometheus_client.core import (CounterMetricFamily, Exemplar, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.exposition import choose_encoder
+
+from .. import __version__
+from ..core.executions import STATUSES
+from ..store import ExecutionRow, Snapshot, Store
+from . import families as f
+
+__all__ = ["ExecutionRenderer", "Exposition", "INGEST_ENDPOINTS", "REJECTION_REASONS"]
+
+OUTCOMES = ("success", "failure")
+INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")
+REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
+                     "capacity", "unauthorized", "forbidden")
+TELEMETRY_STAGES = ("build", "export")
+_BUCKET_LABELS = tuple(f"{b:g}" for b in f.DURATION_BUCKETS) + ("+Inf",)
+
+
+class _Families:
+    """Hands a list of families to prometheus-client's encoders, which want a registry."""
+
+    def __init__(self, families: list[Metric]):
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+class ExecutionRenderer:
+    """Renders the per-execution families as exposition text, fast.
+
+    Prometheus text and OpenMetrics agree on gauges, so one rendering serves both. Each
+    execution's escaped label set is kept between scrapes and rebuilt only when its
+    identity changes; executions that left the store leave the cache with the next scrape.
+    """
+
+    def __init__(self) -> None:
+        self._labels: dict[str, tuple[tuple, str, str]] = {}
+
+    def render(self, rows: list[ExecutionRow]) -> str:
+        """Return the text of every per-execution family for ``rows``."""
+        families: list[list[str]] = [[] for _ in f.EXECUTION_FAMILIES]
+        info, status, last, interval, start, end, ratio, max_runtime = families
+        previous, labels = self._labels, {}
+        for row in rows:
+            identity = row[2:8]
+            cached = previous.get(row.execution_id)
+            if cached is None or cached[0] != identity:
+                cached = _label_sets(row, identity)
+            labels[row.execution_id] = cached
+            _, key, info_line = cached
+            info.append(info_line)
+            for name in STATUSES:
+                status.append(f'task_execution_status{{{key},status="{name}"}} '
+                              f'{"1.0" if name == row.status else "0.0"}\n')
+            interval.append(f"task_heartbeat_interval_seconds{{{key}}} {_number(row.interval_seconds)}\n")
+            start.append(f"task_execution_start_timestamp_seconds{{{key}}} {_number(row.started_at)}\n")
+            if row.last_heartbeat_at is not None:
+                last.append(f"task_heartbeat_last_timestamp_seconds{{{key}}} {_number(row.last_heartbeat_at)}\n")
+            if row.ended_at is not None:
+                end.append(f"task_execution_end_timestamp_seconds{{{key}}} {_number(row.ended_at)}\n")
+            if row.progress_ratio is not None:
+                ratio.append(f"task_progress_ratio{{{key}}} {_number(row.progress_ratio)}\n")
+            if row.max_runtime_seconds is not None:
+                max_runtime.append(f"task_execution_max_runtime_seconds{{{key}}} "
+                                   f"{_number(row.max_runtime_seconds)}\n")
+        self._labels = labels
+        parts = []
+        for family, lines in zip(f.EXECUTION_FAMILIES, families):
+            parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n")
+            parts.extend(lines)
+        return "".join(parts)
+
+
+def _label_sets(row: ExecutionRow, identity: tuple) -> tuple[tuple, str, str]:
+    key = f'execution_id="{_escape(row.execution_id)}",task_name="{_escape(row.task_name)}"'
+    info = (f'task_execution_info{{{key},container_id="{_escape(row.container_id or "")}",'
+            f'task_type="{_escape(row.task_type or "")}",trace_id="{row.trace_id}",'
+            f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"}} 1.0\n')
+    return identity, key, info
+
+
+class Exposition:
+    """One scrape: a store snapshot, rendered as Prometheus text or OpenMetrics."""
+
+    def __init__(self, store: Store, version: str = __version__):
+        self.store = store
+        self.version = version
+        self._renderer = ExecutionRenderer()
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """Return (body, content type) for a scraper sending the ``Accept`` header ``accept``.
+
+        Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        encoder, content_type = choose_encoder(accept)
+        snapshot = self.store.snapshot()
+        bounded = encoder(_Families([*self._per_task(snapshot), *self._bridge(snapshot)]))
+        # Per-execution families first: OpenMetrics's "# EOF" closes the bounded part.
+        return self._renderer.render(snapshot.rows).encode() + bounded, content_type
+
+    def _per_task(self, snapshot: Snapshot) -> Iterable[Metric]:
+        counters = snapshot.counters
+        # Every known task name gets zeros, so increase() sees the first event.
+        tasks = set(snapshot.task_names) | {r.task_name for r in snapshot.rows}
+        tasks |= {labels[0] for (name, labels) in counters if name.startswith("task_")}
+        now = Counter((r.task_name, r.status) for r in snapshot.rows)
+        executions = _family(f.TASK_EXECUTIONS)
+        per_task = [_family(family) for family in (f.TASK_HEARTBEATS, f.TASK_LOST, f.TASK_RECOVERIES)]
+        completions = _family(f.TASK_COMPLETIONS)
+        for task in sorted(tasks):
+            for name in STATUSES:
+                executions.add_metric([task, name], now[(task, name)])
+            for family, definition in zip(per_task, (f.TASK_HEARTBEATS, f.TASK_LOST, f.TASK_RECOVERIES)):
+                family.add_metric([task], counters.get((definition.name, (task,)), 0.0))
+            for outcome in OUTCOMES:
+                completions.add_metric([task, outcome], counters.get((f.COMPLETIONS, (task, outcome)), 0.0))
+        heartbeats, lost, recoveries = per_task
+        return (executions, heartbeats, completions, lost, recoveries,
+                _durations(counters, snapshot.exemplars))
+
+    def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
+        rejected = _family(f.BRIDGE_REJECTED)
+        seen = {labels for (name, labels) in snapshot.counters if name == f.REJECTED}
+        for endpoint, reason in sorted(seen | {(e, r) for e in INGEST_ENDPOINTS
+                                               for r in REJECTION_REASONS}):
+            rejected.add_metric([endpoint, reason],
+                                snapshot.counters.get((f.REJECTED, (endpoint, reason)), 0.0))
+        telemetry = _family(f.BRIDGE_TELEMETRY_ERRORS)
+        for stage in TELEMETRY_STAGES:
+            telemetry.add_metric([stage], snapshot.counters.get((f.TELEMETRY_ERRORS, (stage,)), 0.0))
+        build = _family(f.BRIDGE_BUILD_INFO)
+        build.add_metric([self.version], 1)
+        return (rejected, telemetry,
+                _family(f.BRIDGE_TRACKED, len(snapshot.rows)),
+                _family(f.BRIDGE_TRACKED_LIMIT, self.store.max_executions),
+                _family(f.BRIDGE_TASK_NAMES, len(snapshot.task_names)),
+                _family(f.BRIDGE_TASK_NAMES_LIMIT, self.store.max_task_names),
+                build)
+
+
+_KINDS = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}
+
+
+def _family(definition: f.Family, value: float | None = None):
+    """Return an empty prometheus-client family for ``definition`` (with ``value``: its one sample)."""
+    kind = _KINDS[definition.type]
+    if value is not None:
+        return kind(definition.name, definition.documentation, value=value)
+    return kind(definition.name, definition.documentation, labels=list(definition.labels))
+
+
+def _durations(counters: dict[tuple[str, tuple[str, ...]], float],
+               exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]]) -> HistogramMetricFamily:
+    """Return the duration histogram; each bucket's exemplar is its latest execution's trace."""
+    family = _family(f.TASK_DURATION)
+    buckets: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
+    for (name, labels), value in counters.items():
+        if name == f.DURATION + "_bucket":
+            buckets[labels[:2]][labels[2]] = value
+    for key in sorted(buckets):
+        cumulative, rows = 0.0, []
+        for le in _BUCKET_LABELS:
+            cumulative += buckets[key].get(le, 0.0)
+            exemplar = exemplars.get((f.DURATION + "_bucket", key + (le,)))
+            rows.append((le, cumulative, Exemplar({"trace_id": exemplar[0]}, exemplar[1]))
+                        if exemplar else (le, cumulative))
+        family.add_metric(list(key), rows, counters.get((f.DURATION + "_sum", key), 0.0))
+    return family

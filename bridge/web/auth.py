@@ -1,0 +1,91 @@
+"""Bearer tokens: fleet tokens for the ingest API, per-execution tokens, a metrics token.
+
+Off unless configured. A fleet token (``BRIDGE_AUTH_TOKENS``) may report for any
+execution; a per-execution token, ``HMAC-SHA256(BRIDGE_EXECUTION_TOKEN_SECRET,
+execution_id)`` handed to one container by its launcher, only for its own. Every
+comparison takes constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from ..service.config import Settings
+from .validation import InvalidInput
+
+__all__ = ["Authorizer", "Grant", "execution_token"]
+
+
+def execution_token(secret: str, execution_id: str) -> str:
+    """Return the token that lets a container report for ``execution_id`` (its canonical form)."""
+    return hmac.new(secret.encode(), execution_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _unauthorized(message: str) -> InvalidInput:
+    return InvalidInput(message, "Authorization", 401, "unauthorized")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one request's token allows: every execution, or those its token was made for."""
+
+    any_execution: bool
+    token: str | None = None
+
+
+class Authorizer:
+    """Checks the ``Authorization`` header of ingest and read requests."""
+
+    def __init__(self, settings: Settings):
+        self._fleet = tuple(t.encode() for t in settings.auth_tokens)
+        self._secret = settings.execution_token_secret
+        self._metrics = settings.metrics_token.encode() if settings.metrics_token else None
+
+    @property
+    def ingest_open(self) -> bool:
+        """True when the ingest API needs no token."""
+        return not self._fleet and self._secret is None
+
+    def ingest(self, header: str | None) -> Grant:
+        """Return what the bearer token in ``header`` allows. Raises 401 as :class:`InvalidInput`."""
+        if self.ingest_open:
+            return Grant(any_execution=True)
+        token = _bearer(header)
+        if token is None:
+            raise _unauthorized("this endpoint needs Authorization: Bearer <token>")
+        presented = token.encode()
+        # Compare with every fleet token, so the time taken says nothing of which matched.
+        matched = False
+        for fleet_token in self._fleet:
+            matched |= hmac.compare_digest(presented, fleet_token)
+        if matched:
+            return Grant(any_execution=True)
+        if self._secret is None:
+            raise _unauthorized("the bearer token is not valid")
+        return Grant(any_execution=False, token=token)
+
+    def check(self, grant: Grant, execution_id: str) -> None:
+        """Raise 403 as :class:`InvalidInput` unless ``grant`` covers ``execution_id``."""
+        if grant.any_execution:
+            return
+        expected = execution_token(self._secret, execution_id)
+        if not hmac.compare_digest(grant.token.encode(), expected.encode()):
+            raise InvalidInput(f"the token does not grant execution {execution_id}", "Authorization",
+                               403, "forbidden")
+
+    def read(self, header: str | None) -> None:
+        """Raise 401 as :class:`InvalidInput` unless the metrics token is absent or presented."""
+        if self._metrics is None:
+            return
+        token = _bearer(header)
+        if token is None or not hmac.compare_digest(token.encode(), self._metrics):
+            raise _unauthorized("this endpoint needs Authorization: Bearer <metrics token>")

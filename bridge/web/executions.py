@@ -1,0 +1,62 @@
+"""The query API: current state of executions as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from .extension import current_bridge
+from ..core.executions import STATUSES, Execution
+from ..core.ids import normalise_id
+from .validation import InvalidInput
+
+__all__ = ["bp", "execution_json"]
+
+bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
+
+
+@bp.before_request
+def _authorize() -> None:
+    current_bridge().authorizer.read(request.headers.get("Authorization"))
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+#: Record fields that are bookkeeping, not part of the public execution object.
+_INTERNAL = frozenset({"gaps", "version", "metric_task_name"})
+
+
+def execution_json(record: Execution) -> dict[str, Any]:
+    """Return the public JSON object of an execution (times in unix seconds)."""
+    return {k: v for k, v in record.to_dict().items() if k not in _INTERNAL}
+
+
+@bp.get("")
+def list_executions():
+    """List executions by id, filtered by ``status`` and ``task_name``, paged with ``after``."""
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
+    raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "１２"; and
+    # few of them, since int() refuses thousands.
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) \
+            or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", "limit")
+    limit = int(raw_limit)
+    records = current_bridge().monitor.store.query(
+        status=status, task_name=request.args.get("task_name"),
+        after=request.args.get("after"), limit=limit)
+    return jsonify(executions=[execution_json(r) for r in records],
+                   next_after=records[-1].execution_id if len(records) == limit else None)
+
+
+@bp.get("/<path:execution_id>")
+def get_execution(execution_id: str):
+    """Return one execution; 404 when the id is unknown (or cannot be an id)."""
+    canonical = normalise_id(execution_id)
+    record = current_bridge().monitor.store.get(canonical) if canonical else None
+    if record is None:
+        raise InvalidInput(f"no execution {execution_id[:128]!r}", "execution_id", 404, "not_found")
+    return jsonify(execution_json(record))

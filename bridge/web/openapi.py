@@ -1,0 +1,162 @@
+"""The API as an OpenAPI 3 document, built from the same constants the validation uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES
+from ..core.executions import STATUSES
+from ..service.config import Settings
+from .validation import (MAX_CONTAINER_NAME, MAX_ERROR_MESSAGE, MAX_IMAGE, MAX_INTERVAL, MAX_LABELS,
+                         MAX_LABEL_VALUE, MAX_RUNTIME, MAX_TEXT, MAX_TIMESTAMP)
+
+__all__ = ["document"]
+
+_NO_CONTROL = "[^\\u0000-\\u001f\\u007f]"
+#: Text without control characters and not blank, as ``validation._text`` demands.
+_TEXT_PATTERN = f"^{_NO_CONTROL}*[^\\s\\u0000-\\u001f\\u007f]{_NO_CONTROL}*$"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    # JSON Schema (OpenAPI 3.1): null is a type, and an enum admits it only when listed.
+    extra = {"enum": [*schema["enum"], None]} if "enum" in schema else {}
+    return {**schema, **extra, "type": [schema["type"], "null"]}
+
+
+def _text(max_length: int) -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": _TEXT_PATTERN}
+
+
+def _errors(*codes: int) -> dict:
+    meaning = {400: "malformed JSON or a wrong field (named in `field`)", 401: "missing or wrong token",
+               403: "the token does not grant this execution", 404: "no such execution",
+               413: "too large", 415: "not application/json", 429: "execution limit reached",
+               503: "the store is unavailable; retry"}
+    return {str(code): {"description": meaning[code],
+                        "content": {"application/json": {"schema": _ref("Error")}}} for code in codes}
+
+
+def _ok(schema: str, description: str) -> dict:
+    return {"200": {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}}
+
+
+def _post(summary: str, body: dict, answer: str, *codes: int) -> dict:
+    return {"post": {"summary": summary, "security": [{}, {"bearer": []}],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                     "responses": {**_ok(answer, "accepted"), **_errors(*codes)}}}
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document of the API under ``settings``' limits."""
+    execution_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
+    container_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,256}$"}
+    document_object = {"type": "object", "additionalProperties": True,
+                       "description": f"any JSON object, nested at most 8 deep, at most "
+                                      f"{settings.max_field_bytes} bytes as JSON"}
+    exit_code = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
+    ingest_codes = (400, 401, 403, 413, 415, 429, 503)
+    schemas = {
+        "Heartbeat": {"type": "object", "required": ["execution_id"], "additionalProperties": True, "properties": {
+            "execution_id": execution_id,
+            "container_id": _nullable(container_id),
+            "status": _nullable({"type": "string", "enum": list(REPORTED_STATUSES)}),
+            "progress": _nullable(document_object),
+            "timestamp": _nullable({"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP}),
+            "task_name": _nullable(_text(MAX_TEXT)),
+            "task_type": _nullable(_text(MAX_TEXT)),
+            "interval_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_INTERVAL}),
+            "max_runtime_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_RUNTIME}),
+            "labels": _nullable({"type": "object", "maxProperties": MAX_LABELS,
+                                 "propertyNames": {"pattern": "^[a-zA-Z_][a-zA-Z0-9_]{0,62}$"},
+                                 "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE,
+                                                          "pattern": f"^{_NO_CONTROL}*$"}}),
+            "traceparent": _nullable({"type": "string",
+                                      "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}),
+        }},
+        "Completion": {"type": "object", "required": ["execution_id", "success"], "additionalProperties": True,
+                       "properties": {
+            "execution_id": execution_id,
+            "success": {"type": "boolean"},
+            "container_id": _nullable(container_id),
+            "result_data": _nullable(document_object),
+            "error_message": _nullable({"type": "string", "description": f"cut to {MAX_ERROR_MESSAGE} characters"}),
+            "exit_code": _nullable(exit_code),
+            "task_name": _nullable(_text(MAX_TEXT)),
+        }},
+        "ContainerEvent": {"type": "object", "required": ["execution_id", "event"], "additionalProperties": True,
+                           "properties": {
+            "execution_id": execution_id,
+            "event": {"type": "string", "enum": list(CONTAINER_EVENTS)},
+            "container_id": _nullable(container_id),
+            "container_name": _nullable(_text(MAX_CONTAINER_NAME)),
+            "image": _nullable(_text(MAX_IMAGE)),
+            "exit_code": _nullable(exit_code),
+            "oom_killed": {"type": "boolean"},
+        }},
+        "Accepted": {"type": "object", "required": ["status", "execution_id"], "properties": {
+            "status": {"type": "string", "enum": ["ok"]}, "execution_id": {"type": "string"},
+            "execution_status": {"type": "string", "enum": list(STATUSES)},
+            "interval_seconds": {"type": "number"}, "ignored": {"type": "boolean"},
+            "duplicate": {"type": "boolean"},
+            "warnings": {"type": "array", "items": {"type": "string"},
+                         "description": "what of the event was cut or dropped to keep it"}}},
+        "BatchAnswer": {"type": "object", "required": ["status", "accepted", "rejected", "results"], "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+            "results": {"type": "array", "items": {"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": ["ok", "error"]}, "code": {"type": "integer"},
+                "error": {"type": "string"}, "field": {"type": ["string", "null"]}}}}}},
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string"}, "field": {"type": "string"}}},
+        "Execution": {"type": "object", "required": ["execution_id", "status", "trace_id"],
+                      "additionalProperties": True, "properties": {
+            "execution_id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)},
+            "trace_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "heartbeat_count": {"type": "integer"}, "progress": {"type": "object"}}},
+        "ExecutionList": {"type": "object", "required": ["executions", "next_after"], "properties": {
+            "executions": {"type": "array", "items": _ref("Execution")},
+            "next_after": {"type": ["string", "null"]}}},
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    }
+    read_security = [{}, {"bearer": []}]
+    paths = {
+        "/api/v1/monitoring/heartbeat": _post("Record one heartbeat", _ref("Heartbeat"), "Accepted", *ingest_codes),
+        "/api/v1/monitoring/heartbeats": _post(
+            "Record many heartbeats; each item is checked and answered on its own",
+            {"type": "array", "maxItems": settings.max_batch_items, "items": {}}, "BatchAnswer",
+            400, 401, 413, 415, 503),
+        "/api/v1/monitoring/completion": _post("Record a completion; repeats are duplicates",
+                                               _ref("Completion"), "Accepted", *ingest_codes),
+        "/api/v1/monitoring/container-events": _post("Record a Docker agent's report", _ref("ContainerEvent"),
+                                                     "Accepted", *ingest_codes),
+        "/api/v1/executions": {"get": {
+            "summary": "List executions by id", "security": read_security,
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                {"name": "task_name", "in": "query", "schema": {"type": "string"}},
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {**_ok("ExecutionList", "executions"), **_errors(400, 401, 503)}}},
+        "/api/v1/executions/{execution_id}": {"get": {
+            "summary": "One execution", "security": read_security,
+            "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
+            "responses": {**_ok("Execution", "the execution"), **_errors(401, 404, 503)}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus text, or OpenMetrics when asked", "security": read_security,
+            "responses": {"200": {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}},
+                          "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(401, 503)}}},
+        "/healthz": {"get": {"summary": "Alive", "responses": _ok("Health", "alive")}},
+        "/readyz": {"get": {"summary": "Ready: the store takes writes",
+                            "responses": {**_ok("Health", "ready"), **_errors(503)}}},
+    }
+    return {"openapi": "3.1.0",
+            "info": {"title": "Heartbeat Bridge", "version": __version__,
+                     "description": "Heartbeats and completions from task containers, as metrics and traces."},
+            "paths": paths,
+            "components": {"schemas": schemas,
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
