@@ -108,7 +108,7 @@ class LiveBridge:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "LiveBridge":
+    def start(self) -> LiveBridge:
         """Start the server and return once ``/readyz`` answers 200."""
         self.port = self.fixed_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -194,7 +194,7 @@ class LiveProcess:
         self.argv, self.log_path, self.ready_url = argv, log_path, ready_url
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "LiveProcess":
+    def start(self) -> LiveProcess:
         return self.start_until(self._http_ready)
 
     def _http_ready(self) -> bool:
@@ -203,7 +203,7 @@ class LiveProcess:
         except requests.RequestException:
             return False
 
-    def start_until(self, ready) -> "LiveProcess":
+    def start_until(self, ready) -> LiveProcess:
         """Start the process and return once ``ready()`` is true."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
@@ -259,7 +259,7 @@ class DockerEngine:
         self.host = f"unix://{self.root / 'docker.sock'}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "DockerEngine":
+    def start(self) -> DockerEngine:
         import docker
         binary = require_binary("dockerd")
         with open(self.root / "dockerd.log", "ab") as log:

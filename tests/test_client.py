@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
-from bridge.core import ids
-from bridge.client import HeartbeatClient, execution_traceparent
 from support import free_port, total, wait_for
+
+from bridge.client import HeartbeatClient, execution_traceparent
+from bridge.core import ids
 
 #: A bound on "at once" that is far below any interval used here (30 s): not a benchmark.
 PROMPTLY = 5.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EVENTS = "/api/v1/monitoring/container-events"

@@ -6,7 +6,6 @@ import threading
 import time
 
 import requests
-
 from support import HEARTBEAT
 
 SENDERS = 8

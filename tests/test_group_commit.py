@@ -6,14 +6,14 @@ import threading
 import time
 
 import pytest
+from support import wait_for
 
 from bridge.core import executions
-from bridge.telemetry import families
-from bridge.service.config import load_settings
 from bridge.core.events import Heartbeat
 from bridge.core.executions import Rules
+from bridge.service.config import load_settings
 from bridge.store import CapacityError, GroupCommit, StoreUnavailable, open_store
-from support import wait_for
+from bridge.telemetry import families
 
 RULES = Rules()
 T0 = 1_000_000.0
@@ -128,7 +128,7 @@ def test_it_gives_every_waiting_caller_the_store_failure(store):
 
 def test_it_lets_a_new_caller_lead_once_the_last_commit_is_done(store):
     group = GroupCommit(store)
-    threads, results = run_all(group, [(f"e{n}", beat(f"e{n}")) for n in range(3)])
+    threads, _ = run_all(group, [(f"e{n}", beat(f"e{n}")) for n in range(3)])
     for thread in threads:
         thread.join(30)
     assert group.apply("e0", beat("e0", T0 + 30)).record.heartbeat_count == 2

@@ -6,8 +6,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from bridge.web import create_app
 from bridge.service.config import load_settings
+from bridge.web import create_app
 
 
 def test_it_serves_an_openapi_3_document_with_every_route(client):

@@ -6,7 +6,6 @@ import re
 import subprocess
 
 import yaml
-
 from support import ROOT, require_binary
 
 

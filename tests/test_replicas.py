@@ -7,7 +7,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-
 from support import COMPLETION, HEARTBEAT, start_redis, total
 
 WAIT_SECONDS = 30.0

@@ -8,7 +8,6 @@ import sys
 import uuid
 
 import requests
-
 from support import HEARTBEAT, ROOT, require_binary
 
 SEED_DIR = ROOT / "tests" / "seed"

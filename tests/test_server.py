@@ -11,7 +11,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-
 from support import COMPLETION, HEARTBEAT, samples, total, wait_for
 
 WAIT_SECONDS = 30.0

@@ -7,9 +7,9 @@ import copy
 import pytest
 
 from bridge.core import executions
-from bridge.telemetry import families
 from bridge.core.events import Completion, Heartbeat
 from bridge.core.executions import Execution, Rules
+from bridge.telemetry import families
 
 RULES = Rules(default_interval=30, lost_after_intervals=3, retention=3600)
 T0 = 1_000_000.0

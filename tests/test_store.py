@@ -6,15 +6,15 @@ import json
 import multiprocessing
 
 import pytest
+from support import start_redis
 
 from bridge.core import executions
-from bridge.telemetry import families
-from bridge.service.config import load_settings
-from bridge.service.monitor import Monitor
 from bridge.core.events import Completion, Heartbeat
 from bridge.core.executions import Rules
+from bridge.service.config import load_settings
+from bridge.service.monitor import Monitor
 from bridge.store import CapacityError, StoreUnavailable, open_store
-from support import start_redis
+from bridge.telemetry import families
 
 RULES = Rules()
 T0 = 1_000_000.0
@@ -185,6 +185,7 @@ def test_it_loads_the_write_script_again_when_redis_has_lost_it(redis_url):
 
 def test_it_says_unavailable_while_redis_is_stuck_and_writes_again_after(redis_url, monkeypatch):
     import redis
+
     from bridge.store import redis as redis_store
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
@@ -292,7 +293,8 @@ def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_u
         cur, Heartbeat(execution_id, task_name="etl"), now, RULES, label))
     done = Completion("a", success=True)
     results = store.apply_many([beat("a", T0), beat("a", T0 + 30), beat("b", T0 + 31),
-                                ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES, label))])
+                                ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES,
+                                                                                     label))])
     assert [r.result if isinstance(r, executions.Outcome) else type(r) for r in results] == \
         ["accepted", "accepted", CapacityError, "accepted"]
     record = store.get("a")
@@ -383,7 +385,7 @@ def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedu
     assert counted[(families.COMPLETIONS, ("unknown", "success"))] == 1
     if store_url.startswith("redis"):  # Redis forgets it by itself, a window of real time from now
         import redis
-        assert 590_000 < redis.Redis.from_url(store_url).pttl("hb:t:late") <= 600_000
+        assert 590_000 < redis.Redis.from_url(store_url).pttl("{hb}:t:late") <= 600_000
     else:
         store.expire(T0 + 10 + RULES.retention + 600)  # past the window: the id is forgotten
         assert complete(store, "late", T0 + 10 + RULES.retention + 601).result == "accepted"
@@ -437,4 +439,4 @@ def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
     assert command_calls(server)["mget"] == 3  # one small read each, not every record
     store.expire(T0 + RULES.retention)
     assert store.query(status="completed") == []
-    assert server.zcard("hb:status:completed") == 0
+    assert server.zcard("{hb}:status:completed") == 0

@@ -21,9 +21,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import docker
 import requests
@@ -75,7 +76,7 @@ class DockerAgent:
         self._seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self._since = self._load_since()
         self._stop = threading.Event()
-        self._stream = None
+        self._stream: Any = None  # the engine's event stream, closed by stop()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -179,10 +180,10 @@ class DockerAgent:
                 continue
             labels = summary.get("Labels") or {}
             names = summary.get("Names") or []
-            task = self._identify(client, container_id, {**labels, "name": names[0] if names else "",
-                                                         "image": summary.get("Image", "")})
-            if task is not None:
-                self._running[container_id] = task
+            found = self._identify(client, container_id, {**labels, "name": names[0] if names else "",
+                                                          "image": summary.get("Image", "")})
+            if found is not None:
+                self._running[container_id] = found
                 self._report(task, "start")
 
     def _identify(self, client: docker.DockerClient, container_id: str,

@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["HeartbeatClient", "execution_traceparent"]
 
@@ -117,11 +117,11 @@ class HeartbeatClient:
         """Return the ``traceparent`` under which this execution's own spans belong."""
         return execution_traceparent(self.execution_id, self.traceparent)
 
-    def __enter__(self) -> "HeartbeatClient":
+    def __enter__(self) -> HeartbeatClient:
         self.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if exc is not None and not self.completed and not isinstance(exc, GeneratorExit):
                 self.send_completion(False, error_message=f"{exc_type.__name__}: {exc}")

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pump_stderr(stream: IO[bytes], tail: collections.deque) -> None:
     """Copy the command's stderr to ours, keeping its last bytes."""
-    for chunk in iter(lambda: stream.read1(65536), b""):
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]  # a BufferedReader
         sys.stderr.buffer.write(chunk)
         sys.stderr.buffer.flush()
         tail.extend(chunk)
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_RUN
     os.close(write_fd)  # the command holds the only writer: its exit ends the progress stream
     started.append(child)
-    for signum in held:
-        child.send_signal(signum)
+    for held_signal in held:
+        child.send_signal(held_signal)
     tail: collections.deque = collections.deque(maxlen=max(0, args.stderr_tail))
     pumps = [threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
              threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONTAINER_EVENTS", "Completion", "ContainerEvent", "Heartbeat", "REPORTED_STATUSES"]
+__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Completion", "ContainerEvent", "Heartbeat"]
 
 #: The statuses a heartbeat may report.
 REPORTED_STATUSES = ("running", "completed", "failed")

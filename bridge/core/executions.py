@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Callable
+from typing import Any
 
 from ..telemetry.families import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
 from .events import Completion, ContainerEvent, Heartbeat
 from .ids import trace_id_for
 
 __all__ = [
-    "Execution",
     "FINAL_STATUSES",
-    "Increment",
     "OTHER_TASK",
-    "Outcome",
     "RECORD_FIELDS",
-    "Rules",
     "STATUSES",
-    "TaskLabel",
     "UNKNOWN_TASK",
+    "Execution",
+    "Increment",
+    "Outcome",
+    "Rules",
+    "TaskLabel",
     "apply_completion",
     "apply_container_event",
     "apply_deadline",
@@ -126,7 +127,7 @@ class Execution:
         return {name: getattr(self, name) for name in RECORD_FIELDS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Execution":
+    def from_dict(cls, data: dict[str, Any]) -> Execution:
         """Return the record stored as ``data``; keys this version does not know are dropped."""
         return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})
 
@@ -135,7 +136,7 @@ class Execution:
         return _get_values(self)
 
     @classmethod
-    def from_values(cls, values: list[Any]) -> "Execution":
+    def from_values(cls, values: list[Any]) -> Execution:
         """Return the record stored by :meth:`to_values`, by this version or any other.
 
         Fields are only ever appended, so a shorter list (an older version's) leaves the
@@ -143,7 +144,7 @@ class Execution:
         """
         return cls(*values[:len(RECORD_FIELDS)])
 
-    def clone(self) -> "Execution":
+    def clone(self) -> Execution:
         """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
         copy = object.__new__(Execution)
         copy.__dict__.update(self.__dict__)

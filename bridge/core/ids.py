@@ -59,4 +59,4 @@ def segment_span_id(execution_id: str, segment: int) -> str:
 def is_traceparent(value: str) -> bool:
     """Return True when ``value`` is a W3C ``traceparent`` with non-zero ids."""
     match = _TRACEPARENT.fullmatch(value)
-    return bool(match) and match.group(1) != "0" * 32 and match.group(2) != "0" * 16
+    return match is not None and match.group(1) != "0" * 32 and match.group(2) != "0" * 16

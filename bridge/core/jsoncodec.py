@@ -11,7 +11,8 @@ holding a long run of digits, and anything orjson refuses, goes to the standard 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 

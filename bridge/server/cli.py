@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from ..web.auth import execution_token
     from ..core.ids import normalise_id
+    from ..web.auth import execution_token
 
     try:
         secret = load_settings().execution_token_secret

@@ -77,7 +77,7 @@ def _wait_ready(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="bridge port on 127.0.0.1 (default 8000)")
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds")
     parser.add_argument("--spawn-every", type=float, default=3.0, help="seconds between new executions")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="stop after this many seconds (0: run until Ctrl-C)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="heartbeat-bridge-demo-"))

@@ -32,12 +32,13 @@ import socket
 import time
 from collections import deque
 from functools import partial
+from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..web.extension import EXTENSION_KEY
 
-__all__ = ["BridgeWorker", "DEFAULT_READ_TIMEOUT_SECONDS", "ReadDeadlineExceeded"]
+__all__ = ["DEFAULT_READ_TIMEOUT_SECONDS", "BridgeWorker", "ReadDeadlineExceeded"]
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class BridgeWorker(ThreadWorker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._reading: deque[tuple[float, object]] = deque()  # (deadline, connection), by deadline
+        self._reading: deque[tuple[float, Any]] = deque()  # (deadline, connection), by deadline
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -187,7 +188,7 @@ class BridgeWorker(ThreadWorker):
         """Return the bytes of the next request that gunicorn's parser already read, taken from it."""
         unreader = getattr(getattr(conn, "parser", None), "unreader", None)
         buffer = getattr(unreader, "buf", None)
-        if not isinstance(buffer, io.BytesIO) or not buffer.getbuffer().nbytes:
+        if unreader is None or not isinstance(buffer, io.BytesIO) or not buffer.getbuffer().nbytes:
             return b""
         unreader.buf = io.BytesIO()
         return buffer.getvalue()
@@ -206,6 +207,7 @@ class BridgeWorker(ThreadWorker):
                     sock.reading = True
                     with self._poller_lock():
                         self.poller.register(sock, selectors.EVENT_READ, partial(self._read, conn))
+                    assert sock.deadline is not None  # set by enqueue_req
                     self._reading.append((sock.deadline, conn))
                 return
             if not data:  # the client went away before its request was whole

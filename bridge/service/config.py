@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Callable, Mapping
+from typing import Any
 
-__all__ = ["ConfigError", "Settings", "VARIABLES", "load_settings", "parse_bind"]
+__all__ = ["VARIABLES", "ConfigError", "Settings", "load_settings", "parse_bind"]
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     inject variables like ``BRIDGE_PORT`` for a service named ``bridge``.
     """
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for name, (field, parse, _doc) in VARIABLES.items():
         raw = environ.get(name)
         if raw is not None and raw.strip() != "":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ..core import executions
 from ..core.events import Completion, ContainerEvent, Heartbeat
 from ..core.executions import Execution, Outcome, Rules
-from ..store import CapacityError, GroupCommit, Store, StoreUnavailable
+from ..store import CapacityError, Decide, GroupCommit, Store, StoreUnavailable
 from ..telemetry.families import REJECTED, TELEMETRY_ERRORS
 from .config import Settings
 
@@ -68,7 +69,7 @@ class Monitor:
     def _committed(self, outcome: Outcome) -> Outcome:
         # Only the caller whose compare-and-set committed the transition gets here
         # with it, so each span segment is emitted exactly once across workers.
-        if outcome.closes_span and self.spans is not None:
+        if outcome.closes_span and outcome.record is not None and self.spans is not None:
             self.spans.emit(outcome.record)
         return outcome
 
@@ -85,10 +86,10 @@ class Monitor:
 
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
-        results = self._events.apply_many([
-            (hb.execution_id,
-             lambda cur, label, hb=hb: executions.apply_heartbeat(cur, hb, self.clock(), self.rules, label))
-            for hb in batch])
+        def decision(hb: Heartbeat) -> Decide:
+            return lambda cur, label: executions.apply_heartbeat(cur, hb, self.clock(), self.rules, label)
+
+        results = self._events.apply_many([(hb.execution_id, decision(hb)) for hb in batch])
         for result in results:
             if isinstance(result, Outcome):
                 self._committed(result)

@@ -6,8 +6,8 @@ import logging
 import random
 import threading
 
-from .monitor import Monitor
 from ..store import StoreUnavailable
+from .monitor import Monitor
 
 __all__ = ["Reaper"]
 

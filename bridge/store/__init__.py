@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import OTHER_TASK, CapacityError, ExecutionRow, Snapshot, Store, StoreUnavailable
+from .base import OTHER_TASK, CapacityError, Decide, ExecutionRow, Snapshot, Store, StoreUnavailable
 from .group import GroupCommit
 from .sqlite import SQLiteStore, path_from_url
 
 if TYPE_CHECKING:
     from ..service.config import Settings
 
-__all__ = ["CapacityError", "ExecutionRow", "GroupCommit", "OTHER_TASK", "Snapshot", "Store",
-           "StoreUnavailable", "open_store"]
+__all__ = [
+    "OTHER_TASK",
+    "CapacityError",
+    "Decide",
+    "ExecutionRow",
+    "GroupCommit",
+    "Snapshot",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> Store:

@@ -1,9 +1,22 @@
-"""The narrow interface every store implements (SQLite now, Redis for scale-out).
+"""The narrow interface every store implements: SQLite embedded, Redis for scale-out.
 
 A store keeps execution records, cumulative counters and the bounded set of task
-names, and makes each event atomic: it reads the current record, lets a pure
-decision function from :mod:`bridge.state` say what happens, and writes the result
-with its counter increments as one compare-and-set.
+names, and makes each event atomic: it reads the current records, lets the pure rules of
+:mod:`bridge.core.executions` decide what happens (through :mod:`bridge.store.batch`),
+and writes the result with its counter increments as one compare-and-set.
+
+Where the two stores differ, what each promises:
+
+========================  ====================================  ==========================================
+promise                   SQLite (one machine)                  Redis (many replicas; Redis Cluster too)
+========================  ====================================  ==========================================
+an answered write         in the file (WAL, ``synchronous``)    in Redis's memory; on disk with AOF
+``snapshot()``            one read transaction: one moment      counters and names at one moment, rows in
+                                                                chunks after (each row as it was then)
+``max_executions``        exact                                 exact (the write script checks it)
+filtered ``query()``      an index per filter                   a sorted set per status and task name
+``due()``, ``expire()``   indexes on deadline and expiry        sorted sets by deadline and expiry
+========================  ====================================  ==========================================
 """
 
 from __future__ import annotations
@@ -11,15 +24,23 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
-from ..core import jsoncodec
-from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, TaskLabel
+from ..core.executions import OTHER_TASK, Execution, Outcome, TaskLabel
 
-__all__ = ["CapacityError", "Decide", "ExecutionRow", "OTHER_TASK", "ReaperMark", "Snapshot", "Store",
-           "StoreUnavailable", "add_increments", "decode_record", "decode_rows", "encode_record",
-           "encode_row", "mark_round"]
+__all__ = [
+    "OTHER_TASK",
+    "CapacityError",
+    "Decide",
+    "ExecutionRow",
+    "ReaperMark",
+    "Snapshot",
+    "Store",
+    "StoreUnavailable",
+    "mark_round",
+]
 
 #: How long an ended execution's id answers repeats once it left retention: a day.
 DEFAULT_DEDUP_SECONDS = 86_400.0
@@ -47,44 +68,6 @@ class ExecutionRow(NamedTuple):
     interval_seconds: float
     progress_ratio: float | None
     max_runtime_seconds: float | None
-
-
-def encode_record(record: Execution) -> str:
-    """Return ``record`` as stored: the JSON array of its values (see ``Execution.to_values``)."""
-    return jsoncodec.dumps(record.to_values())
-
-
-def decode_record(data: str | bytes) -> Execution:
-    """Return the record :func:`encode_record` stored; also reads the JSON objects of earlier versions."""
-    values = jsoncodec.loads(data)
-    return Execution.from_values(values) if isinstance(values, list) else Execution.from_dict(values)
-
-
-def encode_row(record: Execution) -> str:
-    """Return the compact JSON array of ``record``'s :class:`ExecutionRow`."""
-    return jsoncodec.dumps([record.execution_id, record.status, record.metric_task_name, record.container_id,
-                            record.task_type, record.trace_id, record.container_name, record.image,
-                            record.started_at, record.last_heartbeat_at, record.ended_at,
-                            record.interval_seconds, record.progress_ratio, record.max_runtime_seconds])
-
-
-def decode_rows(encoded: Sequence[str]) -> list[ExecutionRow]:
-    """Return the rows of many :func:`encode_row` strings, parsed in one call."""
-    # A row's numbers are times, ratios and intervals, never long integers.
-    return [ExecutionRow(*values)
-            for values in jsoncodec.loads("[" + ",".join(encoded) + "]", long_integers=False)]
-
-
-def add_increments(totals: dict[tuple[str, tuple[str, ...]], list], outcome: Outcome) -> None:
-    """Add ``outcome``'s counter increments into a batch's ``totals``.
-
-    ``totals`` maps (counter name, labels) to [summed amount, latest exemplar], so that a
-    batch adds to each counter once.
-    """
-    for inc in outcome.increments:
-        total = totals.setdefault((inc.name, inc.labels), [0.0, None])
-        total[0] += inc.amount
-        total[1] = inc.exemplar or total[1]
 
 
 class ReaperMark(NamedTuple):
@@ -167,22 +150,20 @@ class Store(ABC):
         self.known_name_seconds = min(60.0, task_retention / 2)
         self._known_names: dict[str, float] = {}  # name -> when it was last found in the store
 
-    def _label_if_known(self, name: str | None, in_store: Callable[[str], bool]) -> str | None:
-        """Return the metric label of task name ``name`` when the store holds the name, else None.
+    def _holds_name(self, name: str, in_store: Callable[[str], bool]) -> bool:
+        """Return True when the store holds task name ``name``.
 
         ``in_store`` asks the store; a name it holds is remembered for
-        ``known_name_seconds``, and a batch that adds an execution under a remembered name
-        checks the name again when it writes.
+        ``known_name_seconds``, since names are few and asked about on every event. A
+        remembered name may have been released since: the write checks it again.
         """
-        if name is None:
-            return UNKNOWN_TASK
         now = time.monotonic()
         if now - self._known_names.get(name, -math.inf) < self.known_name_seconds:
-            return name
+            return True
         if not in_store(name):
-            return None
+            return False
         self._known_names[name] = now
-        return name
+        return True
 
     def apply(self, execution_id: str, decide: Decide) -> Outcome:
         """Run ``decide`` on the current record and commit its outcome atomically.
@@ -250,5 +231,5 @@ class Store(ABC):
     def ping(self) -> None:
         """Return when the store answers. Raises :class:`StoreUnavailable`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a store with nothing to release need not say so)
         """Release connections; the store may be used again afterwards."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..core.executions import Outcome
 from .base import CapacityError, Decide, Store, StoreUnavailable
@@ -35,7 +35,7 @@ _LEAD = object()  # the result that tells a waiting thread to lead the next comm
 
 
 class _Event:
-    __slots__ = ("execution_id", "decide", "result", "woken")
+    __slots__ = ("decide", "execution_id", "result", "woken")
 
     def __init__(self, execution_id: str, decide: Decide):
         self.execution_id = execution_id

@@ -1,122 +1,66 @@
-"""The scale-out store: Redis, shared by many replicas.
+"""The scale-out store: Redis (or Redis Cluster), shared by many replicas.
 
-Each batch of events (one, or those group-committed together) is an optimistic
-transaction. First, in two round trips: read the records in one ``MGET``, let the rules
-decide, and hand every write to one Lua script, which makes them only if each record is
-still the one read (the same bytes, or still absent) and the new executions fit under
-``BRIDGE_MAX_EXECUTIONS``. When it refuses, or a decision needs a task name this process
-has not seen, the batch is decided again under ``WATCH``: the keys watched, read in one
-``MGET``, the writes in one ``MULTI``/``EXEC`` that a concurrent change makes fail, to
-be decided again on the new records. So each transition and each increment happens
-exactly once across replicas. Under ``WATCH`` the limit is checked without watching the
-whole fleet, so it may be passed by as many new executions as arrive at the same
-instant. Expiry is one Lua script; the scrape reads ids from a sorted set and the
-records with pipelined ``MGET`` in chunks, never blocking Redis for long.
+Every batch of events (one, or those group-committed together) is an optimistic
+transaction with one write path. The records are read with one ``MGET``, the rules
+decide (:mod:`bridge.store.batch`), and one Lua script writes everything only if what the
+decisions read still holds: each record the same bytes (or still absent), the new
+executions within ``BRIDGE_MAX_EXECUTIONS``, the task names still held (or still free and
+within their limit). When it does not, the batch is read and decided again. So each
+transition and each increment happens exactly once across replicas.
+
+Every key starts with the hash tag ``{hb}``, and every script is given each key it
+touches in ``KEYS``: all keys live in one hash slot, so the scripts run on Redis Cluster
+and behind proxies that route by key. (A cluster then holds the bridge on one master:
+the bridge wants one consistent store, not a sharded one.) Redis errors become
+:class:`StoreUnavailable` in one place, :func:`_translated`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError, RedisError, WatchError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from ..core.executions import OTHER_TASK, RECORD_FIELDS, UNKNOWN_TASK, Execution, Outcome, TaskLabel, tombstone
-from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
-                   Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
-                   encode_row, mark_round)
+from ..core.executions import Execution, Outcome, tombstone
+from .base import (
+    DEFAULT_DEDUP_SECONDS,
+    DEFAULT_TASK_RETENTION_SECONDS,
+    CapacityError,
+    Decide,
+    ReaperMark,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    mark_round,
+)
+from .batch import Decided, TaskNames, decide_batch
+from .codec import decode_record, decode_rows, encode_record, encode_row
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "hb:"
+KEY_PREFIX = "{hb}:"
+#: The prefix of the keys before they shared a hash tag (schema 2 and earlier).
+_UNTAGGED_PREFIX = "hb:"
 MAX_ATTEMPTS = 50
 CHUNK = 1000
 SOCKET_TIMEOUT_SECONDS = 5.0
+#: The version of the keys' layout: 2 added the filter indexes and the names' last use,
+#: 3 the hash tag.
+_SCHEMA = 3
+_SEPARATOR = "\x1f"
 
-# KEYS: the expiry, id and deadline sorted sets, the rows hash, the hash of names' last use.
-# ARGV: now, the key prefix, how many at most, the positions of status and task_name in a
-# stored record, the tombstone window in milliseconds (0: none).
-_EXPIRE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local status_at, task_at, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-for _, id in ipairs(ids) do
-  local raw = redis.call('GET', ARGV[2] .. 'x:' .. id)
-  if raw then
-    local record = cjson.decode(raw)
-    local status, task = record[status_at] or record.status, record[task_at] or record.task_name
-    if type(status) == 'string' then
-      redis.call('ZREM', ARGV[2] .. 'status:' .. status, id)
-      if window > 0 and (status == 'completed' or status == 'failed') then
-        redis.call('SET', ARGV[2] .. 't:' .. id, status, 'PX', window)
-      end
-    end
-    if type(task) == 'string' then
-      redis.call('ZREM', ARGV[2] .. 'task:' .. task, id)
-      redis.call('HSET', KEYS[5], task, ARGV[1])
-    end
-  end
-  redis.call('DEL', ARGV[2] .. 'x:' .. id)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-end
-return #ids
-"""
-
-# KEYS: the names set, the hash of names' last use, the counter and exemplar hashes.
-# ARGV: the key prefix, the cut-off. Releases each name no tracked execution carries that
-# was last used before the cut-off, with its task_* series. Returns the names released.
-_RELEASE = """
-local released = {}
-local seen = redis.call('HGETALL', KEYS[2])
-for i = 1, #seen, 2 do
-  local name, at = seen[i], tonumber(seen[i + 1])
-  if at <= tonumber(ARGV[2]) and redis.call('ZCARD', ARGV[1] .. 'task:' .. name) == 0 then
-    redis.call('SREM', KEYS[1], name)
-    redis.call('HDEL', KEYS[2], name)
-    released[#released + 1] = name
-  end
-end
-if #released > 0 then
-  local gone = {}
-  for _, name in ipairs(released) do gone[name] = true end
-  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
-    local series = cjson.decode(field)
-    if string.sub(series[1], 1, 5) == 'task_' and gone[series[2][1]] then
-      redis.call('HDEL', KEYS[3], field)
-      redis.call('HDEL', KEYS[4], field)
-    end
-  end
-end
-return released
-"""
-
-
-
-
-
-# KEYS: the id, deadline and expiry sorted sets, the rows, counter and exemplar hashes, the
-# names set. ARGV: the prefix of the record keys; the limit on executions; the records, six
-# fields each: id, the bytes as read ('' when absent), the new bytes, the row, the deadline
-# and the expiry (a score, or '' for none); the counters, three fields each: hash
-# field, amount, exemplar ('' for none); the filter indexes to leave and join, three fields
-# each ('-' or '+', the index key after the prefix, the id); the prefix; the task names the
-# new executions are counted under, which must still be in the names set. The fields of a
-# list are joined by the unit separator (\31), which JSON, execution ids and task names
-# never hold: a few strings for redis-py to pack, not hundreds, and none for the script to
-# parse as JSON. Commands go out once
-# per batch, not once per record, in chunks within Lua's stack.
-# Returns 1 when written, 0 when a record changed since it was read, -1 when the new
-# executions do not fit: then nothing is written.
-_WRITE = """
+# The scripts' lists travel as one string each, their fields joined by the unit separator
+# (\31), which JSON, execution ids and task names never hold: a few strings for redis-py
+# to pack, not thousands. Commands go out once per batch, in chunks within Lua's stack.
+_LUA_HELPERS = """
 local function split(text)
   local fields, n, start = {}, 0, 1
   if text == '' then return fields end
@@ -141,17 +85,36 @@ local function send(command, key, args)
     end
   end
 end
-for _, name in ipairs(split(ARGV[7])) do
+"""
+
+# KEYS: 1 ids, 2 deadlines, 3 expiries (sorted sets), 4 rows, 5 counters, 6 exemplars
+# (hashes), 7 task names (set), then each record's key in the order of ARGV[3], then the
+# filter indexes the moves name.
+# ARGV: 1 the limit on executions; 2 the limit on task names; 3 the records, five fields
+# each: the bytes as read ('' when absent), the new bytes, the row, the deadline and the
+# expiry (a score, or '' for none); 4 the counters, three fields each: hash field, amount,
+# exemplar ('' for none); 5 the index moves, three fields each: '-' or '+', the index's
+# position in KEYS, the execution id; 6 the task names the decisions found held; 7 those
+# the batch adds.
+# Returns 1 when written, 0 (having written nothing) when anything read has changed.
+_WRITE = _LUA_HELPERS + """
+local records_at = 8
+local r = split(ARGV[3])
+local count = #r / 5
+for _, name in ipairs(split(ARGV[6])) do
   if redis.call('SISMEMBER', KEYS[7], name) == 0 then return 0 end
 end
-local r = split(ARGV[3])
-local keys = {}
-for i = 1, #r, 6 do keys[#keys + 1] = ARGV[1] .. r[i] end
+local added = split(ARGV[7])
+for _, name in ipairs(added) do
+  if redis.call('SISMEMBER', KEYS[7], name) == 1 then return 0 end
+end
+if #added > 0 and redis.call('SCARD', KEYS[7]) + #added > tonumber(ARGV[2]) then return 0 end
 local new = 0
-for first = 1, #keys, 1000 do
-  local current = redis.call('MGET', unpack(keys, first, math.min(first + 999, #keys)))
+for first = 1, count, 1000 do
+  local last = math.min(first + 999, count)
+  local current = redis.call('MGET', unpack(KEYS, records_at + first - 1, records_at + last - 1))
   for k, now in ipairs(current) do
-    local read = r[6 * (first + k - 1) - 4]
+    local read = r[5 * (first + k - 1) - 4]
     if read == '' then
       if now then return 0 end
       new = new + 1
@@ -160,23 +123,22 @@ for first = 1, #keys, 1000 do
     end
   end
 end
-if new > 0 and redis.call('ZCARD', KEYS[1]) + new > tonumber(ARGV[2]) then
-  return -1
-end
-local records, rows, added, index = {}, {}, {}, {{}, {}, {}, {}}
-for j = 1, #keys do
-  local i = 6 * j - 5
-  local id = r[i]
-  records[#records + 1] = keys[j]
-  records[#records + 1] = r[i + 2]
+if new > 0 and redis.call('ZCARD', KEYS[1]) + new > tonumber(ARGV[1]) then return 0 end
+local records, rows, joined, index = {}, {}, {}, {{}, {}, {}, {}}
+for j = 1, count do
+  local i = 5 * j - 4
+  local key = KEYS[records_at + j - 1]
+  local id = string.sub(key, #ARGV[8] + 1)
+  records[#records + 1] = key
+  records[#records + 1] = r[i + 1]
   rows[#rows + 1] = id
-  rows[#rows + 1] = r[i + 3]
-  if r[i + 1] == '' then
-    added[#added + 1] = 0
-    added[#added + 1] = id
+  rows[#rows + 1] = r[i + 2]
+  if r[i] == '' then
+    joined[#joined + 1] = 0
+    joined[#joined + 1] = id
   end
   for s = 0, 1 do
-    local score = r[i + 4 + s]
+    local score = r[i + 3 + s]
     if score == '' then
       local removed = index[2 * s + 2]
       removed[#removed + 1] = id
@@ -189,7 +151,7 @@ for j = 1, #keys do
 end
 send('MSET', nil, records)
 send('HSET', KEYS[4], rows)
-send('ZADD', KEYS[1], added)
+send('ZADD', KEYS[1], joined)
 send('ZADD', KEYS[2], index[1])
 send('ZREM', KEYS[2], index[2])
 send('ZADD', KEYS[3], index[3])
@@ -197,11 +159,12 @@ send('ZREM', KEYS[3], index[4])
 local moved = split(ARGV[5])
 for i = 1, #moved, 3 do
   if moved[i] == '-' then
-    redis.call('ZREM', ARGV[6] .. moved[i + 1], moved[i + 2])
+    redis.call('ZREM', KEYS[tonumber(moved[i + 1])], moved[i + 2])
   else
-    redis.call('ZADD', ARGV[6] .. moved[i + 1], 0, moved[i + 2])
+    redis.call('ZADD', KEYS[tonumber(moved[i + 1])], 0, moved[i + 2])
   end
 end
+send('SADD', KEYS[7], added)
 local c = split(ARGV[4])
 for i = 1, #c, 3 do
   redis.call('HINCRBYFLOAT', KEYS[5], c[i], c[i + 1])
@@ -210,49 +173,98 @@ end
 return 1
 """
 
-_SEPARATOR = "\x1f"
-#: The version of the keys' layout: 2 added the filter indexes and the names' last use.
-_SCHEMA = 2
-#: Where the expiry script finds a stored record's status and task name (Lua counts from 1).
-_STATUS_AT = RECORD_FIELDS.index("status") + 1
-_TASK_AT = RECORD_FIELDS.index("task_name") + 1
+# KEYS: 1 expiries, 2 ids, 3 deadlines (sorted sets), 4 rows, 5 names' last use (hashes),
+# then for each execution: its record key, its tombstone key, its status index, its task
+# index ('' names no index: the key is then the record's own, unused).
+# ARGV: 1 now; 2 the tombstone window in milliseconds (0: none); 3 per execution, three
+# fields: the bytes as read, the status, the task name ('' for none).
+# Drops each execution still as read and still due; returns how many.
+_EXPIRE = _LUA_HELPERS + """
+local e = split(ARGV[3])
+local dropped = 0
+for j = 1, #e / 3 do
+  local at = 6 + 4 * (j - 1)
+  local record, status, task = e[3 * j - 2], e[3 * j - 1], e[3 * j]
+  local id = string.sub(KEYS[at], #ARGV[4] + 1)
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  local current = redis.call('GET', KEYS[at]) or ''
+  if current == record and due and tonumber(due) <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[at])
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('ZREM', KEYS[at + 2], id)
+    if task ~= '' then
+      redis.call('ZREM', KEYS[at + 3], id)
+      redis.call('HSET', KEYS[5], task, ARGV[1])
+    end
+    if tonumber(ARGV[2]) > 0 and (status == 'completed' or status == 'failed') then
+      redis.call('SET', KEYS[at + 1], status, 'PX', ARGV[2])
+    end
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+# KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars (hashes), then the task
+# index of each name in ARGV[2].
+# ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off.
+# Releases them with their task_* series; returns the names released.
+_RELEASE = _LUA_HELPERS + """
+local released, gone = {}, {}
+for j, name in ipairs(split(ARGV[2])) do
+  local at = tonumber(redis.call('HGET', KEYS[2], name))
+  if at and at <= tonumber(ARGV[1]) and redis.call('ZCARD', KEYS[4 + j]) == 0 then
+    redis.call('SREM', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name)
+    released[#released + 1] = name
+    gone[name] = true
+  end
+end
+if #released > 0 then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+    local series = cjson.decode(field)
+    if string.sub(series[1], 1, 5) == 'task_' and gone[series[2][1]] then
+      redis.call('HDEL', KEYS[3], field)
+      redis.call('HDEL', KEYS[4], field)
+    end
+  end
+end
+return released
+"""
+
+# KEYS: 1 a hash. ARGV: the fields as read (name, value or ''), then '|', then the fields
+# to write (name, value). Writes only if every field read is unchanged; returns 1 or 0.
+_HASH_CAS = """
+local i = 1
+while ARGV[i] ~= '|' do
+  if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return 0 end
+  i = i + 2
+end
+for j = i + 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
+return 1
+"""
+
+_T = TypeVar("_T")
 
 
-def _tombstones(absent: list[str], statuses: list[bytes | None]) -> dict[str, Execution]:
-    """Return the tombstone records of the ``absent`` ids whose tombstone key held a status."""
-    return {execution_id: tombstone(execution_id, status.decode())
-            for execution_id, status in zip(absent, statuses) if status}
+def _translated(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Make ``method`` raise :class:`StoreUnavailable` for any failure of Redis or its client."""
 
+    @functools.wraps(method)
+    def translated(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
 
-def _index_moves(before: Execution | None, after: Execution) -> list[str]:
-    """Return the filter-index changes of a record going from ``before`` to ``after``:
-    three fields each, '-' or '+', the index key after the prefix, the execution id."""
-    moves: list[str] = []
-    for kind, old, new in (("status:", before.status if before else None, after.status),
-                           ("task:", before.task_name if before else None, after.task_name)):
-        if old != new:
-            if old is not None:
-                moves += ("-", kind + old, after.execution_id)
-            if new is not None:
-                moves += ("+", kind + new, after.execution_id)
-    return moves
+    return translated
 
 
 def _score(value: float | None) -> str:
     return "" if value is None else repr(value)
-
-
-class _Decided:
-    """A batch's decisions: one result per item, the records to write, the summed increments."""
-
-    def __init__(self) -> None:
-        self.results: list[Outcome | CapacityError] = []
-        self.changed: dict[str, Execution] = {}
-        self.increments: dict[tuple[str, tuple[str, ...]], list] = {}
-
-
-class _NeedsWatch(Exception):
-    """A decision needs a task name this process has not seen: decide the batch under WATCH."""
 
 
 @functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
@@ -260,16 +272,32 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
 
 
-class RedisStore(Store):
-    """A :class:`Store` in one Redis database."""
+def _client(url: str) -> redis.Redis | redis.RedisCluster:
+    """Return a client for ``url``: a cluster client when the server is part of a Redis Cluster."""
+    options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_SECONDS,
+                               "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS}
+    client = redis.Redis.from_url(url, **options)
+    try:
+        clustered = client.info("cluster").get("cluster_enabled") == 1
+    except ResponseError:  # a proxy that does not pass INFO on: it routes by key itself
+        clustered = False
+    if not clustered:
+        return client
+    client.close()
+    return redis.RedisCluster.from_url(url, **options)
 
+
+class RedisStore(Store):
+    """A :class:`Store` in one Redis database, or one Redis Cluster."""
+
+    @_translated
     def __init__(self, url: str, *, max_executions: int, max_task_names: int,
                  dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
                  prefix: str = KEY_PREFIX):
         super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
         self._prefix = prefix
-        self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
+        # Typed loosely: redis-py's types cannot say that answers are bytes (decode_responses off).
+        self._redis: Any = _client(url)
         self._records = prefix + "x:"  # the record keys: <prefix>x:<execution id>
         self._ids = prefix + "ids"
         self._deadlines = prefix + "deadline"
@@ -279,339 +307,230 @@ class RedisStore(Store):
         self._tasks = prefix + "tasks"
         self._rows = prefix + "rows"
         self._task_seen = prefix + "task_seen"
+        self._reaper = prefix + "reaper"
+        self._write_script = self._redis.register_script(_WRITE)
         self._expire_script = self._redis.register_script(_EXPIRE)
         self._release_script = self._redis.register_script(_RELEASE)
-        self._write_script = self._redis.register_script(_WRITE)
-        self._reaper = prefix + "reaper"
-        self.ping()
-        self._build_indexes()
+        self._hash_cas = self._redis.register_script(_HASH_CAS)
+        self._upgrade()
 
     def _key(self, execution_id: str) -> str:
         return self._records + execution_id
 
-    # -- the Store interface -------------------------------------------------------
-
-    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
-        keys = list(dict.fromkeys(self._key(execution_id) for execution_id, _ in items))
-        try:
-            results = self._try_script(keys, items)
-            if results is not None:
-                return results
-            with self._redis.pipeline() as pipe:
-                for _attempt in range(MAX_ATTEMPTS):
-                    try:
-                        return self._try_watched(pipe, keys, items)
-                    except WatchError:
-                        continue  # another replica changed one first: decide again
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
-
-    def _try_script(self, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError] | None:
-        """Return the results of the batch decided on one read and written by one script call.
-
-        Returns None, having written nothing, when the batch must be decided under WATCH.
-        """
-        with self._connection() as connection:
-            connection.send_command("MGET", *keys)
-            prefix = len(self._records)
-            stored = {key[prefix:]: raw for key, raw in zip(keys, connection.read_response()) if raw is not None}
-            before = {execution_id: decode_record(raw) for execution_id, raw in stored.items()}
-            absent = [key[prefix:] for key in keys if key[prefix:] not in stored]
-            tombstones: dict[str, Execution] = {}
-            if absent:  # an id that ended and left retention answers repeats as a duplicate
-                connection.send_command("MGET", *(self._tombstone(execution_id) for execution_id in absent))
-                tombstones = _tombstones(absent, connection.read_response())
-            try:
-                batch = self._decide({**before, **tombstones}, items, self._known_label)
-            except _NeedsWatch:
-                return None
-            if not batch.changed:
-                return batch.results
-            records: list[str] = []
-            moves: list[str] = []
-            new_names: set[str] = set()
-            for execution_id, record in batch.changed.items():
-                read = stored.get(execution_id)
-                records += (execution_id, "" if read is None else read.decode(), encode_record(record),
-                            encode_row(record), _score(record.deadline_at), _score(record.expires_at))
-                moves += _index_moves(before.get(execution_id), record)
-                if read is None and record.metric_task_name not in (UNKNOWN_TASK, OTHER_TASK):
-                    new_names.add(record.metric_task_name)
-            counters: list[str] = []
-            for (name, labels), (amount, exemplar) in batch.increments.items():
-                counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
-            written = self._call_write_script(
-                connection, (self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars,
-                             self._tasks),
-                (self._records, self.max_executions, _SEPARATOR.join(records), _SEPARATOR.join(counters),
-                 _SEPARATOR.join(moves), self._prefix, _SEPARATOR.join(new_names)))
-        return batch.results if written == 1 else None
-
     def _tombstone(self, execution_id: str) -> str:
         return f"{self._prefix}t:{execution_id}"
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[redis.Connection]:
-        """Yield a connection of the pool, for commands sent and read one by one.
+    def _index(self, kind: str, value: str) -> str:
+        """Return the key of the filter index of executions whose ``kind`` is ``value``."""
+        return f"{self._prefix}{kind}:{value}"
 
-        A command through the client passes layers (retries, response callbacks, timing
-        hooks) that cost this process about 35 µs per command here; the commit path, two
-        commands per batch, skips them. The pool still checks the connection before
-        lending it, so one dropped meanwhile is opened again; and a connection that fails
-        between a command and its reply closes itself (redis-py), so none goes back to the
-        pool with a reply unread. Each command here is read right after it is sent.
-        """
-        pool = self._redis.connection_pool
-        connection = pool.get_connection()
-        try:
-            yield connection
-        finally:
-            pool.release(connection)
+    # -- the Store interface -------------------------------------------------------
 
-    def _call_write_script(self, connection: redis.Connection, keys: tuple, args: tuple) -> int:
-        """Return the write script's reply (1, 0 or -1); loads the script if Redis lacks it."""
-        connection.send_command("EVALSHA", self._write_script.sha, len(keys), *keys, *args)
-        try:
-            return connection.read_response()
-        except NoScriptError:  # Redis restarted, or its scripts were flushed
-            connection.send_command("SCRIPT", "LOAD", _WRITE)
-            connection.read_response()
-            connection.send_command("EVALSHA", self._write_script.sha, len(keys), *keys, *args)
-            return connection.read_response()
+    @_translated
+    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+        ids = list(dict.fromkeys(execution_id for execution_id, _ in items))
+        for _attempt in range(MAX_ATTEMPTS):
+            raw = dict(zip(ids, self._redis.mget([self._key(execution_id) for execution_id in ids])))
+            stored = {execution_id: decode_record(data) for execution_id, data in raw.items() if data is not None}
+            absent = [execution_id for execution_id in ids if raw[execution_id] is None]
+            tombstones: dict[str, Execution] = {}
+            if absent:  # an id that ended and left retention answers repeats as a duplicate
+                statuses = self._redis.mget([self._tombstone(execution_id) for execution_id in absent])
+                tombstones = {execution_id: tombstone(execution_id, status.decode())
+                              for execution_id, status in zip(absent, statuses) if status}
+            names = TaskNames(self.max_task_names,
+                              lambda name: self._holds_name(name, lambda known: bool(
+                                  self._redis.sismember(self._tasks, known))),
+                              lambda: self._redis.scard(self._tasks))
+            batch = decide_batch(items, stored, tombstones, names, lambda: self._redis.zcard(self._ids),
+                                 self.max_executions)
+            if not batch.changed or self._write(batch, raw, names) == 1:
+                return batch.results
+            # another replica changed what the batch read: read and decide again
+        raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
 
-    def _try_watched(self, pipe, keys: list[str], items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
-        pipe.watch(*keys)
-        prefix = len(self._records)
-        records = {key[prefix:]: decode_record(raw) for key, raw in zip(keys, pipe.mget(keys)) if raw is not None}
-        before = dict(records)
-        absent = [key[prefix:] for key in keys if key[prefix:] not in records]
-        if absent:  # tombstones are written with the record's removal, which WATCH sees
-            records.update(_tombstones(absent, pipe.mget([self._tombstone(e) for e in absent])))
-        new_names: list[str] = []
-        # The count of executions (ZCARD) is not watched: every insert would conflict with
-        # every other. So here the limit may be passed by the inserts in flight at once.
-        batch = self._decide(records, items, lambda name: self._task_label(pipe, name, new_names),
-                             new_names, lambda: pipe.zcard(self._ids))
-        if not batch.changed:
-            pipe.unwatch()
-            return batch.results
-        pipe.multi()
+    def _write(self, batch: Decided, raw: dict[str, bytes | None], names: TaskNames) -> int:
+        """Hand the batch's writes to the write script; returns its answer (1 written, 0 stale)."""
+        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks]
+        records: list[str] = []
         for execution_id, record in batch.changed.items():
-            self._write(pipe, record, before.get(execution_id))
-        if new_names:
-            pipe.sadd(self._tasks, *new_names)
-        for (name, labels), (amount, exemplar) in batch.increments.items():
-            field = _field(name, labels)
-            pipe.hincrbyfloat(self._counters, field, amount)
-            if exemplar:
-                pipe.hset(self._exemplars, field, json.dumps(exemplar))
-        pipe.execute()
-        return batch.results
-
-    def _decide(self, records: dict[str, Execution], items: Sequence[tuple[str, Decide]], label: TaskLabel,
-                new_names: list[str] | None = None, count_tracked: Callable[[], int] | None = None) -> _Decided:
-        """Decide each item in order on ``records``; return the results and what to write.
-
-        With ``count_tracked``, a new execution beyond the limit is refused here (and
-        the task names its decision added to ``new_names`` are taken back).
-        """
-        batch = _Decided()
-        tracked: int | None = None
-        for execution_id, decide in items:
-            current = records.get(execution_id)
-            names_before = len(new_names) if new_names is not None else 0
-            outcome = decide(current, label)
-            record = outcome.record
-            if record is None:
-                batch.results.append(outcome)
-                continue
-            if current is None and count_tracked is not None:
-                tracked = count_tracked() if tracked is None else tracked
-                if tracked >= self.max_executions:
-                    del new_names[names_before:]  # a refused execution leaves nothing behind
-                    batch.results.append(CapacityError(f"tracking {tracked} executions, the limit"))
+            keys.append(self._key(execution_id))
+            read = raw[execution_id]
+            records += ("" if read is None else read.decode(), encode_record(record), encode_row(record),
+                        _score(record.deadline_at), _score(record.expires_at))
+        moves: list[str] = []
+        indexes: dict[str, int] = {}
+        for execution_id, record in batch.changed.items():
+            read = raw[execution_id]
+            before = decode_record(read) if read is not None else None
+            for kind, old, new in (("status", before.status if before else None, record.status),
+                                   ("task", before.task_name if before else None, record.task_name)):
+                if old == new:
                     continue
-                tracked += 1
-            record.version = 1 if current is None else current.version + 1
-            records[execution_id] = batch.changed[execution_id] = record
-            add_increments(batch.increments, outcome)
-            batch.results.append(outcome)
-        return batch
+                for sign, value in (("-", old), ("+", new)):
+                    if value is not None:
+                        index = self._index(kind, value)
+                        if index not in indexes:
+                            keys.append(index)
+                            indexes[index] = len(keys)  # Lua counts from 1
+                        moves += (sign, str(indexes[index]), execution_id)
+        counters: list[str] = []
+        for (name, labels), (amount, exemplar) in batch.increments.items():
+            counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
+        return self._write_script(keys=keys, args=[
+            self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
+            _SEPARATOR.join(moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
+            self._records])
 
-    def _known_label(self, name: str | None) -> str:
-        """Return the label of a task name already in the store. Raises :class:`_NeedsWatch`."""
-        label = self._label_if_known(name, lambda known: bool(self._redis.sismember(self._tasks, known)))
-        if label is None:
-            raise _NeedsWatch(name)
-        return label
-
-    def _task_label(self, pipe, name: str | None, new_names: list[str]) -> str:
-        if name is None:
-            return UNKNOWN_TASK
-        if name in new_names or pipe.sismember(self._tasks, name):
-            return name
-        pipe.watch(self._tasks)  # the set's size decides: a concurrent addition must retry us
-        if pipe.scard(self._tasks) + len(new_names) >= self.max_task_names:
-            return OTHER_TASK
-        new_names.append(name)
-        return name
-
-    def _write(self, pipe, record: Execution, before: Execution | None) -> None:
-        execution_id = record.execution_id
-        self._write_indexes(pipe, _index_moves(before, record))
-        pipe.set(self._key(execution_id), encode_record(record))
-        pipe.hset(self._rows, execution_id, encode_row(record))
-        pipe.zadd(self._ids, {execution_id: 0})
-        if record.deadline_at is None:
-            pipe.zrem(self._deadlines, execution_id)
-        else:
-            pipe.zadd(self._deadlines, {execution_id: record.deadline_at})
-        if record.expires_at is None:
-            pipe.zrem(self._expiry, execution_id)
-        else:
-            pipe.zadd(self._expiry, {execution_id: record.expires_at})
-
-    def _write_indexes(self, pipe, moves: list[str]) -> None:
-        for first in range(0, len(moves), 3):
-            sign, index, member = moves[first:first + 3]
-            if sign == "-":
-                pipe.zrem(self._prefix + index, member)
-            else:
-                pipe.zadd(self._prefix + index, {member: 0})
-
+    @_translated
     def mark_reaped(self, now: float, outage_after: float, hold: float,
                     clock_stepped: bool = False) -> ReaperMark:
-        # Once per reaper round: a WATCH transaction over one hash, so that the rule itself
-        # is the one the SQLite store applies.
-        try:
-            with self._redis.pipeline() as pipe:
-                for _attempt in range(MAX_ATTEMPTS):
-                    try:
-                        pipe.watch(self._reaper)
-                        recorded = {k.decode(): float(v) for k, v in pipe.hgetall(self._reaper).items()}
-                        written, mark = mark_round(recorded, now, outage_after, hold, clock_stepped)
-                        pipe.multi()
-                        pipe.hset(self._reaper, mapping={k: repr(v) for k, v in written.items()})
-                        pipe.execute()
-                        return mark
-                    except WatchError:
-                        continue
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        # Once per reaper round: the shared record read, the rule applied, and the result
+        # written only if the record is still as read.
+        for _attempt in range(MAX_ATTEMPTS):
+            raw = {k.decode(): v.decode() for k, v in self._redis.hgetall(self._reaper).items()}
+            written, mark = mark_round({k: float(v) for k, v in raw.items()}, now, outage_after, hold,
+                                       clock_stepped)
+            expected = [part for name in ("reaped_at", "hold_until", "rebased_at")
+                        for part in (name, raw.get(name, ""))]
+            update = [part for name, value in written.items() for part in (name, repr(value))]
+            if self._hash_cas(keys=[self._reaper], args=[*expected, "|", *update]) == 1:
+                return mark
         raise StoreUnavailable(f"redis: the reaper's record kept changing under {MAX_ATTEMPTS} attempts")
 
+    @_translated
     def get(self, execution_id: str) -> Execution | None:
-        try:
-            raw = self._redis.get(self._key(execution_id))
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        raw = self._redis.get(self._key(execution_id))
         return decode_record(raw) if raw is not None else None
 
+    @_translated
     def query(self, *, status: str | None = None, task_name: str | None = None,
               after: str | None = None, limit: int = 100) -> list[Execution]:
         # A filter reads its index (ids by task, or by status), not every record; each
         # record read is checked again, since it may have changed between the two reads.
-        index = (self._prefix + "task:" + task_name if task_name is not None
-                 else self._prefix + "status:" + status if status is not None else self._ids)
+        index = (self._index("task", task_name) if task_name is not None
+                 else self._index("status", status) if status is not None else self._ids)
         found: list[Execution] = []
         start = f"({after}" if after else "-"
-        try:
-            while len(found) < limit:
-                ids = self._redis.zrangebylex(index, start, "+", start=0, num=CHUNK)
-                if not ids:
-                    break
-                for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
-                    if raw is None:
-                        continue  # expired between the two reads
-                    record = decode_record(raw)
-                    if (status is None or record.status == status) and \
-                            (task_name is None or record.task_name == task_name):
-                        found.append(record)
-                        if len(found) == limit:
-                            break
-                start = "(" + ids[-1].decode()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        while len(found) < limit:
+            ids = self._redis.zrangebylex(index, start, "+", start=0, num=CHUNK)
+            if not ids:
+                break
+            for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
+                if raw is None:
+                    continue  # expired between the two reads
+                record = decode_record(raw)
+                if (status is None or record.status == status) and \
+                        (task_name is None or record.task_name == task_name):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+            start = "(" + ids[-1].decode()
         return found
 
+    @_translated
     def due(self, now: float, limit: int) -> list[str]:
-        try:
-            ids = self._redis.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return [i.decode() for i in ids]
+        return [i.decode() for i in self._redis.zrangebyscore(self._deadlines, "-inf", now, start=0, num=limit)]
 
+    @_translated
     def expire(self, now: float) -> int:
         dropped = 0
-        try:
-            while True:
-                batch = self._expire_script(
-                    keys=[self._expiry, self._ids, self._deadlines, self._rows, self._task_seen],
-                    args=[repr(now), self._prefix, CHUNK, _STATUS_AT, _TASK_AT, int(self.dedup_seconds * 1000)])
-                dropped += batch
-                if batch < CHUNK:
-                    break
-            released = self._release_script(keys=[self._tasks, self._task_seen, self._counters, self._exemplars],
-                                            args=[self._prefix, repr(now - self.task_retention)])
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        while ids := [i.decode() for i in self._redis.zrangebyscore(self._expiry, "-inf", now, start=0, num=CHUNK)]:
+            keys = [self._expiry, self._ids, self._deadlines, self._rows, self._task_seen]
+            fields: list[str] = []
+            for execution_id, raw in zip(ids, self._redis.mget([self._key(i) for i in ids])):
+                record = decode_record(raw) if raw is not None else None
+                status = record.status if record is not None else ""
+                task = (record.task_name or "") if record is not None else ""
+                keys += (self._key(execution_id), self._tombstone(execution_id), self._index("status", status),
+                         self._index("task", task) if task else self._key(execution_id))
+                fields += ("" if raw is None else raw.decode(), status, task)
+            batch = self._expire_script(keys=keys, args=[repr(now), int(self.dedup_seconds * 1000),
+                                                         _SEPARATOR.join(fields), self._records])
+            dropped += batch
+            if len(ids) < CHUNK or not batch:
+                break
+        self._release(now - self.task_retention)
+        return dropped
+
+    def _release(self, cutoff: float) -> None:
+        """Release the task names no tracked execution has carried since before ``cutoff``."""
+        seen = self._redis.hgetall(self._task_seen)
+        names = sorted(name.decode() for name, at in seen.items() if float(at) <= cutoff)
+        if not names:
+            return
+        released = self._release_script(
+            keys=[self._tasks, self._task_seen, self._counters, self._exemplars,
+                  *(self._index("task", name) for name in names)],
+            args=[repr(cutoff), _SEPARATOR.join(names)])
         for name in released:
             log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
                      self.task_retention)
-        return dropped
+
+    def _upgrade(self) -> None:
+        """Bring a store written by an earlier version up to this layout (once)."""
+        version = self._prefix + "schema"
+        if int(self._redis.get(version) or 0) >= _SCHEMA:
+            return
+        if self._prefix == KEY_PREFIX and isinstance(self._redis, redis.Redis):
+            self._add_hash_tag()
+        if int(self._redis.get(version) or 1) < 2:
+            self._build_indexes()
+        self._redis.set(version, _SCHEMA)
+
+    def _add_hash_tag(self) -> None:
+        """Rename the keys of a store from before the hash tag (on one Redis: no cluster had them)."""
+        keys = list(self._redis.scan_iter(match=_UNTAGGED_PREFIX + "*", count=CHUNK))
+        for key in keys:
+            try:
+                self._redis.rename(key, KEY_PREFIX + key.decode()[len(_UNTAGGED_PREFIX):])
+            except ResponseError:
+                pass  # another replica renamed it first
+        if keys:
+            log.info("renamed %d keys from %s* to %s*", len(keys), _UNTAGGED_PREFIX, KEY_PREFIX)
 
     def _build_indexes(self) -> None:
-        """Index the records of a store written before the filter indexes existed (once)."""
-        version = self._prefix + "schema"
-        try:
-            if int(self._redis.get(version) or 1) >= _SCHEMA:
-                return
-            now = repr(time.time())
-            for name in self._redis.smembers(self._tasks):  # a full retention from now
-                self._redis.hsetnx(self._task_seen, name, now)
-            start = "-"
-            while ids := self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK):
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
-                        if raw is not None:
-                            record = decode_record(raw)
-                            self._write_indexes(pipe, _index_moves(None, record))
-                    pipe.execute()
-                start = "(" + ids[-1].decode()
-            self._redis.set(version, _SCHEMA)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-
-    def snapshot(self) -> Snapshot:
-        try:
+        """Index the records of a store written before the filter indexes existed."""
+        now = repr(time.time())
+        for name in self._redis.smembers(self._tasks):  # a full retention from now
+            self._redis.hsetnx(self._task_seen, name, now)
+        start = "-"
+        while ids := self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK):
             with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._counters)
-                pipe.hgetall(self._exemplars)
-                pipe.smembers(self._tasks)
-                counters, exemplars, tasks = pipe.execute()
-            # HSCAN in chunks: never one command that holds Redis for the whole fleet
-            encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        decode = lambda field: (lambda pair: (pair[0], tuple(pair[1])))(json.loads(field))
-        return Snapshot(
-            decode_rows(encoded),
-            {decode(f): float(v) for f, v in counters.items()},
-            sorted(t.decode() for t in tasks),
-            {decode(f): tuple(json.loads(v)) for f, v in exemplars.items()})
+                for raw in self._redis.mget([self._key(i.decode()) for i in ids]):
+                    if raw is not None:
+                        record = decode_record(raw)
+                        pipe.zadd(self._index("status", record.status), {record.execution_id: 0})
+                        if record.task_name is not None:
+                            pipe.zadd(self._index("task", record.task_name), {record.execution_id: 0})
+                pipe.execute()
+            start = "(" + ids[-1].decode()
 
+    @_translated
+    def snapshot(self) -> Snapshot:
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._counters)
+            pipe.hgetall(self._exemplars)
+            pipe.smembers(self._tasks)
+            counters, exemplars, tasks = pipe.execute()
+        # HSCAN in chunks: never one command that holds Redis for the whole fleet
+        encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
+
+        def series(field: bytes) -> tuple[str, tuple[str, ...]]:
+            name, labels = json.loads(field)
+            return name, tuple(labels)
+
+        return Snapshot(decode_rows(encoded), {series(f): float(v) for f, v in counters.items()},
+                        sorted(t.decode() for t in tasks),
+                        {series(f): tuple(json.loads(v)) for f, v in exemplars.items()})
+
+    @_translated
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        try:
-            self._redis.hincrbyfloat(self._counters, _field(name, labels), amount)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        self._redis.hincrbyfloat(self._counters, _field(name, labels), amount)
 
+    @_translated
     def ping(self) -> None:
-        try:
-            self._redis.ping()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        self._redis.ping()
 
     def close(self) -> None:
         self._redis.close()

@@ -20,14 +20,24 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
-from typing import Iterator, Sequence
 
-from ..core.executions import FINAL_STATUSES, OTHER_TASK, UNKNOWN_TASK, Execution, Outcome, tombstone
-from .base import (DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS, CapacityError, Decide, ReaperMark,
-                   Snapshot, Store, StoreUnavailable, add_increments, decode_record, decode_rows, encode_record,
-                   encode_row, mark_round)
+from ..core.executions import FINAL_STATUSES, Execution, Outcome, tombstone
+from .base import (
+    DEFAULT_DEDUP_SECONDS,
+    DEFAULT_TASK_RETENTION_SECONDS,
+    CapacityError,
+    Decide,
+    ReaperMark,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    mark_round,
+)
+from .batch import TaskNames, decide_batch
+from .codec import decode_record, decode_rows, encode_record, encode_row
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -127,97 +137,85 @@ def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
 
 
 class _Stale(Exception):
-    """A record changed after the batch read it: the batch is rolled back and decided again."""
-
-
-class _NeedsLock(Exception):
-    """A decision needs a write before its own (a new task name): decide under the lock."""
+    """What a batch was decided on changed before it was written: it is decided again, locked."""
 
 
 class _Batch:
-    """The events of one transaction: decided in order against records read once.
+    """One transaction's events, decided against one read of their records.
 
     Decided ``locked`` inside the write transaction, or beforehand against a plain read,
-    to be written only if every record is still as it was read: each update names the
-    version it read, and new executions are checked by :meth:`new_still_fit`. The write
-    lock is then held for the writes alone, not for the decisions.
+    to be written only if everything the decisions relied on still holds (checked by
+    :meth:`still_holds` and by the versions each update names). The write lock is then
+    held for the writes alone, not for the decisions.
     """
 
-    def __init__(self, store: "SQLiteStore", conn: sqlite3.Connection, *, locked: bool):
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection, items: Sequence[tuple[str, Decide]],
+                 *, locked: bool):
         self.store = store
-        self.conn = conn
-        self.locked = locked
-        self.records: dict[str, Execution | None] = {}
         self.stored: dict[str, Execution] = {}
-        self.changed: dict[str, Execution] = {}
-        self.counters: dict[tuple[str, tuple[str, ...]], list] = {}
-        self.tracked: int | None = None
-        self.label = (lambda name: store._task_label(conn, name)) if locked else store._known_label
-        self.results: list[Outcome | CapacityError] = []
-
-    def decide(self, items: Sequence[tuple[str, Decide]]) -> None:
-        """Read the records of ``items`` and decide each in order. Raises :class:`_NeedsLock`."""
+        tombstones: dict[str, Execution] = {}
         for chunk, marks in _in(list(dict.fromkeys(execution_id for execution_id, _ in items))):
-            for execution_id, data in self.conn.execute(
+            for execution_id, data in conn.execute(
                     f"SELECT execution_id, data FROM executions WHERE execution_id IN ({marks})", chunk):
-                record = decode_record(data)
-                self.records[execution_id] = self.stored[execution_id] = record
-        absent = [execution_id for execution_id, _ in items if execution_id not in self.records]
+                self.stored[execution_id] = decode_record(data)
+        absent = [execution_id for execution_id, _ in items if execution_id not in self.stored]
         for chunk, marks in _in(list(dict.fromkeys(absent))):
-            for execution_id, status in self.conn.execute(
+            for execution_id, status in conn.execute(
                     f"SELECT execution_id, status FROM ended WHERE execution_id IN ({marks})", chunk):
-                self.records[execution_id] = tombstone(execution_id, status)
-        self.results = [self._decide(execution_id, decide) for execution_id, decide in items]
+                tombstones[execution_id] = tombstone(execution_id, status)
 
-    def new_still_fit(self) -> bool:
-        """Return True when, inside the transaction, no other writer has added the batch's new
-        executions meanwhile and they fit under the limit. (The updates check their own
-        records: each names the version it read.)"""
-        new = [execution_id for execution_id in self.changed if execution_id not in self.stored]
+        def in_store(name: str) -> bool:
+            return conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone() is not None
+
+        # Under the lock the store itself answers; before it, what this process remembers may.
+        self.names = TaskNames(store.max_task_names,
+                               in_store if locked else lambda name: store._holds_name(name, in_store),
+                               lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0])
+        self.tracked: int | None = None
+
+        def tracked() -> int:
+            self.tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
+            return self.tracked
+
+        self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions)
+        self._encode()
+
+    @property
+    def results(self) -> list[Outcome | CapacityError]:
+        return self.decided.results
+
+    def still_holds(self, conn: sqlite3.Connection) -> bool:
+        """Return True when, inside the write transaction, what the decisions read of the
+        store other than the records themselves is unchanged: the new executions still
+        absent and within the limit, the task names held still held, the new ones still
+        free and within theirs. (The updates check their own records: each names the
+        version it read.)"""
+        new = self.decided.new
         for chunk, marks in _in(new):
-            if self.conn.execute(f"SELECT 1 FROM executions WHERE execution_id IN ({marks}) LIMIT 1",
-                                 chunk).fetchone():
+            if conn.execute(f"SELECT 1 FROM executions WHERE execution_id IN ({marks}) LIMIT 1", chunk).fetchone():
                 return False
-        # A name remembered by this process may have been released since (see expire()).
-        names = list({self.changed[e].metric_task_name for e in new} - {UNKNOWN_TASK, OTHER_TASK})
-        for chunk, marks in _in(names):
-            if self.conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})",
-                                 chunk).fetchone()[0] != len(chunk):
+        names = self.names
+        for chunk, marks in _in(sorted(names.known)):
+            held = conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})", chunk).fetchone()[0]
+            if held != len(chunk):  # released since (see expire())
                 return False
-        return self._tracked() + len(new) <= self.store.max_executions
+        if names.added:
+            for chunk, marks in _in(names.added):
+                if conn.execute(f"SELECT 1 FROM task_names WHERE name IN ({marks}) LIMIT 1", chunk).fetchone():
+                    return False
+            held = conn.execute("SELECT count(*) FROM task_names").fetchone()[0]
+            if held + len(names.added) > names.limit:
+                return False
+        if new:
+            tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
+            if tracked + len(new) > self.store.max_executions:
+                return False
+        return True
 
-    def _decide(self, execution_id: str, decide: Decide) -> Outcome | CapacityError:
-        current = self.records.get(execution_id)
-        if current is not None or not self.locked:
-            outcome = decide(current, self.label)
-        else:
-            # A refused new execution must leave nothing behind, not even its task name.
-            self.conn.execute("SAVEPOINT new_execution")
-            outcome = decide(None, self.label)
-            if outcome.record is not None and self._tracked() >= self.store.max_executions:
-                self.conn.execute("ROLLBACK TO new_execution")
-                self.conn.execute("RELEASE new_execution")
-                return CapacityError(f"tracking {self.tracked} executions, the limit")
-            self.conn.execute("RELEASE new_execution")
-            if outcome.record is not None:
-                self.tracked += 1
-        record = outcome.record
-        if record is None:
-            return outcome
-        record.version = 1 if current is None else current.version + 1
-        self.records[execution_id] = self.changed[execution_id] = record
-        add_increments(self.counters, outcome)
-        return outcome
-
-    def _tracked(self) -> int:
-        if self.tracked is None:
-            self.tracked = self.conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
-        return self.tracked
-
-    def encode(self) -> None:
-        """Encode the writes: done before taking the write lock when the batch was decided before it."""
+    def _encode(self) -> None:
+        """Encode the writes, before taking the write lock when the batch was decided before it."""
         self.inserts, self.updates, self.moves = [], [], []
-        for execution_id, record in self.changed.items():
+        for execution_id, record in self.decided.changed.items():
             stored = self.stored.get(execution_id)
             if stored is None:
                 self.inserts.append((execution_id, record.status, record.task_name, record.deadline_at,
@@ -232,22 +230,24 @@ class _Batch:
                                      record.version, encode_record(record), encode_row(record),
                                      execution_id, stored.version))
         self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
-                           for (name, labels), (amount, exemplar) in self.counters.items()]
+                           for (name, labels), (amount, exemplar) in self.decided.increments.items()]
 
-    def write(self) -> bool:
-        """Write each changed record once and add to each counter once (inside the transaction).
+    def write(self, conn: sqlite3.Connection) -> bool:
+        """Write each changed record once, each new task name, and add to each counter once.
 
         Returns False, having written part of the batch, when an update finds its record
         at another version than the one read: the caller must roll back.
         """
         for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.moves)):
-            if rows and self.conn.executemany(statement, rows).rowcount != len(rows):
+            if rows and conn.executemany(statement, rows).rowcount != len(rows):
                 return False
         if self.inserts:
-            self.conn.executemany(_INSERT, self.inserts)
-            self.conn.execute("UPDATE meta SET value = value + ? WHERE key = 'tracked'", (len(self.inserts),))
+            conn.executemany(_INSERT, self.inserts)
+            conn.execute("UPDATE meta SET value = value + ? WHERE key = 'tracked'", (len(self.inserts),))
+        if self.names.added:
+            conn.executemany("INSERT INTO task_names (name) VALUES (?)", [(name,) for name in self.names.added])
         if self.increments:
-            self.conn.executemany(_INCREMENT, self.increments)
+            conn.executemany(_INCREMENT, self.increments)
         return True
 
 
@@ -390,7 +390,8 @@ class SQLiteStore(Store):
             except OSError as exc:
                 raise StoreUnavailable(f"sqlite: cannot open the writer lock of {self.path}: {exc}") from exc
             self._local.writer_fd = fd
-        deadline = pause = None
+        deadline: float | None = None
+        pause = _FIRST_PAUSE_SECONDS
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -399,7 +400,7 @@ class SQLiteStore(Store):
                 pass
             now = time.monotonic()
             if deadline is None:
-                deadline, pause = now + self._busy_timeout, _FIRST_PAUSE_SECONDS
+                deadline = now + self._busy_timeout
             elif now >= deadline:
                 raise StoreUnavailable(f"sqlite: {self.path} stayed locked by another writer "
                                        f"for {self._busy_timeout:g}s")
@@ -427,58 +428,26 @@ class SQLiteStore(Store):
         # One transaction for the batch: the records read once, the decisions made in order
         # in memory (before taking the write lock when that is safe), then each changed
         # record written once and each counter added to once.
-        guess = self._decide_unlocked(items)
-        if guess is not None:
-            try:
-                with self._transaction():
-                    if (guess.inserts and not guess.new_still_fit()) or not guess.write():
-                        raise _Stale
-                return guess.results
-            except _Stale:
-                pass  # another writer changed a record since it was read: decide again, locked
-        with self._transaction() as conn:
-            batch = _Batch(self, conn, locked=True)
-            batch.decide(items)
-            batch.encode()
-            if not batch.write():
-                # impossible under the write lock: a broken invariant, not a race
-                raise RuntimeError("compare-and-set lost on an execution")
-            return batch.results
-
-    def _decide_unlocked(self, items: Sequence[tuple[str, Decide]]) -> _Batch | None:
-        """Return the batch decided against a plain read, or None when it needs the write lock.
-
-        Raises :class:`StoreUnavailable`.
-        """
-        guess = _Batch(self, self._connection(), locked=False)
         try:
-            guess.decide(items)
-        except _NeedsLock:
-            return None
+            guess = _Batch(self, self._connection(), items, locked=False)
         except sqlite3.DatabaseError as exc:
             self._drop_connection()
             raise _unavailable(exc) from exc
-        guess.encode()
-        return guess
-
-    def _known_label(self, name: str | None) -> str:
-        """Return the label of a task name already in the store. Raises :class:`_NeedsLock`."""
-        label = self._label_if_known(name, lambda known: bool(self._connection().execute(
-            "SELECT 1 FROM task_names WHERE name = ?", (known,)).fetchone()))
-        if label is None:
-            raise _NeedsLock(name)
-        return label
-
-    def _task_label(self, conn: sqlite3.Connection, name: str | None) -> str:
-        if name is None:
-            return UNKNOWN_TASK
-        if conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone():
-            return name
-        known = conn.execute("SELECT count(*) FROM task_names").fetchone()[0]
-        if known >= self.max_task_names:
-            return OTHER_TASK
-        conn.execute("INSERT INTO task_names (name) VALUES (?)", (name,))
-        return name
+        if not guess.decided.changed:
+            return guess.results
+        try:
+            with self._transaction() as conn:
+                if not guess.still_holds(conn) or not guess.write(conn):
+                    raise _Stale
+            return guess.results
+        except _Stale:
+            pass  # another writer got there first: decide again, under the lock
+        with self._transaction() as conn:
+            batch = _Batch(self, conn, items, locked=True)
+            if not batch.write(conn):
+                # impossible under the write lock: a broken invariant, not a race
+                raise RuntimeError("compare-and-set lost on an execution")
+            return batch.results
 
     def mark_reaped(self, now: float, outage_after: float, hold: float,
                     clock_stepped: bool = False) -> ReaperMark:

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["COMPLETIONS", "DURATION", "DURATION_BUCKETS", "EXECUTION_FAMILIES", "Family", "HEARTBEATS", "LOST",
-           "RECOVERIES", "REJECTED", "TELEMETRY_ERRORS"]
+__all__ = [
+    "COMPLETIONS",
+    "DURATION",
+    "DURATION_BUCKETS",
+    "EXECUTION_FAMILIES",
+    "HEARTBEATS",
+    "LOST",
+    "RECOVERIES",
+    "REJECTED",
+    "TELEMETRY_ERRORS",
+    "Family",
+]
 
 
 @dataclass(frozen=True)

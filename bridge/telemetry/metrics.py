@@ -9,10 +9,9 @@ prometheus-client's multiprocess mode is not needed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
-from prometheus_client.core import (CounterMetricFamily, Exemplar, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
@@ -20,7 +19,7 @@ from ..core.executions import STATUSES
 from ..store import ExecutionRow, Snapshot, Store
 from . import families as f
 
-__all__ = ["ExecutionRenderer", "Exposition", "INGEST_ENDPOINTS", "REJECTION_REASONS"]
+__all__ = ["INGEST_ENDPOINTS", "REJECTION_REASONS", "ExecutionRenderer", "Exposition"]
 
 OUTCOMES = ("success", "failure")
 INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")

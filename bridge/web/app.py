@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
-from . import errors, executions, fastpath, ingest, ops
-from .auth import Authorizer
-from .extension import EXTENSION_KEY, Bridge
-from .jsonprovider import FastJSONProvider
-from .validation import Limits
 from ..service.config import load_settings
 from ..service.monitor import Monitor, rules_from
 from ..service.reaper import Reaper
 from ..store import open_store
 from ..telemetry.metrics import Exposition
+from . import errors, executions, fastpath, ingest, ops
+from .auth import Authorizer
+from .extension import EXTENSION_KEY, Bridge
+from .jsonprovider import FastJSONProvider
+from .validation import Limits
 
 __all__ = ["create_app"]
 

@@ -13,7 +13,7 @@ import hmac
 from dataclasses import dataclass
 
 from ..service.config import Settings
-from .validation import InvalidInput
+from .errors import Forbidden, Unauthorized
 
 __all__ = ["Authorizer", "Grant", "execution_token"]
 
@@ -28,10 +28,6 @@ def _bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _unauthorized(message: str) -> InvalidInput:
-    return InvalidInput(message, "Authorization", 401, "unauthorized")
 
 
 @dataclass(frozen=True)
@@ -56,12 +52,12 @@ class Authorizer:
         return not self._fleet and self._secret is None
 
     def ingest(self, header: str | None) -> Grant:
-        """Return what the bearer token in ``header`` allows. Raises 401 as :class:`InvalidInput`."""
+        """Return what the bearer token in ``header`` allows. Raises :class:`Unauthorized`."""
         if self.ingest_open:
             return Grant(any_execution=True)
         token = _bearer(header)
         if token is None:
-            raise _unauthorized("this endpoint needs Authorization: Bearer <token>")
+            raise Unauthorized("this endpoint needs Authorization: Bearer <token>", "Authorization")
         presented = token.encode()
         # Compare with every fleet token, so the time taken says nothing of which matched.
         matched = False
@@ -70,22 +66,23 @@ class Authorizer:
         if matched:
             return Grant(any_execution=True)
         if self._secret is None:
-            raise _unauthorized("the bearer token is not valid")
+            raise Unauthorized("the bearer token is not valid", "Authorization")
         return Grant(any_execution=False, token=token)
 
     def check(self, grant: Grant, execution_id: str) -> None:
-        """Raise 403 as :class:`InvalidInput` unless ``grant`` covers ``execution_id``."""
+        """Raise :class:`Forbidden` unless ``grant`` covers ``execution_id``."""
         if grant.any_execution:
             return
+        # a grant for some executions only is made from a token, and only with a secret
+        assert grant.token is not None and self._secret is not None
         expected = execution_token(self._secret, execution_id)
         if not hmac.compare_digest(grant.token.encode(), expected.encode()):
-            raise InvalidInput(f"the token does not grant execution {execution_id}", "Authorization",
-                               403, "forbidden")
+            raise Forbidden(f"the token does not grant execution {execution_id}", "Authorization")
 
     def read(self, header: str | None) -> None:
-        """Raise 401 as :class:`InvalidInput` unless the metrics token is absent or presented."""
+        """Raise :class:`Unauthorized` unless the metrics token is absent or presented."""
         if self._metrics is None:
             return
         token = _bearer(header)
         if token is None or not hmac.compare_digest(token.encode(), self._metrics):
-            raise _unauthorized("this endpoint needs Authorization: Bearer <metrics token>")
+            raise Unauthorized("this endpoint needs Authorization: Bearer <metrics token>", "Authorization")

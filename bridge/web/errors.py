@@ -1,4 +1,10 @@
-"""JSON errors for every failure: ``{"error": "...", "field": "..."}``, never an HTML page."""
+"""The API's refusals as error types, answered in JSON: ``{"error": "...", "field": "..."}``.
+
+Every refusal is an :class:`ApiError` carrying its HTTP status, the field at fault and
+the reason counted in ``bridge_requests_rejected_total``; the store's errors are mapped
+here too, so that no view or validator answers an error itself, and nothing is ever an
+HTML page.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,77 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .extension import current_bridge
 from ..store import CapacityError, StoreUnavailable
-from .validation import InvalidInput
+from .extension import current_bridge
 
-__all__ = ["error_response", "init_app"]
+__all__ = ["ApiError", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout", "TooLarge",
+           "Unauthorized", "UnsupportedMediaType", "error_response", "init_app"]
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
 #: Refusals of requests no endpoint took, by status: their reason in the rejection counter.
 _COUNTED = {404: "not_found", 405: "method_not_allowed"}
+
+
+class ApiError(Exception):
+    """A refused request: ``status``, the ``field`` at fault, the ``reason`` it is counted under."""
+
+    status = 400
+    reason = "invalid_field"
+
+    def __init__(self, message: str, field: str | None = None, *, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidInput(ApiError):
+    """400: a field is missing or wrong."""
+
+
+class InvalidJSON(InvalidInput):
+    """400: the body is not JSON the bridge can read."""
+
+    reason = "invalid_json"
+
+
+class Unauthorized(ApiError):
+    """401: no bearer token, or a wrong one."""
+
+    status, reason = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    """403: the token does not grant this execution."""
+
+    status, reason = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    """404: no such execution."""
+
+    status, reason = 404, "not_found"
+
+
+class RequestTimeout(ApiError):
+    """408: the body did not arrive in time."""
+
+    status, reason = 408, "timeout"
+
+
+class TooLarge(ApiError):
+    """413: a body, a field or a batch is larger than allowed."""
+
+    status, reason = 413, "too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    """415: the body is not ``application/json``."""
+
+    status, reason = 415, "unsupported_media_type"
 
 
 def error_response(status: int, message: str, field: str | None = None):
@@ -33,10 +99,10 @@ def error_response(status: int, message: str, field: str | None = None):
 def init_app(app: Flask) -> None:
     """Register the error handlers on ``app``."""
 
-    @app.errorhandler(InvalidInput)
-    def invalid_input(exc: InvalidInput):
+    @app.errorhandler(ApiError)
+    def refused(exc: ApiError):
         response = error_response(exc.status, exc.message, exc.field)
-        if exc.status == 401:
+        if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="heartbeat-bridge"'
         return response
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from .extension import current_bridge
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
-from .validation import InvalidInput
+from .errors import InvalidInput, NotFound
+from .extension import current_bridge
 
 __all__ = ["bp", "execution_json"]
 
@@ -39,7 +39,7 @@ def list_executions():
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
     raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
-    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "１２"; and
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and full-width digits; and
     # few of them, since int() refuses thousands.
     if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) \
             or not 1 <= int(raw_limit) <= MAX_PAGE:
@@ -58,5 +58,5 @@ def get_execution(execution_id: str):
     canonical = normalise_id(execution_id)
     record = current_bridge().monitor.store.get(canonical) if canonical else None
     if record is None:
-        raise InvalidInput(f"no execution {execution_id[:128]!r}", "execution_id", 404, "not_found")
+        raise NotFound(f"no execution {execution_id[:128]!r}", "execution_id")
     return jsonify(execution_json(record))

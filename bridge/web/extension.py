@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
-from .auth import Authorizer
-from ..service.config import Settings
-from ..service.monitor import Monitor
-from ..service.reaper import Reaper
-from ..telemetry.metrics import Exposition
-from .validation import Limits
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from ..service.config import Settings
+    from ..service.monitor import Monitor
+    from ..service.reaper import Reaper
+    from ..telemetry.metrics import Exposition
+    from .auth import Authorizer
+    from .validation import Limits
 
 __all__ = ["Bridge", "current_bridge"]
 
@@ -28,7 +32,7 @@ class Bridge:
     reaper: Reaper
     limits: Limits
     authorizer: Authorizer
-    tracer_provider: object | None = None
+    tracer_provider: TracerProvider | None = None
 
     def start(self) -> None:
         """Start this process's background work: tracing from ``OTEL_*``, then the reaper.

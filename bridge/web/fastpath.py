@@ -17,14 +17,15 @@ the heartbeat a second time.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask
 from werkzeug.http import parse_options_header
 
+from ..core.jsoncodec import encode_answer
 from .extension import EXTENSION_KEY
 from .ingest import FAST_PATH_ERROR, bp, heartbeat_answer, is_json_mimetype
-from ..core.jsoncodec import encode_answer
 from .validation import parse_heartbeat, parse_json
 
 __all__ = ["HeartbeatFastPath", "init_app"]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .extension import current_bridge
 from ..core.events import Heartbeat
 from ..core.executions import Outcome
 from ..store import CapacityError
-from .validation import (InvalidInput, parse_completion, parse_container_event, parse_heartbeat,
-                         parse_json)
+from .errors import ApiError, InvalidInput, RequestTimeout, TooLarge, UnsupportedMediaType
+from .extension import current_bridge
+from .validation import parse_completion, parse_container_event, parse_heartbeat, parse_json
 
 __all__ = ["FAST_PATH_ERROR", "bp", "heartbeat_answer", "is_json_mimetype"]
 
@@ -23,17 +24,22 @@ bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
 #: heartbeat it already gave the store, for the view to answer without applying it again.
 FAST_PATH_ERROR = "bridge.fast_path_error"
 
-T = TypeVar("T")
+class _Event(Protocol):
+    @property
+    def execution_id(self) -> str: ...
 
 
-def _too_large(max_bytes: int) -> InvalidInput:
-    return InvalidInput(f"body is larger than {max_bytes} bytes", "body", 413, "too_large")
+T = TypeVar("T", bound=_Event)
+
+
+def _too_large(max_bytes: int) -> TooLarge:
+    return TooLarge(f"body is larger than {max_bytes} bytes", "body")
 
 
 def _read_body(max_bytes: int) -> bytes:
     """Return the raw body of a request whose Content-Length, if any, is within ``max_bytes``.
 
-    Raises :class:`InvalidInput` (413) for a chunked body over the limit.
+    Raises :class:`TooLarge` for a chunked body over the limit.
     """
     if request.content_length is not None:
         return request.get_data(cache=False)
@@ -53,18 +59,17 @@ def is_json_mimetype(mimetype: str) -> bool:
 
 
 def _json_body(max_bytes: int) -> Any:
-    """Return the decoded JSON body. Raises :class:`InvalidInput` (413, 415, 408 or 400)."""
+    """Return the decoded JSON body. Raises an :class:`ApiError` (413, 415, 408 or 400)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     if not is_json_mimetype(request.mimetype):
-        raise InvalidInput("Content-Type must be application/json", "Content-Type", 415,
-                           "unsupported_media_type")
+        raise UnsupportedMediaType("Content-Type must be application/json", "Content-Type")
     try:
         body = _read_body(max_bytes)
     except RequestEntityTooLarge:
         raise _too_large(max_bytes) from None
     except OSError:  # a long body that stalled past the read deadline (bridge.worker)
-        raise InvalidInput("the body was not received in time", "body", 408, "timeout") from None
+        raise RequestTimeout("the body was not received in time", "body") from None
     return parse_json(body)
 
 
@@ -76,7 +81,7 @@ def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
         item = parse(_json_body(bridge.settings.max_body_bytes))
         bridge.authorizer.check(grant, item.execution_id)
         return act(item)
-    except InvalidInput as exc:
+    except ApiError as exc:
         bridge.monitor.reject(endpoint, exc.reason)
         raise
     except CapacityError:
@@ -156,9 +161,8 @@ def heartbeats():
         if not isinstance(body, list):
             raise InvalidInput("body must be a JSON array of heartbeats", "body")
         if len(body) > settings.max_batch_items:
-            raise InvalidInput(f"at most {settings.max_batch_items} heartbeats per request",
-                               "body", 413, "too_large")
-    except InvalidInput as exc:
+            raise TooLarge(f"at most {settings.max_batch_items} heartbeats per request", "body")
+    except ApiError as exc:
         bridge.monitor.reject("heartbeats", exc.reason)
         raise
     results: list[dict | None] = [None] * len(body)
@@ -169,7 +173,7 @@ def heartbeats():
             hb = parse_heartbeat(item, bridge.limits)
             bridge.authorizer.check(grant, hb.execution_id)
             valid.append((index, hb))
-        except InvalidInput as exc:
+        except ApiError as exc:
             refused[exc.reason] += 1
             results[index] = {"status": "error", "error": exc.message, "field": exc.field, "code": exc.status}
     outcomes = bridge.monitor.heartbeats([hb for _, hb in valid]) if valid else []

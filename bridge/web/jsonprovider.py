@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.response import Response as BaseResponse
 
 from ..core.jsoncodec import encode_answer, loads
 
@@ -24,7 +24,7 @@ class FastJSONProvider(DefaultJSONProvider):
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return super().loads(s, **kwargs) if kwargs else loads(s)
 
-    def response(self, *args: Any, **kwargs: Any) -> Response:
+    def response(self, *args: Any, **kwargs: Any) -> BaseResponse:
         if (self.compact is None and self._app.debug) or self.compact is False:
             return super().response(*args, **kwargs)
         obj = self._prepare_response_obj(args, kwargs)
@@ -32,4 +32,4 @@ class FastJSONProvider(DefaultJSONProvider):
             body = encode_answer(obj, self.default)
         except orjson.JSONEncodeError:
             return super().response(*args, **kwargs)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        return self._app.response_class(body, mimetype=self.mimetype)  # type: ignore[arg-type]

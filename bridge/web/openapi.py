@@ -8,8 +8,17 @@ from .. import __version__
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES
 from ..core.executions import STATUSES
 from ..service.config import Settings
-from .validation import (MAX_CONTAINER_NAME, MAX_ERROR_MESSAGE, MAX_IMAGE, MAX_INTERVAL, MAX_LABELS,
-                         MAX_LABEL_VALUE, MAX_RUNTIME, MAX_TEXT, MAX_TIMESTAMP)
+from .validation import (
+    MAX_CONTAINER_NAME,
+    MAX_ERROR_MESSAGE,
+    MAX_IMAGE,
+    MAX_INTERVAL,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_RUNTIME,
+    MAX_TEXT,
+    MAX_TIMESTAMP,
+)
 
 __all__ = ["document"]
 
@@ -123,7 +132,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "next_after": {"type": ["string", "null"]}}},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     }
-    read_security = [{}, {"bearer": []}]
+    read_security: list[dict[str, list[str]]] = [{}, {"bearer": []}]
     paths = {
         "/api/v1/monitoring/heartbeat": _post("Record one heartbeat", _ref("Heartbeat"), "Accepted", *ingest_codes),
         "/api/v1/monitoring/heartbeats": _post(
@@ -148,8 +157,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "responses": {**_ok("Execution", "the execution"), **_errors(401, 404, 503)}}},
         "/metrics": {"get": {
             "summary": "Prometheus text, or OpenMetrics when asked", "security": read_security,
-            "responses": {"200": {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}},
-                          "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(401, 503)}}},
+            "responses": {"200": {"description": "the metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(401, 503)}}},
         "/healthz": {"get": {"summary": "Alive", "responses": _ok("Health", "alive")}},
         "/readyz": {"get": {"summary": "Ready: the store takes writes",
                             "responses": {**_ok("Health", "ready"), **_errors(503)}}},

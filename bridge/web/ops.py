@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from ..store import StoreUnavailable
 from .errors import RETRY_AFTER_SECONDS, error_response
 from .extension import current_bridge
 from .openapi import document
-from ..store import StoreUnavailable
 
 __all__ = ["bp"]
 

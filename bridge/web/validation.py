@@ -1,7 +1,6 @@
-"""Turn request bodies into validated :mod:`bridge.state` inputs, or say what is wrong.
+"""Turn request bodies into validated events (:mod:`bridge.core.events`), or say what is wrong.
 
-Every refusal is an :class:`InvalidInput` carrying the HTTP status, the field at
-fault and a reason code for ``bridge_requests_rejected_total``.
+Every refusal is an :class:`~bridge.web.errors.ApiError` naming the field at fault.
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ from ..core import jsoncodec
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
 from ..core.executions import OTHER_TASK
 from ..core.ids import is_traceparent, normalise_id
+from .errors import InvalidInput, InvalidJSON, TooLarge
 
-__all__ = ["InvalidInput", "Limits", "parse_completion", "parse_container_event", "parse_heartbeat",
+__all__ = ["Limits", "parse_completion", "parse_container_event", "parse_heartbeat",
            "parse_json"]
 
 MAX_DEPTH = 8
@@ -37,20 +37,12 @@ _CONTAINER_ID = re.compile(r"[A-Za-z0-9._:-]{1,256}")
 _TRACEPARENT_FORM = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
-class InvalidInput(ValueError):
-    """The request cannot be accepted: ``status`` 400/413/415, ``field`` at fault, ``reason`` code."""
-
-    def __init__(self, message: str, field: str | None = None, status: int = 400,
-                 reason: str = "invalid_field"):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.status = status
-        self.reason = reason
+class _NestedTooDeep(InvalidInput):
+    """A free-form field is nested deeper than ``MAX_DEPTH``."""
 
 
-class _Oversized(InvalidInput):
-    """A free-form field is larger or deeper than the limits allow."""
+class _DocumentTooLarge(TooLarge):
+    """A free-form field is larger than ``Limits.max_field_bytes``."""
 
 
 @dataclass(frozen=True)
@@ -61,21 +53,20 @@ class Limits:
 
 
 def _reject_constant(name: str) -> Any:
-    raise InvalidInput(f"{name} is not valid JSON; numbers must be finite", "body",
-                       reason="invalid_json")
+    raise InvalidJSON(f"{name} is not valid JSON; numbers must be finite", "body")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise InvalidInput(f"number {text[:40]} is out of range", "body", reason="invalid_json")
+        raise InvalidJSON(f"number {text[:40]} is out of range", "body")
     return value
 
 
 def parse_json(body: bytes) -> Any:
     """Return the JSON value of a UTF-8 ``body``.
 
-    Raises :class:`InvalidInput` for non-UTF-8 bytes, malformed or too deeply nested
+    Raises :class:`~bridge.web.errors.InvalidJSON` for non-UTF-8 bytes, malformed or too deeply nested
     JSON, and NaN/Infinity or numbers too large to represent.
     """
     return jsoncodec.loads(body, fallback=_parse_exactly)
@@ -86,16 +77,15 @@ def _parse_exactly(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"body is not UTF-8 (byte {exc.start})", "body",
-                           reason="invalid_json") from None
+        raise InvalidJSON(f"body is not UTF-8 (byte {exc.start})", "body") from None
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except InvalidInput:
         raise
     except RecursionError:
-        raise InvalidInput("body is nested too deeply", "body", reason="invalid_json") from None
+        raise InvalidJSON("body is nested too deeply", "body") from None
     except ValueError as exc:  # JSONDecodeError, and ints beyond Python's digit limit
-        raise InvalidInput(f"body is not valid JSON: {exc}", "body", reason="invalid_json") from None
+        raise InvalidJSON(f"body is not valid JSON: {exc}", "body") from None
 
 
 def _object(body: Any) -> dict:
@@ -136,7 +126,7 @@ def _text(body: dict, name: str, limit: int = MAX_TEXT) -> str | None:
     if not raw.strip() or _CONTROL.search(raw) or not _is_utf8(raw):
         raise InvalidInput(f"{name} must be non-blank text without control characters", name)
     if len(raw) > limit:
-        raise InvalidInput(f"{name} must be at most {limit} characters", name, 413, "too_large")
+        raise TooLarge(f"{name} must be at most {limit} characters", name)
     return raw
 
 
@@ -190,14 +180,13 @@ def _document(body: dict, name: str, limits: Limits) -> dict | None:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{name} must be a JSON object", name)
     if _nested_deeper_than(raw, MAX_DEPTH):
-        raise _Oversized(f"{name} is nested deeper than {MAX_DEPTH} levels", name)
+        raise _NestedTooDeep(f"{name} is nested deeper than {MAX_DEPTH} levels", name)
     try:
         size = len(jsoncodec.dumps(raw).encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidInput(f"{name} holds a string that is not valid Unicode", name) from None
     if size > limits.max_field_bytes:
-        raise _Oversized(f"{name} is {size} bytes as JSON, more than {limits.max_field_bytes}",
-                         name, 413, "too_large")
+        raise _DocumentTooLarge(f"{name} is {size} bytes as JSON, more than {limits.max_field_bytes}", name)
     return raw
 
 
@@ -208,7 +197,7 @@ def _labels(body: dict) -> dict | None:
     if not isinstance(raw, dict):
         raise InvalidInput("labels must be an object of strings", "labels")
     if len(raw) > MAX_LABELS:
-        raise InvalidInput(f"labels may hold at most {MAX_LABELS} entries", "labels", 413, "too_large")
+        raise TooLarge(f"labels may hold at most {MAX_LABELS} entries", "labels")
     for key, value in raw.items():
         if not _LABEL_KEY.fullmatch(key):
             raise InvalidInput(f"label name {key[:64]!r} must match [a-zA-Z_][a-zA-Z0-9_]*",
@@ -216,8 +205,7 @@ def _labels(body: dict) -> dict | None:
         if not isinstance(value, str) or _CONTROL.search(value) or not _is_utf8(value):
             raise InvalidInput(f"label {key} must be text without control characters", "labels")
         if len(value) > MAX_LABEL_VALUE:
-            raise InvalidInput(f"label {key} is longer than {MAX_LABEL_VALUE} characters",
-                               "labels", 413, "too_large")
+            raise TooLarge(f"label {key} is longer than {MAX_LABEL_VALUE} characters", "labels")
     return dict(raw)
 
 
@@ -225,7 +213,7 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
     """Return the :class:`Heartbeat` in a decoded JSON ``body``.
 
     ``traceparent_header`` is used when the body has no ``traceparent``; an invalid
-    header is ignored, as W3C Trace Context asks. Raises :class:`InvalidInput`.
+    header is ignored, as W3C Trace Context asks. Raises :class:`~bridge.web.errors.ApiError`.
     """
     body = _object(body)
     execution_id = _execution_id(body)
@@ -269,7 +257,7 @@ def _exit_code(body: dict) -> int | None:
 
 
 def parse_container_event(body: Any) -> ContainerEvent:
-    """Return the :class:`ContainerEvent` in a decoded JSON ``body``. Raises :class:`InvalidInput`."""
+    """Return the :class:`ContainerEvent` in a decoded JSON ``body``. Raises :class:`~bridge.web.errors.ApiError`."""
     body = _object(body)
     execution_id = _execution_id(body)
     event = body.get("event")
@@ -291,7 +279,7 @@ def parse_container_event(body: Any) -> ContainerEvent:
 
 
 def parse_completion(body: Any, limits: Limits) -> Completion:
-    """Return the :class:`Completion` in a decoded JSON ``body``. Raises :class:`InvalidInput`.
+    """Return the :class:`Completion` in a decoded JSON ``body``. Raises :class:`~bridge.web.errors.ApiError`.
 
     An ``error_message`` longer than the limit is cut, and a ``result_data`` too large or
     too deep is dropped, not refused: losing a task's completion (and so making it
@@ -312,7 +300,7 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
             error_message = error_message[:MAX_ERROR_MESSAGE - 1] + "…"
     try:
         result_data = _document(body, "result_data", limits)
-    except _Oversized as exc:  # not an object, or not valid Unicode, is still refused
+    except (_NestedTooDeep, _DocumentTooLarge) as exc:  # not an object, or not valid Unicode, is still refused
         warnings.append(f"{exc.message}: dropped")
         result_data = None
     return Completion(

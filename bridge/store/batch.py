@@ -1,0 +1,106 @@
+"""The one batch decision both stores make, against records read before the write.
+
+A store reads the records a batch names (and the tombstones of those it lacks), lets
+:func:`decide_batch` run each event's rule in order, then writes the result only if what
+the decisions relied on still holds: each record unchanged, each new execution still
+absent and within the limit, each task name still held or still free. Otherwise it reads
+and decides again. What the decisions relied on is kept here, in :class:`Decided` and
+:class:`TaskNames`, so that both stores check the same things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome
+from .base import CapacityError, Decide
+
+__all__ = ["Decided", "TaskNames", "decide_batch"]
+
+
+class TaskNames:
+    """The task-name labels of one batch.
+
+    A name the store holds is its own label; a new name is admitted while the store holds
+    fewer than ``limit`` names (counting those this batch admits), and is ``_other``
+    beyond. ``holds(name)`` asks the store (or what this process remembers of it);
+    ``count()`` asks how many names it holds, once, when a new name first needs it.
+    """
+
+    def __init__(self, limit: int, holds: Callable[[str], bool], count: Callable[[], int]):
+        self.limit = limit
+        self._holds = holds
+        self._count = count
+        self._stored: int | None = None
+        #: Names the store held when asked: the write checks that it still does.
+        self.known: set[str] = set()
+        #: Names this batch adds, in order: the write checks they are still absent and fit.
+        self.added: list[str] = []
+
+    def label(self, name: str | None) -> str:
+        """Return the metric label of task name ``name`` (``unknown`` for None)."""
+        if name is None:
+            return UNKNOWN_TASK
+        if name in self.known or name in self.added:
+            return name
+        if self._holds(name):
+            self.known.add(name)
+            return name
+        if self._stored is None:
+            self._stored = self._count()
+        if self._stored + len(self.added) >= self.limit:
+            return OTHER_TASK
+        self.added.append(name)
+        return name
+
+
+@dataclass
+class Decided:
+    """A batch's decisions: one result per event, and what to write."""
+
+    results: list[Outcome | CapacityError] = field(default_factory=list)
+    #: execution id -> the record to write, its ``version`` one past the one read
+    changed: dict[str, Execution] = field(default_factory=dict)
+    #: the executions this batch adds (absent when read)
+    new: list[str] = field(default_factory=list)
+    #: (counter name, labels) -> [summed amount, latest exemplar]
+    increments: dict[tuple[str, tuple[str, ...]], list] = field(default_factory=dict)
+
+
+def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Execution],
+                 tombstones: dict[str, Execution], names: TaskNames, tracked: Callable[[], int],
+                 max_executions: int) -> Decided:
+    """Return the decisions of ``items``, each made on the record the ones before it left.
+
+    ``stored`` holds the records read, ``tombstones`` the stand-ins of ended executions
+    that left retention; ``tracked()`` says how many executions the store holds, asked
+    once, when the batch first adds one. A new execution beyond ``max_executions`` is
+    refused with a :class:`CapacityError` in its place, and leaves nothing behind, not
+    even a task name. Raises whatever a decision raises.
+    """
+    batch = Decided()
+    count: int | None = None
+    for execution_id, decide in items:
+        current = batch.changed.get(execution_id) or stored.get(execution_id) or tombstones.get(execution_id)
+        admitted = len(names.added)
+        outcome = decide(current, names.label)
+        record = outcome.record
+        if record is None:
+            batch.results.append(outcome)
+            continue
+        if execution_id not in stored and execution_id not in batch.changed:
+            count = tracked() if count is None else count
+            if count + len(batch.new) >= max_executions:
+                del names.added[admitted:]
+                batch.results.append(CapacityError(f"tracking {count + len(batch.new)} executions, the limit"))
+                continue
+            batch.new.append(execution_id)
+        record.version = current.version + 1 if current is not None else 1
+        batch.changed[execution_id] = record
+        for inc in outcome.increments:
+            total = batch.increments.setdefault((inc.name, inc.labels), [0.0, None])
+            total[0] += inc.amount
+            total[1] = inc.exemplar or total[1]
+        batch.results.append(outcome)
+    return batch
