@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from support import FakeClock, LiveBridge
 
 from bridge.service.config import load_settings
 from bridge.web import create_app
 from bridge.web.extension import EXTENSION_KEY
+
+from support import FakeClock, LiveBridge
 
 
 @pytest.fixture

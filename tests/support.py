@@ -346,3 +346,52 @@ def _redis_answers(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+class RedisCluster:
+    """Three Debian redis-server masters on loopback, joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, masters: int = 3):
+        self.workdir = workdir
+        self.ports = [free_port() for _ in range(masters)]
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.servers: list[LiveProcess] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> RedisCluster:
+        binary, cli = require_binary("redis-server"), require_binary("redis-cli")
+        try:
+            for port, bus_port in zip(self.ports, self.bus_ports):
+                folder = self.workdir / str(port)
+                folder.mkdir(parents=True, exist_ok=True)
+                server = LiveProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--cluster-enabled", "yes",
+                                      "--cluster-port", str(bus_port),
+                                      "--cluster-config-file", str(folder / "nodes.conf"), "--dir", str(folder)],
+                                     folder / "redis.log")
+                self.servers.append(server.start_until(lambda port=port: _redis_answers(port)))
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            wait_for(lambda: all(b"cluster_state:ok" in subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=10).stdout
+                for port in self.ports), "the cluster's slots to be served")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def flush(self) -> None:
+        """Empty every master."""
+        import redis
+        for port in self.ports:
+            with redis.Redis(port=port) as node:
+                node.flushall()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers = []

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from support import ROOT, require_binary
 
 ALERTS = ROOT / "alerts"

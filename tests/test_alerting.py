@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from support import COMPLETION, HEARTBEAT, ROOT, start_alertmanager, start_prometheus
 
 from bridge.server.demo import alertmanager_config, prometheus_config
+
+from support import COMPLETION, HEARTBEAT, ROOT, start_alertmanager, start_prometheus
 
 PHASE_SECONDS = 90.0
 TASK = "alerting"

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from support import COMPLETION, HEARTBEAT, ROOT, samples, seed_completion, seed_heartbeat, total
 
 from bridge.web.auth import execution_token
+
+from support import COMPLETION, HEARTBEAT, ROOT, samples, seed_completion, seed_heartbeat, total
 
 FLEET = "fleet-token-0123456789"
 SECRET = "execution-secret-0123456789"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from support import HEARTBEAT, samples, seed_heartbeat, total
 
 BATCH = "/api/v1/monitoring/heartbeats"

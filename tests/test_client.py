@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from support import free_port, total, wait_for
 
 from bridge.client import HeartbeatClient, execution_traceparent
 from bridge.core import ids
+
+from support import free_port, total, wait_for
 
 #: A bound on "at once" that is far below any interval used here (30 s): not a benchmark.
 PROMPTLY = 5.0

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from support import ROOT
 
 from bridge.service.config import VARIABLES, ConfigError, Settings, load_settings
+
+from support import ROOT
 
 BAD_VALUES = {
     "BRIDGE_STORE_URL": "postgres://db", "BRIDGE_BIND": "8000", "BRIDGE_WORKERS": "two",

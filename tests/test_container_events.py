@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EVENTS = "/api/v1/monitoring/container-events"

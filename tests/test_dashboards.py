@@ -7,6 +7,7 @@ import re
 
 import pytest
 import yaml
+
 from support import ROOT
 
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))

@@ -8,6 +8,7 @@ import sys
 import time
 
 import requests
+
 from support import ROOT, free_port
 
 DEMO_SECONDS = 60

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from support import ROOT, DockerEngine, wait_for
 
 IMAGE = "busybox:local"

@@ -6,6 +6,7 @@ import threading
 import time
 
 import requests
+
 from support import HEARTBEAT
 
 SENDERS = 8

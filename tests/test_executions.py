@@ -6,6 +6,7 @@ import hashlib
 import re
 
 import pytest
+
 from support import COMPLETION, HEARTBEAT, seed_completion, seed_heartbeat
 
 CONTRACT_FIELDS = {"execution_id", "container_id", "task_name", "task_type", "status", "progress",

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+
 from support import HEARTBEAT, start_redis, unavailable, wait_for
 
 EXECUTIONS = [f"fault-{n}" for n in range(20)]

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-from support import wait_for
 
 from bridge.core import executions
 from bridge.core.events import Heartbeat
@@ -14,6 +13,8 @@ from bridge.core.executions import Rules
 from bridge.service.config import load_settings
 from bridge.store import CapacityError, GroupCommit, StoreUnavailable, open_store
 from bridge.telemetry import families
+
+from support import wait_for
 
 RULES = Rules()
 T0 = 1_000_000.0

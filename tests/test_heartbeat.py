@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 from bridge.store import StoreUnavailable
+
+from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EID = "550e8400-e29b-41d4-a716-446655440000"
 

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+
 from support import COMPLETION, HEARTBEAT, require_binary, samples, seed_completion, seed_heartbeat, total
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

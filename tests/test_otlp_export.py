@@ -15,9 +15,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from support import COMPLETION, HEARTBEAT, free_port, total
 
 from bridge.core.ids import execution_span_id
+
+from support import COMPLETION, HEARTBEAT, free_port, total
 
 WAIT_SECONDS = 40.0
 OTEL_FAST = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}

@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import yaml
+
 from support import ROOT, require_binary
 
 

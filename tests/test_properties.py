@@ -6,6 +6,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from support import seed_heartbeat
 
 ENDPOINTS = ("/api/v1/monitoring/heartbeat", "/api/v1/monitoring/heartbeats",

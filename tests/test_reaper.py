@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from support import HEARTBEAT, FakeClock, seed_heartbeat
 
 EID = "550e8400-e29b-41d4-a716-446655440000"

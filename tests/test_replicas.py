@@ -6,14 +6,21 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
-from support import COMPLETION, HEARTBEAT, start_redis, total
+
+from support import COMPLETION, HEARTBEAT, RedisCluster, start_redis, total
 
 WAIT_SECONDS = 30.0
 
 
-def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_bridge, tmp_path):
-    server, url = start_redis(tmp_path / "redis")
+@pytest.mark.parametrize("topology", ["redis", "redis-cluster"])
+def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_bridge, tmp_path, topology):
+    if topology == "redis":
+        server, url = start_redis(tmp_path / "redis")
+    else:
+        server = RedisCluster(tmp_path / "cluster").start()
+        url = server.url
     env = {"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
            "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
     for name in ("a", "b"):

@@ -10,9 +10,10 @@ import time
 
 import pytest
 import requests
-from support import ROOT, total
 
 from bridge.client import execution_traceparent
+
+from support import ROOT, total
 
 #: A bound far below the 30 s the commands below would otherwise sleep: not a benchmark.
 PROMPTLY = 10.0

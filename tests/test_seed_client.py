@@ -8,6 +8,7 @@ import sys
 import uuid
 
 import requests
+
 from support import HEARTBEAT, ROOT, require_binary
 
 SEED_DIR = ROOT / "tests" / "seed"

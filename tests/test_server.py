@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+
 from support import COMPLETION, HEARTBEAT, samples, total, wait_for
 
 WAIT_SECONDS = 30.0

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 
 import pytest
-from support import start_redis
 
 from bridge.core import executions
 from bridge.core.events import Completion, Heartbeat
@@ -15,6 +14,8 @@ from bridge.service.config import load_settings
 from bridge.service.monitor import Monitor
 from bridge.store import CapacityError, StoreUnavailable, open_store
 from bridge.telemetry import families
+
+from support import RedisCluster, start_redis
 
 RULES = Rules()
 T0 = 1_000_000.0
@@ -27,10 +28,21 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'b.db'}"
+    if request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
     url = request.getfixturevalue("redis_url")
     import redis
     redis.Redis.from_url(url).flushdb()
@@ -440,3 +452,22 @@ def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
     store.expire(T0 + RULES.retention)
     assert store.query(status="completed") == []
     assert server.zcard("{hb}:status:completed") == 0
+
+
+def test_it_keeps_every_key_in_one_hash_slot_of_a_redis_cluster(redis_cluster):
+    import redis
+    redis_cluster.flush()
+    store = connect(redis_cluster.url)
+    assert isinstance(store._redis, redis.RedisCluster)
+    heartbeat(store, "a", T0, task_name="etl")
+    complete(store, "a", T0 + 10)
+    heartbeat(store, "b", T0, task_name="etl")
+    Monitor(store, RULES, clock=lambda: T0 + 20).reap()
+    store.expire(T0 + 10 + RULES.retention)
+    keys = []
+    for port in redis_cluster.ports:
+        with redis.Redis(port=port) as node:
+            keys += [(port, key) for key in node.keys("*")]
+    assert {port for port, _ in keys} == {next(iter(keys))[0]}, "all keys on one master"
+    assert {key.decode().partition("}")[0] for _, key in keys} == {"{hb"}
+    assert {b"{hb}:x:b", b"{hb}:t:a", b"{hb}:task:etl"} <= {key for _, key in keys}

@@ -11,10 +11,11 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 from bridge.core.ids import execution_span_id, segment_span_id
 from bridge.telemetry import tracing
+
+from support import COMPLETION, HEARTBEAT, samples, seed_completion, seed_heartbeat, total
 
 EID = "550e8400-e29b-41d4-a716-446655440000"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

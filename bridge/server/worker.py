@@ -34,6 +34,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn.http.errors import LimitRequestLine
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..web.extension import EXTENSION_KEY
@@ -232,7 +233,7 @@ class BridgeWorker(ThreadWorker):
         conn.close()
 
     def _poller_lock(self):
-        # gunicorn before 23 registers from request threads too, under this lock.
+        # gunicorn 23 registers from request threads too, under this lock; later ones do not.
         lock = getattr(self, "_lock", None)
         return lock if lock is not None else contextlib.nullcontext()
 
@@ -262,6 +263,8 @@ class BridgeWorker(ThreadWorker):
         if len(status_line) < 3 or not status_line[1].isdigit():
             return
         status, reason = int(status_line[1]), status_line[2]
+        if isinstance(exc, LimitRequestLine):  # gunicorn 23 says 400, later ones 414
+            status, reason = 414, "Request-URI Too Long"
         message = f"{reason}: {exc}" if status < 500 else "internal error"
         with contextlib.suppress(OSError):
             client.sendall(_json_response(status, reason, message[:1000]))
