@@ -1,15 +1,19 @@
-# make run   - start the bridge on the embedded SQLite store (./data/bridge.db)
-# make test  - run every test (Debian's prometheus, prometheus-alertmanager, redis-server,
-#              docker.io, busybox-static and curl needed; the Docker tests start their own engine)
-# make demo  - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
-# make bench - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
-#              (Debian's wrk, redis-server and prometheus-pushgateway needed)
+# make run        - start the bridge on the embedded SQLite store (./data/bridge.db)
+# make test       - run every test (the Debian packages .ci/run installs are needed; the
+#                   tests start their own Redis, Prometheus, Alertmanager and Docker engine)
+# make test-fast  - the tests that start no server: seconds
+# make test-lowest - the tests (but the slow ones) on the lowest versions pyproject.toml allows
+# make lint       - ruff and mypy
+# make rules      - write alerts/heartbeat-bridge.rules.yml from bridge/server/alert_rules.yml.in
+# make demo       - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
+# make bench      - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LOWEST ?= .venv-lowest
 BIND ?= 127.0.0.1:8000
 
-.PHONY: run test demo bench install clean
+.PHONY: run test test-fast test-lowest lint rules demo bench install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +26,35 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/heartbeat-bridge serve --bind $(BIND)
 
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# The runtime dependencies at the floors pyproject.toml states; the test tools as pinned.
+$(LOWEST)/.installed: pyproject.toml requirements-dev.txt $(BIN)/.installed
+	UV_PYTHON_DOWNLOADS=never $(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
+	grep -E '^(pytest|pyyaml|hypothesis|schemathesis)==' requirements-dev.txt > $(LOWEST)/test-tools.txt
+	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install --quiet --resolution lowest-direct \
+	    -e ".[redis,agent,grpc]" -r $(LOWEST)/test-tools.txt
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+rules: install
+	$(BIN)/heartbeat-bridge rules > alerts/heartbeat-bridge.rules.yml
+
 demo: install
 	$(BIN)/heartbeat-bridge demo
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(LOWEST) data .pytest_cache .mypy_cache .ruff_cache

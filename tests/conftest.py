@@ -10,6 +10,18 @@ from bridge.web.extension import EXTENSION_KEY
 
 from support import FakeClock, LiveBridge
 
+#: A test that asks for one of these starts a real server.
+_SERVER_FIXTURES = frozenset({"live_bridge", "redis_url", "redis_cluster"})
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``e2e`` every test that starts a server, so that ``-m "not e2e"`` runs in seconds."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        store = str(params.params.get("store_url", "")) if params is not None else ""
+        if _SERVER_FIXTURES & set(item.fixturenames) or store.startswith("redis"):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture
 def clock() -> FakeClock:

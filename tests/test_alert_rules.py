@@ -10,6 +10,8 @@ import yaml
 
 from support import ROOT, require_binary
 
+pytestmark = pytest.mark.e2e
+
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "heartbeat-bridge.rules.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"

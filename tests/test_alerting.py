@@ -15,6 +15,8 @@ from bridge.server.demo import alertmanager_config, prometheus_config
 
 from support import COMPLETION, HEARTBEAT, ROOT, start_alertmanager, start_prometheus
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 PHASE_SECONDS = 90.0
 TASK = "alerting"
 

@@ -10,7 +10,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from support import ROOT, require_binary
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROWS = [
     "1. heartbeat ingest, SQLite store, 2 workers",

@@ -7,9 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from support import ROOT, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DEMO_SECONDS = 60
 

@@ -15,6 +15,8 @@ import requests
 
 from support import ROOT, DockerEngine, wait_for
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 IMAGE = "busybox:local"
 #: "Within 2 seconds of its death" is the issue's promise for a container's exit.
 DEATH_REPORTED_WITHIN = 2.0

@@ -1,13 +1,23 @@
-"""Dockerfile and docker-compose.yml: checked here, since no base image can be pulled to build them."""
+"""Packaging: the two distributions, the package data, the Dockerfile and docker-compose.yml."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
-from support import ROOT, require_binary
+from bridge.server.alert_rules import render as render_rules
+
+from support import ROOT, free_port, require_binary
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_it_builds_a_non_root_image_with_a_healthcheck_and_a_data_volume():
@@ -45,3 +55,77 @@ def test_it_ships_a_prometheus_config_that_promtool_accepts(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert yaml.safe_load(config)["scrape_configs"][0]["job_name"] == "heartbeat-bridge"
+
+
+def _copy_sources(destination: Path, *parts: str) -> Path:
+    """Copy the named parts of the repository to ``destination``: building in the checkout
+    would leave build/ and egg-info folders in it."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__", "build",
+                                                                                      "*.egg-info"))
+        else:
+            shutil.copy2(source, destination / part)
+    return destination
+
+
+def _run(argv: list, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_it_installs_the_container_side_with_no_third_party_package(tmp_path):
+    sources = _copy_sources(tmp_path / "src", "bridge", "client")
+    _run([sys.executable, "-m", "venv", str(tmp_path / "venv")])
+    bin_dir = tmp_path / "venv" / "bin"
+    before = {p["name"].lower() for p in json.loads(_run([bin_dir / "pip", "list", "--format=json"]).stdout)}
+    _run([bin_dir / "pip", "install", "--quiet", str(sources / "client")])
+    after = {p["name"].lower() for p in json.loads(_run([bin_dir / "pip", "list", "--format=json"]).stdout)}
+    assert after - before == {"heartbeat-bridge-client"}
+    assert "usage: heartbeat-run" in _run([bin_dir / "heartbeat-run", "--help"], cwd=tmp_path).stdout
+    assert _run([bin_dir / "heartbeat-run", "--version"], cwd=tmp_path).stdout.startswith("heartbeat-run ")
+    _run([bin_dir / "python", "-c", "from bridge.client import HeartbeatClient, execution_traceparent"],
+         cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The service's wheel, built and installed (not editable) into a folder of its own."""
+    work = tmp_path_factory.mktemp("wheel")
+    sources = _copy_sources(work / "src", "pyproject.toml", "README.md", "bridge", "alerts", "dashboards")
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(work / "wheels"),
+          str(sources)])
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(work / "site"),
+          *map(str, (work / "wheels").glob("*.whl"))])
+    # The installed copy comes first on the path; the working folder holds no checkout.
+    env = {**os.environ, "PYTHONPATH": str(work / "site")}
+    return work, env
+
+
+def test_it_installs_rules_that_take_the_runbook_url_and_job_selector(installed):
+    work, env = installed
+    rules = _run([sys.executable, "-m", "bridge.server.cli", "rules", "--runbook-url", "https://wiki.example/rb",
+                  "--job-selector", 'job="hb-prod"'], cwd=work, env=env).stdout
+    assert "runbook_url: https://wiki.example/rb#taskexecutionlost" in rules
+    assert 'up{job="hb-prod"} == 0' in rules and "heartbeat-bridge\"" not in rules.split("groups:")[1]
+    where = _run([sys.executable, "-c", "from bridge.assets import asset; print(asset('alerts', 'alertmanager.yml'))"],
+                 cwd=work, env=env).stdout.strip()
+    assert where.startswith(str(work / "site")), where
+
+
+def test_it_runs_the_demo_from_an_installed_package_with_its_rules(installed, tmp_path):
+    require_binary("prometheus")
+    work, env = installed
+    demo = subprocess.run([sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(free_port()),
+                           "--interval", "1", "--duration", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "prometheus  http://" in demo.stdout and "not installed" not in demo.stdout
+    assert f"dashboards  {work / 'site'}" in demo.stdout
+
+
+def test_it_keeps_the_shipped_rules_equal_to_the_default_output_of_heartbeat_bridge_rules():
+    assert (ROOT / "alerts" / "heartbeat-bridge.rules.yml").read_text() == render_rules()
