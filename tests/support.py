@@ -250,7 +250,7 @@ def start_alertmanager(workdir: Path, config_text: str) -> tuple[LiveProcess, st
 
 
 class DockerEngine:
-    """A private dockerd (DESIGN.md section 9): no iptables, no bridge, vfs, its own socket."""
+    """A private dockerd: no iptables, no bridge, vfs, its own socket."""
 
     def __init__(self):
         import tempfile

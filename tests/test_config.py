@@ -54,7 +54,7 @@ def test_it_parses_good_values():
 
 
 def test_it_warns_about_an_unknown_variable_with_a_hint(caplog):
-    with caplog.at_level(logging.WARNING, logger="bridge.config"):
+    with caplog.at_level(logging.WARNING, logger="bridge.service.config"):
         load_settings({"BRIDGE_WORKER": "4", "BRIDGE_PORT": "tcp://10.0.0.1:80"})
     assert "BRIDGE_WORKER (did you mean BRIDGE_WORKERS?)" in caplog.text
     assert "BRIDGE_PORT" in caplog.text

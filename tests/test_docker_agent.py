@@ -1,4 +1,4 @@
-"""heartbeat-docker-agent against a real Docker engine started here (DESIGN.md section 9)."""
+"""heartbeat-docker-agent against a real Docker engine started here (docs/development.md, Real components)."""
 
 from __future__ import annotations
 

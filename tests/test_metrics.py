@@ -1,4 +1,4 @@
-"""GET /metrics: the families of DESIGN.md section 4, checked by promtool and both parsers."""
+"""GET /metrics: every family of docs/design.md, checked by promtool and both parsers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Execution spans (DESIGN.md section 5), recorded with the SDK's in-memory exporter."""
+"""Execution spans (docs/design.md, Traces), recorded with the SDK's in-memory exporter."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 def execution_traceparent(execution_id: str, traceparent: str | None = None) -> str:
     """Return the W3C ``traceparent`` of the bridge's span for ``execution_id``.
 
-    The bridge derives that span's ids from the execution id (DESIGN.md section 5), so a
+    The bridge derives that span's ids from the execution id (docs/design.md, Traces), so a
     task knows them before the span exists and can parent its own spans under it. When
     the execution joined an outer trace through ``traceparent``, that trace is used.
     """

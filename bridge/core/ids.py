@@ -1,4 +1,4 @@
-"""Execution ids and the trace ids derived from them (DESIGN.md sections 2 and 5)."""
+"""Execution ids and the trace ids derived from them (docs/design.md: API, Traces)."""
 
 from __future__ import annotations
 

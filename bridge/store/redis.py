@@ -344,13 +344,16 @@ class RedisStore(Store):
                               lambda: self._redis.scard(self._tasks))
             batch = decide_batch(items, stored, tombstones, names, lambda: self._redis.zcard(self._ids),
                                  self.max_executions)
-            if not batch.changed or self._write(batch, raw, names) == 1:
+            if not batch.changed or self._write(batch, raw, stored, names) == 1:
                 return batch.results
             # another replica changed what the batch read: read and decide again
         raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
 
-    def _write(self, batch: Decided, raw: dict[str, bytes | None], names: TaskNames) -> int:
-        """Hand the batch's writes to the write script; returns its answer (1 written, 0 stale)."""
+    def _write(self, batch: Decided, raw: dict[str, bytes | None], stored: dict[str, Execution],
+               names: TaskNames) -> int:
+        """Hand the batch's writes to the write script: each record with the bytes it was
+        decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
+        0 stale."""
         keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks]
         records: list[str] = []
         for execution_id, record in batch.changed.items():
@@ -361,8 +364,7 @@ class RedisStore(Store):
         moves: list[str] = []
         indexes: dict[str, int] = {}
         for execution_id, record in batch.changed.items():
-            read = raw[execution_id]
-            before = decode_record(read) if read is not None else None
+            before = stored.get(execution_id)
             for kind, old, new in (("status", before.status if before else None, record.status),
                                    ("task", before.task_name if before else None, record.task_name)):
                 if old == new:

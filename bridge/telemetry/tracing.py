@@ -1,4 +1,4 @@
-"""OpenTelemetry traces: one ``task.execution`` span per execution (DESIGN.md section 5).
+"""OpenTelemetry traces: one ``task.execution`` span per execution (docs/design.md, Traces).
 
 Spans are built when a segment of an execution ends (completion, final status at the
 deadline, loss), from the times kept in the store, by the worker whose

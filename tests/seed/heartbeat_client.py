@@ -1,4 +1,4 @@
-# Verbatim copy of the HeartbeatClient in shared/seeds/000_b7c54d8dedaad789.txt.
+# Verbatim copy of the HeartbeatClient of the seed document the bridge was built for.
 # Do not edit: tests/test_seed_client.py proves this unchanged client works.
 import requests
 import time
