@@ -47,6 +47,10 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+# The per-execution families' names, in the order of EXECUTION_FAMILIES, for the renderer.
+_INFO, _STATUS, _LAST, _INTERVAL, _START, _END, _RATIO, _MAX_RUNTIME = (family.name for family in f.EXECUTION_FAMILIES)
+
+
 class ExecutionRenderer:
     """Renders the per-execution families as exposition text, fast.
 
@@ -72,19 +76,17 @@ class ExecutionRenderer:
             _, key, info_line = cached
             info.append(info_line)
             for name in STATUSES:
-                status.append(f'task_execution_status{{{key},status="{name}"}} '
-                              f'{"1.0" if name == row.status else "0.0"}\n')
-            interval.append(f"task_heartbeat_interval_seconds{{{key}}} {_number(row.interval_seconds)}\n")
-            start.append(f"task_execution_start_timestamp_seconds{{{key}}} {_number(row.started_at)}\n")
+                status.append(f'{_STATUS}{{{key},status="{name}"}} {"1.0" if name == row.status else "0.0"}\n')
+            interval.append(f"{_INTERVAL}{{{key}}} {_number(row.interval_seconds)}\n")
+            start.append(f"{_START}{{{key}}} {_number(row.started_at)}\n")
             if row.last_heartbeat_at is not None:
-                last.append(f"task_heartbeat_last_timestamp_seconds{{{key}}} {_number(row.last_heartbeat_at)}\n")
+                last.append(f"{_LAST}{{{key}}} {_number(row.last_heartbeat_at)}\n")
             if row.ended_at is not None:
-                end.append(f"task_execution_end_timestamp_seconds{{{key}}} {_number(row.ended_at)}\n")
+                end.append(f"{_END}{{{key}}} {_number(row.ended_at)}\n")
             if row.progress_ratio is not None:
-                ratio.append(f"task_progress_ratio{{{key}}} {_number(row.progress_ratio)}\n")
+                ratio.append(f"{_RATIO}{{{key}}} {_number(row.progress_ratio)}\n")
             if row.max_runtime_seconds is not None:
-                max_runtime.append(f"task_execution_max_runtime_seconds{{{key}}} "
-                                   f"{_number(row.max_runtime_seconds)}\n")
+                max_runtime.append(f"{_MAX_RUNTIME}{{{key}}} {_number(row.max_runtime_seconds)}\n")
         self._labels = labels
         parts = []
         for family, lines in zip(f.EXECUTION_FAMILIES, families):
@@ -95,7 +97,7 @@ class ExecutionRenderer:
 
 def _label_sets(row: ExecutionRow, identity: tuple) -> tuple[tuple, str, str]:
     key = f'execution_id="{_escape(row.execution_id)}",task_name="{_escape(row.task_name)}"'
-    info = (f'task_execution_info{{{key},container_id="{_escape(row.container_id or "")}",'
+    info = (f'{_INFO}{{{key},container_id="{_escape(row.container_id or "")}",'
             f'task_type="{_escape(row.task_type or "")}",trace_id="{row.trace_id}",'
             f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"}} 1.0\n')
     return identity, key, info
