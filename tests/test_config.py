@@ -25,6 +25,7 @@ BAD_VALUES = {
     "BRIDGE_TASK_RETENTION_SECONDS": "forever",
     "BRIDGE_AUTH_TOKENS": "short", "BRIDGE_AUTH_TOKENS_FILE": "/nonexistent/tokens",
     "BRIDGE_METRICS_TOKEN": "has spaces in it ok?", "BRIDGE_EXECUTION_TOKEN_SECRET": "tiny",
+    "BRIDGE_TASKS_FILE": "/nonexistent/tasks.yml", "BRIDGE_METRIC_LABELS": "team,not-a-label",
 }
 
 
@@ -84,3 +85,19 @@ def test_it_stops_serve_with_a_message_when_the_store_cannot_be_created(tmp_path
     assert result.returncode == 2
     assert "heartbeat-bridge: cannot open the store at" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_it_stops_on_a_tasks_file_naming_the_task_and_the_field(tmp_path):
+    path = tmp_path / "tasks.yml"
+    path.write_text("tasks:\n  - name: nightly-crawl\n    schedule: '0 2 * * *'\n"
+                    "  - name: hourly-etl\n    schedule: '0 * * * *'\n    timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError, match=r"^BRIDGE_TASKS_FILE: .*: task 'hourly-etl': timezone: "):
+        load_settings({"BRIDGE_TASKS_FILE": str(path)})
+
+
+def test_it_stops_on_a_tasks_file_declaring_more_tasks_than_names_allowed(tmp_path):
+    path = tmp_path / "tasks.yml"
+    path.write_text("tasks:\n" + "".join(f"  - name: t{n}\n" for n in range(3)))
+    assert load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "3"}).tasks_file == str(path)
+    with pytest.raises(ConfigError, match="BRIDGE_MAX_TASK_NAMES"):
+        load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "2"})

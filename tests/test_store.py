@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 
 import pytest
 
-from bridge.core import executions
+from bridge.core import executions, tasks
+from bridge.core.declarations import parse_declaration
 from bridge.core.events import Completion, Heartbeat
 from bridge.core.executions import Rules
 from bridge.service.config import load_settings
@@ -471,3 +473,86 @@ def test_it_keeps_every_key_in_one_hash_slot_of_a_redis_cluster(redis_cluster):
     assert {port for port, _ in keys} == {next(iter(keys))[0]}, "all keys on one master"
     assert {key.decode().partition("}")[0] for _, key in keys} == {"{hb"}
     assert {b"{hb}:x:b", b"{hb}:t:a", b"{hb}:task:etl"} <= {key for _, key in keys}
+
+
+def declare(store, name, now, **fields):
+    declaration = parse_declaration(fields, name)
+    return store.apply_tasks([(name, lambda cur: tasks.apply_declaration(cur, name, "api", declaration, now))])[0]
+
+
+def _reap_tasks_in_child(url, now, barrier):
+    store = connect(url)
+    barrier.wait()
+    Monitor(store, RULES, clock=lambda: now).reap()
+
+
+def test_it_counts_each_missed_slot_once_when_processes_reap_at_the_same_moment(store_url):
+    store = connect(store_url)
+    for n in range(20):
+        declare(store, f"t{n}", T0, period_seconds=60, start_grace_seconds=10)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_reap_tasks_in_child, args=(store_url, T0 + 60 * 5 + 20, barrier))
+               for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    counters = store.snapshot().counters
+    assert {counters[(families.TASK_RUNS_MISSED, (f"t{n}",))] for n in range(20)} == {5.0}
+    assert {task.missed_runs for task in store.tasks()} == {5}
+    assert store.due_tasks(T0 + 60 * 5 + 20, 100) == []
+
+
+def test_it_writes_a_run_to_its_task_with_the_execution(store_url):
+    store = connect(store_url)
+    declare(store, "etl", T0, period_seconds=3600)
+    heartbeat(store, "a", T0 + 10, task_name="etl")
+    assert (store.get_task("etl").running, store.get_task("etl").last_start_at) == (["a"], T0 + 10)
+    assert store.get_task("etl").next_run_at == T0 + 10 + 3600
+    heartbeat(store, "a", T0 + 40)  # a heartbeat changes nothing of the task
+    assert store.get_task("etl").version == 2
+    complete(store, "a", T0 + 50)
+    task = store.get_task("etl")
+    assert (task.running, task.last_success_at, task.version) == ([], T0 + 50, 3)
+    assert [t.task_name for t in store.snapshot().tasks] == ["etl"]
+
+
+def test_it_decides_a_run_again_when_another_writer_changed_its_task_first(store_url, monkeypatch):
+    from bridge.store import batch
+    store, other = connect(store_url), connect(store_url)
+    declare(store, "etl", T0, period_seconds=3600)
+    decided = []
+
+    def apply_run_change(*args):
+        decided.append(args[0].version)
+        if len(decided) == 1:  # another worker changes the task after it was read, before the write
+            declare(other, "etl", T0 + 5, period_seconds=60)
+        return tasks.apply_run_change(*args)
+
+    monkeypatch.setattr(batch, "apply_run_change", apply_run_change)
+    heartbeat(store, "a", T0 + 10, task_name="etl")
+    assert decided == [1, 2]  # decided again on the task as the other worker left it
+    task = store.get_task("etl")
+    assert task.running == ["a"] and task.next_run_at == T0 + 10 + 60  # the later declaration's period
+    assert store.get("a").heartbeat_count == 1
+
+
+def test_it_refuses_a_new_task_beyond_the_task_name_limit(store_url):
+    store = connect(store_url, max_task_names=1)
+    declare(store, "first", T0)
+    assert isinstance(declare(store, "second", T0), CapacityError)
+    assert [task.task_name for task in store.tasks()] == ["first"]
+
+
+def test_it_keeps_a_declared_task_past_the_retention_and_releases_one_that_only_ran(store_url):
+    store = connect(store_url, task_retention_seconds=100)
+    declare(store, "declared", T0, period_seconds=60)
+    heartbeat(store, "a", T0, task_name="ran")
+    complete(store, "a", T0)
+    store.expire(T0 + RULES.retention)
+    store.expire(T0 + RULES.retention + 200)
+    assert [task.task_name for task in store.tasks()] == ["declared"]
+    assert store.get_task("ran") is None
+    assert store.due_tasks(math.inf, 10) == ["declared"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Completion", "ContainerEvent", "Heartbeat"]
+from .declarations import TaskDeclaration
+
+__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Announcement", "Completion", "ContainerEvent", "Heartbeat"]
 
 #: The statuses a heartbeat may report.
 REPORTED_STATUSES = ("running", "completed", "failed")
@@ -26,6 +28,8 @@ class Heartbeat:
     max_runtime_seconds: float | None = None
     labels: dict | None = None
     traceparent: str | None = None
+    #: the task's declaration, which an execution's first heartbeat may carry
+    task_schedule: TaskDeclaration | None = None
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,18 @@ class ContainerEvent:
     image: str | None = None
     exit_code: int | None = None
     oom_killed: bool = False
+    #: from the container's labels, or the task's config file mounted into it
+    task_name: str | None = None
+    task_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A launcher's word that an execution of a task is about to start in a container."""
+
+    execution_id: str
+    task_name: str | None = None
+    task_type: str | None = None
+    labels: dict | None = None
+    interval_seconds: float | None = None
+    max_runtime_seconds: float | None = None

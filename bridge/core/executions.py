@@ -16,7 +16,8 @@ from operator import attrgetter
 from typing import Any
 
 from ..telemetry.families import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
-from .events import Completion, ContainerEvent, Heartbeat
+from .declarations import TaskDeclaration
+from .events import Announcement, Completion, ContainerEvent, Heartbeat
 from .ids import trace_id_for
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Outcome",
     "Rules",
     "TaskLabel",
+    "apply_announcement",
     "apply_completion",
     "apply_container_event",
     "apply_deadline",
@@ -181,6 +183,8 @@ class Outcome:
     increments: tuple[Increment, ...] = ()
     result: str = "accepted"
     transition: tuple[str | None, str] | None = None
+    #: the task's declaration the event carried (a first heartbeat's ``task_schedule``)
+    declaration: TaskDeclaration | None = None
 
     @property
     def closes_span(self) -> bool:
@@ -357,9 +361,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
             record.recoveries += 1
             record.expires_at = None
             increments.append(Increment(RECOVERIES, (record.metric_task_name,)))
-        if record.task_name is None and hb.task_name is not None:
-            record.task_name = hb.task_name
-            record.metric_task_name = task_label(hb.task_name)
+        _name_task(record, hb.task_name, task_label)
     record.status = "running"
     record.reported_status = hb.status
     record.status_reason = (None if hb.status == "running"
@@ -388,7 +390,8 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
     record.deadline_at = now + rules.lost_after_intervals * record.interval_seconds
     record.updated_at = now
     increments.insert(0, Increment(HEARTBEATS, (record.metric_task_name,)))
-    return Outcome(record, tuple(increments), "accepted", transition)
+    first = current is None or current.heartbeat_count == 0
+    return Outcome(record, tuple(increments), "accepted", transition, hb.task_schedule if first else None)
 
 
 def apply_completion(current: Execution | None, c: Completion, now: float, rules: Rules,
@@ -400,9 +403,7 @@ def apply_completion(current: Execution | None, c: Completion, now: float, rules
         record = _new_record(c.execution_id, now, "running", c.task_name, task_label, rules)
     else:
         record = _copy(current, now)
-        if record.task_name is None and c.task_name is not None:
-            record.task_name = c.task_name
-            record.metric_task_name = task_label(c.task_name)
+        _name_task(record, c.task_name, task_label)
     old_status = current.status if current is not None else None
     if c.container_id is not None:
         record.container_id = c.container_id
@@ -471,6 +472,13 @@ def apply_rebase(current: Execution, now: float, rules: Rules) -> Outcome:
     return Outcome(record)
 
 
+def _name_task(record: Execution, task_name: str | None, task_label: TaskLabel) -> None:
+    """Give ``record`` its task when it has none yet: the first name heard of it stays."""
+    if record.task_name is None and task_name is not None:
+        record.task_name = task_name
+        record.metric_task_name = task_label(task_name)
+
+
 def _enrich(record: Execution, event: ContainerEvent) -> None:
     if event.container_id is not None:
         record.container_id = event.container_id
@@ -480,6 +488,8 @@ def _enrich(record: Execution, event: ContainerEvent) -> None:
         record.image = event.image
     if event.oom_killed or event.event == "oom":
         record.oom_killed = True
+    if record.task_type is None and event.task_type is not None:
+        record.task_type = event.task_type
 
 
 def apply_container_event(current: Execution | None, event: ContainerEvent, now: float,
@@ -495,12 +505,13 @@ def apply_container_event(current: Execution | None, event: ContainerEvent, now:
     if current is not None and current.status in FINAL_STATUSES:
         return Outcome(None, result="duplicate")
     if current is None:
-        record = _new_record(event.execution_id, now, "starting", None, task_label, rules)
+        record = _new_record(event.execution_id, now, "starting", event.task_name, task_label, rules)
         record.deadline_at = now + rules.startup_grace
         transition: tuple[str | None, str] | None = (None, "starting")
     else:
         record = _copy(current, now)
         transition = None
+        _name_task(record, event.task_name, task_label)
     _enrich(record, event)
     record.updated_at = now
     if event.event != "die":
@@ -521,3 +532,34 @@ def apply_container_event(current: Execution | None, event: ContainerEvent, now:
     increments = _end(record, status, now, now, rules, "container died without a completion",
                       "container")
     return Outcome(record, increments, "accepted", (old_status, status))
+
+
+def apply_announcement(current: Execution | None, announcement: Announcement, now: float, rules: Rules,
+                       task_label: TaskLabel) -> Outcome:
+    """Return what a launcher's announcement does: an unknown execution is ``starting`` as a
+    run of its task (it must report within the startup grace); a known one takes the task,
+    labels, interval and runtime budget it lacked; one that ended answers a duplicate."""
+    if current is not None and current.status in FINAL_STATUSES:
+        return Outcome(None, result="duplicate")
+    if current is None:
+        record = _new_record(announcement.execution_id, now, "starting", announcement.task_name, task_label, rules)
+        record.deadline_at = now + rules.startup_grace
+        record.status_reason = "announced; waiting for its first heartbeat"
+        transition: tuple[str | None, str] | None = (None, "starting")
+    else:
+        record = _copy(current, now)
+        transition = None
+        _name_task(record, announcement.task_name, task_label)
+    if record.task_type is None and announcement.task_type is not None:
+        record.task_type = announcement.task_type
+    if announcement.labels is not None:
+        record.labels = announcement.labels
+    if announcement.max_runtime_seconds is not None:
+        record.max_runtime_seconds = announcement.max_runtime_seconds
+    if announcement.interval_seconds is not None and record.interval_source != "reported":
+        record.interval_seconds = announcement.interval_seconds
+        record.interval_source = "reported"
+    record.updated_at = now
+    if transition is not None:
+        _note_status(record, now)
+    return Outcome(record, (), "accepted", transition)

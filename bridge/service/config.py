@@ -9,9 +9,12 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from ..core.declarations import DeclarationError
 
 __all__ = ["VARIABLES", "ConfigError", "Settings", "load_settings", "parse_bind"]
 
@@ -53,6 +56,8 @@ class Settings:
     auth_tokens: tuple[str, ...] = ()
     metrics_token: str | None = None
     execution_token_secret: str | None = None
+    tasks_file: str | None = None
+    metric_labels: tuple[str, ...] = ()
 
 
 def _integer(low: int, high: int) -> Callable[[str, str], int]:
@@ -136,6 +141,30 @@ def _token_file(name: str, raw: str) -> tuple[str, ...]:
     return tuple(_secret(name, line) for line in lines)
 
 
+def _tasks_file(name: str, raw: str) -> str:
+    from .tasks_file import TasksFile  # the YAML reader loads only where a file is declared
+
+    path = raw.strip()
+    try:
+        TasksFile(path).read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+    except DeclarationError as exc:
+        raise ConfigError(f"{name}: {path}: {exc}") from None
+    return path
+
+
+_LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
+
+
+def _label_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
+    for key in keys:
+        if not _LABEL_KEY.fullmatch(key):
+            raise ConfigError(f"{name}: {key!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    return keys
+
+
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
@@ -165,6 +194,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),
     "BRIDGE_EXECUTION_TOKEN_SECRET": ("execution_token_secret", _secret, "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only."),
     "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
+    "BRIDGE_TASKS_FILE": ("tasks_file", _tasks_file, "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start and re-read when it changes."),
+    "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
 }
 
 
@@ -194,4 +225,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.tasks_file is not None:
+        from .tasks_file import TasksFile
+
+        declared = len(TasksFile(settings.tasks_file).read())
+        if declared > settings.max_task_names:
+            raise ConfigError(f"BRIDGE_TASKS_FILE declares {declared} tasks, more than BRIDGE_MAX_TASK_NAMES "
+                              f"({settings.max_task_names})")
+    return settings

@@ -8,12 +8,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..core import executions
-from ..core.events import Completion, ContainerEvent, Heartbeat
+from ..core import executions, tasks
+from ..core.declarations import TaskDeclaration
+from ..core.events import Announcement, Completion, ContainerEvent, Heartbeat
 from ..core.executions import Execution, Outcome, Rules
+from ..core.tasks import TaskOutcome
 from ..store import CapacityError, Decide, GroupCommit, Store, StoreUnavailable
 from ..telemetry.families import REJECTED, TELEMETRY_ERRORS
 from .config import Settings
+from .tasks_file import TasksFile
 
 __all__ = ["Monitor", "SpanSink", "rules_from"]
 
@@ -65,6 +68,8 @@ class Monitor:
         self.monotonic = monotonic
         self.spans = spans
         self._last_round: tuple[float, float] | None = None  # (wall, monotonic) of this process's last round
+        #: BRIDGE_TASKS_FILE, looked at every reaper round
+        self.tasks_file: TasksFile | None = None
 
     def _committed(self, outcome: Outcome) -> Outcome:
         # Only the caller whose compare-and-set committed the transition gets here
@@ -110,6 +115,61 @@ class Monitor:
             event.execution_id,
             lambda cur, label: executions.apply_container_event(cur, event, self.clock(), self.rules, label)))
 
+    def announce(self, announcement: Announcement) -> Outcome:
+        """Record a launcher's announcement of an execution; returns the outcome (``duplicate``
+        after the end). Raises as :meth:`heartbeat`."""
+        return self._committed(self._events.apply(
+            announcement.execution_id,
+            lambda cur, label: executions.apply_announcement(cur, announcement, self.clock(), self.rules, label)))
+
+    def declare_task(self, name: str, declaration: TaskDeclaration | None, source: str = "api") -> TaskOutcome:
+        """Declare task ``name`` from ``source`` (None withdraws that source's declaration).
+
+        Returns the outcome (its record None when nothing changed). Raises
+        :class:`~bridge.store.CapacityError` for a new task beyond the task-name limit, and
+        :class:`~bridge.store.StoreUnavailable`.
+        """
+        now = self.clock()
+        [result] = self.store.apply_tasks([(name, lambda cur: tasks.apply_declaration(cur, name, source, declaration,
+                                                                                     now))])
+        if isinstance(result, CapacityError):
+            raise result
+        return result
+
+    def sync_tasks_file(self, declarations: dict[str, TaskDeclaration]) -> None:
+        """Make the file's declarations the stored ones: each declared, and those the file no
+        longer holds withdrawn. Idempotent, so every worker may do it. Raises
+        :class:`~bridge.store.StoreUnavailable`."""
+        now = self.clock()
+        withdrawn = [task.task_name for task in self.store.tasks()
+                     if task.declarations.get("file") is not None and task.task_name not in declarations]
+
+        def declare(name: str, declaration: TaskDeclaration | None) -> tuple:
+            return name, lambda cur: tasks.apply_declaration(cur, name, "file", declaration, now)
+
+        results = self.store.apply_tasks([*(declare(name, d) for name, d in declarations.items()),
+                                          *(declare(name, None) for name in withdrawn)])
+        for name, result in zip([*declarations, *withdrawn], results):
+            if isinstance(result, CapacityError):
+                log.error("task %r of BRIDGE_TASKS_FILE is not declared: %s", name, result)
+            elif result.record is not None:
+                log.info("task %r: declaration from BRIDGE_TASKS_FILE %s", name,
+                         "applied" if name in declarations else "withdrawn")
+
+    def refresh_tasks_file(self) -> None:
+        """Apply the tasks file's declarations when it changed since it was last read (or never
+        was). Raises :class:`~bridge.store.StoreUnavailable`, and then reads it again next time."""
+        if self.tasks_file is None:
+            return
+        declarations = self.tasks_file.read_if_changed()
+        if declarations is None:
+            return
+        try:
+            self.sync_tasks_file(declarations)
+        except StoreUnavailable:
+            self.tasks_file.forget()
+            raise
+
     def reap(self) -> tuple[int, int]:
         """Apply every passed deadline and drop expired executions.
 
@@ -120,6 +180,7 @@ class Monitor:
         anybody lost, nor delays a loss by the step.
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
+        self.refresh_tasks_file()
         now = self.clock()
         mark = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold,
                                       clock_stepped=self._clock_stepped(now))
@@ -148,7 +209,21 @@ class Monitor:
             # A full batch in which nothing changed would come back unchanged: stop.
             if len(due) < REAP_BATCH or not changed:
                 break
+        self._reap_tasks(now)
         return transitions, self.store.expire(now)
+
+    def _reap_tasks(self, now: float) -> None:
+        """Count the expected runs whose grace passed with no run started, each once."""
+        while due := self.store.due_tasks(now, REAP_BATCH):
+            results = self.store.apply_tasks([
+                (name, lambda cur: tasks.apply_task_deadline(cur, now) if cur is not None else TaskOutcome(None))
+                for name in due])
+            for name, result in zip(due, results):
+                if isinstance(result, TaskOutcome) and result.record is not None:
+                    log.info("task %s: an expected run did not start in time (%d missed)", name,
+                             result.record.missed_runs)
+            if len(due) < REAP_BATCH or not any(isinstance(r, TaskOutcome) and r.record for r in results):
+                break
 
     def _clock_stepped(self, now: float) -> bool:
         """Return True when the wall clock moved apart from the monotonic one since this

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..core.executions import OTHER_TASK, Execution, Outcome, TaskLabel
+from ..core.tasks import Task, TaskOutcome
 
 __all__ = [
     "OTHER_TASK",
     "CapacityError",
     "Decide",
+    "DecideTask",
     "ExecutionRow",
     "ReaperMark",
     "Snapshot",
@@ -49,6 +51,8 @@ DEFAULT_TASK_RETENTION_SECONDS = 30 * 86_400.0
 
 #: Given the current record (None if unknown) and the task-name resolver, the outcome.
 Decide = Callable[["Execution | None", TaskLabel], Outcome]
+#: Given a task's current record (None if unknown), the outcome.
+DecideTask = Callable[["Task | None"], TaskOutcome]
 
 
 class ExecutionRow(NamedTuple):
@@ -68,6 +72,7 @@ class ExecutionRow(NamedTuple):
     interval_seconds: float
     progress_ratio: float | None
     max_runtime_seconds: float | None
+    labels: dict | None = None  # rows written before labels were kept have none
 
 
 class ReaperMark(NamedTuple):
@@ -132,6 +137,7 @@ class Snapshot:
     task_names: list[str] = field(default_factory=list)
     #: (counter name, labels) -> (trace id, observed value) of the latest exemplar
     exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = field(default_factory=dict)
+    tasks: list[Task] = field(default_factory=list)
 
 
 class Store(ABC):
@@ -188,6 +194,26 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+        """Apply each ``(task name, decide)`` in order, in one atomic transaction.
+
+        Returns one outcome per item, or the :class:`CapacityError` of a new task whose name
+        would pass ``max_task_names``. Raises :class:`StoreUnavailable` when the store fails.
+        """
+
+    @abstractmethod
+    def get_task(self, name: str) -> Task | None:
+        """Return the task, or None. Raises :class:`StoreUnavailable`."""
+
+    @abstractmethod
+    def tasks(self) -> list[Task]:
+        """Return every task, ordered by name. Raises :class:`StoreUnavailable`."""
+
+    @abstractmethod
+    def due_tasks(self, now: float, limit: int) -> list[str]:
+        """Return the names of up to ``limit`` tasks whose expected start's deadline is at or before ``now``."""
+
+    @abstractmethod
     def mark_reaped(self, now: float, outage_after: float, hold: float,
                     clock_stepped: bool = False) -> ReaperMark:
         """Record a reaper round at ``now``, shared by every worker and replica.
@@ -214,14 +240,15 @@ class Store(ABC):
         """Drop executions whose ``expires_at`` is at or before ``now``; return how many.
 
         A dropped execution that had ended leaves a tombstone for ``dedup_seconds``, read
-        back as :func:`bridge.state.tombstone`. Task names that no tracked execution has
-        carried for ``task_retention`` seconds are released with their counters, and
-        tombstones past their window are forgotten.
+        back as :func:`bridge.core.executions.tombstone`. Task names that no tracked
+        execution has carried for ``task_retention`` seconds, and that neither the tasks file
+        nor the API declares, are released with their task and counters, and tombstones past
+        their window are forgotten.
         """
 
     @abstractmethod
     def snapshot(self) -> Snapshot:
-        """Return the rows of all tracked executions, the counters and the task names."""
+        """Return the rows of all tracked executions, the counters, the task names and the tasks."""
 
     @abstractmethod
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Outcome
-from .base import CapacityError, Decide
+from ..core.declarations import TaskDeclaration
+from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Increment
+from ..core.tasks import Task, TaskOutcome, apply_run_change
+from .base import CapacityError, Decide, DecideTask
 
-__all__ = ["Decided", "TaskNames", "decide_batch"]
+__all__ = ["Decided", "TaskNames", "decide_batch", "decide_task_changes", "decide_tasks"]
 
 
 class TaskNames:
@@ -59,13 +62,27 @@ class TaskNames:
 class Decided:
     """A batch's decisions: one result per event, and what to write."""
 
-    results: list[Outcome | CapacityError] = field(default_factory=list)
+    #: one per item: an Outcome (or a TaskOutcome, deciding tasks), or the CapacityError that refused it
+    results: list[Any] = field(default_factory=list)
     #: execution id -> the record to write, its ``version`` one past the one read
     changed: dict[str, Execution] = field(default_factory=dict)
     #: the executions this batch adds (absent when read)
     new: list[str] = field(default_factory=list)
     #: (counter name, labels) -> [summed amount, latest exemplar]
     increments: dict[tuple[str, tuple[str, ...]], list] = field(default_factory=dict)
+    #: (task name, the execution before, after, a declaration it carried): what its task must
+    #: see, in order; the store reads those tasks and calls :func:`decide_task_changes`
+    task_changes: list[tuple[str, Execution | None, Execution, TaskDeclaration | None]] = \
+        field(default_factory=list)
+    #: task name -> the task record to write, its ``version`` one past the one read
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    def add(self, increments: Sequence[Increment]) -> None:
+        """Sum ``increments`` into the batch's, so that each counter is added to once."""
+        for inc in increments:
+            total = self.increments.setdefault((inc.name, inc.labels), [0.0, None])
+            total[0] += inc.amount
+            total[1] = inc.exemplar or total[1]
 
 
 def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Execution],
@@ -98,9 +115,48 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
             batch.new.append(execution_id)
         record.version = current.version + 1 if current is not None else 1
         batch.changed[execution_id] = record
-        for inc in outcome.increments:
-            total = batch.increments.setdefault((inc.name, inc.labels), [0.0, None])
-            total[0] += inc.amount
-            total[1] = inc.exemplar or total[1]
+        batch.add(outcome.increments)
+        batch.results.append(outcome)
+        name = record.metric_task_name
+        if name not in (UNKNOWN_TASK, OTHER_TASK) and (
+                current is None or current.status != record.status or current.metric_task_name != name
+                or current.task_type != record.task_type or outcome.declaration is not None):
+            batch.task_changes.append((name, current, record, outcome.declaration))
+    return batch
+
+
+def decide_task_changes(batch: Decided, stored_tasks: dict[str, Task]) -> None:
+    """Apply the batch's executions' changes to their tasks (read as ``stored_tasks``), in order."""
+    for name, before, after, declaration in batch.task_changes:
+        _keep(batch, name, stored_tasks, apply_run_change(batch.tasks.get(name) or stored_tasks.get(name), name,
+                                                         before, after, declaration))
+
+
+def decide_tasks(items: Sequence[tuple[str, DecideTask]], stored_tasks: dict[str, Task],
+                 names: TaskNames) -> Decided:
+    """Return the decisions of ``items`` on tasks read as ``stored_tasks``, in order.
+
+    A task not yet known takes a task name's place, refused with a :class:`CapacityError`
+    once ``names`` is full. Raises whatever a decision raises.
+    """
+    batch = Decided()
+    for name, decide in items:
+        current = batch.tasks.get(name) or stored_tasks.get(name)
+        admitted = len(names.added)
+        outcome = decide(current)
+        if outcome.record is not None and current is None and names.label(name) != name:
+            del names.added[admitted:]
+            batch.results.append(CapacityError(f"{names.limit} task names are known, the limit"))
+            continue
+        _keep(batch, name, stored_tasks, outcome)
         batch.results.append(outcome)
     return batch
+
+
+def _keep(batch: Decided, name: str, stored_tasks: dict[str, Task], outcome: TaskOutcome) -> None:
+    if outcome.record is None:
+        return
+    stored = stored_tasks.get(name)
+    outcome.record.version = stored.version + 1 if stored is not None else 1
+    batch.tasks[name] = outcome.record
+    batch.add(outcome.increments)

@@ -28,19 +28,21 @@ import redis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ..core.executions import Execution, Outcome, tombstone
+from ..core.tasks import Task, TaskOutcome, is_declared
 from .base import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_TASK_RETENTION_SECONDS,
     CapacityError,
     Decide,
+    DecideTask,
     ReaperMark,
     Snapshot,
     Store,
     StoreUnavailable,
     mark_round,
 )
-from .batch import Decided, TaskNames, decide_batch
-from .codec import decode_record, decode_rows, encode_record, encode_row
+from .batch import Decided, TaskNames, decide_batch, decide_task_changes, decide_tasks
+from .codec import decode_record, decode_rows, decode_task, encode_record, encode_row, encode_task
 
 __all__ = ["RedisStore"]
 
@@ -88,17 +90,20 @@ end
 """
 
 # KEYS: 1 ids, 2 deadlines, 3 expiries (sorted sets), 4 rows, 5 counters, 6 exemplars
-# (hashes), 7 task names (set), then each record's key in the order of ARGV[3], then the
-# filter indexes the moves name.
+# (hashes), 7 task names (set), 8 tasks (hash), 9 tasks' deadlines (sorted set), 10 declared
+# task names (set), then each record's key in the order of ARGV[3], then the filter indexes
+# the moves name.
 # ARGV: 1 the limit on executions; 2 the limit on task names; 3 the records, five fields
 # each: the bytes as read ('' when absent), the new bytes, the row, the deadline and the
 # expiry (a score, or '' for none); 4 the counters, three fields each: hash field, amount,
 # exemplar ('' for none); 5 the index moves, three fields each: '-' or '+', the index's
 # position in KEYS, the execution id; 6 the task names the decisions found held; 7 those
-# the batch adds.
+# the batch adds; 8 the prefix of the record keys; 9 the tasks, five fields each: the name,
+# the bytes as read ('' when absent), the new bytes, the deadline ('' for none), and '1'
+# when declared by the file or the API.
 # Returns 1 when written, 0 (having written nothing) when anything read has changed.
 _WRITE = _LUA_HELPERS + """
-local records_at = 8
+local records_at = 11
 local r = split(ARGV[3])
 local count = #r / 5
 for _, name in ipairs(split(ARGV[6])) do
@@ -124,6 +129,10 @@ for first = 1, count, 1000 do
   end
 end
 if new > 0 and redis.call('ZCARD', KEYS[1]) + new > tonumber(ARGV[1]) then return 0 end
+local t = split(ARGV[9])
+for i = 1, #t, 5 do
+  if (redis.call('HGET', KEYS[8], t[i]) or '') ~= t[i + 1] then return 0 end
+end
 local records, rows, joined, index = {}, {}, {}, {{}, {}, {}, {}}
 for j = 1, count do
   local i = 5 * j - 4
@@ -165,6 +174,19 @@ for i = 1, #moved, 3 do
   end
 end
 send('SADD', KEYS[7], added)
+for i = 1, #t, 5 do
+  redis.call('HSET', KEYS[8], t[i], t[i + 2])
+  if t[i + 3] == '' then
+    redis.call('ZREM', KEYS[9], t[i])
+  else
+    redis.call('ZADD', KEYS[9], t[i + 3], t[i])
+  end
+  if t[i + 4] == '1' then
+    redis.call('SADD', KEYS[10], t[i])
+  else
+    redis.call('SREM', KEYS[10], t[i])
+  end
+end
 local c = split(ARGV[4])
 for i = 1, #c, 3 do
   redis.call('HINCRBYFLOAT', KEYS[5], c[i], c[i + 1])
@@ -208,17 +230,21 @@ end
 return dropped
 """
 
-# KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars (hashes), then the task
-# index of each name in ARGV[2].
-# ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off.
-# Releases them with their task_* series; returns the names released.
+# KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars, 5 tasks (hashes), 6 tasks'
+# deadlines (sorted set), 7 declared task names (set), then the execution index of each name
+# in ARGV[2].
+# ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off and
+# not declared. Releases them with their task and task_* series; returns the names released.
 _RELEASE = _LUA_HELPERS + """
 local released, gone = {}, {}
 for j, name in ipairs(split(ARGV[2])) do
   local at = tonumber(redis.call('HGET', KEYS[2], name))
-  if at and at <= tonumber(ARGV[1]) and redis.call('ZCARD', KEYS[4 + j]) == 0 then
+  if at and at <= tonumber(ARGV[1]) and redis.call('ZCARD', KEYS[7 + j]) == 0
+      and redis.call('SISMEMBER', KEYS[7], name) == 0 then
     redis.call('SREM', KEYS[1], name)
     redis.call('HDEL', KEYS[2], name)
+    redis.call('HDEL', KEYS[5], name)
+    redis.call('ZREM', KEYS[6], name)
     released[#released + 1] = name
     gone[name] = true
   end
@@ -272,6 +298,10 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
 
 
+def _decoded_tasks(raw: dict[str, bytes | None]) -> dict[str, Task]:
+    return {name: decode_task(data) for name, data in raw.items() if data is not None}
+
+
 def _client(url: str) -> redis.Redis | redis.RedisCluster:
     """Return a client for ``url``: a cluster client when the server is part of a Redis Cluster."""
     options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_SECONDS,
@@ -308,6 +338,9 @@ class RedisStore(Store):
         self._rows = prefix + "rows"
         self._task_seen = prefix + "task_seen"
         self._reaper = prefix + "reaper"
+        self._task_records = prefix + "task_records"
+        self._task_deadlines = prefix + "task_deadlines"
+        self._declared = prefix + "declared"
         self._write_script = self._redis.register_script(_WRITE)
         self._expire_script = self._redis.register_script(_EXPIRE)
         self._release_script = self._redis.register_script(_RELEASE)
@@ -338,23 +371,30 @@ class RedisStore(Store):
                 statuses = self._redis.mget([self._tombstone(execution_id) for execution_id in absent])
                 tombstones = {execution_id: tombstone(execution_id, status.decode())
                               for execution_id, status in zip(absent, statuses) if status}
-            names = TaskNames(self.max_task_names,
-                              lambda name: self._holds_name(name, lambda known: bool(
-                                  self._redis.sismember(self._tasks, known))),
-                              lambda: self._redis.scard(self._tasks))
+            names = self._task_names()
             batch = decide_batch(items, stored, tombstones, names, lambda: self._redis.zcard(self._ids),
                                  self.max_executions)
-            if not batch.changed or self._write(batch, raw, stored, names) == 1:
+            raw_tasks: dict[str, bytes | None] = {}
+            if batch.task_changes:
+                raw_tasks = self._read_tasks([name for name, *_ in batch.task_changes])
+                decide_task_changes(batch, _decoded_tasks(raw_tasks))
+            if not batch.changed or self._write(batch, raw, stored, names, raw_tasks) == 1:
                 return batch.results
             # another replica changed what the batch read: read and decide again
         raise StoreUnavailable(f"redis: a batch of {len(items)} kept changing under {MAX_ATTEMPTS} attempts")
 
+    def _read_tasks(self, names: list[str]) -> dict[str, bytes | None]:
+        """Return the stored bytes of each task in ``names`` (None for an unknown one)."""
+        names = list(dict.fromkeys(names))
+        return dict(zip(names, self._redis.hmget(self._task_records, names)))
+
     def _write(self, batch: Decided, raw: dict[str, bytes | None], stored: dict[str, Execution],
-               names: TaskNames) -> int:
+               names: TaskNames, raw_tasks: dict[str, bytes | None]) -> int:
         """Hand the batch's writes to the write script: each record with the bytes it was
         decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
         0 stale."""
-        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks]
+        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks,
+                self._task_records, self._task_deadlines, self._declared]
         records: list[str] = []
         for execution_id, record in batch.changed.items():
             keys.append(self._key(execution_id))
@@ -379,10 +419,47 @@ class RedisStore(Store):
         counters: list[str] = []
         for (name, labels), (amount, exemplar) in batch.increments.items():
             counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
+        tasks: list[str] = []
+        for name, task in batch.tasks.items():
+            read = raw_tasks.get(name)
+            tasks += (name, "" if read is None else read.decode(), encode_task(task), _score(task.deadline_at),
+                      "1" if is_declared(task) else "0")
         return self._write_script(keys=keys, args=[
             self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
             _SEPARATOR.join(moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
-            self._records])
+            self._records, _SEPARATOR.join(tasks)])
+
+    @_translated
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+        for _attempt in range(MAX_ATTEMPTS):
+            raw_tasks = self._read_tasks([name for name, _ in items])
+            names = self._task_names()
+            batch = decide_tasks(items, _decoded_tasks(raw_tasks), names)
+            if not batch.tasks or self._write(batch, {}, {}, names, raw_tasks) == 1:
+                return batch.results
+        raise StoreUnavailable(f"redis: {len(items)} tasks kept changing under {MAX_ATTEMPTS} attempts")
+
+    def _task_names(self) -> TaskNames:
+        """Return the task-name labels of one batch, as this store holds them."""
+        return TaskNames(self.max_task_names,
+                         lambda name: self._holds_name(name, lambda known: bool(self._redis.sismember(self._tasks,
+                                                                                                      known))),
+                         lambda: self._redis.scard(self._tasks))
+
+    @_translated
+    def get_task(self, name: str) -> Task | None:
+        raw = self._redis.hget(self._task_records, name)
+        return decode_task(raw) if raw is not None else None
+
+    @_translated
+    def tasks(self) -> list[Task]:
+        return sorted((decode_task(raw) for raw in self._redis.hvals(self._task_records)),
+                      key=lambda task: task.task_name)
+
+    @_translated
+    def due_tasks(self, now: float, limit: int) -> list[str]:
+        return [name.decode() for name in self._redis.zrangebyscore(self._task_deadlines, "-inf", now,
+                                                                    start=0, num=limit)]
 
     @_translated
     def mark_reaped(self, now: float, outage_after: float, hold: float,
@@ -462,8 +539,8 @@ class RedisStore(Store):
         if not names:
             return
         released = self._release_script(
-            keys=[self._tasks, self._task_seen, self._counters, self._exemplars,
-                  *(self._index("task", name) for name in names)],
+            keys=[self._tasks, self._task_seen, self._counters, self._exemplars, self._task_records,
+                  self._task_deadlines, self._declared, *(self._index("task", name) for name in names)],
             args=[repr(cutoff), _SEPARATOR.join(names)])
         for name in released:
             log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
@@ -514,7 +591,8 @@ class RedisStore(Store):
             pipe.hgetall(self._counters)
             pipe.hgetall(self._exemplars)
             pipe.smembers(self._tasks)
-            counters, exemplars, tasks = pipe.execute()
+            pipe.hvals(self._task_records)
+            counters, exemplars, tasks, task_records = pipe.execute()
         # HSCAN in chunks: never one command that holds Redis for the whole fleet
         encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
 
@@ -524,7 +602,8 @@ class RedisStore(Store):
 
         return Snapshot(decode_rows(encoded), {series(f): float(v) for f, v in counters.items()},
                         sorted(t.decode() for t in tasks),
-                        {series(f): tuple(json.loads(v)) for f, v in exemplars.items()})
+                        {series(f): tuple(json.loads(v)) for f, v in exemplars.items()},
+                        sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name))
 
     @_translated
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

@@ -25,19 +25,21 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from ..core.executions import FINAL_STATUSES, Execution, Outcome, tombstone
+from ..core.tasks import Task, TaskOutcome, is_declared
 from .base import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_TASK_RETENTION_SECONDS,
     CapacityError,
     Decide,
+    DecideTask,
     ReaperMark,
     Snapshot,
     Store,
     StoreUnavailable,
     mark_round,
 )
-from .batch import TaskNames, decide_batch
-from .codec import decode_record, decode_rows, encode_record, encode_row
+from .batch import TaskNames, decide_batch, decide_task_changes, decide_tasks
+from .codec import decode_record, decode_rows, decode_task, encode_record, encode_row, encode_task
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -81,6 +83,14 @@ CREATE TABLE IF NOT EXISTS ended (execution_id TEXT PRIMARY KEY, status TEXT NOT
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ended_until ON ended(until);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tasks (
+    task_name TEXT PRIMARY KEY,
+    deadline_at REAL,
+    declared INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks(deadline_at) WHERE deadline_at IS NOT NULL;
 INSERT OR IGNORE INTO meta VALUES ('tracked', 0);
 """
 
@@ -90,9 +100,14 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite:///"):]
 
 
-# Task names no tracked execution carries, last seen before the cut-off.
+# Task names no tracked execution carries, last seen before the cut-off, declared by neither
+# the tasks file nor the API.
 _RELEASABLE = ("SELECT name FROM task_names WHERE coalesce(last_seen, 0) <= ? AND NOT EXISTS"
-               " (SELECT 1 FROM executions WHERE executions.task_name = task_names.name)")
+               " (SELECT 1 FROM executions WHERE executions.task_name = task_names.name) AND NOT EXISTS"
+               " (SELECT 1 FROM tasks WHERE tasks.task_name = task_names.name AND tasks.declared)")
+_INSERT_TASK = "INSERT INTO tasks VALUES (?, ?, ?, ?, ?)"
+_UPDATE_TASK = ("UPDATE tasks SET deadline_at = ?, declared = ?, version = ?, data = ?"
+                " WHERE task_name = ? AND version = ?")
 
 #: Ids per ``IN (...)`` read, well below SQLite's smallest limit on bound variables (999).
 _READ_CHUNK = 500
@@ -178,6 +193,10 @@ class _Batch:
             return self.tracked
 
         self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions)
+        self.stored_tasks: dict[str, Task] = {}
+        if self.decided.task_changes:
+            self.stored_tasks = _read_tasks(conn, [name for name, *_ in self.decided.task_changes])
+            decide_task_changes(self.decided, self.stored_tasks)
         self._encode()
 
     @property
@@ -210,6 +229,10 @@ class _Batch:
             tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
             if tracked + len(new) > self.store.max_executions:
                 return False
+        new_tasks = [name for name in self.decided.tasks if name not in self.stored_tasks]
+        for chunk, marks in _in(new_tasks):
+            if conn.execute(f"SELECT 1 FROM tasks WHERE task_name IN ({marks}) LIMIT 1", chunk).fetchone():
+                return False
         return True
 
     def _encode(self) -> None:
@@ -231,6 +254,7 @@ class _Batch:
                                      execution_id, stored.version))
         self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
                            for (name, labels), (amount, exemplar) in self.decided.increments.items()]
+        self.task_writes = _task_writes(self.decided.tasks, self.stored_tasks)
 
     def write(self, conn: sqlite3.Connection) -> bool:
         """Write each changed record once, each new task name, and add to each counter once.
@@ -248,7 +272,37 @@ class _Batch:
             conn.executemany("INSERT INTO task_names (name) VALUES (?)", [(name,) for name in self.names.added])
         if self.increments:
             conn.executemany(_INCREMENT, self.increments)
-        return True
+        return _write_tasks(conn, *self.task_writes)
+
+
+def _read_tasks(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, Task]:
+    """Return the stored tasks among ``names``."""
+    found: dict[str, Task] = {}
+    for chunk, marks in _in(list(dict.fromkeys(names))):
+        for name, data in conn.execute(f"SELECT task_name, data FROM tasks WHERE task_name IN ({marks})", chunk):
+            found[name] = decode_task(data)
+    return found
+
+
+def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[list[tuple], list[tuple]]:
+    """Return the rows to insert and to update (each naming the version read) for ``changed``."""
+    inserts, updates = [], []
+    for name, task in changed.items():
+        if name in stored:
+            updates.append((task.deadline_at, int(is_declared(task)), task.version, encode_task(task), name,
+                            stored[name].version))
+        else:
+            inserts.append((name, task.deadline_at, int(is_declared(task)), task.version, encode_task(task)))
+    return inserts, updates
+
+
+def _write_tasks(conn: sqlite3.Connection, inserts: list[tuple], updates: list[tuple]) -> bool:
+    """Write the tasks; returns False when an update found its task at another version."""
+    if updates and conn.executemany(_UPDATE_TASK, updates).rowcount != len(updates):
+        return False
+    if inserts:
+        conn.executemany(_INSERT_TASK, inserts)
+    return True
 
 
 @functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
@@ -449,6 +503,37 @@ class SQLiteStore(Store):
                 raise RuntimeError("compare-and-set lost on an execution")
             return batch.results
 
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+        # Declarations and missed slots are few: decided under the write lock.
+        with self._transaction() as conn:
+            stored = _read_tasks(conn, [name for name, _ in items])
+
+            def in_store(name: str) -> bool:
+                return conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone() is not None
+
+            names = TaskNames(self.max_task_names, in_store,
+                              lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0])
+            decided = decide_tasks(items, stored, names)
+            if names.added:
+                conn.executemany("INSERT INTO task_names (name) VALUES (?)", [(name,) for name in names.added])
+            conn.executemany(_INCREMENT, [(name, _labels_key(labels), amount, None)
+                                          for (name, labels), (amount, _) in decided.increments.items()])
+            if not _write_tasks(conn, *_task_writes(decided.tasks, stored)):
+                raise RuntimeError("compare-and-set lost on a task")  # impossible under the write lock
+        return decided.results
+
+    def get_task(self, name: str) -> Task | None:
+        rows = self._read("SELECT data FROM tasks WHERE task_name = ?", (name,))
+        return decode_task(rows[0][0]) if rows else None
+
+    def tasks(self) -> list[Task]:
+        return [decode_task(data) for (data,) in self._read("SELECT data FROM tasks ORDER BY task_name")]
+
+    def due_tasks(self, now: float, limit: int) -> list[str]:
+        rows = self._read("SELECT task_name FROM tasks WHERE deadline_at <= ? ORDER BY deadline_at LIMIT ?",
+                          (now, limit))
+        return [name for (name,) in rows]
+
     def mark_reaped(self, now: float, outage_after: float, hold: float,
                     clock_stepped: bool = False) -> ReaperMark:
         with self._transaction() as conn:
@@ -498,6 +583,7 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM ended WHERE until <= ?", (now,))
             for (name,) in conn.execute(_RELEASABLE, (now - self.task_retention,)).fetchall():
                 conn.execute("DELETE FROM task_names WHERE name = ?", (name,))
+                conn.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
                 # Its series go with it: names that come and go must not grow the counters.
                 conn.execute("DELETE FROM counters WHERE name LIKE 'task\\_%' ESCAPE '\\'"
                              " AND json_extract(labels, '$[0]') = ?", (name,))
@@ -515,7 +601,8 @@ class SQLiteStore(Store):
                 if exemplar:
                     exemplars[key] = tuple(json.loads(exemplar))
             task_names = [name for (name,) in conn.execute("SELECT name FROM task_names")]
-        return Snapshot(rows, counters, task_names, exemplars)
+            tasks = [decode_task(data) for (data,) in conn.execute("SELECT data FROM tasks ORDER BY task_name")]
+        return Snapshot(rows, counters, task_names, exemplars, tasks)
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:

@@ -92,3 +92,28 @@ BRIDGE_TASK_NAMES = Family("bridge_task_names", "gauge", "Distinct task names in
 BRIDGE_TASK_NAMES_LIMIT = Family("bridge_task_names_limit", "gauge",
                                  "Most distinct task names before _other (BRIDGE_MAX_TASK_NAMES).")
 BRIDGE_BUILD_INFO = Family("bridge_build_info", "gauge", "Version of the running bridge; always 1.", ("version",))
+
+# Per task, kept while it is declared or ran within BRIDGE_TASK_RETENTION_SECONDS.
+TASK_RUNS_MISSED = "task_runs_missed_total"
+TASK_INFO = Family("task_info", "gauge", "Each known task, its type, schedule and allowlisted labels; always 1.",
+                   ("task_name", "task_type", "schedule"))
+TASK_STATUS = Family("task_status", "gauge", "1 for the task's current status, 0 for the others.",
+                     ("task_name", "status"))
+TASK_LAST_START = Family("task_last_start_timestamp_seconds", "gauge",
+                         "When the task's latest run started (unix seconds).", ("task_name",))
+TASK_LAST_SUCCESS = Family("task_last_success_timestamp_seconds", "gauge",
+                           "When a run of the task last succeeded (unix seconds).", ("task_name",))
+TASK_LAST_FAILURE = Family("task_last_failure_timestamp_seconds", "gauge",
+                           "When a run of the task last failed or was lost (unix seconds).", ("task_name",))
+TASK_NEXT_DEADLINE = Family("task_next_run_deadline_timestamp_seconds", "gauge",
+                            "When the next expected run must have started: its time plus the grace.",
+                            ("task_name",))
+TASK_CONSECUTIVE_FAILURES = Family("task_consecutive_failures", "gauge",
+                                   "Runs of the task that failed in a row since its last success.", ("task_name",))
+TASK_FAILURE_THRESHOLD = Family("task_failure_threshold", "gauge",
+                                "Failed runs in a row after which the task is failing (declared, default 1).",
+                                ("task_name",))
+TASK_EXPECTED_MAX_RUNTIME = Family("task_expected_max_runtime_seconds", "gauge",
+                                   "The run budget the task's declaration gives each execution.", ("task_name",))
+TASK_MISSED = Family(TASK_RUNS_MISSED, "counter", "Expected runs that did not start within their grace.",
+                     ("task_name",))

@@ -8,21 +8,24 @@ prometheus-client's multiprocess mode is not needed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
+from ..core.declarations import DEFAULT_FAILURE_THRESHOLD
 from ..core.executions import STATUSES
+from ..core.tasks import TASK_STATUSES, effective_declaration, status_at
 from ..store import ExecutionRow, Snapshot, Store
 from . import families as f
 
 __all__ = ["INGEST_ENDPOINTS", "REJECTION_REASONS", "ExecutionRenderer", "Exposition"]
 
 OUTCOMES = ("success", "failure")
-INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event")
+INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event", "announcement", "tasks")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
                      "capacity", "unauthorized", "forbidden")
 TELEMETRY_STAGES = ("build", "export")
@@ -59,8 +62,10 @@ class ExecutionRenderer:
     identity changes; executions that left the store leave the cache with the next scrape.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metric_labels: tuple[str, ...] = ()) -> None:
         self._labels: dict[str, tuple[tuple, str, str]] = {}
+        #: the execution ``labels`` keys exported as ``label_<key>`` on task_execution_info
+        self.metric_labels = metric_labels
 
     def render(self, rows: list[ExecutionRow]) -> str:
         """Return the text of every per-execution family for ``rows``."""
@@ -68,10 +73,10 @@ class ExecutionRenderer:
         info, status, last, interval, start, end, ratio, max_runtime = families
         previous, labels = self._labels, {}
         for row in rows:
-            identity = row[2:8]
+            identity = row[2:8] + (row.labels,) if self.metric_labels else row[2:8]
             cached = previous.get(row.execution_id)
             if cached is None or cached[0] != identity:
-                cached = _label_sets(row, identity)
+                cached = _label_sets(row, identity, self.metric_labels)
             labels[row.execution_id] = cached
             _, key, info_line = cached
             info.append(info_line)
@@ -95,21 +100,26 @@ class ExecutionRenderer:
         return "".join(parts)
 
 
-def _label_sets(row: ExecutionRow, identity: tuple) -> tuple[tuple, str, str]:
+def _label_sets(row: ExecutionRow, identity: tuple, metric_labels: tuple[str, ...]) -> tuple[tuple, str, str]:
     key = f'execution_id="{_escape(row.execution_id)}",task_name="{_escape(row.task_name)}"'
+    labels = row.labels or {}
+    extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in metric_labels)
     info = (f'{_INFO}{{{key},container_id="{_escape(row.container_id or "")}",'
             f'task_type="{_escape(row.task_type or "")}",trace_id="{row.trace_id}",'
-            f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"}} 1.0\n')
+            f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"{extra}}} 1.0\n')
     return identity, key, info
 
 
 class Exposition:
     """One scrape: a store snapshot, rendered as Prometheus text or OpenMetrics."""
 
-    def __init__(self, store: Store, version: str = __version__):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, metric_labels: tuple[str, ...] = (),
+                 version: str = __version__):
         self.store = store
+        self.clock = clock
+        self.metric_labels = metric_labels
         self.version = version
-        self._renderer = ExecutionRenderer()
+        self._renderer = ExecutionRenderer(metric_labels)
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """Return (body, content type) for a scraper sending the ``Accept`` header ``accept``.
@@ -118,7 +128,7 @@ class Exposition:
         """
         encoder, content_type = choose_encoder(accept)
         snapshot = self.store.snapshot()
-        bounded = encoder(_Families([*self._per_task(snapshot), *self._bridge(snapshot)]))
+        bounded = encoder(_Families([*self._per_task(snapshot), *self._tasks(snapshot), *self._bridge(snapshot)]))
         # Per-execution families first: OpenMetrics's "# EOF" closes the bounded part.
         return self._renderer.render(snapshot.rows).encode() + bounded, content_type
 
@@ -141,6 +151,36 @@ class Exposition:
         heartbeats, lost, recoveries = per_task
         return (executions, heartbeats, completions, lost, recoveries,
                 _durations(counters, snapshot.exemplars))
+
+    def _tasks(self, snapshot: Snapshot) -> Iterable[Metric]:
+        """The tasks' families: what each is, its status now, its last runs, its next deadline."""
+        now = self.clock()
+        info = GaugeMetricFamily(f.TASK_INFO.name, f.TASK_INFO.documentation,
+                                 labels=[*f.TASK_INFO.labels, *(f"label_{key}" for key in self.metric_labels)])
+        status = _family(f.TASK_STATUS)
+        last_start, last_success, last_failure, deadline, failures, threshold, budget, missed = (
+            _family(family) for family in (f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
+                                           f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES,
+                                           f.TASK_FAILURE_THRESHOLD, f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MISSED))
+        for task in snapshot.tasks:
+            name = task.task_name
+            declared, _ = effective_declaration(task)
+            labels = declared.labels if declared is not None else {}
+            info.add_metric([name, task.task_type or "", declared.schedule_text if declared is not None else "",
+                             *(labels.get(key, "") for key in self.metric_labels)], 1)
+            current = status_at(task, now)
+            for each in TASK_STATUSES:
+                status.add_metric([name, each], 1 if each == current else 0)
+            for family, value in ((last_start, task.last_start_at), (last_success, task.last_success_at),
+                                  (last_failure, task.last_failure_at), (deadline, task.deadline_at),
+                                  (budget, declared.max_runtime_seconds if declared is not None else None)):
+                if value is not None:
+                    family.add_metric([name], value)
+            failures.add_metric([name], task.consecutive_failures)
+            threshold.add_metric([name], declared.failure_threshold if declared is not None
+                                 else DEFAULT_FAILURE_THRESHOLD)
+            missed.add_metric([name], snapshot.counters.get((f.TASK_RUNS_MISSED, (name,)), 0.0))
+        return info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget, missed
 
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
         rejected = _family(f.BRIDGE_REJECTED)

@@ -12,9 +12,10 @@ from flask import Flask
 from ..service.config import load_settings
 from ..service.monitor import Monitor, rules_from
 from ..service.reaper import Reaper
+from ..service.tasks_file import TasksFile
 from ..store import open_store
 from ..telemetry.metrics import Exposition
-from . import errors, executions, fastpath, ingest, ops
+from . import errors, executions, fastpath, ingest, ops, tasks
 from .auth import Authorizer
 from .extension import EXTENSION_KEY, Bridge
 from .jsonprovider import FastJSONProvider
@@ -51,12 +52,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     store = open_store(settings)
     monitor = Monitor(store, rules_from(settings), clock, monotonic=monotonic)
+    if settings.tasks_file is not None:
+        monitor.tasks_file = TasksFile(settings.tasks_file)
     if tracer_provider is not None:
         from ..telemetry.tracing import ExecutionSpans
         monitor.spans = ExecutionSpans(tracer_provider,
                                        on_error=lambda: monitor.telemetry_error("build"))
     app.extensions[EXTENSION_KEY] = Bridge(
-        settings=settings, monitor=monitor, exposition=Exposition(store),
+        settings=settings, monitor=monitor, exposition=Exposition(store, clock, settings.metric_labels),
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
         limits=Limits(max_field_bytes=settings.max_field_bytes),
         authorizer=Authorizer(settings),
@@ -66,6 +69,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ingest.bp)
     app.register_blueprint(executions.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(tasks.bp)
     fastpath.init_app(app)
     return app
 

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..store import CapacityError, StoreUnavailable
 from .extension import current_bridge
 
-__all__ = ["ApiError", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout", "TooLarge",
+__all__ = ["ApiError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout", "TooLarge",
            "Unauthorized", "UnsupportedMediaType", "error_response", "init_app"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,12 @@ class NotFound(ApiError):
     status, reason = 404, "not_found"
 
 
+class Conflict(ApiError):
+    """409: the request contradicts what the bridge already holds."""
+
+    status, reason = 409, "conflict"
+
+
 class RequestTimeout(ApiError):
     """408: the body did not arrive in time."""
 
@@ -108,7 +114,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CapacityError)
     def capacity(exc: CapacityError):
-        response = error_response(429, f"the bridge tracks its maximum of executions: {exc}")
+        response = error_response(429, f"the bridge is at its limit: {exc}")
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
         return response
 

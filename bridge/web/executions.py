@@ -1,4 +1,4 @@
-"""The query API: current state of executions as JSON."""
+"""The executions: their current state as JSON, and the launcher's announcement of one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
 from .errors import InvalidInput, NotFound
 from .extension import current_bridge
+from .ingest import event_answer, ingest
+from .validation import parse_announcement
 
 __all__ = ["bp", "execution_json"]
 
@@ -18,7 +20,8 @@ bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
 
 @bp.before_request
 def _authorize() -> None:
-    current_bridge().authorizer.read(request.headers.get("Authorization"))
+    if request.method in ("GET", "HEAD"):  # an announcement is ingest, with the ingest tokens
+        current_bridge().authorizer.read(request.headers.get("Authorization"))
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -60,3 +63,12 @@ def get_execution(execution_id: str):
     if record is None:
         raise NotFound(f"no execution {execution_id[:128]!r}", "execution_id")
     return jsonify(execution_json(record))
+
+
+@bp.put("/<path:execution_id>")
+def announce(execution_id: str):
+    """Announce an execution before its container starts: it is ``starting`` as a run of its
+    task, and its heartbeats fill in the rest. Idempotent; after its end a duplicate."""
+    bridge = current_bridge()
+    return ingest("announcement", lambda body: parse_announcement(execution_id, body),
+                  lambda announcement: event_answer(announcement.execution_id, bridge.monitor.announce(announcement)))

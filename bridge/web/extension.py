@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flask import current_app
+
+from ..store import StoreUnavailable
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from .validation import Limits
 
 __all__ = ["Bridge", "current_bridge"]
+
+log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "heartbeat_bridge"
 
@@ -48,6 +53,10 @@ class Bridge:
             if self.tracer_provider is not None:
                 self.monitor.spans = tracing.ExecutionSpans(
                     self.tracer_provider, on_error=lambda: self.monitor.telemetry_error("build"))
+        try:
+            self.monitor.refresh_tasks_file()
+        except StoreUnavailable as exc:  # the reaper's rounds try again
+            log.warning("could not apply BRIDGE_TASKS_FILE yet: %s", exc)
         self.reaper.start()
 
     def stop(self) -> None:

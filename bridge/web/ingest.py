@@ -16,7 +16,8 @@ from .errors import ApiError, InvalidInput, RequestTimeout, TooLarge, Unsupporte
 from .extension import current_bridge
 from .validation import parse_completion, parse_container_event, parse_heartbeat, parse_json
 
-__all__ = ["FAST_PATH_ERROR", "bp", "heartbeat_answer", "is_json_mimetype"]
+__all__ = ["FAST_PATH_ERROR", "bp", "event_answer", "heartbeat_answer", "ingest", "is_json_mimetype",
+           "json_body"]
 
 bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
 
@@ -58,7 +59,7 @@ def is_json_mimetype(mimetype: str) -> bool:
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
-def _json_body(max_bytes: int) -> Any:
+def json_body(max_bytes: int) -> Any:
     """Return the decoded JSON body. Raises an :class:`ApiError` (413, 415, 408 or 400)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
@@ -73,12 +74,12 @@ def _json_body(max_bytes: int) -> Any:
     return parse_json(body)
 
 
-def _ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
+def ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
     """Check the token, parse the body, act on it; count a refusal under ``endpoint``."""
     bridge = current_bridge()
     try:
         grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
-        item = parse(_json_body(bridge.settings.max_body_bytes))
+        item = parse(json_body(bridge.settings.max_body_bytes))
         bridge.authorizer.check(grant, item.execution_id)
         return act(item)
     except ApiError as exc:
@@ -112,7 +113,7 @@ def heartbeat():
             raise error
         return jsonify(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
 
-    return _ingest("heartbeat", lambda body: parse_heartbeat(
+    return ingest("heartbeat", lambda body: parse_heartbeat(
         body, bridge.limits, request.headers.get("traceparent")), act)
 
 
@@ -121,11 +122,11 @@ def completion():
     """Record a completion; a repeat answers 200 with ``"duplicate": true`` and changes nothing."""
     bridge = current_bridge()
 
-    return _ingest("completion", lambda body: parse_completion(body, bridge.limits),
-                   lambda c: _answer(c.execution_id, bridge.monitor.complete(c), c.warnings))
+    return ingest("completion", lambda body: parse_completion(body, bridge.limits),
+                   lambda c: event_answer(c.execution_id, bridge.monitor.complete(c), c.warnings))
 
 
-def _answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()):
+def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()):
     """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did,
     ``warnings`` what of it was cut or dropped."""
     body: dict[str, Any] = {"status": "ok", "execution_id": execution_id,
@@ -142,8 +143,8 @@ def container_event():
     """Record a Docker agent's start, die or oom report; a repeat after the end is a duplicate."""
     bridge = current_bridge()
 
-    return _ingest("container_event", parse_container_event,
-                   lambda event: _answer(event.execution_id, bridge.monitor.container_event(event)))
+    return ingest("container_event", parse_container_event,
+                   lambda event: event_answer(event.execution_id, bridge.monitor.container_event(event)))
 
 
 @bp.post("/heartbeats")
@@ -157,7 +158,7 @@ def heartbeats():
     settings = bridge.settings
     try:
         grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
-        body = _json_body(settings.max_batch_body_bytes)
+        body = json_body(settings.max_batch_body_bytes)
         if not isinstance(body, list):
             raise InvalidInput("body must be a JSON array of heartbeats", "body")
         if len(body) > settings.max_batch_items:

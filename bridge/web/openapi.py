@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..core.declarations import MAX_FAILURE_THRESHOLD, MAX_GRACE_SECONDS, MAX_PERIOD_SECONDS
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES
 from ..core.executions import STATUSES
+from ..core.tasks import DECLARATION_SOURCES, TASK_STATUSES
 from ..service.config import Settings
 from .validation import (
     MAX_CONTAINER_NAME,
@@ -43,9 +45,9 @@ def _text(max_length: int) -> dict:
 
 def _errors(*codes: int) -> dict:
     meaning = {400: "malformed JSON or a wrong field (named in `field`)", 401: "missing or wrong token",
-               403: "the token does not grant this execution", 404: "no such execution",
-               413: "too large", 415: "not application/json", 429: "execution limit reached",
-               503: "the store is unavailable; retry"}
+               403: "the token does not grant this", 404: "no such execution or task",
+               409: "the task is declared in BRIDGE_TASKS_FILE", 413: "too large", 415: "not application/json",
+               429: "a limit (executions, task names) is reached", 503: "the store is unavailable; retry"}
     return {str(code): {"description": meaning[code],
                         "content": {"application/json": {"schema": _ref("Error")}}} for code in codes}
 
@@ -69,6 +71,11 @@ def document(settings: Settings) -> dict[str, Any]:
                                       f"{settings.max_field_bytes} bytes as JSON"}
     exit_code = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
     ingest_codes = (400, 401, 403, 413, 415, 429, 503)
+    task_name = _text(MAX_TEXT)
+    label_map = {"type": "object", "maxProperties": MAX_LABELS,
+                 "propertyNames": {"pattern": "^[a-zA-Z_][a-zA-Z0-9_]{0,62}$"},
+                 "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE,
+                                          "pattern": f"^{_NO_CONTROL}*$"}}
     schemas = {
         "Heartbeat": {"type": "object", "required": ["execution_id"], "additionalProperties": True, "properties": {
             "execution_id": execution_id,
@@ -80,13 +87,38 @@ def document(settings: Settings) -> dict[str, Any]:
             "task_type": _nullable(_text(MAX_TEXT)),
             "interval_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_INTERVAL}),
             "max_runtime_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_RUNTIME}),
-            "labels": _nullable({"type": "object", "maxProperties": MAX_LABELS,
-                                 "propertyNames": {"pattern": "^[a-zA-Z_][a-zA-Z0-9_]{0,62}$"},
-                                 "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE,
-                                                          "pattern": f"^{_NO_CONTROL}*$"}}),
+            "labels": _nullable(label_map),
             "traceparent": _nullable({"type": "string",
                                       "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}),
+            "task_schedule": {"anyOf": [_ref("TaskDeclaration"), {"type": "null"}],
+                              "description": "declares the task (task_name) on an execution's first heartbeat"},
         }},
+        "TaskDeclaration": {"type": "object", "additionalProperties": False, "properties": {
+            "schedule": _nullable({"type": "string", "description": "a 5-field cron expression"}),
+            "timezone": _nullable({"type": "string", "description": "an IANA time zone (default UTC)"}),
+            "period_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_PERIOD_SECONDS}),
+            "start_grace_seconds": _nullable({"type": "number", "minimum": 0, "maximum": MAX_GRACE_SECONDS}),
+            "max_runtime_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_RUNTIME}),
+            "failure_threshold": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_FAILURE_THRESHOLD}),
+            "labels": _nullable(label_map),
+            "description": _nullable(_text(1024)),
+            "runbook_url": _nullable(_text(1024)),
+            "ping_uuid": _nullable({"type": "string", "format": "uuid"}),
+        }},
+        "Announcement": {"type": "object", "additionalProperties": True, "properties": {
+            "task_name": _nullable(task_name),
+            "task_type": _nullable(_text(MAX_TEXT)),
+            "labels": _nullable(label_map),
+            "interval_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_INTERVAL}),
+            "max_runtime_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_RUNTIME}),
+        }},
+        "Task": {"type": "object", "required": ["task_name", "status"], "additionalProperties": True, "properties": {
+            "task_name": {"type": "string"}, "status": {"type": "string", "enum": list(TASK_STATUSES)},
+            "declared_by": {"type": ["string", "null"], "enum": [*DECLARATION_SOURCES, None]},
+            "consecutive_failures": {"type": "integer"}, "running": {"type": "array", "items": {"type": "string"}},
+            "last_executions": {"type": "array", "items": {"type": "object"}}}},
+        "TaskList": {"type": "object", "required": ["tasks"], "properties": {
+            "tasks": {"type": "array", "items": _ref("Task")}}},
         "Completion": {"type": "object", "required": ["execution_id", "success"], "additionalProperties": True,
                        "properties": {
             "execution_id": execution_id,
@@ -106,6 +138,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "image": _nullable(_text(MAX_IMAGE)),
             "exit_code": _nullable(exit_code),
             "oom_killed": {"type": "boolean"},
+            "task_name": _nullable(task_name),
+            "task_type": _nullable(_text(MAX_TEXT)),
         }},
         "Accepted": {"type": "object", "required": ["status", "execution_id"], "properties": {
             "status": {"type": "string", "enum": ["ok"]}, "execution_id": {"type": "string"},
@@ -151,10 +185,31 @@ def document(settings: Settings) -> dict[str, Any]:
                 {"name": "after", "in": "query", "schema": {"type": "string"}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
             "responses": {**_ok("ExecutionList", "executions"), **_errors(400, 401, 503)}}},
-        "/api/v1/executions/{execution_id}": {"get": {
-            "summary": "One execution", "security": read_security,
-            "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
-            "responses": {**_ok("Execution", "the execution"), **_errors(401, 404, 503)}}},
+        "/api/v1/executions/{execution_id}": {
+            "get": {
+                "summary": "One execution", "security": read_security,
+                "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
+                "responses": {**_ok("Execution", "the execution"), **_errors(401, 404, 503)}},
+            "put": {
+                "summary": "Announce an execution before its container starts", "security": [{}, {"bearer": []}],
+                "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Announcement")}}},
+                "responses": {**_ok("Accepted", "announced"), **_errors(*ingest_codes)}}},
+        "/api/v1/tasks": {"get": {
+            "summary": "Every task, declared or seen running", "security": read_security,
+            "responses": {**_ok("TaskList", "the tasks"), **_errors(401, 503)}}},
+        "/api/v1/tasks/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": task_name}],
+            "get": {"summary": "One task", "security": read_security,
+                    "responses": {**_ok("Task", "the task"), **_errors(401, 404, 503)}},
+            "put": {"summary": "Declare a task (idempotent)", "security": [{}, {"bearer": []}],
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _ref("TaskDeclaration")}}},
+                    "responses": {**_ok("Task", "declared"), **_errors(400, 401, 403, 409, 413, 415, 429, 503)}},
+            "delete": {"summary": "Withdraw the API's declaration; the task stays known from its runs",
+                       "security": [{}, {"bearer": []}],
+                       "responses": {**_ok("Task", "what is left of the task"),
+                                     **_errors(400, 401, 403, 404, 409, 503)}}},
         "/metrics": {"get": {
             "summary": "Prometheus text, or OpenMetrics when asked", "security": read_security,
             "responses": {"200": {"description": "the metrics", "content": {

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import jsoncodec
-from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES, Completion, ContainerEvent, Heartbeat
+from ..core.declarations import DeclarationError, TaskDeclaration, parse_declaration
+from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES, Announcement, Completion, ContainerEvent, Heartbeat
 from ..core.executions import OTHER_TASK
 from ..core.ids import is_traceparent, normalise_id
 from .errors import InvalidInput, InvalidJSON, TooLarge
 
-__all__ = ["Limits", "parse_completion", "parse_container_event", "parse_heartbeat",
-           "parse_json"]
+__all__ = ["Limits", "declaration", "parse_announcement", "parse_completion", "parse_container_event",
+           "parse_heartbeat", "parse_json"]
 
 MAX_DEPTH = 8
 MAX_LABELS = 16
@@ -209,6 +210,16 @@ def _labels(body: dict) -> dict | None:
     return dict(raw)
 
 
+def declaration(body: Any, task: str | None, prefix: str = "") -> TaskDeclaration:
+    """Return the task declaration in ``body``. Raises :class:`InvalidInput` naming the field
+    (after ``prefix``, such as ``task_schedule.``)."""
+    try:
+        return parse_declaration(body, task)
+    except DeclarationError as exc:
+        field = (prefix.rstrip(".") or "body") if exc.field == "declaration" else prefix + exc.field
+        raise InvalidInput(f"{field} {exc.message}", field) from None
+
+
 def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = None) -> Heartbeat:
     """Return the :class:`Heartbeat` in a decoded JSON ``body``.
 
@@ -231,18 +242,25 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
             traceparent = None  # all-zero ids: W3C Trace Context says to ignore it
     elif traceparent_header and is_traceparent(traceparent_header.strip()):
         traceparent = traceparent_header.strip()
+    task_name = _task_name(body)
+    task_schedule = None
+    if body.get("task_schedule") is not None:
+        if task_name is None:
+            raise InvalidInput("task_schedule declares the heartbeat's task: send task_name with it", "task_name")
+        task_schedule = declaration(body["task_schedule"], task_name, "task_schedule.")
     return Heartbeat(
         execution_id=execution_id,
         container_id=_container_id(body),
         status=status,
         progress=_document(body, "progress", limits),
         timestamp=_number(body, "timestamp", 0, MAX_TIMESTAMP),
-        task_name=_task_name(body),
+        task_name=task_name,
         task_type=_text(body, "task_type"),
         interval_seconds=_number(body, "interval_seconds", 1, MAX_INTERVAL),
         max_runtime_seconds=_number(body, "max_runtime_seconds", 1, MAX_RUNTIME),
         labels=_labels(body),
         traceparent=traceparent,
+        task_schedule=task_schedule,
     )
 
 
@@ -275,6 +293,27 @@ def parse_container_event(body: Any) -> ContainerEvent:
         image=_text(body, "image", MAX_IMAGE),
         exit_code=_exit_code(body),
         oom_killed=oom_killed,
+        task_name=_task_name(body),
+        task_type=_text(body, "task_type"),
+    )
+
+
+def parse_announcement(execution_id: str, body: Any) -> Announcement:
+    """Return the launcher's :class:`Announcement` of ``execution_id`` (from the URL) in a
+    decoded JSON ``body``. Raises :class:`~bridge.web.errors.ApiError`."""
+    body = _object(body)
+    canonical = normalise_id(execution_id)
+    if canonical is None:
+        raise InvalidInput("execution_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -", "execution_id")
+    if body.get("execution_id") not in (None, execution_id, canonical):
+        raise InvalidInput("execution_id in the body differs from the one in the URL", "execution_id")
+    return Announcement(
+        execution_id=canonical,
+        task_name=_task_name(body),
+        task_type=_text(body, "task_type"),
+        labels=_labels(body),
+        interval_seconds=_number(body, "interval_seconds", 1, MAX_INTERVAL),
+        max_runtime_seconds=_number(body, "max_runtime_seconds", 1, MAX_RUNTIME),
     )
 
 

@@ -1,0 +1,271 @@
+"""The task model and its rules: what executions are runs of, when the next run is due,
+and what the task's status is.
+
+A task is named by its ``task_name``. The bridge knows it from the executions that name it,
+and more once it is declared (:mod:`bridge.core.declarations`). Like the execution rules,
+everything here is pure: the caller passes the current record and the time, and a store
+commits the returned :class:`TaskOutcome` with a compare-and-set, so each start, end and
+missed slot counts once however many workers and replicas race.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any
+
+from ..telemetry.families import TASK_RUNS_MISSED
+from .declarations import DEFAULT_FAILURE_THRESHOLD, TaskDeclaration, next_slot
+from .executions import Execution, Increment
+
+__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "Task", "TaskOutcome",
+           "apply_declaration", "apply_run_change", "apply_task_deadline", "effective_declaration", "is_declared",
+           "status_at"]
+
+TASK_STATUSES = ("idle", "running", "up", "late", "missed", "failing")
+#: Where declarations come from, the first winning over the others.
+DECLARATION_SOURCES = ("file", "api", "inband")
+#: The executions a task keeps the ids of, newest last.
+RECENT_RUNS = 20
+#: Missed slots counted by one application of a deadline; the next reaper round goes on.
+MAX_SLOTS_PER_ROUND = 1000
+_LIVE = ("starting", "running")
+#: Fields whose change moves the expected runs.
+_SCHEDULING = ("schedule", "timezone", "period_seconds", "start_grace_seconds")
+
+
+@dataclass
+class Task:
+    """Everything known about one task; times are the bridge's unix seconds."""
+
+    task_name: str
+    task_type: str | None = None
+    #: source ("file", "api", "inband") -> the declaration's fields
+    declarations: dict = field(default_factory=dict)
+    #: when the current schedule was declared
+    declared_at: float | None = None
+    last_start_at: float | None = None
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
+    last_end_at: float | None = None
+    #: the expected start being waited for; its deadline adds the grace (the store indexes it)
+    next_run_at: float | None = None
+    deadline_at: float | None = None
+    #: a slot passed its deadline with no run started, and none has started since
+    missed: bool = False
+    missed_runs: int = 0
+    consecutive_failures: int = 0
+    runs: int = 0
+    #: ids of its executions running now (overlapping runs are separate executions)
+    running: list = field(default_factory=list)
+    #: [execution id, status, started at, ended at or None], newest last
+    recent: list = field(default_factory=list)
+    version: int = 0
+
+    def to_values(self) -> tuple[Any, ...]:
+        """Return the field values in :data:`TASK_RECORD_FIELDS` order (the stores' compact form)."""
+        return _task_values(self)
+
+    @classmethod
+    def from_values(cls, values: list[Any]) -> Task:
+        """Return the record :meth:`to_values` stored, by this version or a later one."""
+        return cls(*values[:len(TASK_RECORD_FIELDS)])
+
+    def clone(self) -> Task:
+        """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
+        copy = object.__new__(Task)
+        copy.__dict__.update(self.__dict__)
+        return copy
+
+
+#: The stored order of the fields. Append only: records already stored depend on it.
+TASK_RECORD_FIELDS = tuple(f.name for f in fields(Task))
+_task_values = attrgetter(*TASK_RECORD_FIELDS)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one event does to a task: the record to write (None: nothing) and its counters."""
+
+    record: Task | None
+    increments: tuple[Increment, ...] = ()
+
+
+_UNCHANGED = TaskOutcome(None)
+
+
+def effective_declaration(task: Task) -> tuple[TaskDeclaration | None, str | None]:
+    """Return the declaration that applies to ``task`` and its source: the file's over the
+    API's over the one a heartbeat carried; (None, None) for an undeclared task."""
+    for source in DECLARATION_SOURCES:
+        data = task.declarations.get(source)
+        if data is not None:
+            return TaskDeclaration.from_dict(data), source
+    return None, None
+
+
+def is_declared(task: Task) -> bool:
+    """Return True when the tasks file or the API declares ``task``: its name is then kept,
+    whatever runs it had (a heartbeat's declaration keeps nothing: its executions do)."""
+    return any(task.declarations.get(source) is not None for source in ("file", "api"))
+
+
+def status_at(task: Task, now: float) -> str:
+    """Return the task's status at ``now``.
+
+    ``running`` while a run is; ``failing`` once its last ``failure_threshold`` runs failed
+    (a lost run counts as failed) until one succeeds; for a scheduled task, ``missed`` once
+    an expected start passed its grace with no run (until a run starts), ``late`` between the
+    expected start and its deadline, ``up`` when its last run ended and the next is not due
+    yet; otherwise ``idle`` (nothing expected, or no run yet).
+    """
+    if task.running:
+        return "running"
+    declaration, _ = effective_declaration(task)
+    threshold = declaration.failure_threshold if declaration else DEFAULT_FAILURE_THRESHOLD
+    if task.consecutive_failures >= threshold:
+        return "failing"
+    if declaration is None or not declaration.scheduled:
+        return "idle"
+    if task.missed:
+        return "missed"
+    if task.next_run_at is not None and now >= task.next_run_at:
+        return "late"
+    return "up" if task.last_end_at is not None else "idle"
+
+
+def _reschedule(task: Task, declaration: TaskDeclaration | None, now: float) -> None:
+    """Set the next expected start after the schedule changed at ``now``."""
+    task.declared_at = now
+    task.missed = False
+    if declaration is None or not declaration.scheduled:
+        task.next_run_at = task.deadline_at = None
+        return
+    if declaration.period_seconds is not None:
+        # Counted from the last start, but never from before the declaration: a task
+        # declared long after its last run is not late at once, nor missed many times over.
+        task.next_run_at = max(now, task.last_start_at or now) + declaration.period_seconds
+    else:
+        task.next_run_at = next_slot(declaration, now)
+    task.deadline_at = task.next_run_at + declaration.start_grace_seconds
+
+
+def apply_declaration(current: Task | None, name: str, source: str, declaration: TaskDeclaration | None,
+                      now: float) -> TaskOutcome:
+    """Return what declaring ``name`` from ``source`` (or, with None, withdrawing that
+    source's declaration) does. A change to the schedule, time zone, period or grace
+    restarts the expected runs from ``now``; nothing changes when nothing differs."""
+    if current is None and declaration is None:
+        return _UNCHANGED
+    task = current.clone() if current is not None else Task(task_name=name)
+    before, _ = effective_declaration(task)
+    declarations = dict(task.declarations)
+    if declaration is None:
+        declarations.pop(source, None)
+    else:
+        declarations[source] = declaration.to_dict()
+    if current is not None and declarations == current.declarations:
+        return _UNCHANGED
+    task.declarations = declarations
+    after, _ = effective_declaration(task)
+    if _scheduling(before) != _scheduling(after):
+        _reschedule(task, after, now)
+    return TaskOutcome(task)
+
+
+def _scheduling(declaration: TaskDeclaration | None) -> tuple | None:
+    return None if declaration is None else tuple(getattr(declaration, name) for name in _SCHEDULING)
+
+
+def _record_start(task: Task, declaration: TaskDeclaration | None, started_at: float) -> None:
+    """Note a run started at ``started_at``: it satisfies the expected start it is near."""
+    task.last_start_at = max(task.last_start_at or started_at, started_at)
+    task.missed = False
+    task.runs += 1
+    if declaration is None or not declaration.scheduled or task.next_run_at is None:
+        return
+    if declaration.period_seconds is not None:
+        task.next_run_at = started_at + declaration.period_seconds
+    else:
+        # A start a little early (clock skew, a scheduler's jitter) still counts for the
+        # coming slot: up to the grace, and at most half the gap to the slot after it.
+        gap = next_slot(declaration, task.next_run_at) - task.next_run_at
+        if started_at < task.next_run_at - min(declaration.start_grace_seconds, gap / 2):
+            return  # an extra run, not the expected one
+        task.next_run_at = next_slot(declaration, max(started_at, task.next_run_at))
+    task.deadline_at = task.next_run_at + declaration.start_grace_seconds
+
+
+def _note_recent(task: Task, execution: Execution) -> None:
+    ended = execution.ended_at if execution.status in ("completed", "failed") else (
+        execution.updated_at if execution.status == "lost" else None)
+    entry = [execution.execution_id, execution.status, execution.started_at, ended]
+    recent = [run for run in task.recent if run[0] != execution.execution_id]
+    task.recent = (recent + [entry])[-RECENT_RUNS:]
+
+
+def apply_run_change(current: Task | None, name: str, before: Execution | None, after: Execution,
+                     inband: TaskDeclaration | None = None) -> TaskOutcome:
+    """Return what an execution of task ``name`` going from ``before`` to ``after`` does.
+
+    A run starts when an execution is first seen as a run of the task (new, announced, or
+    given the task's name later); it is running while it is ``starting`` or ``running``; it
+    ends when it completes, fails or is lost. A lost run counts as failed: the failure streak
+    grows; if it comes back it runs again, and if it then completes, that success ends the
+    streak (a failure after the loss is not counted twice). ``inband`` is a declaration the
+    execution's first heartbeat carried. The time is ``after.updated_at``.
+    """
+    now = after.updated_at
+    task = current.clone() if current is not None else Task(task_name=name)
+    changed = current is None
+    if inband is not None:
+        declared = apply_declaration(task, name, "inband", inband, now)
+        if declared.record is not None:
+            task, changed = declared.record, True
+    if after.task_type is not None and after.task_type != task.task_type:
+        task.task_type, changed = after.task_type, True
+    # The status it had as a run of this task; None when it was not one yet.
+    previous = before.status if before is not None and before.metric_task_name == name else None
+    if previous == after.status:
+        return TaskOutcome(task if changed else None)
+    declaration, _ = effective_declaration(task)
+    if previous is None:
+        _record_start(task, declaration, after.started_at)
+    execution_id = after.execution_id
+    if after.status in _LIVE:
+        if previous not in _LIVE and execution_id not in task.running:
+            task.running = [*task.running, execution_id]
+    else:
+        task.running = [run for run in task.running if run != execution_id]
+        ended_at = after.ended_at if after.ended_at is not None else now
+        task.last_end_at = max(task.last_end_at or ended_at, ended_at)
+        if after.status == "completed":
+            task.last_success_at = ended_at
+            task.consecutive_failures = 0
+        else:
+            task.last_failure_at = ended_at
+            if previous != "lost":  # its loss was counted already
+                task.consecutive_failures += 1
+    _note_recent(task, after)
+    return TaskOutcome(task)
+
+
+def apply_task_deadline(current: Task, now: float) -> TaskOutcome:
+    """Return what passing the deadline of its expected start does to ``current``: each
+    slot whose grace passed with no run started is missed, counted once, and the next one
+    is expected (unchanged when none is due)."""
+    if current.deadline_at is None or current.deadline_at > now or current.next_run_at is None:
+        return _UNCHANGED
+    declaration, _ = effective_declaration(current)
+    if declaration is None or not declaration.scheduled:
+        return _UNCHANGED
+    task = current.clone()
+    assert task.next_run_at is not None and task.deadline_at is not None
+    missed = 0
+    while task.deadline_at <= now and missed < MAX_SLOTS_PER_ROUND:
+        missed += 1
+        task.next_run_at = next_slot(declaration, task.next_run_at)
+        task.deadline_at = task.next_run_at + declaration.start_grace_seconds
+    task.missed = True
+    task.missed_runs += missed
+    return TaskOutcome(task, (Increment(TASK_RUNS_MISSED, (task.task_name,), float(missed)),))
