@@ -69,6 +69,8 @@ def test_it_ships_an_alertmanager_config_that_amtool_accepts():
     (["severity=critical", "alertname=TaskExecutionLost"], "critical"),
     (["severity=warning", "alertname=TaskHeartbeatMissed"], "warning"),
     (["alertname=Watchdog"], "default"),
+    (["severity=warning", "alertname=TaskFailing", "label_team=data"], "team-data"),
+    (["severity=critical", "alertname=TaskExecutionLost", "label_team=web"], "team-web"),
 ])
 def test_it_routes_alerts_by_severity(labels, receiver):
     amtool = require_binary("amtool")

@@ -90,7 +90,7 @@ def stack(live_bridge, tmp_path):
     """The bridge, Prometheus scraping it every second with the rules, and Alertmanager."""
     bridge = live_bridge(workers=2, env={"BRIDGE_LOST_AFTER_INTERVALS": "25",
                                          "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
-                                         "BRIDGE_RETENTION_SECONDS": "60"})
+                                         "BRIDGE_RETENTION_SECONDS": "60", "BRIDGE_METRIC_LABELS": "team"})
     webhook = Webhook()
     alertmanager, am_url = start_alertmanager(tmp_path / "am", alertmanager_config(webhook.url))
     prometheus, prom_url = start_prometheus(tmp_path / "prom", prometheus_config(
@@ -109,6 +109,8 @@ def stack(live_bridge, tmp_path):
 def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     bridge, fleet, prometheus, alertmanager, webhook = stack
     session = requests.Session()
+    # The fleet's task is declared, so that its schedule's panels have data too.
+    assert session.put(f"{bridge.url}/api/v1/tasks/{TASK}", json={"period_seconds": 3600}, timeout=5).ok
     for execution_id in ("missed-1", "fail-1", "ok-1"):
         fleet.beat(execution_id)
     fleet.beating |= {"steady-1", "late-ok"}
@@ -150,7 +152,8 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
                 if not any(math.isfinite(v) for v in values):
                     empty.append(f"{board.name}: {panel['title']}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
-    for label, matcher in (("task_name", "task_executions"), ("execution_id", "task_execution_info")):
+    for label, matcher in (("task_name", "task_executions"), ("execution_id", "task_execution_info"),
+                           ("task_name", "task_info")):
         values = requests.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": matcher},
                               timeout=10).json()["data"]
         assert values, f"the {label} variable would be empty"
@@ -163,3 +166,47 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     wait_until(lambda: ("TaskExecutionFailed", "fail-1") not in firing(alertmanager),
                "the failed alert to resolve when the execution's retention ends")
     assert not {eid for _, eid in firing(alertmanager)} & healthy
+
+
+def task_alerts(alertmanager: str) -> dict[tuple[str, str], dict]:
+    """Return the active task alerts by (alertname, task_name), with their labels."""
+    alerts = requests.get(alertmanager + "/api/v2/alerts", timeout=5).json()
+    return {(a["labels"]["alertname"], a["labels"].get("task_name", "")): a["labels"]
+            for a in alerts if a["status"]["state"] in ("active", "suppressed") and "execution_id" not in a["labels"]}
+
+
+def test_it_pages_a_team_for_its_missed_and_failing_tasks_and_resolves_on_a_success(stack):
+    bridge, _, prometheus, alertmanager, webhook = stack
+    session = requests.Session()
+    declare = lambda name, **fields: session.put(f"{bridge.url}/api/v1/tasks/{name}", json=fields, timeout=5)
+    assert declare("never-runs", period_seconds=2, start_grace_seconds=1, labels={"team": "data"}).ok
+    assert declare("flaky", failure_threshold=2, labels={"team": "web"}).ok
+    assert declare("healthy", period_seconds=3600, labels={"team": "web"}).ok
+
+    def run(execution_id, name, success):
+        session.post(bridge.url + HEARTBEAT, timeout=5, json={"execution_id": execution_id, "task_name": name})
+        session.post(bridge.url + COMPLETION, timeout=5, json={"execution_id": execution_id, "success": success})
+
+    run("flaky-1", "flaky", False)
+    run("healthy-1", "healthy", True)
+    time.sleep(2)  # a few scrapes and evaluations with one failure: below the threshold
+    assert ("TaskFailing", "flaky") not in task_alerts(alertmanager)
+    run("flaky-2", "flaky", False)
+
+    wait_until(lambda: {("TaskRunMissed", "never-runs"), ("TaskFailing", "flaky")} <= set(task_alerts(alertmanager)),
+               "the missed-run and failing alerts")
+    labels = task_alerts(alertmanager)
+    assert labels[("TaskRunMissed", "never-runs")]["label_team"] == "data"
+    assert labels[("TaskFailing", "flaky")]["label_team"] == "web"
+    assert not {name for _, name in labels} & {"healthy"}
+    wait_until(lambda: any(a["labels"]["alertname"] == "TaskRunMissed" for a in webhook.alerts("/team-data"))
+               and any(a["labels"]["alertname"] == "TaskFailing" for a in webhook.alerts("/team-web")),
+               "each team's receiver to be notified", timeout=60)
+    missed = requests.get(prometheus + "/api/v1/query", timeout=5,
+                          params={"query": 'task_runs_missed_total{task_name="never-runs"}'}).json()
+    assert float(missed["data"]["result"][0]["value"][1]) >= 1
+
+    # A success ends the streak: the failing alert resolves.
+    run("flaky-3", "flaky", True)
+    wait_until(lambda: ("TaskFailing", "flaky") not in task_alerts(alertmanager), "the failing alert to resolve")
+    assert ("TaskRunMissed", "never-runs") in task_alerts(alertmanager)

@@ -27,8 +27,8 @@ def panel_queries():
                 yield path.name, panel["title"], target["expr"]
 
 
-def test_it_ships_the_three_dashboards():
-    assert {load(p)["uid"] for p in DASHBOARDS} == {"hb-fleet", "hb-execution", "hb-bridge"}
+def test_it_ships_the_four_dashboards():
+    assert {load(p)["uid"] for p in DASHBOARDS} == {"hb-fleet", "hb-execution", "hb-bridge", "hb-tasks"}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -82,3 +82,18 @@ def test_it_provisions_the_dashboards_and_both_datasources():
     assert sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"] == [
         {"name": "trace_id", "datasourceUid": "tempo"}]
     assert sources["tempo"]["type"] == "tempo"
+
+
+def test_it_lists_every_task_from_task_info_with_its_status_last_success_deadline_streak_and_p95():
+    board = load(ROOT / "dashboards" / "heartbeat-bridge-tasks.json")
+    variable = next(v for v in board["templating"]["list"] if v["name"] == "task_name")
+    assert variable["query"]["query"] == "label_values(task_info, task_name)"  # not from executions that expire
+    table = next(p for p in board["panels"] if p["title"] == "Tasks: one row each")
+    queried = " ".join(t["expr"] for t in table["targets"])
+    for metric in ("task_status", "task_last_success_timestamp_seconds", "task_next_run_deadline_timestamp_seconds",
+                   "task_consecutive_failures", "task_execution_duration_seconds_bucket"):
+        assert metric in queried, metric
+    over_time = " ".join(t["expr"] for p in board["panels"] if p["type"] == "timeseries" for t in p["targets"])
+    assert "task_completions_total" in over_time and "task_runs_missed_total" in over_time
+    executions = next(p for p in board["panels"] if p["title"] == "Executions of the selected tasks")
+    assert all('task_name=~"$task_name"' in t["expr"] for t in executions["targets"])

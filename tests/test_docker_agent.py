@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,3 +176,65 @@ def test_it_survives_an_engine_restart_and_catches_up_on_what_it_missed(engine, 
     gone = wait_for(status_is(bridge, before, "failed"), "the death that happened during the restart")
     assert gone["error_message"].startswith("exited with code")
     assert process.poll() is None, "the agent died with the engine"
+
+
+# The seed's task_service.py, shortened: its own client, unchanged, reading its config.
+SEED_TASK = """
+import json, os, sys, time
+sys.path[:0] = ["/seed", {site!r}]
+from heartbeat_client import HeartbeatClient
+client = HeartbeatClient(api_base_url=os.environ["API_BASE_URL"], execution_id=os.environ["TASK_EXECUTION_ID"],
+                         container_id=os.environ.get("HOSTNAME", "unknown-container"), heartbeat_interval=1)
+client.start()
+if os.environ.get("CONFIG_PATH"):
+    with open(os.environ["CONFIG_PATH"], encoding="utf-8") as f:
+        print("任务配置:", json.load(f)["task_name"])
+for step in range(1, 4):
+    client.update_status("running", {{"stage": "数据处理中", "current_step": step, "total_steps": 3}})
+    time.sleep(0.5)
+client.send_completion(success=True, result_data={{"processed_records": 1000}})
+client.stop()
+"""
+
+
+def test_it_names_seed_containers_by_announcement_label_or_config_mount(bridge, agent, docker_client, tmp_path):
+    import site
+    agent()
+    python, site_packages = Path(sys.base_prefix), next(p for p in site.getsitepackages() if "site-packages" in p)
+    volumes = {str(python): {"bind": str(python), "mode": "ro"},
+               site_packages: {"bind": site_packages, "mode": "ro"},  # the seed client's requests
+               str(ROOT / "tests" / "seed"): {"bind": "/seed", "mode": "ro"}}
+    for system in ("/lib", "/lib64", "/usr/lib"):
+        if os.path.isdir(system):
+            volumes[system] = {"bind": system, "mode": "ro"}
+    announced, labelled, configured = (str(uuid.uuid4()) for _ in range(3))
+    response = requests.put(f"{bridge.url}/api/v1/executions/{announced}", timeout=5,
+                            json={"task_name": "nightly-crawl", "task_type": "crawler"})
+    assert response.json()["execution_status"] == "starting"
+    config = tmp_path / "task_configs" / configured / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"task_name": "示例数据采集任务", "task_type": "crawler", "simulate_error": False}),
+                      encoding="utf-8")
+    runs = {announced: ({}, {}), labelled: ({"heartbeat.task_name": "hourly-etl", "heartbeat.task_type": "etl"}, {}),
+            configured: ({}, {str(config): {"bind": "/app/config/config.json", "mode": "ro"}})}
+    containers = []
+    for execution_id, (labels, mounts) in runs.items():
+        environment = {"TASK_EXECUTION_ID": execution_id, "API_BASE_URL": bridge.url}
+        if mounts:
+            environment["CONFIG_PATH"] = "/app/config/config.json"
+        containers.append(docker_client.containers.run(
+            IMAGE, [str(python / "bin" / "python3"), "-c", SEED_TASK.format(site=site_packages)],
+            name=f"task-{execution_id}", labels=labels, environment=environment,
+            volumes={**volumes, **mounts}, network_mode="host", detach=True))
+    for container in containers:
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()
+    assert "示例数据采集任务" in containers[2].logs().decode()
+    for execution_id, task_name in ((announced, "nightly-crawl"), (labelled, "hourly-etl"),
+                                    (configured, "示例数据采集任务")):
+        record = wait_for(status_is(bridge, execution_id, "completed"), f"the completion of {task_name}")
+        assert record["task_name"] == task_name, record
+        assert record["task_type"] in ("crawler", "etl")
+        task = requests.get(f"{bridge.url}/api/v1/tasks/{task_name}", timeout=5).json()
+        assert task["last_executions"][0]["execution_id"] == execution_id and task["status"] == "idle"
+    metrics = requests.get(f"{bridge.url}/metrics", timeout=5).text
+    assert 'task_completions_total{outcome="success",task_name="示例数据采集任务"} 1.0' in metrics

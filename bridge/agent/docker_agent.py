@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import os
 import random
@@ -37,7 +38,13 @@ __all__ = ["DockerAgent", "main"]
 log = logging.getLogger("bridge.agent")
 
 DEFAULT_LABEL = "heartbeat.execution_id"
+TASK_NAME_LABEL = "heartbeat.task_name"
+TASK_TYPE_LABEL = "heartbeat.task_type"
 EXECUTION_ENV = "TASK_EXECUTION_ID"
+#: The seed's variable naming the task's JSON config inside the container.
+CONFIG_ENV = "CONFIG_PATH"
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TASK_TEXT = 128
 EVENTS = ("start", "die", "oom")
 EVENTS_URL_PATH = "/api/v1/monitoring/container-events"
 DEFAULT_RECONNECT_DELAY_SECONDS = 1.0
@@ -53,6 +60,39 @@ class _TaskContainer:
     container_id: str
     name: str | None
     image: str | None
+    task_name: str | None = None
+    task_type: str | None = None
+
+
+def _task_text(value: Any) -> str | None:
+    """Return ``value`` when the bridge takes it as a task name or type, else None."""
+    if isinstance(value, str) and value.strip() and len(value) <= MAX_TASK_TEXT \
+            and not any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return value
+    return None
+
+
+def _task_config(mounts: list[dict], config_path: str) -> dict[str, Any]:
+    """Return the JSON config the container reads at ``config_path``, read on the host through
+    the mount that holds it (the seed's ``docker run -v``); {} when it cannot be read."""
+    for mount in sorted(mounts, key=lambda m: len(m.get("Destination") or ""), reverse=True):
+        destination, source = (mount.get("Destination") or "").rstrip("/"), mount.get("Source")
+        if not destination or not source:
+            continue
+        if config_path == destination:
+            host_path = Path(source)
+        elif config_path.startswith(destination + "/"):
+            host_path = Path(source) / config_path[len(destination) + 1:]
+        else:
+            continue
+        try:
+            with open(host_path, "rb") as file:
+                config = json.loads(file.read(MAX_CONFIG_BYTES))
+        except (OSError, ValueError) as exc:
+            log.debug("cannot read the task config %s: %s", host_path, exc)
+            return {}
+        return config if isinstance(config, dict) else {}
+    return {}
 
 
 class DockerAgent:
@@ -188,30 +228,42 @@ class DockerAgent:
 
     def _identify(self, client: docker.DockerClient, container_id: str,
                   attributes: dict[str, str]) -> _TaskContainer | None:
-        """Return the task a container runs, or None when it is not a task container."""
+        """Return the task a container runs, or None when it is not a task container.
+
+        The execution comes from the label, the ``TASK_EXECUTION_ID`` variable or the seed's
+        ``task-<id>`` name; the task from the ``heartbeat.task_name``/``task_type`` labels, or
+        the ``task_name``/``task_type`` of the JSON file ``CONFIG_PATH`` names, read through
+        its mount.
+        """
         name = (attributes.get("name") or "").lstrip("/") or None
         image = attributes.get("image") or None
         execution_id = attributes.get(self._label)
-        if not execution_id:
+        task_name, task_type = attributes.get(TASK_NAME_LABEL), attributes.get(TASK_TYPE_LABEL)
+        if not execution_id or not task_name:
             try:
-                config = client.api.inspect_container(container_id)["Config"]
-                execution_id = (config.get("Labels") or {}).get(self._label)
-                for entry in config.get("Env") or []:
-                    if not execution_id and entry.startswith(EXECUTION_ENV + "="):
-                        execution_id = entry.split("=", 1)[1]
+                details = client.api.inspect_container(container_id)
             except (NotFound, DockerException, requests.RequestException):
-                pass  # gone already: the name is all there is
+                details = {}  # gone already: the name is all there is
+            config = details.get("Config") or {}
+            labels = config.get("Labels") or {}
+            env = dict(entry.split("=", 1) for entry in config.get("Env") or [] if "=" in entry)
+            execution_id = execution_id or labels.get(self._label) or env.get(EXECUTION_ENV)
+            task_name, task_type = task_name or labels.get(TASK_NAME_LABEL), task_type or labels.get(TASK_TYPE_LABEL)
+            if not task_name and env.get(CONFIG_ENV):
+                task_config = _task_config(details.get("Mounts") or [], env[CONFIG_ENV])
+                task_name, task_type = task_config.get("task_name"), task_type or task_config.get("task_type")
         if not execution_id and name:
             match = _SEED_NAME.fullmatch(name)
             execution_id = match.group(1) if match else None
         if not execution_id:
             return None
-        return _TaskContainer(execution_id, container_id, name, image)
+        return _TaskContainer(execution_id, container_id, name, image, _task_text(task_name), _task_text(task_type))
 
     def _report(self, task: _TaskContainer, event: str, **fields: Any) -> None:
         """Post one event, retrying until the bridge answers (or the agent stops)."""
         body = {"execution_id": task.execution_id, "event": event, "container_id": task.container_id,
-                "container_name": task.name, "image": task.image, **fields}
+                "container_name": task.name, "image": task.image, "task_name": task.task_name,
+                "task_type": task.task_type, **fields}
         body = {k: v for k, v in body.items() if v is not None}
         failures = 0
         while not self._stop.is_set():
