@@ -34,6 +34,16 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
                 pass
             time.sleep(0.5)
         assert {"completed", "failed", "lost", "running"} <= seen
+        statuses = lambda: {t["task_name"]: t["status"] for t in requests.get(
+            f"http://127.0.0.1:{port}/api/v1/tasks", timeout=5).json()["tasks"]}
+        while time.monotonic() < deadline and statuses().get("nightly-report") != "missed":
+            time.sleep(0.5)
+        assert statuses()["nightly-report"] == "missed"  # declared to run every 6 s, it never does
+        failures = lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/tasks/flaky-import",
+                                        timeout=5).json()["consecutive_failures"]
+        while time.monotonic() < deadline and failures() < 2:
+            time.sleep(0.5)
+        assert failures() >= 2  # every run of it fails: its streak only grows
     finally:
         demo.send_signal(signal.SIGINT)
         output, _ = demo.communicate(timeout=60)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from support import COMPLETION, HEARTBEAT, RedisCluster, start_redis, total
+from support import COMPLETION, HEARTBEAT, RedisCluster, samples, start_redis, total
 
 WAIT_SECONDS = 30.0
 
@@ -68,6 +68,50 @@ def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_br
         assert total(metrics, "task_executions_lost_total", task_name="replicated") == 20
         assert total(metrics, "task_completions_total", task_name="replicated", outcome="success") == 20
         assert total(metrics, "task_executions", task_name="replicated", status="running") == 20
+    finally:
+        pool.shutdown()
+        for replica in replicas:
+            replica.stop()
+        server.stop()
+
+
+def test_it_counts_missed_slots_and_failure_streaks_once_across_replicas(live_bridge, tmp_path):
+    server, url = start_redis(tmp_path / "redis")
+    env = {"BRIDGE_STORE_URL": url, "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    replicas = [live_bridge(workers=2, env=env, data_dir=tmp_path / name) for name in ("a", "b")]
+    pool = ThreadPoolExecutor(16)
+    try:
+        declared = requests.put(replicas[0].url + "/api/v1/tasks/periodic", timeout=10,
+                                json={"period_seconds": 2, "start_grace_seconds": 1}).json()
+        requests.put(replicas[1].url + "/api/v1/tasks/flaky", timeout=10, json={"failure_threshold": 3})
+
+        def run(n):  # each run's events go to both replicas, each event to both at once
+            execution_id = f"flaky-{n}"
+            for event, body in ((HEARTBEAT, {"execution_id": execution_id, "task_name": "flaky"}),
+                                (COMPLETION, {"execution_id": execution_id, "success": False})):
+                answers = list(pool.map(lambda r, event=event, body=body: requests.post(r.url + event, json=body,
+                                                                                       timeout=10), replicas))
+                assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+
+        list(pool.map(run, range(6)))
+        flaky = requests.get(replicas[1].url + "/api/v1/tasks/flaky", timeout=10).json()
+        assert (flaky["consecutive_failures"], flaky["runs"], flaky["status"]) == (6, 6, "failing")
+
+        time.sleep(7)  # slots at 2, 4 and 6 s after the declaration pass their grace, reaped by four workers
+        periodic = requests.get(replicas[1].url + "/api/v1/tasks/periodic", timeout=10).json()
+        passed = (time.time() - declared["next_run_at"] - 1) // 2 + 1  # deadlines passed by now
+        assert passed - 1 <= periodic["missed_runs"] <= passed
+        scrapes = [requests.get(r.url + "/metrics", timeout=10).text for r in replicas]
+        counted = [total(samples(text), "task_runs_missed_total", task_name="periodic") for text in scrapes]
+        assert counted[0] == counted[1] >= periodic["missed_runs"] >= 3
+
+        requests.post(replicas[0].url + HEARTBEAT, json={"execution_id": "flaky-ok", "task_name": "flaky"}, timeout=10)
+        list(pool.map(lambda r: requests.post(r.url + COMPLETION, json={"execution_id": "flaky-ok", "success": True},
+                                              timeout=10), replicas))
+        flaky = requests.get(replicas[0].url + "/api/v1/tasks/flaky", timeout=10).json()
+        assert (flaky["consecutive_failures"], flaky["runs"]) == (0, 7)
     finally:
         pool.shutdown()
         for replica in replicas:

@@ -33,6 +33,13 @@ JOB = "heartbeat-bridge"
 STAGES = ("download", "parse", "transform", "upload")
 #: Fractions of simulated executions that complete, fail, or go silent.
 OUTCOMES = (("complete", 0.6), ("fail", 0.2), ("vanish", 0.2))
+FLEET_TASKS = ("crawl-news", "etl-orders", "train-ranker")
+#: A task declared to run every few intervals that never does: it goes missed.
+NEVER_RUNS = "nightly-report"
+#: A declared task whose runs all fail: it goes failing after two.
+ALWAYS_FAILS = "flaky-import"
+#: Of the new executions, the share that are runs of ALWAYS_FAILS.
+FLAKY_SHARE = 0.1
 READY_TIMEOUT_SECONDS = 30.0
 
 
@@ -93,8 +100,11 @@ class _SimulatedTask(threading.Thread):
         super().__init__(daemon=True)
         self.base, self.interval, self.stop_event = base, interval, stop
         self.execution_id = str(uuid.uuid4())
-        self.task_name = random.choice(("crawl-news", "etl-orders", "train-ranker"))
-        self.fate = random.choices([o for o, _ in OUTCOMES], [w for _, w in OUTCOMES])[0]
+        if random.random() < FLAKY_SHARE:
+            self.task_name, self.fate = ALWAYS_FAILS, "fail"
+        else:
+            self.task_name = random.choice(FLEET_TASKS)
+            self.fate = random.choices([o for o, _ in OUTCOMES], [w for _, w in OUTCOMES])[0]
 
     def run(self) -> None:
         steps = random.randint(4, 10)
@@ -124,13 +134,25 @@ class _PrintingWebhook(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         for alert in payload.get("alerts", []):
             labels = alert["labels"]
-            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} "
-                  f"{labels.get('execution_id', labels.get('task_name', ''))} (route {self.path})")
+            execution = f" execution {labels['execution_id']}" if "execution_id" in labels else ""
+            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} task {labels.get('task_name', '-')}"
+                  f"{execution} (route {self.path})")
         self.send_response(200)
         self.end_headers()
 
     def log_message(self, *args) -> None:
         pass
+
+
+def _declare_tasks(base: str, interval: float) -> None:
+    """Declare the fleet's tasks: one that never runs, one whose runs all fail, the others hourly."""
+    for name, declaration in ((NEVER_RUNS, {"period_seconds": 6 * interval, "start_grace_seconds": interval,
+                                            "labels": {"team": "data"}}),
+                              (ALWAYS_FAILS, {"failure_threshold": 2, "labels": {"team": "web"}}),
+                              *((name, {"period_seconds": 3600, "labels": {"team": "data"}}) for name in FLEET_TASKS)):
+        request = urllib.request.Request(f"{base}/api/v1/tasks/{name}", data=json.dumps(declaration).encode(),
+                                         headers={"Content-Type": "application/json"}, method="PUT")
+        urllib.request.urlopen(request, timeout=5).close()
 
 
 def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -156,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_REAPER_INTERVAL_SECONDS="1",
                BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval), BRIDGE_RETENTION_SECONDS="600",
-               BRIDGE_LOG_LEVEL="WARNING")
+               BRIDGE_LOG_LEVEL="WARNING", BRIDGE_METRIC_LABELS="team")
     processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{args.port}"],
                         work / "bridge.log", env)]
     stop = threading.Event()
@@ -191,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prometheus  http://{prom_address}/alerts")
         else:
             print("prometheus  not installed: apt-get install prometheus prometheus-alertmanager to see alerts")
+        _declare_tasks(base, args.interval)
+        print(f"declared    {NEVER_RUNS} (never runs: goes missed), {ALWAYS_FAILS} (every run fails: goes "
+              f"failing)   {base}/api/v1/tasks")
         print("simulating a fleet: some executions complete, some fail, some go silent. Ctrl-C stops.")
         started = time.monotonic()
         while not args.duration or time.monotonic() - started < args.duration:
