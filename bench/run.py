@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NEEDED = ("wrk", "redis-server", "prometheus-pushgateway")
 SCRAPE_COUNTS = (1_000, 10_000, 50_000)
+#: Tasks declared for the rows that measure the bridge with tasks.
+DECLARED_TASKS = 200
 PUSH_COUNTS = (1_000, 10_000)
 WORKERS = 2
 BATCH = 500
@@ -106,11 +108,12 @@ class Server:
                 pass
 
 
-def _bridge(store_url: str, work: Path, name: str) -> tuple[Server, str]:
+def _bridge(store_url: str, work: Path, name: str, **extra: str) -> tuple[Server, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
     env.update(BRIDGE_STORE_URL=store_url, BRIDGE_WORKERS=str(WORKERS), BRIDGE_LOG_LEVEL="WARNING",
-               BRIDGE_MAX_EXECUTIONS="200000", BRIDGE_BIND=f"127.0.0.1:{port}", GUNICORN_CMD_ARGS=GUNICORN_ARGS)
+               BRIDGE_MAX_EXECUTIONS="200000", BRIDGE_BIND=f"127.0.0.1:{port}", GUNICORN_CMD_ARGS=GUNICORN_ARGS,
+               **extra)
     server = Server([sys.executable, "-m", "bridge.server.cli", "serve"], f"http://127.0.0.1:{port}/healthz",
                     env, work / f"{name}.log")
     return server, f"http://127.0.0.1:{port}"
@@ -124,6 +127,24 @@ def _bare(work: Path) -> tuple[Server, str]:
     server = Server([sys.executable, "-m", "gunicorn", "--config", "python:bridge.server.gunicorn_conf",
                      "bench.bare_app:create_app()"], f"http://127.0.0.1:{port}/", env, work / "bare.log")
     return server, f"http://127.0.0.1:{port}"
+
+
+def _tasks_file(work: Path) -> Path:
+    """Write a tasks file declaring DECLARED_TASKS tasks, ``bench-0`` and on, each hourly."""
+    path = work / "tasks.yml"
+    path.write_text("tasks:\n" + "".join(f"  - name: bench-{n}\n    period_seconds: 3600\n"
+                                          f"    labels: {{team: team-{n % 10}}}\n" for n in range(DECLARED_TASKS)))
+    return path
+
+
+def _declare_tasks(url: str) -> None:
+    """Declare DECLARED_TASKS tasks through the API."""
+    _say(f"bridge: declaring {DECLARED_TASKS} tasks")
+    for n in range(DECLARED_TASKS):
+        request = urllib.request.Request(f"{url}/api/v1/tasks/bench-{n}", method="PUT",
+                                         data=json.dumps({"period_seconds": 3600}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=30).close()
 
 
 def _say(message: str) -> None:
@@ -209,25 +230,34 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(bare)
         sqlite, sqlite_url = _bridge(f"sqlite:///{work / 'bench.db'}", work, "bridge-sqlite")
         servers.append(sqlite)
+        tasked, tasked_url = _bridge(f"sqlite:///{work / 'tasks.db'}", work, "bridge-tasks",
+                                     BRIDGE_TASKS_FILE=str(_tasks_file(work)), BRIDGE_MAX_TASK_NAMES="1000",
+                                     BRIDGE_METRIC_LABELS="team")
+        servers.append(tasked)
         redis_port = _free_port()
         redis = Server(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--dir", str(work)], f"127.0.0.1:{redis_port}")
         servers.append(redis)
         on_redis, redis_url = _bridge(f"redis://127.0.0.1:{redis_port}/0", work, "bridge-redis")
         servers.append(on_redis)
-        urls = {"bare": bare_url, "SQLite": sqlite_url, "Redis": redis_url}
+        urls = {"bare": bare_url, "SQLite": sqlite_url, "Redis": redis_url, "tasks": tasked_url}
         runs: dict[str, list[float]] = {name: [] for name in urls}
         for _ in range(ROUNDS):
             for name, url in urls.items():
-                runs[name].append(_wrk(url, "heartbeat.lua", args.seconds))
+                # With tasks, each heartbeat names one of the declared tasks.
+                tasks = {"TASKS": str(DECLARED_TASKS)} if name == "tasks" else {}
+                runs[name].append(_wrk(url, "heartbeat.lua", args.seconds, **tasks))
         on_redis.stop()
         redis.stop()
         bare.stop()
+        tasked.stop()
         bare_rate = statistics.median(runs["bare"])
-        for number, store in enumerate(("SQLite", "Redis"), 1):
-            rate = statistics.median(runs[store])
-            rows.append((f"{number}. heartbeat ingest, {store} store, 2 workers", f"{rate:,.0f} /s",
-                         f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
+        for label, name in (("1. heartbeat ingest, SQLite store, 2 workers", "SQLite"),
+                            ("2. heartbeat ingest, Redis store, 2 workers", "Redis"),
+                            (f"1. heartbeat ingest, SQLite store, 2 workers, {DECLARED_TASKS} declared tasks",
+                             "tasks")):
+            rate = statistics.median(runs[name])
+            rows.append((label, f"{rate:,.0f} /s", f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
 
         # Twice the executions that the requests in flight hold, so that no two of them carry
         # the same execution (a sender does not resend one within a second or two): those
@@ -279,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{bridge_ms / push_ms:.2f}"))
             memory.append((f"6. resident memory at {count:,} executions", f"{fresh.rss_mb():,.0f} MiB",
                            f"Pushgateway {pushgateway.rss_mb():,.0f} MiB", ""))
+            if count == SCRAPE_COUNTS[1]:  # the same, with tasks declared (and kept for the rest)
+                _declare_tasks(fresh_url)
+                tasked_ms, tasked_bytes = _scrape(fresh_url + "/metrics")
+                rows.append((f"5. /metrics at {count:,} live executions, {DECLARED_TASKS} declared tasks",
+                             f"{tasked_ms:,.0f} ms, {tasked_bytes / 1e6:.1f} MB",
+                             f"without tasks {bridge_ms:,.0f} ms", f"{tasked_ms / bridge_ms:.2f}"))
         rows.extend(memory)
     finally:
         for server in servers:

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROWS = [
     "1. heartbeat ingest, SQLite store, 2 workers",
+    "1. heartbeat ingest, SQLite store, 2 workers, 200 declared tasks",
     "2. heartbeat ingest, Redis store, 2 workers",
     "3. Pushgateway push, default settings",
     "3. Pushgateway push, no consistency check, 1,000 executions",
@@ -25,6 +26,7 @@ ROWS = [
     "4. batch ingest, SQLite store",
     "5. /metrics at 1,000 live executions",
     "5. /metrics at 10,000 live executions",
+    "5. /metrics at 10,000 live executions, 200 declared tasks",
     "5. /metrics at 50,000 live executions",
     "6. resident memory at 1,000 executions",
     "6. resident memory at 10,000 executions",

@@ -15,7 +15,10 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 @pytest.fixture
 def fleet(client, clock, monitor):
-    """A small fleet in every state, with label values that need escaping."""
+    """A small fleet in every state, with label values that need escaping, and declared tasks."""
+    client.put("/api/v1/tasks/etl", json={"schedule": "0 2 * * *", "max_runtime_seconds": 600,
+                                          "labels": {"team": "data"}})
+    client.put("/api/v1/tasks/never-ran", json={"period_seconds": 60})
     client.post(HEARTBEAT, json=seed_heartbeat("run-1", task_name='示例 "quoted" \\ task',
                                                task_type="crawler",
                                                progress={"current_step": 3, "total_steps": 10}))

@@ -509,13 +509,13 @@ def test_it_writes_a_run_to_its_task_with_the_execution(store_url):
     store = connect(store_url)
     declare(store, "etl", T0, period_seconds=3600)
     heartbeat(store, "a", T0 + 10, task_name="etl")
-    assert (store.get_task("etl").running, store.get_task("etl").last_start_at) == (["a"], T0 + 10)
+    assert (store.get_task("etl").running_ids, store.get_task("etl").last_start_at) == (["a"], T0 + 10)
     assert store.get_task("etl").next_run_at == T0 + 10 + 3600
     heartbeat(store, "a", T0 + 40)  # a heartbeat changes nothing of the task
     assert store.get_task("etl").version == 2
     complete(store, "a", T0 + 50)
     task = store.get_task("etl")
-    assert (task.running, task.last_success_at, task.version) == ([], T0 + 50, 3)
+    assert (task.running, task.last_success_at, task.version) == (0, T0 + 50, 3)
     assert [t.task_name for t in store.snapshot().tasks] == ["etl"]
 
 
@@ -535,7 +535,7 @@ def test_it_decides_a_run_again_when_another_writer_changed_its_task_first(store
     heartbeat(store, "a", T0 + 10, task_name="etl")
     assert decided == [1, 2]  # decided again on the task as the other worker left it
     task = store.get_task("etl")
-    assert task.running == ["a"] and task.next_run_at == T0 + 10 + 60  # the later declaration's period
+    assert task.running_ids == ["a"] and task.next_run_at == T0 + 10 + 60  # the later declaration's period
     assert store.get("a").heartbeat_count == 1
 
 

@@ -145,12 +145,22 @@ def test_it_takes_a_run_a_little_early_as_the_coming_one():
 def test_it_keeps_a_task_running_while_any_of_its_overlapping_runs_does():
     task = start(None, "a", T0)
     task = start(task, "b", T0 + 10)
-    assert task.running == ["a", "b"]
+    assert (task.running, task.running_ids) == (2, ["a", "b"])
     task = end(task, "a", T0 + 20)
     assert tasks.status_at(task, T0 + 20) == "running"
     task = end(task, "b", T0 + 30, "failed")
-    assert task.running == [] and task.consecutive_failures == 1
+    assert task.running == 0 and task.consecutive_failures == 1
     assert [run[:2] for run in task.recent] == [["a", "completed"], ["b", "failed"]]
+
+
+def test_it_counts_many_overlapping_runs_and_keeps_the_ids_of_the_newest():
+    task = None
+    for n in range(50):  # a task that fans out to many containers at once
+        task = start(task, f"r{n}", T0 + n)
+    assert task.running == 50 and task.running_ids == [f"r{n}" for n in range(30, 50)]
+    for n in range(50):
+        task = end(task, f"r{n}", T0 + 100 + n)
+    assert (task.running, task.running_ids, tasks.status_at(task, T0 + 200)) == (0, [], "idle")
 
 
 def test_it_is_failing_after_the_threshold_of_failures_until_a_success():
@@ -172,7 +182,7 @@ def test_it_counts_a_lost_run_as_failed_and_its_later_completion_once():
     assert task.consecutive_failures == 1 and tasks.status_at(task, T0 + 100) == "failing"
     recovered = tasks.apply_run_change(task, "etl", execution("a", "lost", T0 + 100, T0),
                                        execution("a", "running", T0 + 150, T0)).record
-    assert recovered.running == ["a"] and recovered.runs == 1  # a recovery is no new run
+    assert recovered.running_ids == ["a"] and recovered.runs == 1  # a recovery is no new run
     failed = tasks.apply_run_change(task, "etl", execution("a", "lost", T0 + 100, T0),
                                     execution("a", "failed", T0 + 160, T0, ended_at=T0 + 160)).record
     assert failed.consecutive_failures == 1  # not twice for one run

@@ -56,8 +56,10 @@ class Task:
     missed_runs: int = 0
     consecutive_failures: int = 0
     runs: int = 0
-    #: ids of its executions running now (overlapping runs are separate executions)
-    running: list = field(default_factory=list)
+    #: how many of its executions run now (overlapping runs are separate executions)
+    running: int = 0
+    #: the ids of the newest of those, at most RECENT_RUNS (a task may fan out to thousands)
+    running_ids: list = field(default_factory=list)
     #: [execution id, status, started at, ended at or None], newest last
     recent: list = field(default_factory=list)
     version: int = 0
@@ -233,10 +235,13 @@ def apply_run_change(current: Task | None, name: str, before: Execution | None, 
         _record_start(task, declaration, after.started_at)
     execution_id = after.execution_id
     if after.status in _LIVE:
-        if previous not in _LIVE and execution_id not in task.running:
-            task.running = [*task.running, execution_id]
+        if previous not in _LIVE:
+            task.running += 1
+            task.running_ids = [*task.running_ids, execution_id][-RECENT_RUNS:]
     else:
-        task.running = [run for run in task.running if run != execution_id]
+        if previous in _LIVE:
+            task.running = max(0, task.running - 1)
+            task.running_ids = [run for run in task.running_ids if run != execution_id]
         ended_at = after.ended_at if after.ended_at is not None else now
         task.last_end_at = max(task.last_end_at or ended_at, ended_at)
         if after.status == "completed":

@@ -54,6 +54,12 @@ def _number(value: float) -> str:
 _INFO, _STATUS, _LAST, _INTERVAL, _START, _END, _RATIO, _MAX_RUNTIME = (family.name for family in f.EXECUTION_FAMILIES)
 
 
+#: The tasks' gauge families, in exposition order.
+_TASK_GAUGES = (f.TASK_INFO, f.TASK_STATUS, f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
+                f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES, f.TASK_FAILURE_THRESHOLD,
+                f.TASK_EXPECTED_MAX_RUNTIME)
+
+
 class ExecutionRenderer:
     """Renders the per-execution families as exposition text, fast.
 
@@ -128,9 +134,11 @@ class Exposition:
         """
         encoder, content_type = choose_encoder(accept)
         snapshot = self.store.snapshot()
-        bounded = encoder(_Families([*self._per_task(snapshot), *self._tasks(snapshot), *self._bridge(snapshot)]))
-        # Per-execution families first: OpenMetrics's "# EOF" closes the bounded part.
-        return self._renderer.render(snapshot.rows).encode() + bounded, content_type
+        bounded = encoder(_Families([*self._per_task(snapshot), *self._task_counters(snapshot),
+                                     *self._bridge(snapshot)]))
+        # The gauges first: OpenMetrics's "# EOF" closes the part prometheus-client encodes.
+        gauges = self._renderer.render(snapshot.rows) + self._task_gauges(snapshot)
+        return gauges.encode() + bounded, content_type
 
     def _per_task(self, snapshot: Snapshot) -> Iterable[Metric]:
         counters = snapshot.counters
@@ -152,35 +160,42 @@ class Exposition:
         return (executions, heartbeats, completions, lost, recoveries,
                 _durations(counters, snapshot.exemplars))
 
-    def _tasks(self, snapshot: Snapshot) -> Iterable[Metric]:
-        """The tasks' families: what each is, its status now, its last runs, its next deadline."""
+    def _task_gauges(self, snapshot: Snapshot) -> str:
+        """Return the text of the tasks' gauges: what each is, its status now, its last runs,
+        its next deadline. Rendered here like the executions' (the same in both formats), for
+        prometheus-client's encoders take several times as long per sample."""
         now = self.clock()
-        info = GaugeMetricFamily(f.TASK_INFO.name, f.TASK_INFO.documentation,
-                                 labels=[*f.TASK_INFO.labels, *(f"label_{key}" for key in self.metric_labels)])
-        status = _family(f.TASK_STATUS)
-        last_start, last_success, last_failure, deadline, failures, threshold, budget, missed = (
-            _family(family) for family in (f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
-                                           f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES,
-                                           f.TASK_FAILURE_THRESHOLD, f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MISSED))
+        lines: list[list[str]] = [[] for _ in _TASK_GAUGES]
+        info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget = lines
         for task in snapshot.tasks:
-            name = task.task_name
+            key = f'task_name="{_escape(task.task_name)}"'
             declared, _ = effective_declaration(task)
             labels = declared.labels if declared is not None else {}
-            info.add_metric([name, task.task_type or "", declared.schedule_text if declared is not None else "",
-                             *(labels.get(key, "") for key in self.metric_labels)], 1)
+            extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
+            info.append(f'{f.TASK_INFO.name}{{{key},task_type="{_escape(task.task_type or "")}",'
+                        f'schedule="{_escape(declared.schedule_text if declared is not None else "")}"{extra}}} 1.0\n')
             current = status_at(task, now)
             for each in TASK_STATUSES:
-                status.add_metric([name, each], 1 if each == current else 0)
-            for family, value in ((last_start, task.last_start_at), (last_success, task.last_success_at),
-                                  (last_failure, task.last_failure_at), (deadline, task.deadline_at),
-                                  (budget, declared.max_runtime_seconds if declared is not None else None)):
+                status.append(f'{f.TASK_STATUS.name}{{{key},status="{each}"}} {"1.0" if each == current else "0.0"}\n')
+            for family, found, value in (
+                    (f.TASK_LAST_START, last_start, task.last_start_at),
+                    (f.TASK_LAST_SUCCESS, last_success, task.last_success_at),
+                    (f.TASK_LAST_FAILURE, last_failure, task.last_failure_at),
+                    (f.TASK_NEXT_DEADLINE, deadline, task.deadline_at),
+                    (f.TASK_CONSECUTIVE_FAILURES, failures, task.consecutive_failures),
+                    (f.TASK_FAILURE_THRESHOLD, threshold,
+                     declared.failure_threshold if declared is not None else DEFAULT_FAILURE_THRESHOLD),
+                    (f.TASK_EXPECTED_MAX_RUNTIME, budget, declared.max_runtime_seconds if declared else None)):
                 if value is not None:
-                    family.add_metric([name], value)
-            failures.add_metric([name], task.consecutive_failures)
-            threshold.add_metric([name], declared.failure_threshold if declared is not None
-                                 else DEFAULT_FAILURE_THRESHOLD)
-            missed.add_metric([name], snapshot.counters.get((f.TASK_RUNS_MISSED, (name,)), 0.0))
-        return info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget, missed
+                    found.append(f"{family.name}{{{key}}} {_number(value)}\n")
+        return "".join(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
+                       + "".join(family_lines) for family, family_lines in zip(_TASK_GAUGES, lines))
+
+    def _task_counters(self, snapshot: Snapshot) -> Iterable[Metric]:
+        missed = _family(f.TASK_MISSED)
+        for task in snapshot.tasks:
+            missed.add_metric([task.task_name], snapshot.counters.get((f.TASK_RUNS_MISSED, (task.task_name,)), 0.0))
+        return (missed,)
 
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
         rejected = _family(f.BRIDGE_REJECTED)

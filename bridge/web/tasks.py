@@ -19,7 +19,7 @@ __all__ = ["bp", "task_json"]
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 
 #: Record fields that are bookkeeping, not part of the public task object.
-_INTERNAL = frozenset({"declarations", "version", "deadline_at", "recent", "declared_at"})
+_INTERNAL = frozenset({"declarations", "version", "deadline_at", "recent", "declared_at", "running", "running_ids"})
 
 
 def task_json(task: Task, now: float) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def task_json(task: Task, now: float) -> dict[str, Any]:
         "runbook_url": None, "ping_uuid": None}
     public = {k: v for k, v in vars(task).items() if k not in _INTERNAL}
     return {**public, **fields, "status": status_at(task, now), "declared_by": source,
+            "running": task.running_ids, "running_count": task.running,
             "next_run_deadline_at": task.deadline_at,
             "last_executions": [{"execution_id": run[0], "status": run[1], "started_at": run[2], "ended_at": run[3]}
                                 for run in reversed(task.recent)]}
