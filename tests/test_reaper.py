@@ -120,3 +120,21 @@ class TestClockSteps:
         assert (first.anomaly, first.rebase) == (True, True)
         assert (second.anomaly, second.rebase) == (True, False)
         assert second.hold_until == clock.now + 3 + monitor.rules.outage_hold
+
+
+def test_it_counts_no_missed_run_for_the_slots_of_its_own_outage(client, clock, monitor):
+    client.put("/api/v1/tasks/minutely", json={"period_seconds": 60, "start_grace_seconds": 10})
+    monitor.reap()
+    clock.advance(600)  # the bridge was down: runs may have started that nobody could hear
+    monitor.reap()
+    for _ in range(12):  # rounds resume; the deadlines wait a lost-window (90 s)
+        clock.advance(5)
+        monitor.reap()
+    task = client.get("/api/v1/tasks/minutely").json
+    assert (task["missed_runs"], task["status"]) == (0, "late")  # its slot after the outage is due
+    for _ in range(6):
+        clock.advance(5)
+        monitor.reap()
+    # The first slot after the outage is missed, once; the nine of the outage are not counted.
+    task = client.get("/api/v1/tasks/minutely").json
+    assert (task["missed_runs"], task["status"]) == (1, "missed")

@@ -556,3 +556,6 @@ def test_it_keeps_a_declared_task_past_the_retention_and_releases_one_that_only_
     assert [task.task_name for task in store.tasks()] == ["declared"]
     assert store.get_task("ran") is None
     assert store.due_tasks(math.inf, 10) == ["declared"]
+    store.apply_tasks([("declared", lambda cur: tasks.apply_declaration(cur, "declared", "api", None, T0))])
+    store.expire(T0 + RULES.retention + 300)  # undeclared, it never ran: nothing keeps it
+    assert store.tasks() == [] and store.snapshot().task_names == []

@@ -113,6 +113,13 @@ def test_it_counts_each_slot_missed_while_nobody_looked_once():
     assert task.next_run_at == at("2027-01-01 06:00")
 
 
+def test_it_skips_the_slots_of_an_outage_without_counting_them():
+    task = declared(at("2027-01-01 00:00"), schedule="0 * * * *", start_grace_seconds=300)
+    skipped = tasks.apply_task_rebase(task, at("2027-01-01 05:10")).record
+    assert (skipped.next_run_at, skipped.missed_runs) == (at("2027-01-01 06:00"), 0)
+    assert tasks.apply_task_rebase(skipped, at("2027-01-01 05:20")).record is None  # not due: unchanged
+
+
 def test_it_takes_a_run_within_the_grace_as_the_expected_one():
     task = declared(at("2027-01-01 00:00"), schedule="0 2 * * *", start_grace_seconds=600)
     assert tasks.status_at(task, at("2027-01-01 02:05")) == "late"

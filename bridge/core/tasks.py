@@ -19,8 +19,8 @@ from .declarations import DEFAULT_FAILURE_THRESHOLD, TaskDeclaration, next_slot
 from .executions import Execution, Increment
 
 __all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "Task", "TaskOutcome",
-           "apply_declaration", "apply_run_change", "apply_task_deadline", "effective_declaration", "is_declared",
-           "status_at"]
+           "apply_declaration", "apply_run_change", "apply_task_deadline", "apply_task_rebase",
+           "effective_declaration", "is_declared", "status_at"]
 
 TASK_STATUSES = ("idle", "running", "up", "late", "missed", "failing")
 #: Where declarations come from, the first winning over the others.
@@ -252,6 +252,23 @@ def apply_run_change(current: Task | None, name: str, before: Execution | None, 
             if previous != "lost":  # its loss was counted already
                 task.consecutive_failures += 1
     _note_recent(task, after)
+    return TaskOutcome(task)
+
+
+def apply_task_rebase(current: Task, now: float) -> TaskOutcome:
+    """Return ``current`` expecting its next run at the first slot after ``now`` when the one
+    it waited for is already due (unchanged otherwise).
+
+    After the bridge's own outage (or a step of the clock) a run may have started while
+    nobody could hear it: the slots of that time are skipped, not counted as missed.
+    """
+    declaration, _ = effective_declaration(current)
+    if declaration is None or not declaration.scheduled or current.next_run_at is None \
+            or current.next_run_at > now:
+        return _UNCHANGED
+    task = current.clone()
+    task.next_run_at = next_slot(declaration, now)
+    task.deadline_at = task.next_run_at + declaration.start_grace_seconds
     return TaskOutcome(task)
 
 

@@ -239,7 +239,16 @@ class Monitor:
         return True
 
     def _rebase(self, now: float) -> int:
-        """Give every execution with a deadline one full window from ``now``; return how many changed."""
+        """Give every execution with a deadline one full window from ``now``, and every task
+        whose expected run is due its next slot after ``now``; return how many changed."""
+        due = self.store.due_tasks(math.inf, self.store.max_task_names)  # every scheduled task: few
+        results = self.store.apply_tasks([
+            (name, lambda cur: tasks.apply_task_rebase(cur, now) if cur is not None else TaskOutcome(None))
+            for name in due]) if due else []
+        changed = sum(1 for result in results if isinstance(result, TaskOutcome) and result.record is not None)
+        return changed + self._rebase_executions(now)
+
+    def _rebase_executions(self, now: float) -> int:
         ids = self.store.due(math.inf, self.store.max_executions)
         changed = 0
         for first in range(0, len(ids), REAP_BATCH):

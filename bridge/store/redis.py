@@ -233,13 +233,13 @@ return dropped
 # KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars, 5 tasks (hashes), 6 tasks'
 # deadlines (sorted set), 7 declared task names (set), then the execution index of each name
 # in ARGV[2].
-# ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off and
-# not declared. Releases them with their task and task_* series; returns the names released.
+# ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off (or
+# never used) and not declared. Releases them with their task and task_* series; returns the names released.
 _RELEASE = _LUA_HELPERS + """
 local released, gone = {}, {}
 for j, name in ipairs(split(ARGV[2])) do
   local at = tonumber(redis.call('HGET', KEYS[2], name))
-  if at and at <= tonumber(ARGV[1]) and redis.call('ZCARD', KEYS[7 + j]) == 0
+  if (not at or at <= tonumber(ARGV[1])) and redis.call('ZCARD', KEYS[7 + j]) == 0
       and redis.call('SISMEMBER', KEYS[7], name) == 0 then
     redis.call('SREM', KEYS[1], name)
     redis.call('HDEL', KEYS[2], name)
@@ -535,7 +535,9 @@ class RedisStore(Store):
     def _release(self, cutoff: float) -> None:
         """Release the task names no tracked execution has carried since before ``cutoff``."""
         seen = self._redis.hgetall(self._task_seen)
-        names = sorted(name.decode() for name, at in seen.items() if float(at) <= cutoff)
+        names = sorted({name.decode() for name, at in seen.items() if float(at) <= cutoff}
+                       # names no execution has left yet: declared ones, or ones whose runs are tracked
+                       | {name.decode() for name in self._redis.smembers(self._tasks) - set(seen)})
         if not names:
             return
         released = self._release_script(
