@@ -210,3 +210,35 @@ def test_it_pages_a_team_for_its_missed_and_failing_tasks_and_resolves_on_a_succ
     run("flaky-3", "flaky", True)
     wait_until(lambda: ("TaskFailing", "flaky") not in task_alerts(alertmanager), "the failing alert to resolve")
     assert ("TaskRunMissed", "never-runs") in task_alerts(alertmanager)
+
+
+def test_it_alerts_on_tasks_that_only_ping_or_check_in(stack):
+    bridge, _, prometheus, alertmanager, webhook = stack
+    session = requests.Session()
+    check = "0d6c0b4e-5a1f-4c39-9b7e-6f2d7c1a8e90"
+    # A Healthchecks check: declared once with its uuid and a period, then pinged once and never again.
+    assert session.put(f"{bridge.url}/api/v1/tasks/backup", timeout=5, json={
+        "ping_uuid": check, "period_seconds": 2, "start_grace_seconds": 1, "labels": {"team": "data"}}).ok
+    assert session.get(f"{bridge.url}/ping/{check}", timeout=5).text == "OK"
+    # A Sentry monitor, declared by its check-ins' monitor_config alone, failing twice in a row.
+    config = {"schedule": {"type": "crontab", "value": "0 3 * * *"}, "failure_issue_threshold": 2,
+              "owner": "team:web"}
+    for run in ("import-1", "import-2"):
+        for status in ("in_progress", "error"):
+            answer = session.post(f"{bridge.url}/api/1/cron/import-job/any-key/?status={status}&check_in_id={run}",
+                                  json={"monitor_config": config}, timeout=5)
+            assert answer.status_code == 202, answer.text
+    wait_until(lambda: {("TaskRunMissed", "backup"), ("TaskFailing", "import-job")} <= set(task_alerts(alertmanager)),
+               "the missed-run alert of a pinged check and the failing alert of a Sentry monitor")
+    labels = task_alerts(alertmanager)
+    assert (labels[("TaskRunMissed", "backup")]["label_team"], labels[("TaskFailing", "import-job")]["label_team"]) \
+        == ("data", "web")
+    wait_until(lambda: any(a["labels"].get("task_name") == "import-job" for a in webhook.alerts("/team-web")),
+               "the web team's receiver to be notified of the Sentry monitor", timeout=60)
+    missed = requests.get(prometheus + "/api/v1/query", timeout=5,
+                          params={"query": 'task_runs_missed_total{task_name="backup"}'}).json()
+    assert float(missed["data"]["result"][0]["value"][1]) >= 1
+    # An ok check-in with no id ends the streak (a run of its own): the failing alert resolves.
+    assert session.get(f"{bridge.url}/api/1/cron/import-job/any-key/?status=ok", timeout=5).status_code == 202
+    wait_until(lambda: ("TaskFailing", "import-job") not in task_alerts(alertmanager),
+               "the failing alert to resolve on the monitor's next ok check-in")

@@ -14,13 +14,17 @@ from support import COMPLETION, HEARTBEAT, RedisCluster, samples, start_redis, t
 WAIT_SECONDS = 30.0
 
 
+def start_store(topology: str, folder):
+    """Return (server, store URL): one Redis, or a 3-master Redis Cluster."""
+    if topology == "redis":
+        return start_redis(folder / "redis")
+    cluster = RedisCluster(folder / "cluster").start()
+    return cluster, cluster.url
+
+
 @pytest.mark.parametrize("topology", ["redis", "redis-cluster"])
 def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_bridge, tmp_path, topology):
-    if topology == "redis":
-        server, url = start_redis(tmp_path / "redis")
-    else:
-        server = RedisCluster(tmp_path / "cluster").start()
-        url = server.url
+    server, url = start_store(topology, tmp_path)
     env = {"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
            "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
     for name in ("a", "b"):
@@ -114,6 +118,35 @@ def test_it_counts_missed_slots_and_failure_streaks_once_across_replicas(live_br
         assert (flaky["consecutive_failures"], flaky["runs"]) == (0, 7)
     finally:
         pool.shutdown()
+        for replica in replicas:
+            replica.stop()
+        server.stop()
+
+
+@pytest.mark.parametrize("topology", ["redis", "redis-cluster"])
+def test_it_follows_pings_and_check_ins_from_one_replica_to_the_other(live_bridge, tmp_path, topology):
+    server, url = start_store(topology, tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    replicas = [live_bridge(workers=2, env={"BRIDGE_STORE_URL": url}, data_dir=tmp_path / name) for name in "ab"]
+    check = str(uuid.uuid4())
+    try:
+        requests.put(replicas[0].url + "/api/v1/tasks/backup", json={"ping_uuid": check}, timeout=10)
+        assert requests.get(f"{replicas[1].url}/ping/{check}/start", timeout=10).text == "OK"
+        [opened] = requests.get(replicas[0].url + "/api/v1/tasks/backup", timeout=10).json()["running"]
+        assert requests.post(f"{replicas[0].url}/ping/{check}/1", data="tape jammed", timeout=10).text == "OK"
+        run = requests.get(f"{replicas[1].url}/api/v1/executions/{opened}", timeout=10).json()
+        assert (run["status"], run["exit_code"], run["error_message"]) == ("failed", 1, "tape jammed")
+
+        cron = "/api/7/cron/import-job/any-key/"
+        check_in = requests.get(replicas[1].url + cron + "?status=in_progress", timeout=10).json()["id"]
+        assert requests.get(replicas[0].url + cron + "?status=ok", timeout=10).status_code == 202
+        job = requests.get(replicas[0].url + "/api/v1/tasks/import-job", timeout=10).json()
+        assert (job["runs"], job["running"], job["last_executions"][0]["execution_id"]) == (1, [], check_in)
+        scrapes = [requests.get(r.url + "/metrics", timeout=10).text for r in replicas]
+        assert scrapes[0] == scrapes[1]
+        assert total(samples(scrapes[0]), "task_completions_total", task_name="backup", outcome="failure") == 1
+    finally:
         for replica in replicas:
             replica.stop()
         server.stop()

@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from .declarations import TaskDeclaration
 
-__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Announcement", "Completion", "ContainerEvent", "Heartbeat"]
+__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "RUN_PHASES", "Announcement", "Completion", "ContainerEvent",
+           "Heartbeat", "RunReport"]
 
 #: The statuses a heartbeat may report.
 REPORTED_STATUSES = ("running", "completed", "failed")
 CONTAINER_EVENTS = ("start", "die", "oom")
+#: What a run report says: a run started, ended well or badly, or logged a line.
+RUN_PHASES = ("start", "success", "failure", "log")
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,23 @@ class Announcement:
     labels: dict | None = None
     interval_seconds: float | None = None
     max_runtime_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run of a task, reported by a protocol that names tasks rather than executions
+    (Healthchecks pings, Sentry check-ins).
+
+    ``run_id`` is the client's id of the run (a ping's ``rid``, a check-in's id); without
+    one, a start opens a run the bridge names ``<protocol>.<random hex>``, and the next end
+    or log line belongs to the task's newest run so named that is still running.
+    """
+
+    task_name: str
+    phase: str
+    protocol: str
+    run_id: str | None = None
+    #: the log line, or the failure's error message
+    message: str | None = None
+    exit_code: int | None = None
+    result_data: dict | None = None

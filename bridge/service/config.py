@@ -58,6 +58,9 @@ class Settings:
     execution_token_secret: str | None = None
     tasks_file: str | None = None
     metric_labels: tuple[str, ...] = ()
+    ping_keys: tuple[str, ...] = ()
+    ping_body_bytes: int = 10_000
+    sentry_keys: tuple[str, ...] = ()
 
 
 def _integer(low: int, high: int) -> Callable[[str, str], int]:
@@ -165,6 +168,25 @@ def _label_keys(name: str, raw: str) -> tuple[str, ...]:
     return keys
 
 
+_PING_KEY = re.compile(r"[-a-zA-Z0-9_]{1,128}")
+
+
+def _ping_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
+    for key in keys:
+        if not _PING_KEY.fullmatch(key):
+            raise ConfigError(f"{name}: {key[:40]!r} is not a ping key (letters, digits, - and _)")
+    return keys
+
+
+def _public_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
+    for key in keys:
+        if not re.fullmatch(r"[0-9a-zA-Z]{8,64}", key):
+            raise ConfigError(f"{name}: {key[:40]!r} is not a Sentry public key (8 to 64 letters and digits)")
+    return keys
+
+
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
@@ -195,6 +217,9 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_EXECUTION_TOKEN_SECRET": ("execution_token_secret", _secret, "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only."),
     "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
     "BRIDGE_TASKS_FILE": ("tasks_file", _tasks_file, "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start and re-read when it changes."),
+    "BRIDGE_PING_KEYS": ("ping_keys", _ping_keys, "Ping keys of the Healthchecks slug URLs `/ping/<ping_key>/<slug>` (comma-separated); unset: only `/ping/<uuid>` URLs."),
+    "BRIDGE_PING_BODY_BYTES": ("ping_body_bytes", _integer(0, 1_048_576), "How much of a ping's body is kept as its log line or error message (`Ping-Body-Limit`)."),
+    "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated; unset: any key."),
     "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
 }
 

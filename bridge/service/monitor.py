@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 from ..core import executions, tasks
 from ..core.declarations import TaskDeclaration
-from ..core.events import Announcement, Completion, ContainerEvent, Heartbeat
+from ..core.events import Announcement, Completion, ContainerEvent, Heartbeat, RunReport
 from ..core.executions import Execution, Outcome, Rules
 from ..core.tasks import TaskOutcome
 from ..store import CapacityError, Decide, GroupCommit, Store, StoreUnavailable
@@ -31,6 +32,9 @@ MIN_OUTAGE_SECONDS = 10.0
 #: The wall clock may drift from the monotonic one by this much between two rounds (NTP
 #: slews by at most 0.5 ms a second); more is a step.
 CLOCK_STEP_TOLERANCE_SECONDS = 1.0
+#: How long a pinged or checked-in run may go on without a declared max_runtime_seconds
+#: before it counts as lost: Healthchecks' default grace, twice Sentry's default max_runtime.
+UNREPORTED_RUN_BUDGET_SECONDS = 3600.0
 
 
 class SpanSink(Protocol):
@@ -121,6 +125,44 @@ class Monitor:
         return self._committed(self._events.apply(
             announcement.execution_id,
             lambda cur, label: executions.apply_announcement(cur, announcement, self.clock(), self.rules, label)))
+
+    def report(self, report: RunReport) -> tuple[str | None, Outcome | None]:
+        """Apply a run reported by a task-naming protocol; returns the execution it was (None
+        for a log line with no run to go to) and the outcome. Raises as :meth:`heartbeat`.
+
+        Such a run sends no heartbeats between its start and its end, so it is given its
+        task's ``max_runtime_seconds`` (else :data:`UNREPORTED_RUN_BUDGET_SECONDS`) before
+        it counts as lost, where a heartbeating execution is given three intervals.
+        """
+        task = self.store.get_task(report.task_name)
+        run_id = report.run_id
+        if run_id is None and report.phase != "start" and task is not None:
+            run_id = next((run for run in reversed(task.running_ids) if run.startswith(report.protocol + ".")), None)
+        declared = tasks.effective_declaration(task)[0] if task is not None else None
+        budget = (declared.max_runtime_seconds if declared is not None and declared.max_runtime_seconds
+                  else UNREPORTED_RUN_BUDGET_SECONDS)
+        if report.phase == "log":
+            if run_id is None or self.store.get(run_id) is None:
+                return None, None  # a log line of no run the bridge knows: nothing to record it on
+            progress = {"log": report.message} if report.message else None
+            return run_id, self.heartbeat(Heartbeat(run_id, task_name=report.task_name, progress=progress))
+        run_id = run_id or f"{report.protocol}.{uuid.uuid4().hex}"
+        if report.phase == "start":
+            return run_id, self.heartbeat(Heartbeat(
+                run_id, task_name=report.task_name, interval_seconds=budget / self.rules.lost_after_intervals,
+                max_runtime_seconds=declared.max_runtime_seconds if declared is not None else None))
+        return run_id, self.complete(Completion(run_id, success=report.phase == "success", task_name=report.task_name,
+                                                error_message=report.message if report.phase == "failure" else None,
+                                                exit_code=report.exit_code, result_data=report.result_data))
+
+    def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
+        """Return the name of the task declared with ``ping_uuid``, or None. Raises
+        :class:`~bridge.store.StoreUnavailable`. (Tasks are few: they are read, not indexed.)"""
+        for task in self.store.tasks():
+            declaration, _ = tasks.effective_declaration(task)
+            if declaration is not None and declaration.ping_uuid == ping_uuid:
+                return task.task_name
+        return None
 
     def declare_task(self, name: str, declaration: TaskDeclaration | None, source: str = "api") -> TaskOutcome:
         """Declare task ``name`` from ``source`` (None withdraws that source's declaration).

@@ -25,7 +25,8 @@ from . import families as f
 __all__ = ["INGEST_ENDPOINTS", "REJECTION_REASONS", "ExecutionRenderer", "Exposition"]
 
 OUTCOMES = ("success", "failure")
-INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event", "announcement", "tasks")
+INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event", "announcement", "tasks", "ping",
+                    "sentry")
 REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
                      "capacity", "unauthorized", "forbidden")
 TELEMETRY_STAGES = ("build", "export")

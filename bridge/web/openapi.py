@@ -56,6 +56,20 @@ def _ok(schema: str, description: str) -> dict:
     return {"200": {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}}
 
 
+def _sentry_answer(code: str, description: str) -> dict:
+    return {code: {"description": description, "content": {"application/json": {"schema": _ref("SentryAnswer")}}}}
+
+
+def _sentry_errors(*codes: int) -> dict:
+    meaning = {400: "not an envelope, or a wrong check-in", 401: "a missing or unknown public key",
+               404: "a project id that is not a number", 413: "too large", 415: "an unknown Content-Encoding",
+               429: "a limit (executions, task names)",
+               503: "the store is unavailable; retry"}
+    # a path that is no route (a project id not a number) gets the bridge's own 404
+    return {str(code): {"description": meaning[code], "content": {"application/json": {
+        "schema": _ref("Error" if code == 404 else "SentryError")}}} for code in codes}
+
+
 def _post(summary: str, body: dict, answer: str, *codes: int) -> dict:
     return {"post": {"summary": summary, "security": [{}, {"bearer": []}],
                      "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
@@ -165,6 +179,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "executions": {"type": "array", "items": _ref("Execution")},
             "next_after": {"type": ["string", "null"]}}},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "SentryAnswer": {"type": "object", "required": ["id"], "properties": {"id": {"type": ["string", "null"]}}},
+        "SentryError": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
     }
     read_security: list[dict[str, list[str]]] = [{}, {"bearer": []}]
     paths = {
@@ -215,6 +231,51 @@ def document(settings: Settings) -> dict[str, Any]:
             "responses": {"200": {"description": "the metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}},
                 "application/openmetrics-text": {"schema": {"type": "string"}}}}, **_errors(401, 503)}}},
+        "/ping/{path}": {
+            method: {"summary": "A Healthchecks ping: <uuid>[/start|/fail|/log|/<exit status>], or "
+                                "<ping key>/<slug>[/...]; ?rid= names the run, ?create=1 makes a slug's task",
+                     "parameters": [
+                         {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                         {"name": "rid", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                         {"name": "create", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}}],
+                     **({"requestBody": {"content": {"text/plain": {"schema": {
+                         "type": "string", "description": f"the first {settings.ping_body_bytes} bytes are kept"}}}}}
+                        if method == "post" else {}),
+                     "responses": {code: {"description": text, "headers": {"Ping-Body-Limit": {
+                         "schema": {"type": "integer"}}}, "content": {"text/plain": {"schema": {"type": "string"}}}}
+                                   for code, text in (("200", "OK"), ("201", "Created: ?create=1 made the task"),
+                                                      ("400", "invalid url format, invalid uuid format"),
+                                                      ("404", "not found"), ("429", "rate limit exceeded"),
+                                                      ("503", "service unavailable"))}}
+            for method in ("get", "head", "post")},
+        "/api/{project_id}/envelope/": {"post": {
+            "summary": "A Sentry SDK's envelope: check_in items are runs of tasks, every other item is dropped",
+            "security": [{"sentry_auth": []}, {"sentry_key": []}],
+            "parameters": [{"name": "project_id", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "Content-Encoding", "in": "header",
+                            "schema": {"type": "string", "enum": ["identity", "gzip", "deflate", "br"]}}],
+            "requestBody": {"required": True, "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("application/x-sentry-envelope", "application/octet-stream")}},
+            "responses": {**_sentry_answer("200", "accepted; its id is the envelope's event_id"),
+                          **_sentry_errors(400, 401, 404, 413, 415, 429, 503)}}},
+        "/api/{project_id}/cron/{monitor_slug}/{key}/": {
+            method: {"summary": "A Sentry check-in by plain HTTP, with an optional monitor_config",
+                     "parameters": [
+                         {"name": "project_id", "in": "path", "required": True,
+                          "schema": {"type": "integer", "minimum": 0}},
+                         {"name": "monitor_slug", "in": "path", "required": True, "schema": _text(128)},
+                         {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+                         {"name": "status", "in": "query", "required": True,
+                          "schema": {"type": "string", "enum": ["in_progress", "ok", "error"]}},
+                         {"name": "check_in_id", "in": "query", "schema": execution_id}],
+                     **({"requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"monitor_config": {"type": ["object", "null"]}}}}}}}
+                        if method == "post" else {}),
+                     "responses": {**_sentry_answer("202", "the check-in's id, to close it with"),
+                                   **_sentry_errors(400, 401, 404, 413, 415, 429, 503)}}
+            for method in ("get", "post")},
         "/healthz": {"get": {"summary": "Alive", "responses": _ok("Health", "alive")}},
         "/readyz": {"get": {"summary": "Ready: the store takes writes",
                             "responses": {**_ok("Health", "ready"), **_errors(503)}}},
@@ -224,4 +285,8 @@ def document(settings: Settings) -> dict[str, Any]:
                      "description": "Heartbeats and completions from task containers, as metrics and traces."},
             "paths": paths,
             "components": {"schemas": schemas,
-                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
+                           "securitySchemes": {
+                               "bearer": {"type": "http", "scheme": "bearer"},
+                               "sentry_auth": {"type": "apiKey", "in": "header", "name": "X-Sentry-Auth",
+                                               "description": "Sentry sentry_key=<key>, ..."},
+                               "sentry_key": {"type": "apiKey", "in": "query", "name": "sentry_key"}}}}
