@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -70,10 +71,26 @@ def test_it_reports_an_exception_in_its_block_as_a_failed_completion(bridge):
     assert (record["status"], record["error_message"]) == ("failed", "ValueError: bad input file")
 
 
-def test_it_leaves_the_completion_to_the_task_when_its_block_ends_normally(bridge):
+def test_it_completes_successfully_when_its_block_ends_normally_without_a_completion(bridge):
     with HeartbeatClient(bridge.url, "quiet-1", "c", heartbeat_interval=30):
         wait_for(lambda: execution(bridge, "quiet-1"), timeout=PROMPTLY)
-    assert execution(bridge, "quiet-1")["status"] == "running"
+    assert execution(bridge, "quiet-1")["status"] == "completed"
+    with pytest.raises(SystemExit):
+        with HeartbeatClient(bridge.url, "quiet-2", "c", heartbeat_interval=30):
+            sys.exit(0)
+    assert execution(bridge, "quiet-2")["status"] == "completed"
+    with pytest.raises(SystemExit):
+        with HeartbeatClient(bridge.url, "quiet-3", "c", heartbeat_interval=30):
+            sys.exit(2)
+    assert (execution(bridge, "quiet-3")["status"], execution(bridge, "quiet-3")["error_message"]) == \
+        ("failed", "SystemExit: 2")
+
+
+def test_it_keeps_the_completion_its_block_sent(bridge):
+    with HeartbeatClient(bridge.url, "told-1", "c", heartbeat_interval=30) as client:
+        client.send_completion(False, error_message="3 of 10 files failed")
+    record = execution(bridge, "told-1")
+    assert (record["status"], record["error_message"]) == ("failed", "3 of 10 files failed")
 
 
 def test_it_retries_while_the_bridge_is_down_and_completes_exactly_once(live_bridge, tmp_path):

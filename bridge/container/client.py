@@ -3,7 +3,9 @@
 Copy this file into a task image (it imports nothing from the rest of the package), or
 ``from bridge.client import HeartbeatClient``. It keeps the constructor and methods of the
 seed document's ``HeartbeatClient`` (``start``, ``stop``, ``update_status``,
-``send_completion``) and fixes its flaws: it is a context manager; the first heartbeat
+``send_completion``) and fixes its flaws: it is a context manager (a block that ends with
+no completion sent sends a successful one, or a failed one with the exception that left
+it); the first heartbeat
 goes out at once and another on every status change; ``stop()`` returns at once; failed
 heartbeats are retried with exponential backoff and jitter; the completion is retried
 until the bridge acknowledges it (the bridge deduplicates, so a retry is safe); it logs
@@ -122,9 +124,14 @@ class HeartbeatClient:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+        # A block that ends without a completion must still end the run: left alone, the
+        # execution would go lost and page someone for a task that did its work.
         try:
-            if exc is not None and not self.completed and not isinstance(exc, GeneratorExit):
-                self.send_completion(False, error_message=f"{exc_type.__name__}: {exc}")
+            if not self.completed and not isinstance(exc, GeneratorExit):
+                if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+                    self.send_completion(True)
+                else:
+                    self.send_completion(False, error_message=f"{exc_type.__name__}: {exc}")
         finally:
             self.stop()
         return False
