@@ -102,9 +102,12 @@ class HeartbeatClient:
         self.task_status = "running"
         self.task_progress: dict[str, Any] = {}
         self.completed = False
+        #: the status and progress of the last heartbeat the bridge accepted
+        self._accepted: tuple[str, dict[str, Any]] = ("running", {})
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
         if handle_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -166,6 +169,13 @@ class HeartbeatClient:
         if changed:
             self._wake.set()
 
+    def abandon(self) -> None:
+        """Stop retrying a completion: :meth:`send_completion` returns False at once.
+
+        For a process told to stop while its bridge is unreachable; safe from a signal handler.
+        """
+        self._abandoned.set()
+
     def flush(self) -> bool:
         """Send a heartbeat now, with the current status and progress; returns True if accepted."""
         return self._send_heartbeat()
@@ -175,7 +185,8 @@ class HeartbeatClient:
         """Report the end of the task; retries until acknowledged or ``completion_deadline``.
 
         Returns True once the bridge acknowledged it (a duplicate counts), False when it
-        refused it (4xx) or the deadline passed. Heartbeats stop once it is acknowledged.
+        refused it (4xx), the deadline passed, or :meth:`abandon` was called. Heartbeats stop
+        once it is acknowledged.
         """
         payload = {"execution_id": self.execution_id, "container_id": self.container_id,
                    "success": success, "result_data": result_data or {}, "error_message": error_message}
@@ -186,7 +197,8 @@ class HeartbeatClient:
         deadline = time.monotonic() + self.completion_deadline
         failures = 0
         while True:
-            status, body = self._post(self.completion_url, payload)
+            remaining = deadline - time.monotonic()
+            status, body = self._post(self.completion_url, payload, min(self.timeout, max(1.0, remaining)))
             if status == 200 and body.get("status") == "ok":
                 self.completed = True
                 self._stopping.set()
@@ -194,23 +206,32 @@ class HeartbeatClient:
                 log.info("completion acknowledged (success=%s)", success)
                 return True
             if 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS:
-                log.error("completion refused with %s: %s", status, body)
+                log.error("completion refused by %s with %s: %s", self.completion_url, status, body)
                 return False
             failures += 1
             wait = _backoff(failures, MAX_BACKOFF_SECONDS)
             if time.monotonic() + wait > deadline:
-                log.error("completion not acknowledged after %d attempts; giving up", failures)
+                log.error("completion not acknowledged by %s after %d attempts in %.0fs; giving up",
+                          self.completion_url, failures, self.completion_deadline)
                 return False
-            log.warning("completion not acknowledged (%s); retrying in %.1fs", status or "no answer", wait)
-            time.sleep(wait)
+            log.warning("completion not acknowledged by %s (%s); retrying in %.1fs",
+                        self.completion_url, status or "no answer", wait)
+            if self._abandoned.wait(wait):
+                log.error("completion abandoned after %d attempts: %s did not acknowledge it",
+                          failures, self.completion_url)
+                return False
 
     def _loop(self) -> None:
-        failures = 0
+        failures, failing_since = 0, 0.0
         while not self._stopping.is_set():
             if self._send_heartbeat():
+                if failures:
+                    log.info("heartbeats to %s recovered after %d failed in %.0fs", self.heartbeat_url,
+                             failures, time.monotonic() - failing_since)
                 failures, wait = 0, self.heartbeat_interval
             else:
                 failures += 1
+                failing_since = failing_since if failures > 1 else time.monotonic()
                 wait = _backoff(failures, self.heartbeat_interval)
             self._wake.wait(wait)
             self._wake.clear()
@@ -218,31 +239,39 @@ class HeartbeatClient:
     def _send_heartbeat(self) -> bool:
         """Post one heartbeat; returns False when it should be retried soon."""
         with self._lock:
+            sent = (self.task_status, dict(self.task_progress))
             payload = {"execution_id": self.execution_id, "container_id": self.container_id,
-                       "status": self.task_status, "progress": dict(self.task_progress),
+                       "status": sent[0], "progress": sent[1],
                        "timestamp": int(time.time()), "interval_seconds": self.heartbeat_interval,
                        **self._extras}
         if self.traceparent:
             payload["traceparent"] = self.traceparent
         status, body = self._post(self.heartbeat_url, payload)
         if status == 200 and body.get("status") == "ok":
+            self._accepted = sent
             log.debug("heartbeat sent")
             return True
         if 400 <= status < 500 and status not in _RETRYABLE_CLIENT_ERRORS:
-            # Sending the same payload sooner will not help; say so and keep the cadence.
-            log.error("heartbeat refused with %s: %s", status, body)
+            # The same payload would be refused again, and so would every later one carrying
+            # it: go back to what was last accepted, say so, and keep the cadence.
+            with self._lock:
+                dropped = (self.task_status, self.task_progress) != self._accepted
+                self.task_status, self.task_progress = self._accepted[0], dict(self._accepted[1])
+            log.error("heartbeat refused by %s with %s: %s%s", self.heartbeat_url, status, body,
+                      "; dropped the status and progress set since the last accepted one" if dropped else "")
             return True
-        log.warning("heartbeat failed (%s)", status or "no answer")
+        log.warning("heartbeat to %s failed (%s)", self.heartbeat_url, status or "no answer")
         return False
 
-    def _post(self, url: str, payload: dict[str, Any]) -> tuple[int, dict]:
-        """Return (HTTP status, decoded body); status 0 when no answer came."""
+    def _post(self, url: str, payload: dict[str, Any], timeout: float | None = None) -> tuple[int, dict]:
+        """Return (HTTP status, decoded body); status 0 when no answer came within ``timeout``
+        (default: the client's)."""
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                 return response.status, _json(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, _json(exc.read())

@@ -12,8 +12,14 @@ progress, and a ``"status"`` key in it sets the status::
 
     echo '{"stage": "load", "percentage": 40}' >&3
 
+A line that is not a JSON object, or whose ``"status"`` is not ``running``, ``completed``
+or ``failed``, is reported and skipped; a line the bridge refuses (too large, too deep) is
+dropped from the progress once refused, so later heartbeats go through.
+
 It also gets ``TRACEPARENT`` naming the bridge's execution span, so spans it exports
-itself nest under that span.
+itself nest under that span. Once the command has exited, heartbeats stop and the
+completion is retried for at most ``--completion-timeout`` seconds; SIGTERM or SIGINT
+ends that wait at once.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ PROGRESS_FD = 3
 PROGRESS_FD_VARIABLE = "HEARTBEAT_PROGRESS_FD"
 DEFAULT_API_BASE_URL = "http://localhost:8000"  # the seed's default
 DEFAULT_STDERR_TAIL_BYTES = 4096
+DEFAULT_COMPLETION_TIMEOUT_SECONDS = 30.0
+REPORTED_STATUSES = ("running", "completed", "failed")
+#: Signals that, once the command has exited, end the wait for the completion's acknowledgement.
+ABANDON_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
 EXIT_USAGE = 2
@@ -68,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=env("BRIDGE_TOKEN"), help="bearer token (default: $BRIDGE_TOKEN)")
     parser.add_argument("--stderr-tail", type=int, default=DEFAULT_STDERR_TAIL_BYTES,
                         help="bytes of stderr sent as the error message (default: %(default)s)")
+    parser.add_argument("--completion-timeout", type=float, default=DEFAULT_COMPLETION_TIMEOUT_SECONDS,
+                        help="once the command exited, seconds to retry the completion (default: %(default)s)")
     return parser
 
 
@@ -92,7 +104,11 @@ def _read_progress(fd: int, client: HeartbeatClient) -> None:
                 log.warning("ignoring a progress line that is not an object: %r", line[:200])
                 continue
             status = update.pop("status", client.task_status)
-            client.update_status(status if isinstance(status, str) else client.task_status, update)
+            if status not in REPORTED_STATUSES:
+                log.warning("ignoring a progress line whose status is not one of %s: %r",
+                            ", ".join(REPORTED_STATUSES), line[:200])
+                continue
+            client.update_status(status, update)
 
 
 def _describe(returncode: int) -> str:
@@ -120,16 +136,20 @@ def main(argv: list[str] | None = None) -> int:
 
     client = HeartbeatClient(args.api_base_url, args.execution_id, args.container_id, args.interval,
                              token=args.token, task_name=args.task_name, task_type=args.task_type,
-                             max_runtime_seconds=args.max_runtime)
+                             max_runtime_seconds=args.max_runtime, completion_deadline=args.completion_timeout)
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{PROGRESS_FD_VARIABLE: str(PROGRESS_FD),
                               "TRACEPARENT": client.execution_traceparent()})
     # Handlers go in before the command starts: a signal in between is held, then passed on.
     started: list[subprocess.Popen] = []
     held: list[int] = []
+    exited = threading.Event()
 
     def forward(signum: int, _frame) -> None:
-        if started:
+        if exited.is_set():  # nothing left to pass it to: it means stop waiting for the bridge
+            if signum in ABANDON_SIGNALS:
+                client.abandon()
+        elif started:
             started[0].send_signal(signum)
         else:
             held.append(signum)
@@ -161,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         pump.start()
     client.start()
     returncode = child.wait()
+    exited.set()
     for pump in pumps:  # a daemon the command left behind may hold the pipes open
         pump.join(PUMP_JOIN_SECONDS)
 
@@ -168,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     if returncode != 0:
         error = bytes(tail).decode("utf-8", errors="replace").strip() or _describe(returncode)
+    client.stop()
     client.flush()  # the last progress lines may have come after the last heartbeat
     client.send_completion(returncode == 0, error_message=error, exit_code=exit_code)
-    client.stop()
     return exit_code
 
 
