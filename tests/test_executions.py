@@ -72,3 +72,26 @@ def test_it_refuses_a_bad_filter_with_400(client):
 def test_it_refuses_a_limit_that_is_not_ascii_digits_from_1_to_1000(client, limit):
     response = client.get(f"/api/v1/executions?limit={limit}")
     assert (response.status_code, response.json["field"]) == (400, "limit")
+
+
+def test_it_forgets_a_lost_execution_on_delete_and_refuses_a_running_one(client, clock, monitor):
+    client.post(HEARTBEAT, json=seed_heartbeat("gone-1", task_name="crawl"))
+    client.post(HEARTBEAT, json=seed_heartbeat("live-1", task_name="crawl"))
+    clock.advance(80)
+    client.post(HEARTBEAT, json=seed_heartbeat("live-1", task_name="crawl"))
+    clock.advance(20)
+    monitor.reap()
+    assert client.get("/api/v1/executions/gone-1").json["status"] == "lost"
+    lost_before = client.get("/metrics").data.decode().count('execution_id="gone-1"')
+    assert lost_before > 0
+
+    answer = client.delete("/api/v1/executions/gone-1")
+    assert (answer.status_code, answer.json["execution_status"], answer.json["forgotten"]) == (200, "lost", True)
+    assert client.get("/api/v1/executions/gone-1").status_code == 404
+    scrape = client.get("/metrics").data.decode()
+    assert 'execution_id="gone-1"' not in scrape
+    assert 'task_executions_lost_total{task_name="crawl"} 1.0' in scrape  # history stays
+    assert client.delete("/api/v1/executions/gone-1").status_code == 404
+    refused = client.delete("/api/v1/executions/live-1")
+    assert (refused.status_code, refused.json["field"]) == (409, "execution_id")
+    assert client.get("/api/v1/executions/live-1").json["status"] == "running"

@@ -559,3 +559,23 @@ def test_it_keeps_a_declared_task_past_the_retention_and_releases_one_that_only_
     store.apply_tasks([("declared", lambda cur: tasks.apply_declaration(cur, "declared", "api", None, T0))])
     store.expire(T0 + RULES.retention + 300)  # undeclared, it never ran: nothing keeps it
     assert store.tasks() == [] and store.snapshot().task_names == []
+
+
+def test_it_forgets_an_ended_or_lost_execution_at_once_and_counts_nothing(store_url):
+    store = connect(store_url, dedup_seconds=600)
+    heartbeat(store, "silent", T0, task_name="crawl")
+    heartbeat(store, "busy", T0, task_name="crawl")
+    heartbeat(store, "done", T0, task_name="crawl")
+    complete(store, "done", T0 + 1)
+    monitor = Monitor(store, RULES, clock=lambda: T0 + 100)
+    heartbeat(store, "busy", T0 + 50)
+    monitor.reap()  # silent is lost
+    before = store.snapshot().counters
+    assert [monitor.forget(e).result for e in ("silent", "done", "busy", "nobody")] == \
+        ["accepted", "accepted", "live", "missing"]
+    assert [row.execution_id for row in store.snapshot().rows] == ["busy"]
+    assert store.get("silent") is None and store.get("done") is None and store.get("busy").status == "running"
+    assert store.snapshot().counters == before
+    assert monitor.forget("silent").result == "missing"
+    assert complete(store, "done", T0 + 110).result == "duplicate"  # its tombstone answers repeats
+    assert heartbeat(store, "silent", T0 + 120).transition == (None, "running")  # a lost one may come back

@@ -452,6 +452,24 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
 
 
 
+def apply_forget(current: Execution | None, now: float) -> Outcome:
+    """Return what forgetting ``current`` does: an ended or lost execution leaves retention at
+    ``now``, as if its time were up, and no counter moves.
+
+    The result is ``missing`` for an execution not tracked (none, or only a tombstone), and
+    ``live`` for one running or starting: that one must end or go lost first, or its task
+    would count a run that never ended.
+    """
+    if current is None or current.version == 0:  # a tombstone is a stand-in, never stored
+        return Outcome(None, result="missing")
+    if current.status in ("running", "starting"):
+        return Outcome(None, result="live")
+    record = current.clone()
+    record.expires_at = now
+    record.updated_at = now
+    return Outcome(record)
+
+
 def apply_rebase(current: Execution, now: float, rules: Rules) -> Outcome:
     """Return ``current`` with its deadline one full window from ``now`` (unchanged without one).
 

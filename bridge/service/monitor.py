@@ -126,6 +126,19 @@ class Monitor:
             announcement.execution_id,
             lambda cur, label: executions.apply_announcement(cur, announcement, self.clock(), self.rules, label)))
 
+    def forget(self, execution_id: str) -> Outcome:
+        """Forget an ended or lost execution now, as its retention would later: its series
+        leave ``/metrics`` (so its alerts resolve) and no counter moves. A completed or failed
+        one leaves a tombstone, so its repeats stay duplicates.
+
+        Returns the outcome; its ``result`` is ``accepted``, ``missing`` (not tracked) or
+        ``live`` (running or starting). Raises :class:`~bridge.store.StoreUnavailable`.
+        """
+        outcome = self.store.apply(execution_id, lambda cur, label: executions.apply_forget(cur, self.clock()))
+        if outcome.result == "accepted":
+            self.store.expire(self.clock())
+        return outcome
+
     def report(self, report: RunReport) -> tuple[str | None, Outcome | None]:
         """Apply a run reported by a task-naming protocol; returns the execution it was (None
         for a log line with no run to go to) and the outcome. Raises as :meth:`heartbeat`.

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
-from .errors import InvalidInput, NotFound
+from .errors import ApiError, Conflict, InvalidInput, NotFound
 from .extension import current_bridge
 from .ingest import event_answer, ingest
 from .validation import parse_announcement
@@ -20,7 +20,8 @@ bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
 
 @bp.before_request
 def _authorize() -> None:
-    if request.method in ("GET", "HEAD"):  # an announcement is ingest, with the ingest tokens
+    # an announcement and a deletion are ingest, with the ingest tokens
+    if request.method in ("GET", "HEAD"):
         current_bridge().authorizer.read(request.headers.get("Authorization"))
 
 DEFAULT_PAGE = 100
@@ -72,3 +73,28 @@ def announce(execution_id: str):
     bridge = current_bridge()
     return ingest("announcement", lambda body: parse_announcement(execution_id, body),
                   lambda announcement: event_answer(announcement.execution_id, bridge.monitor.announce(announcement)))
+
+
+@bp.delete("/<path:execution_id>")
+def forget(execution_id: str):
+    """Forget an ended or lost execution (one that will never come back) without waiting for
+    its retention: its series leave /metrics, so its alerts resolve; nothing is counted.
+    404 for an unknown one, 409 for one still running or starting."""
+    bridge = current_bridge()
+    try:
+        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+        canonical = normalise_id(execution_id)
+        if canonical is None:
+            raise NotFound(f"no execution {execution_id[:128]!r}", "execution_id")
+        bridge.authorizer.check(grant, canonical)
+        outcome = bridge.monitor.forget(canonical)
+        if outcome.result == "missing":
+            raise NotFound(f"no execution {canonical!r}", "execution_id")
+        if outcome.result == "live":
+            raise Conflict(f"execution {canonical!r} is still running: it can be forgotten once it "
+                           "has ended or is lost", "execution_id")
+    except ApiError as exc:
+        bridge.monitor.reject("executions", exc.reason)
+        raise
+    assert outcome.record is not None
+    return jsonify(status="ok", execution_id=canonical, forgotten=True, execution_status=outcome.record.status)

@@ -46,7 +46,7 @@ def _text(max_length: int) -> dict:
 def _errors(*codes: int) -> dict:
     meaning = {400: "malformed JSON or a wrong field (named in `field`)", 401: "missing or wrong token",
                403: "the token does not grant this", 404: "no such execution or task",
-               409: "the task is declared in BRIDGE_TASKS_FILE", 413: "too large", 415: "not application/json",
+               409: "the task is declared in BRIDGE_TASKS_FILE, or the execution is still running", 413: "too large", 415: "not application/json",
                429: "a limit (executions, task names) is reached", 503: "the store is unavailable; retry"}
     return {str(code): {"description": meaning[code],
                         "content": {"application/json": {"schema": _ref("Error")}}} for code in codes}
@@ -162,6 +162,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "duplicate": {"type": "boolean"},
             "warnings": {"type": "array", "items": {"type": "string"},
                          "description": "what of the event was cut or dropped to keep it"}}},
+        "Forgotten": {"type": "object", "required": ["status", "execution_id", "forgotten"], "properties": {
+            "status": {"type": "string", "enum": ["ok"]}, "execution_id": {"type": "string"},
+            "forgotten": {"type": "boolean"}, "execution_status": {"type": "string", "enum": list(STATUSES)}}},
         "BatchAnswer": {"type": "object", "required": ["status", "accepted", "rejected", "results"], "properties": {
             "status": {"type": "string", "enum": ["ok"]},
             "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
@@ -210,7 +213,12 @@ def document(settings: Settings) -> dict[str, Any]:
                 "summary": "Announce an execution before its container starts", "security": [{}, {"bearer": []}],
                 "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Announcement")}}},
-                "responses": {**_ok("Accepted", "announced"), **_errors(*ingest_codes)}}},
+                "responses": {**_ok("Accepted", "announced"), **_errors(*ingest_codes)}},
+            "delete": {
+                "summary": "Forget an ended or lost execution now (its series leave /metrics; nothing is counted)",
+                "security": [{}, {"bearer": []}],
+                "parameters": [{"name": "execution_id", "in": "path", "required": True, "schema": execution_id}],
+                "responses": {**_ok("Forgotten", "forgotten"), **_errors(401, 403, 404, 409, 503)}}},
         "/api/v1/tasks": {"get": {
             "summary": "Every task, declared or seen running", "security": read_security,
             "responses": {**_ok("TaskList", "the tasks"), **_errors(401, 503)}}},
