@@ -35,7 +35,7 @@ test-fast: install
 # The runtime dependencies at the floors pyproject.toml states; the test tools as pinned.
 $(LOWEST)/.installed: pyproject.toml requirements-dev.txt $(BIN)/.installed
 	UV_PYTHON_DOWNLOADS=never $(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
-	grep -E '^(pytest|hypothesis|schemathesis|sentry-sdk)==' requirements-dev.txt > $(LOWEST)/test-tools.txt
+	grep -E '^(pytest|hypothesis|schemathesis|sentry-sdk|selenium)==' requirements-dev.txt > $(LOWEST)/test-tools.txt
 	VIRTUAL_ENV=$(LOWEST) $(BIN)/uv pip install --quiet --resolution lowest-direct \
 	    -e ".[redis,agent,grpc]" -r $(LOWEST)/test-tools.txt
 	touch $@

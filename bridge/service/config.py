@@ -58,6 +58,8 @@ class Settings:
     execution_token_secret: str | None = None
     tasks_file: str | None = None
     metric_labels: tuple[str, ...] = ()
+    trace_url: str | None = None
+    external_url: str | None = None
     ping_keys: tuple[str, ...] = ()
     ping_body_bytes: int = 10_000
     sentry_keys: tuple[str, ...] = ()
@@ -187,6 +189,20 @@ def _public_keys(name: str, raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _url(name: str, raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", url):
+        raise ConfigError(f"{name}: {raw[:80]!r} is not an http:// or https:// URL")
+    return url
+
+
+def _trace_url(name: str, raw: str) -> str:
+    url = _url(name, raw)
+    if "{trace_id}" not in url:
+        raise ConfigError(f"{name}: {raw[:80]!r} has no {{trace_id}} for the trace's id to go in")
+    return url
+
+
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
@@ -220,6 +236,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_PING_KEYS": ("ping_keys", _ping_keys, "Ping keys of the Healthchecks slug URLs `/ping/<ping_key>/<slug>` (comma-separated); unset: only `/ping/<uuid>` URLs."),
     "BRIDGE_PING_BODY_BYTES": ("ping_body_bytes", _integer(0, 1_048_576), "How much of a ping's body is kept as its log line or error message (`Ping-Body-Limit`)."),
     "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated; unset: any key."),
+    "BRIDGE_TRACE_URL": ("trace_url", _trace_url, "A trace viewer's URL with `{trace_id}` in it (`https://tempo.example/trace/{trace_id}`): the status pages link each execution's trace there."),
+    "BRIDGE_EXTERNAL_URL": ("external_url", _url, "The bridge's URL as people reach it (`https://bridge.example`): `heartbeat-bridge rules` links each execution alert to its status page there."),
     "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
 }
 

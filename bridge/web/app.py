@@ -15,7 +15,7 @@ from ..service.reaper import Reaper
 from ..service.tasks_file import TasksFile
 from ..store import open_store
 from ..telemetry.metrics import Exposition
-from . import errors, executions, fastpath, ingest, ops, pings, sentry, tasks
+from . import errors, executions, fastpath, ingest, ops, pages, pings, sentry, tasks
 from .auth import Authorizer
 from .extension import EXTENSION_KEY, Bridge
 from .jsonprovider import FastJSONProvider
@@ -72,6 +72,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(tasks.bp)
     app.register_blueprint(pings.bp)
     app.register_blueprint(sentry.bp)
+    app.register_blueprint(pages.bp)
     fastpath.init_app(app)
     return app
 

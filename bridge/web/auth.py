@@ -8,6 +8,8 @@ comparison takes constant time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -28,6 +30,20 @@ def _bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _basic_password(header: str | None) -> str | None:
+    """Return the password of HTTP basic authentication (a browser's only way to send a
+    secret without a script), whatever the user name; None for another scheme."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        credentials = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, separator, password = credentials.partition(":")
+    return password or None if separator else None
 
 
 @dataclass(frozen=True)
@@ -79,10 +95,16 @@ class Authorizer:
         if not hmac.compare_digest(grant.token.encode(), expected.encode()):
             raise Forbidden(f"the token does not grant execution {execution_id}", "Authorization")
 
+    @property
+    def read_open(self) -> bool:
+        """True when reading (metrics, the query API, the status pages) needs no token."""
+        return self._metrics is None
+
     def read(self, header: str | None) -> None:
-        """Raise :class:`Unauthorized` unless the metrics token is absent or presented."""
+        """Raise :class:`Unauthorized` unless the metrics token is absent or presented, as a
+        bearer token or as the password of basic authentication."""
         if self._metrics is None:
             return
-        token = _bearer(header)
+        token = _bearer(header) or _basic_password(header)
         if token is None or not hmac.compare_digest(token.encode(), self._metrics):
             raise Unauthorized("this endpoint needs Authorization: Bearer <metrics token>", "Authorization")

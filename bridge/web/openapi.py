@@ -285,6 +285,21 @@ def document(settings: Settings) -> dict[str, Any]:
                      "responses": {**_sentry_answer("202", "the check-in's id, to close it with"),
                                    **_sentry_errors(400, 401, 404, 413, 415, 429, 503)}}
             for method in ("get", "post")},
+        **{path: {"get": {"summary": summary, "security": read_security, "parameters": parameters,
+                           "responses": {code: {"description": text, "content": {"text/html": {
+                               "schema": {"type": "string"}}}}
+                                         for code, text in (("200", "the page"), ("400", "a bad filter"),
+                                                            ("401", "the metrics token, as a basic-auth password"),
+                                                            ("404", "no such task or execution"),
+                                                            ("503", "the store is unavailable"))}}}
+           for path, summary, parameters in (
+               ("/", "Status page: the tasks and the executions", [
+                   {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["", *STATUSES]}},
+                   {"name": "task_name", "in": "query", "schema": {"type": "string"}}]),
+               ("/tasks/{task_name}", "Status page of one task",
+                [{"name": "task_name", "in": "path", "required": True, "schema": {"type": "string"}}]),
+               ("/executions/{execution_id}", "Status page of one execution",
+                [{"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}}]))},
         "/healthz": {"get": {"summary": "Alive", "responses": _ok("Health", "alive")}},
         "/readyz": {"get": {"summary": "Ready: the store takes writes",
                             "responses": {**_ok("Health", "ready"), **_errors(503)}}},

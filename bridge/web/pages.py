@@ -1,0 +1,167 @@
+"""The status pages: what a person pointing a browser at the bridge sees.
+
+    GET /                          the tasks, and the executions (filtered by status and task)
+    GET /tasks/<task_name>         one task: its declaration, status, last runs and durations
+    GET /executions/<id>           one execution: its timeline, stages, outcome and trace
+
+Server-rendered HTML that reads without JavaScript and refreshes itself. Guarded like the
+query API: with ``BRIDGE_METRICS_TOKEN`` set a browser is asked for it as the password of
+HTTP basic authentication (any user name).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request
+
+from ..core.executions import STATUSES, Execution
+from ..core.ids import normalise_id
+from ..core.tasks import Task, effective_declaration, status_at
+from ..store import StoreUnavailable
+from .errors import ApiError, InvalidInput, NotFound
+from .extension import current_bridge
+from .tasks import task_json
+
+__all__ = ["bp"]
+
+bp = Blueprint("pages", __name__, template_folder="templates")
+
+REFRESH_SECONDS = 15
+#: Executions the front page shows at most, live ones first.
+PAGE_EXECUTIONS = 200
+LIVE_STATUSES = ("running", "starting", "lost")
+ENDED_STATUSES = ("completed", "failed")
+
+
+@bp.before_request
+def _authorize() -> None:
+    current_bridge().authorizer.read(request.headers.get("Authorization"))
+
+
+@bp.errorhandler(ApiError)
+def _refused(exc: ApiError):
+    response = Response(render_template("pages/error.html", status=exc.status, message=exc.message,
+                                        refresh=None), status=exc.status)
+    if exc.status == 401:  # the browser then asks for the metrics token
+        response.headers["WWW-Authenticate"] = 'Basic realm="Heartbeat Bridge", charset="UTF-8"'
+    return response
+
+
+@bp.errorhandler(StoreUnavailable)
+def _unavailable(exc: StoreUnavailable):
+    response = Response(render_template("pages/error.html", status=503, refresh=REFRESH_SECONDS,
+                                        message="The store is unavailable; this page tries again by itself."),
+                        status=503)
+    response.headers["Retry-After"] = str(REFRESH_SECONDS)
+    return response
+
+
+@bp.app_template_filter("when")
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "—"
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_template_filter("iso")
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+@bp.app_template_filter("span")
+def _span(seconds: float | None) -> str:
+    """Return a duration as people say it: ``42 s``, ``3 min 5 s``, ``2 h 10 min``, ``3 d 4 h``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = max(0, round(seconds))
+    for unit, size, smaller, smaller_size in (("d", 86_400, "h", 3600), ("h", 3600, "min", 60),
+                                              ("min", 60, "s", 1)):
+        if seconds >= size:
+            whole, rest = divmod(seconds, size)
+            part = rest // smaller_size
+            return f"{whole} {unit} {part} {smaller}" if part else f"{whole} {unit}"
+    return f"{seconds} s"
+
+
+@bp.app_template_filter("pretty_json")
+def _pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _render(template: str, **context: Any) -> str:
+    bridge = current_bridge()
+    return render_template(template, now=bridge.monitor.clock(), refresh=REFRESH_SECONDS,
+                           trace_url=bridge.settings.trace_url, **context)
+
+
+def _order(records: list[Execution], now: float) -> list[Execution]:
+    """Live executions first, the most recently heard from first; then ended ones, newest first."""
+    def key(record: Execution) -> tuple[int, float]:
+        if record.status in LIVE_STATUSES:
+            return 0, -(record.last_heartbeat_at or record.started_at)
+        return 1, -(record.ended_at or record.updated_at)
+    return sorted(records, key=key)
+
+
+@bp.get("/")
+def index():
+    """The tasks, then the executions: filter with ``?status=`` and ``?task_name=``."""
+    bridge = current_bridge()
+    store = bridge.monitor.store
+    now = bridge.monitor.clock()
+    status = request.args.get("status") or None
+    task_name = request.args.get("task_name") or None
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
+    tasks = [task_json(task, now) for task in store.tasks()]
+    records: list[Execution] = []
+    for wanted in (status,) if status else LIVE_STATUSES + ENDED_STATUSES:
+        records += store.query(status=wanted, task_name=task_name, limit=PAGE_EXECUTIONS)
+    shown = _order(records, now)[:PAGE_EXECUTIONS]
+    return _render("pages/index.html", tasks=tasks, executions=shown, more=len(records) > len(shown),
+                   statuses=STATUSES, status=status, task_name=task_name,
+                   task_names=sorted({t["task_name"] for t in tasks} | ({task_name} if task_name else set())))
+
+
+def _durations(task: dict[str, Any]) -> dict[str, float] | None:
+    """Return the median, 95th percentile and longest duration of the task's last completed runs."""
+    runs = [run["ended_at"] - run["started_at"] for run in task["last_executions"]
+            if run["status"] == "completed" and run["ended_at"] is not None]
+    if not runs:
+        return None
+    ordered = sorted(runs)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return {"runs": len(runs), "median": statistics.median(ordered), "p95": p95, "longest": ordered[-1]}
+
+
+@bp.get("/tasks/<path:task_name>")
+def task_page(task_name: str):
+    """One task: declaration, status, next deadline, failure streak, last runs and their durations."""
+    bridge = current_bridge()
+    task: Task | None = bridge.monitor.store.get_task(task_name)
+    if task is None:
+        raise NotFound(f"No task is named {task_name[:128]!r}.", "task_name")
+    now = bridge.monitor.clock()
+    record = task_json(task, now)
+    _, source = effective_declaration(task)
+    return _render("pages/task.html", task=record, status=status_at(task, now), declared_by=source,
+                   durations=_durations(record))
+
+
+@bp.get("/executions/<path:execution_id>")
+def execution_page(execution_id: str):
+    """One execution: facts, progress, status timeline, stages, outcome, result data, trace."""
+    bridge = current_bridge()
+    canonical = normalise_id(execution_id)
+    record = bridge.monitor.store.get(canonical) if canonical else None
+    if record is None:
+        raise NotFound(f"No execution {execution_id[:128]!r} is tracked: unknown, or past its retention.",
+                       "execution_id")
+    trace_link = bridge.settings.trace_url.replace("{trace_id}", record.trace_id) if bridge.settings.trace_url \
+        else None
+    return _render("pages/execution.html", execution=record, trace_link=trace_link)

@@ -1,0 +1,207 @@
+"""The status pages: their content and guard through Flask, then a real chromium on a live bridge."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from support import COMPLETION, HEARTBEAT, require_binary, seed_heartbeat
+
+TOKEN = "metrics-token-0123456789"
+
+
+def basic(password: str, user: str = "ops") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def text(response) -> str:
+    """Return a page's visible text, tags dropped and spaces squeezed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.data.decode()))
+
+
+@pytest.fixture
+def fleet(client, clock):
+    """A declared task with a running execution, a failed one with its output, and a lost one."""
+    client.put("/api/v1/tasks/nightly-crawl", json={"schedule": "0 2 * * *", "timezone": "Europe/Berlin",
+                                                    "failure_threshold": 2, "labels": {"team": "data"},
+                                                    "description": "Crawls the partner sites",
+                                                    "runbook_url": "https://wiki.example/crawl"})
+    client.post(HEARTBEAT, json=seed_heartbeat("crawl-1", task_name="nightly-crawl",
+                                               progress={"stage": "fetch", "current_step": 3, "total_steps": 4}))
+    client.post(HEARTBEAT, json=seed_heartbeat("crawl-0", task_name="nightly-crawl"))
+    clock.advance(125)
+    client.post(COMPLETION, json={"execution_id": "crawl-0", "success": False, "exit_code": 3,
+                                  "error_message": "Traceback: <ConnectionError> on partner-2",
+                                  "result_data": {"pages": 1200}})
+    client.post(HEARTBEAT, json=seed_heartbeat("silent-1", task_name="import"))
+    client.post(HEARTBEAT, json=seed_heartbeat("crawl-1", task_name="nightly-crawl",
+                                               progress={"stage": "parse", "current_step": 3, "total_steps": 4}))
+    clock.advance(95)
+    client.application.extensions["heartbeat_bridge"].monitor.reap()
+    return client
+
+
+def test_it_shows_tasks_and_executions_live_ones_first(fleet):
+    page = fleet.get("/")
+    assert page.status_code == 200 and page.content_type.startswith("text/html")
+    assert '<meta http-equiv="refresh"' in page.data.decode()
+    shown = text(page)
+    assert re.search(r"nightly-crawl running .*0 2 \* \* \* Europe/Berlin .* 1 of 2", shown), shown
+    rows = re.findall(r'href="/executions/([^"]+)"', page.data.decode())
+    assert rows == ["crawl-1", "silent-1", "crawl-0"]  # running, lost (live first), then ended
+    assert 'value="75.0"' in page.data.decode()  # crawl-1's progress bar: 3 of 4 steps
+
+
+def test_it_filters_executions_by_status_and_task(fleet):
+    failed = fleet.get("/?status=failed")
+    assert re.findall(r'href="/executions/([^"]+)"', failed.data.decode()) == ["crawl-0"]
+    imports = fleet.get("/?task_name=import")
+    assert re.findall(r'href="/executions/([^"]+)"', imports.data.decode()) == ["silent-1"]
+    assert fleet.get("/?status=exploded").status_code == 400
+
+
+def test_it_shows_a_tasks_schedule_deadline_streak_and_runs(fleet):
+    page = text(fleet.get("/tasks/nightly-crawl"))
+    for expected in ("Crawls the partner sites", "0 2 * * * in Europe/Berlin", "team=data",
+                     "1 in a row (failing at 2)", "https://wiki.example/crawl", "crawl-0", "Declared by api"):
+        assert expected in page, expected
+    assert re.search(r"Next deadline in \d+ h", page), page
+
+
+def test_it_shows_an_executions_timeline_outcome_and_escapes_what_tasks_send(fleet):
+    raw = fleet.get("/executions/crawl-0").data.decode()
+    assert "&lt;ConnectionError&gt;" in raw and "<ConnectionError>" not in raw
+    page = text(fleet.get("/executions/crawl-0"))
+    assert "Exit code 3" in page and '"pages": 1200' in page.replace("&#34;", '"')
+    assert re.search(r"running running .* failed running", page), page  # the status timeline
+    stages = text(fleet.get("/executions/crawl-1"))
+    assert re.search(r"Stages Stage Started Took fetch .* 2 min 5 s parse .* so far", stages), stages
+
+
+def test_it_answers_unknown_pages_in_html(fleet):
+    for url in ("/executions/never-seen", "/tasks/never-declared"):
+        missing = fleet.get(url)
+        assert missing.status_code == 404 and missing.content_type.startswith("text/html")
+        assert "Not found" in text(missing)
+
+
+class TestGuard:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"metrics_token": TOKEN}
+
+    @pytest.mark.parametrize("url", ["/", "/tasks/nightly-crawl", "/executions/crawl-1"])
+    def test_it_asks_a_browser_for_the_metrics_token(self, client, url):
+        for headers in ({}, basic("wrong"), {"Authorization": "Bearer wrong"}):
+            refused = client.get(url, headers=headers)
+            assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic ")
+        assert client.get(url, headers=basic(TOKEN)).status_code in (200, 404)
+        assert client.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code in (200, 404)
+
+    def test_it_takes_the_token_as_a_basic_password_on_the_query_api_too(self, client):
+        assert client.get("/api/v1/tasks", headers=basic(TOKEN)).status_code == 200
+        assert client.get("/metrics", headers=basic(TOKEN, user="")).status_code == 200
+        assert client.get("/metrics", headers={"Authorization": "Basic !!!"}).status_code == 401
+
+
+# -- a real browser --------------------------------------------------------------------------
+
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's chromium, headless, driven by selenium through Debian's chromedriver."""
+    chromium, driver_path = require_binary("chromium"), require_binary("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def live_fleet(live_bridge):
+    bridge = live_bridge(workers=1, env={"BRIDGE_METRICS_TOKEN": TOKEN, "BRIDGE_LOST_AFTER_INTERVALS": "1",
+                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
+                                         "BRIDGE_TRACE_URL": "https://tempo.example/trace/{trace_id}"})
+    post = lambda path, body: requests.post(bridge.url + path, json=body, timeout=10).raise_for_status()
+    requests.put(bridge.url + "/api/v1/tasks/nightly-crawl", timeout=10, json={
+        "schedule": "0 2 * * *", "timezone": "Europe/Berlin", "failure_threshold": 2,
+        "labels": {"team": "data"}, "description": "Crawls the partner sites"}).raise_for_status()
+    post(HEARTBEAT, seed_heartbeat("crawl-0", task_name="nightly-crawl"))
+    post(COMPLETION, {"execution_id": "crawl-0", "success": False, "exit_code": 3,
+                      "error_message": "ConnectionError: partner-2 refused\n  at fetch()",
+                      "result_data": {"pages": 1200}})
+    post(HEARTBEAT, seed_heartbeat("silent-1", task_name="import", interval_seconds=1))
+    post(HEARTBEAT, seed_heartbeat("crawl-1-a-rather-long-execution-id-0123456789", task_name="nightly-crawl",
+                                   progress={"stage": "fetch", "percentage": 35}))
+    deadline = time.monotonic() + 30
+    while requests.get(f"{bridge.url}/api/v1/executions/silent-1", headers=basic(TOKEN),
+                       timeout=10).json()["status"] != "lost":
+        assert time.monotonic() < deadline, "silent-1 never went lost"
+        time.sleep(0.2)
+    return bridge
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet, browser, tmp_path):
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": basic(TOKEN)})
+    pages = {"overview": ("/", ["nightly-crawl", "silent-1", "lost", "35%"]),
+             "task": ("/tasks/nightly-crawl", ["Crawls the partner sites", "0 2 * * * in Europe/Berlin",
+                                               "1 in a row (failing at 2)"]),
+             "execution": ("/executions/crawl-0", ["ConnectionError: partner-2 refused", "Exit code", "3",
+                                                   "open the trace", '"pages": 1200'])}
+    shots: list[Path] = []
+    for width_name, (width, height) in WIDTHS.items():
+        browser.set_window_size(width, height)
+        for page_name, (path, expected) in pages.items():
+            browser.get(live_fleet.url + path)
+            body = browser.find_element("tag name", "body").text
+            for snippet in expected:
+                assert snippet in body, (page_name, width_name, snippet, body)
+            assert browser.execute_script("return document.scripts.length") == 0  # nothing needs JavaScript
+            assert browser.execute_script("return document.documentElement.lang") == "en"
+            # every form control is labelled, and nothing but a table's own frame scrolls sideways
+            assert browser.execute_script(
+                "return [...document.querySelectorAll('select, input')].every(e => e.labels.length > 0)")
+            assert browser.execute_script(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1"), (page_name, width_name)
+            shot = tmp_path / f"{page_name}-{width_name}.png"
+            browser.save_screenshot(str(shot))
+            shots.append(shot)
+    trace = browser.find_element("link text", "open the trace").get_attribute("href")
+    assert re.fullmatch(r"https://tempo\.example/trace/[0-9a-f]{32}", trace)
+    browser.get(live_fleet.url + "/")
+    browser.find_element("css selector", "select#status option[value='lost']").click()
+    browser.find_element("css selector", "form.filters button").click()
+    listed = browser.find_elements("css selector", "section[aria-labelledby=executions] tbody th a")
+    assert [a.text for a in listed] == ["silent-1"]
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
+    print("screenshots:", *shots, sep="\n  ")
+
+
+@pytest.mark.e2e
+def test_it_asks_the_browser_for_credentials(live_fleet):
+    refused = requests.get(live_fleet.url + "/", timeout=10)
+    assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
+    assert "Sign in needed" in refused.text
+    assert requests.get(live_fleet.url + "/", auth=("anyone", TOKEN), timeout=10).status_code == 200
