@@ -48,7 +48,7 @@ lint: install
 	$(BIN)/mypy
 
 rules: install
-	$(BIN)/heartbeat-bridge rules > alerts/heartbeat-bridge.rules.yml
+	BRIDGE_EXTERNAL_URL= $(BIN)/heartbeat-bridge rules > alerts/heartbeat-bridge.rules.yml
 
 demo: install
 	$(BIN)/heartbeat-bridge demo

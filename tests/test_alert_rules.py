@@ -86,3 +86,20 @@ def test_it_inhibits_task_alerts_while_the_bridge_is_down():
     target = re.compile(inhibit["target_matchers"][0].split("=~")[1].strip('"'))
     for rule in alert_rules():
         assert bool(target.fullmatch(rule["alert"])) is rule["alert"].startswith("Task"), rule["alert"]
+
+
+def test_it_links_execution_alerts_to_their_status_pages_given_the_external_url(tmp_path):
+    from bridge.server.alert_rules import render
+
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(render(external_url="https://bridge.example/"))
+    rules = [rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"]
+             if "alert" in rule]
+    linked = {rule["alert"] for rule in rules if "status_page" in rule["annotations"]}
+    assert linked == {rule["alert"] for rule in rules if "execution_id" in rule["annotations"]["description"]}
+    assert {rule["annotations"]["status_page"] for rule in rules if rule["alert"] in linked} == \
+        {"https://bridge.example/executions/{{ $labels.execution_id }}"}
+    assert not any("status_page" in rule["annotations"] for rule in alert_rules())  # none without the URL
+    promtool = require_binary("promtool")
+    result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

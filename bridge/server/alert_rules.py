@@ -34,9 +34,11 @@ def runbook_link(runbook_url: str, alert: str) -> str:
     return runbook_url.replace("{alert}", anchor) if "{alert}" in runbook_url else f"{runbook_url}#{anchor}"
 
 
-def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_RUNBOOK_URL) -> str:
+def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_RUNBOOK_URL,
+           external_url: str | None = None) -> str:
     """Return the rules file selecting the bridge's series by ``job_selector`` (label
-    matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``.
+    matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``
+    and, given the bridge's ``external_url``, a ``status_page`` link on each execution alert.
 
     Raises :class:`RulesError` for a selector that is not a list of label matchers, or a
     URL holding a quote or a line break.
@@ -44,8 +46,9 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_
     if not _SELECTOR.fullmatch(job_selector):
         raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
                          f"got {job_selector!r}")
-    if not runbook_url.strip() or any(c in runbook_url for c in "\"'\n\r"):
-        raise RulesError(f"the runbook URL must be one line without quotes, got {runbook_url!r}")
+    for name, url in (("runbook URL", runbook_url), ("external URL", external_url)):
+        if url is not None and (not url.strip() or any(c in url for c in "\"'\n\r{}")):
+            raise RulesError(f"the {name} must be one line without quotes or braces, got {url!r}")
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     lines, alert = [], None
     for line in template[template.index("groups:"):].splitlines():  # the template's own notes stay behind
@@ -53,9 +56,15 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_
         alert = match.group(1) if match else alert
         if "%(runbook_url)s" in line:
             line = line.replace("%(runbook_url)s", runbook_link(runbook_url, alert or "").replace("%", "%%"))
+        if "%(execution_page)s" in line:
+            if external_url is None:
+                continue
+            page = external_url.rstrip("/").replace("%", "%%") + "/executions/{{ $labels.execution_id }}"
+            line = line.replace("%(execution_page)s", page)
         lines.append(line)
+    external = f" --external-url '{external_url}'" if external_url else ""
     header = (f"# Prometheus rules for Heartbeat Bridge, made by: heartbeat-bridge rules\n"
-              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'\n"
+              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'{external}\n"
               "# Scrape the bridge through one address: every replica and worker answers the same,\n"
               "# so one target is the whole fleet.\n")
     return header + "\n".join(lines) % {"job_selector": job_selector.strip()} + "\n"

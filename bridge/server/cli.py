@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     rules.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL,
                        help="where the runbooks are: each alert links to URL#<alert name in lower case>, "
                             f"or to URL with {{alert}} replaced (default: {DEFAULT_RUNBOOK_URL})")
+    rules.add_argument("--external-url", default=None,
+                       help="the bridge's URL as people reach it: execution alerts link to their status "
+                            "pages there (default: BRIDGE_EXTERNAL_URL; none when unset)")
     rules.set_defaults(run=_rules)
     demo = commands.add_parser("demo", add_help=False,
                                help="the bridge with a simulated fleet (and Prometheus if installed)")
@@ -68,8 +71,9 @@ def _token(args: argparse.Namespace) -> int:
 
 def _rules(args: argparse.Namespace) -> int:
     try:
-        sys.stdout.write(render_rules(args.job_selector, args.runbook_url))
-    except RulesError as exc:
+        external_url = args.external_url or load_settings().external_url
+        sys.stdout.write(render_rules(args.job_selector, args.runbook_url, external_url))
+    except (RulesError, ConfigError) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2
     return 0
