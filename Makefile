@@ -6,12 +6,14 @@
 # make lint       - ruff and mypy
 # make rules      - write alerts/heartbeat-bridge.rules.yml from bridge/server/alert_rules.yml.in
 # make demo       - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
+#                   (DEMO_PORT=8000; refused when a bridge already listens there)
 # make bench      - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LOWEST ?= .venv-lowest
 BIND ?= 127.0.0.1:8000
+DEMO_PORT ?= 8000
 
 .PHONY: run test test-fast test-lowest lint rules demo bench install clean
 
@@ -51,7 +53,7 @@ rules: install
 	BRIDGE_EXTERNAL_URL= $(BIN)/heartbeat-bridge rules > alerts/heartbeat-bridge.rules.yml
 
 demo: install
-	$(BIN)/heartbeat-bridge demo
+	$(BIN)/heartbeat-bridge demo --port $(DEMO_PORT)
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -49,3 +53,54 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
         output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, output
     assert f"http://127.0.0.1:{port}/metrics" in output
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Return the command lines of the running processes that mention ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended meanwhile
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+def test_it_refuses_a_port_in_use_and_writes_nothing_there():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and f"127.0.0.1:{port} is in use" in result.stderr
+    assert "--port" in result.stderr
+
+
+def test_it_stops_every_process_and_removes_its_folder_on_sigterm():
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port),
+                             "--interval", "1", "--spawn-every", "0.5"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in demo.stdout:
+        lines.append(line)
+        if line.startswith("simulating"):
+            break
+    else:
+        pytest.fail("".join(lines))
+    work = re.search(r"\(logs in (\S+)\)", "".join(lines)).group(1)
+    children = processes_mentioning(work)
+    assert any("prometheus" in c for c in children) or not shutil.which("prometheus"), children
+    assert any("alertmanager" in c for c in children) or not shutil.which("prometheus-alertmanager"), children
+    prometheus_url = re.search(r"^prometheus +(http://\S+)", "".join(lines), re.M)
+    if prometheus_url:  # the printed page opens with Debian's Prometheus
+        assert requests.get(prometheus_url.group(1), timeout=5).status_code == 200
+    demo.send_signal(signal.SIGTERM)
+    rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, rest
+    assert processes_mentioning(work) == [] and not Path(work).exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

@@ -2,7 +2,8 @@
 
 Some simulated tasks finish, some fail and some go silent, so a newcomer sees every state
 in the metrics and, with Debian's ``prometheus`` and ``prometheus-alertmanager`` on the
-PATH, the alerts of ``alerts/`` firing. Everything listens on 127.0.0.1 only.
+PATH, the alerts of ``alerts/`` firing. Everything listens on 127.0.0.1 only, in a temporary
+folder removed at the end; Ctrl-C or SIGTERM stops every process it started.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ ALWAYS_FAILS = "flaky-import"
 #: Of the new executions, the share that are runs of ALWAYS_FAILS.
 FLAKY_SHARE = 0.1
 READY_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 15.0
+#: Where the web interface answers: Debian's Prometheus serves the classic one under /classic.
+PROMETHEUS_PAGES = ("/classic/alerts", "/alerts")
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: stop as Ctrl-C does."""
+
+
+class _PortTaken(RuntimeError):
+    """The bridge's port is in use: another bridge may be listening there."""
 
 
 def prometheus_config(bridge: str, rules: Path, alertmanager: str | None, interval: str) -> str:
@@ -69,6 +81,31 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _claim(port: int) -> int:
+    """Return ``port`` (a free one for 0) once nothing listens on it. Raises :class:`_PortTaken`."""
+    if port == 0:
+        return _free_port()
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise _PortTaken(f"127.0.0.1:{port} is in use (is a bridge running there?): the demo would "
+                             f"write its simulated fleet into it. Stop it, or pass --port N (0: any free port)"
+                             ) from None
+    return port
+
+
+def _first_page(base: str, paths: tuple[str, ...]) -> str:
+    """Return the first of ``paths`` that ``base`` answers with 200 (the last one otherwise)."""
+    for path in paths:
+        try:
+            urllib.request.urlopen(base + path, timeout=2).close()
+            return base + path
+        except OSError:
+            continue
+    return base + paths[-1]
 
 
 def _post(url: str, body: dict) -> None:
@@ -134,9 +171,10 @@ class _PrintingWebhook(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         for alert in payload.get("alerts", []):
             labels = alert["labels"]
-            execution = f" execution {labels['execution_id']}" if "execution_id" in labels else ""
-            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} task {labels.get('task_name', '-')}"
-                  f"{execution} (route {self.path})")
+            subject = " ".join(f"{name}={labels[name]}" for name in ("task_name", "execution_id", "container_name",
+                                                                     "reason", "instance") if labels.get(name))
+            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} {subject or '(the bridge)'}"
+                  f" -> {self.path.strip('/') or 'default'}", flush=True)
         self.send_response(200)
         self.end_headers()
 
@@ -161,31 +199,67 @@ def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Po
                                 start_new_session=True)
 
 
+def _stop_all(processes: list[subprocess.Popen]) -> None:
+    """Stop every process group started, newest first: SIGTERM, then SIGKILL after the grace."""
+    for process in reversed(processes):
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(STOP_GRACE_SECONDS)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(STOP_GRACE_SECONDS)
+
+
+def _on_sigterm(_signum: int, _frame) -> None:
+    raise _Stop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo until Ctrl-C or ``--duration``; returns the exit status."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="heartbeat-bridge demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8000, help="bridge port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="bridge port on 127.0.0.1 (default 8000; 0: any free port); refused when in use")
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds")
     parser.add_argument("--spawn-every", type=float, default=3.0, help="seconds between new executions")
     parser.add_argument("--duration", type=float, default=0.0,
                         help="stop after this many seconds (0: run until Ctrl-C)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data) at the end")
     args = parser.parse_args(argv)
-
+    try:
+        port = _claim(args.port)
+    except _PortTaken as exc:
+        print(f"heartbeat-bridge demo: {exc}", file=sys.stderr)
+        return 1
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     work = Path(tempfile.mkdtemp(prefix="heartbeat-bridge-demo-"))
-    base = f"http://127.0.0.1:{args.port}"
+    try:
+        return _run(args, port, work)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if args.keep:
+            print(f"kept        {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, port: int, work: Path) -> int:
+    """Run the demo in ``work``; returns the exit status once stopped."""
+    base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_REAPER_INTERVAL_SECONDS="1",
                BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval), BRIDGE_RETENTION_SECONDS="600",
                BRIDGE_LOG_LEVEL="WARNING", BRIDGE_METRIC_LABELS="team")
-    processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{args.port}"],
+    processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{port}"],
                         work / "bridge.log", env)]
     stop = threading.Event()
     webhook = None
     try:
         _wait_ready(base + "/readyz", processes[0])
-        print(f"bridge      {base}/metrics   {base}/api/v1/executions   (logs in {work})")
+        print(f"bridge      {base}/   {base}/metrics   (logs in {work})")
         print(f"dashboards  {asset('dashboards')}   (import them into Grafana)")
         prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
         if prometheus:
@@ -203,14 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_ready(f"http://{am_address}/-/ready", processes[-1])
                 print(f"alertmanager http://{am_address}/#/alerts   (notifications print below)")
             prom_address = f"127.0.0.1:{_free_port()}"
-            (work / RULES_FILE).write_text(render_rules())
+            (work / RULES_FILE).write_text(render_rules(external_url=base))
             (work / "prometheus.yml").write_text(prometheus_config(
-                f"127.0.0.1:{args.port}", work / RULES_FILE, am_address, "5s"))
+                f"127.0.0.1:{port}", work / RULES_FILE, am_address, "5s"))
             processes.append(_start([prometheus, f"--config.file={work / 'prometheus.yml'}",
                                      f"--storage.tsdb.path={work / 'prometheus'}",
                                      f"--web.listen-address={prom_address}"], work / "prometheus.log"))
             _wait_ready(f"http://{prom_address}/-/ready", processes[-1])
-            print(f"prometheus  http://{prom_address}/alerts")
+            print(f"prometheus  {_first_page(f'http://{prom_address}', PROMETHEUS_PAGES)}")
         else:
             print("prometheus  not installed: apt-get install prometheus prometheus-alertmanager to see alerts")
         _declare_tasks(base, args.interval)
@@ -221,19 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         while not args.duration or time.monotonic() - started < args.duration:
             _SimulatedTask(base, args.interval, stop).start()
             time.sleep(args.spawn_every)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, _Stop):
+        print("stopping")
     except RuntimeError as exc:
         print(f"heartbeat-bridge demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         stop.set()
-        for process in reversed(processes):
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+        _stop_all(processes)
         if webhook is not None:
             webhook.shutdown()
     return 0
