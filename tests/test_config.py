@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from bridge.service.config import VARIABLES, ConfigError, Settings, load_settings
+from bridge.service import config
+from bridge.service.config import VARIABLES, ConfigError, Settings, describe, load_settings
 
 from support import ROOT
 
@@ -103,3 +104,20 @@ def test_it_stops_on_a_tasks_file_declaring_more_tasks_than_names_allowed(tmp_pa
     assert load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "3"}).tasks_file == str(path)
     with pytest.raises(ConfigError, match="BRIDGE_MAX_TASK_NAMES"):
         load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "2"})
+
+
+def test_it_describes_its_settings_without_their_secrets():
+    settings = load_settings({"BRIDGE_STORE_URL": "redis://:s3cret-pass@redis.internal:6379/0",
+                              "BRIDGE_AUTH_TOKENS": "fleet-token-0123456789"})
+    line = describe(settings)
+    assert "s3cret-pass" not in line and "fleet-token" not in line
+    assert line == "store redis://***@redis.internal:6379/0, 2 workers x 8 threads, auth on (ingest tokens)"
+
+
+def test_it_warns_of_an_unknown_variable_once_per_process(caplog, monkeypatch):
+    monkeypatch.setattr(config, "_unknown_reported", False)
+    with caplog.at_level(logging.WARNING, logger="bridge.service.config"):
+        for _ in range(3):
+            load_settings({"BRIDGE_WORKRES": "4"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring unknown variable BRIDGE_WORKRES (did you mean BRIDGE_WORKERS?)"]

@@ -245,3 +245,19 @@ def test_it_answers_a_doubled_slash_with_a_json_404_not_a_redirect(live_bridge):
     assert requests.get(bridge.url + "/api/v1/executions/x", timeout=10).status_code == 404
     parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
     assert total(parsed, "bridge_requests_rejected_total", endpoint="http", reason="not_found") == 1
+
+
+def test_it_says_once_what_it_runs_with_and_which_variables_it_ignores(live_bridge):
+    bridge = live_bridge(workers=3, env={"BRIDGE_WORKRES": "4", "BRIDGE_METRICS_TOKEN": "metrics-token-0123456789",
+                                         "OTEL_TRACES_EXPORTER": "none", "BRIDGE_LOG_LEVEL": "INFO"})
+    wait_for(lambda: bridge.log().count("Booting worker") >= 3, "three workers")
+    time.sleep(1)  # and their apps built: a worker that warned would have done so by now
+    log = bridge.log()
+    [ready] = [line for line in log.splitlines() if "Heartbeat Bridge" in line]
+    # gunicorn's own format: [time] [pid] [LEVEL] message
+    assert re.fullmatch(r"\[[^]]+\] \[\d+\] \[INFO\] Heartbeat Bridge \S+: store sqlite:///\S+bridge\.db, "
+                        r"3 workers x \d+ threads, auth on \(metrics token\), tracing off", ready), ready
+    assert "metrics-token-0123456789" not in log
+    warnings = [line for line in log.splitlines() if "unknown variable" in line]
+    assert len(warnings) == 1 and "[WARNING] ignoring unknown variable BRIDGE_WORKRES (did you mean BRIDGE_WORKERS?)" \
+        in warnings[0]

@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if args.bind:
             parse_bind("--bind", args.bind)
-        settings = load_settings()
+        settings = load_settings(warn_unknown=False)  # gunicorn's master reports unknown ones
         open_store(settings).close()  # create the schema once, and fail here, not in each worker
         _check_tracing()
     except (ConfigError, StoreUnavailable) as exc:

@@ -4,10 +4,15 @@ Used as ``gunicorn -c python:bridge.server.gunicorn_conf 'bridge.web:create_app(
 ``heartbeat-bridge serve`` command does exactly that.
 """
 
-from bridge.service.config import load_settings
+import os
+
+from bridge import __version__
+from bridge.service.config import describe, load_settings, unknown_variables
 from bridge.web.extension import EXTENSION_KEY
 
-_settings = load_settings()
+# The master reports unknown variables once, in gunicorn's log format (when_ready); the
+# workers it forks inherit that they were reported.
+_settings = load_settings(warn_unknown=False)
 
 bind = [_settings.bind]
 workers = _settings.workers
@@ -23,6 +28,17 @@ loglevel = _settings.log_level.lower()
 proc_name = "heartbeat-bridge"
 # One fixed socket path per user would collide between bridges on one host; unused.
 control_socket_disable = True
+
+
+def when_ready(server):
+    """Say once, in gunicorn's log, what the bridge runs with."""
+    from bridge.telemetry.tracing import exporter_names
+
+    exporters = exporter_names()
+    server.log.info("Heartbeat Bridge %s: %s, tracing %s", __version__, describe(_settings),
+                    f"on ({', '.join(exporters)})" if exporters else "off")
+    for warning in unknown_variables(os.environ):
+        server.log.warning("%s", warning)
 
 
 def post_worker_init(worker):

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.declarations import DeclarationError
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "load_settings", "parse_bind"]
+__all__ = ["VARIABLES", "ConfigError", "Settings", "describe", "load_settings", "parse_bind", "unknown_variables"]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,18 @@ def _trace_url(name: str, raw: str) -> str:
     return url
 
 
+def describe(settings: Settings) -> str:
+    """Return one line saying what the bridge runs with: its store (without credentials),
+    processes, authentication and exported labels; no secret appears in it."""
+    store = re.sub(r"//[^/@]*@", "//***@", settings.store_url)
+    auth = ", ".join(part for part, on in (("ingest tokens", bool(settings.auth_tokens)),
+                                           ("execution tokens", settings.execution_token_secret is not None),
+                                           ("metrics token", settings.metrics_token is not None)) if on)
+    return (f"store {store}, {settings.workers} workers x {settings.threads} threads, "
+            f"auth {'on (' + auth + ')' if auth else 'off'}"
+            f"{', tasks file ' + settings.tasks_file if settings.tasks_file else ''}")
+
+
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
@@ -242,14 +254,34 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
 }
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+#: Whether this process (or the one it was forked from) has said which variables are unknown.
+_unknown_reported = False
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Return one warning per ``BRIDGE_*`` name of ``environ`` that is no setting, with the
+    closest setting's name when one is close."""
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("BRIDGE_") and name not in VARIABLES:
+            close = difflib.get_close_matches(name, VARIABLES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"ignoring unknown variable {name}{hint}")
+    return warnings
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True,
+                  **overrides: object) -> Settings:
     """Parse the ``BRIDGE_*`` variables of ``environ`` (default ``os.environ``).
 
     Returns the validated :class:`Settings`, with ``overrides`` (field names) applied last.
     Raises :class:`ConfigError` naming the first variable whose value is invalid.
     Unknown ``BRIDGE_*`` names are logged, not fatal: orchestrators such as Kubernetes
-    inject variables like ``BRIDGE_PORT`` for a service named ``bridge``.
+    inject variables like ``BRIDGE_PORT`` for a service named ``bridge``. They are logged
+    once per process tree: not again in a forked worker, nor at all with ``warn_unknown``
+    False, where the caller says it reports them (:func:`unknown_variables`).
     """
+    global _unknown_reported
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for name, (field, parse, _doc) in VARIABLES.items():
@@ -258,11 +290,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             value = parse(name, raw)
             # Two variables feed the token list; the others set their field alone.
             values[field] = values.get(field, ()) + value if field == "auth_tokens" else value
-    for name in environ:
-        if name.startswith("BRIDGE_") and name not in VARIABLES:
-            close = difflib.get_close_matches(name, VARIABLES, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            log.warning("ignoring unknown variable %s%s", name, hint)
+    if warn_unknown and not _unknown_reported:
+        for warning in unknown_variables(environ):
+            log.warning("%s", warning)
+    _unknown_reported = True
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:

@@ -100,6 +100,16 @@ def _resource() -> Resource:
     return resource
 
 
+def exporter_names() -> list[str]:
+    """Return the span exporters the ``OTEL_*`` variables turn on; empty when tracing is off."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    if not names and any(os.environ.get(v) for v in _ENDPOINT_VARIABLES):
+        names = ["otlp"]
+    return [name for name in names if name != "none"]
+
+
 def provider_from_env(on_export_failure: Callable[[int], None] | None = None) -> TracerProvider | None:
     """Return a provider configured by the ``OTEL_*`` variables, or None when tracing is off.
 
@@ -109,12 +119,7 @@ def provider_from_env(on_export_failure: Callable[[int], None] | None = None) ->
     ``on_export_failure(n)`` is told of each batch of ``n`` spans that failed to export.
     Raises :class:`TracingConfigError` naming the variable at fault.
     """
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
-    if not names and any(os.environ.get(v) for v in _ENDPOINT_VARIABLES):
-        names = ["otlp"]
-    exporters = [_exporter(name) for name in names if name != "none"]
+    exporters = [_exporter(name) for name in exporter_names()]
     if not exporters:
         return None
     provider = new_provider()
