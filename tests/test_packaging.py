@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from bridge.server.alert_rules import render as render_rules
+from bridge.service.config import VARIABLES, load_settings
 
 from support import ROOT, free_port, require_binary
 
@@ -36,7 +38,7 @@ def test_it_builds_a_non_root_image_with_a_healthcheck_and_a_data_volume():
 def test_it_composes_the_whole_stack_from_files_in_the_repository():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"bridge", "agent", "prometheus", "alertmanager", "grafana", "tempo"}
+    assert set(services) == {"bridge", "agent", "prometheus", "alertmanager", "grafana", "tempo", "alert-log"}
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -44,6 +46,53 @@ def test_it_composes_the_whole_stack_from_files_in_the_repository():
                 assert (ROOT / source).exists(), source
     assert services["agent"]["entrypoint"] == ["heartbeat-docker-agent"]
     assert "/var/run/docker.sock:/var/run/docker.sock:ro" in services["agent"]["volumes"]
+
+
+
+def test_it_publishes_nothing_beyond_loopback_and_gives_task_containers_a_fixed_network():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), published
+    assert compose["networks"]["heartbeat"]["name"] == "heartbeat"
+    # the image's HEALTHCHECK probes the bridge's port: not for the agent nor the alert log
+    assert services["agent"]["healthcheck"] == {"disable": True}
+    assert services["alert-log"]["healthcheck"] == {"disable": True}
+    # the bridge's settings in the stack are settings the bridge takes
+    environment = {name: re.sub(r"\$\{[^}]*\}", "", str(value))
+                   for name, value in services["bridge"]["environment"].items() if name.startswith("BRIDGE_")}
+    assert set(environment) <= set(VARIABLES)
+    load_settings(environment)
+
+
+def test_it_gives_the_example_alertmanager_receivers_a_listener_in_the_stack():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    receivers = yaml.safe_load((ROOT / "alerts" / "alertmanager.yml").read_text())["receivers"]
+    urls = {config["url"] for receiver in receivers for config in receiver.get("webhook_configs", [])}
+    assert urls and {url.split("/")[2] for url in urls} == {"127.0.0.1:5001"}
+    alert_log = services["alert-log"]
+    # Alertmanager's loopback is the alert log's: they share one network namespace
+    assert alert_log["network_mode"] == "service:alertmanager"
+    assert alert_log["command"] == ["alert-log", "--bind", "127.0.0.1:5001"]
+
+
+def test_it_prints_each_notification_naming_its_task():
+    port = free_port()
+    log = subprocess.Popen([sys.executable, "-m", "bridge.server.cli", "alert-log", "--bind", f"127.0.0.1:{port}"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert log.stdout.readline().startswith("alert-log listening")
+        notification = {"alerts": [{"status": "firing", "labels": {
+            "alertname": "TaskExecutionLost", "task_name": "nightly-crawl", "execution_id": "e-1",
+            "container_name": "task-e-1"}}]}
+        answer = requests.post(f"http://127.0.0.1:{port}/team-data", json=notification, timeout=10)
+        assert answer.status_code == 200
+        assert log.stdout.readline().strip() == ("ALERT firing   TaskExecutionLost task_name=nightly-crawl "
+                                                 "execution_id=e-1 container_name=task-e-1 -> team-data")
+        assert requests.post(f"http://127.0.0.1:{port}/x", data="not json", timeout=10).status_code == 400
+    finally:
+        log.terminate()
+        log.wait(10)
 
 
 def test_it_ships_a_prometheus_config_that_promtool_accepts(tmp_path):

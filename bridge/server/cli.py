@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", add_help=False,
                                help="the bridge with a simulated fleet (and Prometheus if installed)")
     demo.set_defaults(run=_demo)
+    alert_log = commands.add_parser("alert-log", add_help=False,
+                                    help="print the notifications Alertmanager posts (the example's receivers)")
+    alert_log.set_defaults(run=_alert_log)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.run is not _demo:
+    if rest and args.run not in (_demo, _alert_log):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     return args.run(args)
@@ -77,6 +80,12 @@ def _rules(args: argparse.Namespace) -> int:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _alert_log(args: argparse.Namespace) -> int:
+    from .alert_log import main as alert_log_main  # its options are its own
+
+    return alert_log_main(args.rest)
 
 
 def _demo(args: argparse.Namespace) -> int:

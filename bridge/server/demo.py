@@ -21,10 +21,11 @@ import threading
 import time
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from ..assets import asset
+from .alert_log import AlertLog
 from .alert_rules import render as render_rules
 
 __all__ = ["alertmanager_config", "main", "prometheus_config"]
@@ -164,24 +165,6 @@ class _SimulatedTask(threading.Thread):
             "error_message": None if success else "simulated failure", "exit_code": 0 if success else 1})
 
 
-class _PrintingWebhook(BaseHTTPRequestHandler):
-    """Alertmanager's notifications, printed to the console."""
-
-    def do_POST(self) -> None:
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        for alert in payload.get("alerts", []):
-            labels = alert["labels"]
-            subject = " ".join(f"{name}={labels[name]}" for name in ("task_name", "execution_id", "container_name",
-                                                                     "reason", "instance") if labels.get(name))
-            print(f"  ALERT {alert['status']:8} {labels.get('alertname')} {subject or '(the bridge)'}"
-                  f" -> {self.path.strip('/') or 'default'}", flush=True)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def _declare_tasks(base: str, interval: float) -> None:
     """Declare the fleet's tasks: one that never runs, one whose runs all fail, the others hourly."""
     for name, declaration in ((NEVER_RUNS, {"period_seconds": 6 * interval, "start_grace_seconds": interval,
@@ -265,7 +248,7 @@ def _run(args, port: int, work: Path) -> int:
         if prometheus:
             am_address = None
             if alertmanager:
-                webhook = ThreadingHTTPServer(("127.0.0.1", 0), _PrintingWebhook)
+                webhook = ThreadingHTTPServer(("127.0.0.1", 0), AlertLog)
                 threading.Thread(target=webhook.serve_forever, daemon=True).start()
                 (work / "alertmanager.yml").write_text(
                     alertmanager_config(f"http://127.0.0.1:{webhook.server_address[1]}"))
