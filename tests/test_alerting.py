@@ -137,7 +137,8 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     session.post(bridge.url + COMPLETION, timeout=5, json={"execution_id": "late-ok", "success": True})
     fleet.beating.discard("late-ok")
     time.sleep(3)  # a few scrapes and evaluations after the late completion
-    substitutions = {"$task_name": ".*", "$execution_id": "steady-1", "$__rate_interval": "15s"}
+    substitutions = {"$task_name": ".*", "$execution_id": "steady-1", "$__rate_interval": "15s",
+                     "$job": "heartbeat-bridge"}
     empty = []
     for board in sorted((ROOT / "dashboards").glob("*.json")):
         dashboard = json.loads(board.read_text())
