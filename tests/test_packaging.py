@@ -165,6 +165,19 @@ def test_it_installs_rules_that_take_the_runbook_url_and_job_selector(installed)
     assert where.startswith(str(work / "site")), where
 
 
+def test_it_serves_the_status_pages_from_an_installed_package(installed, tmp_path):
+    work, env = installed
+    page = _run([sys.executable, "-c", (
+        "from bridge.web import create_app; from bridge.service.config import load_settings; "
+        f"app = create_app({{'SETTINGS': load_settings({{}}, store_url='sqlite:///{tmp_path}/b.db')}}); "
+        "response = app.test_client().get('/'); print(response.status_code, response.data.decode()[:200])")],
+        cwd=work, env=env).stdout
+    assert page.startswith("200 <!doctype html>"), page
+    package = _run([sys.executable, "-c", "import bridge.web; print(bridge.web.__file__)"],
+                   cwd=work, env=env).stdout.strip()
+    assert package.startswith(str(work / "site")), package  # the installed copy, not the checkout
+
+
 def test_it_runs_the_demo_from_an_installed_package_with_its_rules(installed, tmp_path):
     require_binary("prometheus")
     work, env = installed
