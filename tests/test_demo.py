@@ -95,9 +95,10 @@ def test_it_stops_every_process_and_removes_its_folder_on_sigterm():
     children = processes_mentioning(work)
     assert any("prometheus" in c for c in children) or not shutil.which("prometheus"), children
     assert any("alertmanager" in c for c in children) or not shutil.which("prometheus-alertmanager"), children
-    prometheus_url = re.search(r"^prometheus +(http://\S+)", "".join(lines), re.M)
-    if prometheus_url:  # the printed page opens with Debian's Prometheus
-        assert requests.get(prometheus_url.group(1), timeout=5).status_code == 200
+    for name in ("prometheus", "alertmanager"):  # the printed pages open with Debian's packages
+        printed = re.search(rf"^{name} +(http://\S+)", "".join(lines), re.M)
+        if printed:
+            assert requests.get(printed.group(1), timeout=5).status_code == 200, printed.group(1)
     demo.send_signal(signal.SIGTERM)
     rest, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, rest

@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many seconds (0: run until Ctrl-C)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data) at the end")
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # each line as it happens, also through a pipe or tee
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         port = _claim(args.port)
     except _PortTaken as exc:
