@@ -57,7 +57,8 @@ def test_it_parses_good_values():
     assert settings.sqlite_synchronous == "FULL"
 
 
-def test_it_warns_about_an_unknown_variable_with_a_hint(caplog):
+def test_it_warns_about_an_unknown_variable_with_a_hint(caplog, monkeypatch):
+    monkeypatch.setattr(config, "_unknown_reported", False)  # as in a process that has not said it yet
     with caplog.at_level(logging.WARNING, logger="bridge.service.config"):
         load_settings({"BRIDGE_WORKER": "4", "BRIDGE_PORT": "tcp://10.0.0.1:80"})
     assert "BRIDGE_WORKER (did you mean BRIDGE_WORKERS?)" in caplog.text
