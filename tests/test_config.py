@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bridge.service import config
-from bridge.service.config import VARIABLES, ConfigError, Settings, describe, load_settings
+from bridge.service.config import VARIABLES, ConfigError, Settings, check_tasks_file, describe, load_settings
 
 from support import ROOT
 
@@ -43,10 +43,25 @@ def test_it_has_a_bad_value_case_for_every_variable():
     assert set(BAD_VALUES) == set(VARIABLES)
 
 
+def start_checks(environ: dict[str, str]) -> Settings:
+    """Return the settings after every check ``heartbeat-bridge serve`` makes before it starts."""
+    settings = load_settings(environ)
+    check_tasks_file(settings)
+    return settings
+
+
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))
 def test_it_refuses_a_bad_value_naming_the_variable(name):
     with pytest.raises(ConfigError, match=name):
-        load_settings({name: BAD_VALUES[name]})
+        start_checks({name: BAD_VALUES[name]})
+
+
+def test_it_parses_a_tasks_file_name_without_reading_it_so_a_worker_boots_after_a_bad_rewrite(tmp_path):
+    path = tmp_path / "tasks.yml"
+    path.write_bytes("tasks:\n  - name: caf\xe9\n".encode("latin-1"))
+    assert load_settings({"BRIDGE_TASKS_FILE": str(path)}).tasks_file == str(path)
+    with pytest.raises(ConfigError, match="is not UTF-8"):
+        start_checks({"BRIDGE_TASKS_FILE": str(path)})
 
 
 def test_it_parses_good_values():
@@ -96,15 +111,15 @@ def test_it_stops_on_a_tasks_file_naming_the_task_and_the_field(tmp_path):
     path.write_text("tasks:\n  - name: nightly-crawl\n    schedule: '0 2 * * *'\n"
                     "  - name: hourly-etl\n    schedule: '0 * * * *'\n    timezone: Mars/Olympus\n")
     with pytest.raises(ConfigError, match=r"^BRIDGE_TASKS_FILE: .*: task 'hourly-etl': timezone: "):
-        load_settings({"BRIDGE_TASKS_FILE": str(path)})
+        start_checks({"BRIDGE_TASKS_FILE": str(path)})
 
 
 def test_it_stops_on_a_tasks_file_declaring_more_tasks_than_names_allowed(tmp_path):
     path = tmp_path / "tasks.yml"
     path.write_text("tasks:\n" + "".join(f"  - name: t{n}\n" for n in range(3)))
-    assert load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "3"}).tasks_file == str(path)
+    assert start_checks({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "3"}).tasks_file == str(path)
     with pytest.raises(ConfigError, match="BRIDGE_MAX_TASK_NAMES"):
-        load_settings({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "2"})
+        start_checks({"BRIDGE_TASKS_FILE": str(path), "BRIDGE_MAX_TASK_NAMES": "2"})
 
 
 def test_it_describes_its_settings_without_their_secrets():

@@ -39,11 +39,11 @@ class Recording:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def apply_many(self, items):
+    def apply_many(self, items, *, whole=False):
         self.batches.append([execution_id for execution_id, _ in items])
         self.entered.set()
         assert self.release.wait(30)
-        return self.store.apply_many(items)
+        return self.store.apply_many(items, whole=whole)
 
     def apply(self, execution_id, decide):
         return self.store.apply(execution_id, decide)
@@ -116,7 +116,7 @@ def test_it_gives_every_waiting_caller_the_store_failure(store):
     rest, later = run_all(group, [("b", beat("b")), ("c", beat("c"))])
     wait_for(lambda: len(group._queue) == 2, "the two events to queue")
 
-    def unavailable(items):
+    def unavailable(items, *, whole=False):
         raise StoreUnavailable("disk full")
 
     recording.store = type("Failing", (), {"apply_many": staticmethod(unavailable)})()

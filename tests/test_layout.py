@@ -49,3 +49,45 @@ def test_it_spells_every_metric_name_once():
         spelled = [path.relative_to(ROOT).as_posix() for path, text in sources.items()
                    if re.search(rf"[\"']{name}\b", text)]  # in code: a string that starts with it
         assert spelled == ["bridge/telemetry/families.py"], (name, spelled)
+
+
+#: Fragments of the rules that only bridge/core/inputs.py (and ids.py, below it) may spell.
+_RULE_FRAGMENTS = {
+    "the UUID pattern": "{8}-[0-9a-fA-F]{4}",
+    "the label name pattern": "[a-zA-Z_][a-zA-Z0-9_]",
+    "the control-character test": "\\x00-\\x1f",
+    "the control-character test, by code point": "ord(c) < 32",
+    "the reserved task name": '"_other"',
+    "the task-name length": "> 128",
+    "the ping key pattern": "[-a-zA-Z0-9_]{1,128}",
+}
+_RULE_HOMES = {"bridge/core/inputs.py", "bridge/core/ids.py"}
+#: The layers behind the doors. (The container side and the agent are the doors' clients, on
+#: the standard library alone; PromQL's matchers in the rules command are not an input rule.)
+_DOOR_LAYERS = ("core", "store", "service", "telemetry", "web")
+
+
+@pytest.mark.parametrize("rule", sorted(_RULE_FRAGMENTS))
+def test_it_keeps_each_input_rule_in_the_core(rule):
+    fragment = _RULE_FRAGMENTS[rule]
+    spelled = [path.relative_to(ROOT).as_posix() for layer in _DOOR_LAYERS
+               for path in (ROOT / "bridge" / layer).rglob("*.py")
+               if fragment in path.read_text() and path.relative_to(ROOT).as_posix() not in _RULE_HOMES]
+    assert spelled == [], f"{rule} is written again in {spelled}: call bridge.core.inputs instead"
+
+
+@pytest.mark.parametrize("door", ["bridge/web/validation.py", "bridge/web/pings.py", "bridge/web/sentry.py",
+                                  "bridge/web/tasks.py", "bridge/service/tasks_file.py", "bridge/core/declarations.py"])
+def test_it_has_every_door_check_its_values_through_the_core_rules(door):
+    text = (ROOT / door).read_text()
+    assert re.search(r"^from \.+(core )?import .*\binputs\b|^from \. import inputs", text, re.MULTILINE), door
+    assert "re.compile(r\"[" not in text.replace("_TRACEPARENT_FORM = re.compile", ""), door
+
+
+def test_it_answers_no_refusal_in_a_view_itself():
+    # Views raise; each blueprint's handler (bridge.web.errors.refusals) counts and answers.
+    for path in (ROOT / "bridge" / "web").glob("*.py"):
+        text = path.read_text()
+        assert ".reject(" not in text or path.name in ("errors.py", "ingest.py"), path.name
+        assert "except ApiError" not in text and "except BridgeError as" not in text.replace(
+            "    except BridgeError as exc:\n        return exc", ""), path.name

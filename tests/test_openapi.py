@@ -38,8 +38,11 @@ _CONFIG = SchemathesisConfig.from_dict({
     "operations": [{
         "include-path-regex": "^/api/v1/(tasks/|monitoring/heartbeat$)",
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404"]}}}, {
+        # a check-in id that names another monitor's run, or a monitor another project made, is a 409
         "include-path-regex": "^/api/[^/]+/(envelope|cron)/",
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "404"]}}}]})
+        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404", "409"]}}}, {
+        "include-path-regex": "^/ping/",
+        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "404", "409"]}}}]})
 # Sentry SDKs send envelopes as application/x-sentry-envelope: bytes, as octet-stream is.
 schemathesis.serializer.alias("application/x-sentry-envelope", "application/octet-stream")
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _app(), config=_CONFIG)

@@ -52,7 +52,8 @@ def test_it_answers_ok_in_plain_text_with_the_body_limit(declared):
     ("/ping/00000000-0000-4000-8000-000000000000", 404, b"not found", "not_found"),
     (f"/ping/{CHECK}/256", 400, b"invalid url format", "invalid_field"),
     (f"/ping/{CHECK}/restart", 404, b"not found", "not_found"),
-    (f"/ping/{CHECK}?rid=not-a-uuid", 400, b"invalid uuid format", "invalid_field"),
+    (f"/ping/{CHECK}?rid=not-a-uuid", 400, b"invalid uuid format: rid must be a UUID (8-4-4-4-12 hex digits)",
+     "invalid_field"),
     ("/ping/key-1/no-such-task", 404, b"not found", "not_found"),  # a slug with no task
     ("/ping/key-2/backup?create=1", 404, b"not found", "not_found"),  # not a ping key
     ("/ping/key-1/Backup", 400, b"invalid url format", "invalid_field"),
@@ -121,6 +122,15 @@ def test_it_creates_a_task_from_a_slug_with_create(client):
     assert task(client, "nightly-sync")["status"] == "running"
     assert client.get("/ping/key-1/nightly-sync").data == b"OK"
     assert task(client, "nightly-sync")["runs"] == 1
+
+
+def test_it_finds_a_pings_task_by_an_index_not_by_reading_every_task(declared, monitor, monkeypatch):
+    def every_task():
+        raise AssertionError("a ping read every task")
+
+    monkeypatch.setattr(monitor.store, "tasks", every_task)
+    assert declared.get("/ping/00000000-0000-4000-8000-000000000000").status_code == 404
+    assert declared.get(f"/ping/{CHECK}").status_code == 200
 
 
 @given(path=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"),

@@ -138,3 +138,20 @@ def test_it_counts_no_missed_run_for_the_slots_of_its_own_outage(client, clock, 
     # The first slot after the outage is missed, once; the nine of the outage are not counted.
     task = client.get("/api/v1/tasks/minutely").json
     assert (task["missed_runs"], task["status"]) == (1, "missed")
+
+
+def test_it_goes_on_past_a_task_whose_stored_declaration_no_rule_can_read(client, clock, monitor, caplog):
+    from bridge.core.tasks import Task, TaskOutcome
+
+    # A record written before the input rules (a period of 401 digits): its rules raise.
+    broken = Task("broken", declarations={"api": {"period_seconds": 10**400}}, next_run_at=clock() - 10,
+                  deadline_at=clock() - 5)
+    monitor.store.apply_tasks([("broken", lambda cur: TaskOutcome(broken))])
+    client.put("/api/v1/tasks/minutely", json={"period_seconds": 60, "start_grace_seconds": 0})
+    client.post(HEARTBEAT, json=seed_heartbeat())
+    for _ in range(20):  # rounds every 5 s: each raises nothing, the broken task logged and left as it is
+        monitor.reap()
+        clock.advance(5)
+    assert status(client) == "lost"
+    assert client.get("/api/v1/tasks/minutely").json["missed_runs"] == 1
+    assert any("task 'broken'" in record.getMessage() for record in caplog.records)

@@ -161,7 +161,10 @@ def test_it_takes_the_plain_http_check_ins_of_sentrys_docs(client):
     assert wrong.status_code == 401 and rejected(client, "unauthorized") == 1
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+#: What broke the first doors: numbers past a float, lone surrogates, lists and objects where text goes.
+_odd = st.sampled_from([10**400, -(10**400), 1e308, "\ud800", "team:\ud800", ["ok"], {"ok": 1}, "latest"])
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+                     | _odd,
                      lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10),
                                                                                         children, max_size=3),
                      max_leaves=8)
@@ -183,6 +186,31 @@ def test_it_never_answers_500_to_any_envelope(client, payload, raw, encoding, us
     body = raw if use_raw else envelope(({"type": "check_in"}, payload))
     response = post(client, body, {"Content-Encoding": encoding} if encoding else {})
     assert response.status_code < 500, (payload, response.json)
+
+
+@given(slug=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"),
+                   min_size=1, max_size=140),
+       query=st.dictionaries(st.sampled_from(["status", "check_in_id", "sentry_key"]),
+                             st.one_of(st.sampled_from(["in_progress", "ok", "error", "latest"]), st.text(max_size=40)),
+                             max_size=3),
+       config=st.one_of(st.none(), _json), method=st.sampled_from(["get", "post", "head"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_it_never_answers_500_to_any_http_check_in(client, slug, query, config, method):
+    kwargs = {"data": json.dumps({"monitor_config": config}), "content_type": "application/json"} \
+        if method == "post" else {}
+    response = getattr(client, method)(f"/api/42/cron/{slug}/{KEY}/", query_string=query, **kwargs)
+    assert response.status_code < 500, (slug, query, response.data)
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
+    (b'{}\n{"type":"check_in"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
+    (b'{}\n{"type":"check_in"}\n{"monitor_slug": "s", "status": "ok", "duration": 1' + b"0" * 400 + b"}\n",
+     "duration"),
+], ids=["deep-header", "deep-check-in", "duration-401-digits"])
+def test_it_refuses_a_deep_or_huge_envelope_naming_the_field(client, body, field):
+    response = post(client, body)
+    assert (response.status_code, response.json["field"]) == (400, field)
 
 
 class TestSentrySdk:

@@ -309,8 +309,7 @@ def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_u
     results = store.apply_many([beat("a", T0), beat("a", T0 + 30), beat("b", T0 + 31),
                                 ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES,
                                                                                      label))])
-    assert [r.result if isinstance(r, executions.Outcome) else type(r) for r in results] == \
-        ["accepted", "accepted", CapacityError, "accepted"]
+    assert [r.result for r in results] == ["accepted", "accepted", "capacity", "accepted"]
     record = store.get("a")
     assert (record.status, record.heartbeat_count, record.last_heartbeat_at) == ("completed", 2, T0 + 30)
     assert store.get("b") is None
@@ -542,7 +541,7 @@ def test_it_decides_a_run_again_when_another_writer_changed_its_task_first(store
 def test_it_refuses_a_new_task_beyond_the_task_name_limit(store_url):
     store = connect(store_url, max_task_names=1)
     declare(store, "first", T0)
-    assert isinstance(declare(store, "second", T0), CapacityError)
+    assert declare(store, "second", T0).result == "capacity"
     assert [task.task_name for task in store.tasks()] == ["first"]
 
 
@@ -579,3 +578,39 @@ def test_it_forgets_an_ended_or_lost_execution_at_once_and_counts_nothing(store_
     assert monitor.forget("silent").result == "missing"
     assert complete(store, "done", T0 + 110).result == "duplicate"  # its tombstone answers repeats
     assert heartbeat(store, "silent", T0 + 120).transition == (None, "running")  # a lost one may come back
+
+
+U1, U2 = "5f6a3b2c-1d2e-4f5a-8b9c-0d1e2f3a4b5c", "6b1e7c2a-0000-4000-8000-000000000001"
+
+
+def test_it_indexes_each_ping_uuid_to_the_one_task_that_holds_it(store_url):
+    store = connect(store_url, task_retention_seconds=100)
+    declare(store, "holder", T0, ping_uuid=U1.upper())
+    assert store.task_by_ping_uuid(U1) == "holder"
+    declare(store, "latecomer", T0, ping_uuid=U1)  # even past the doors' check, never taken from its holder
+    assert store.task_by_ping_uuid(U1) == "holder"
+    declare(store, "holder", T0, ping_uuid=U2)  # the holder moves to another uuid: the first is free
+    assert (store.task_by_ping_uuid(U1), store.task_by_ping_uuid(U2)) == (None, "holder")
+    declare(store, "latecomer", T0 + 1, ping_uuid=U1, period_seconds=60)
+    assert store.task_by_ping_uuid(U1) == "latecomer"
+    store.apply_tasks([("latecomer", lambda cur: tasks.apply_declaration(cur, "latecomer", "api", None, T0))])
+    assert store.task_by_ping_uuid(U1) is None
+    store.expire(T0 + 1000)  # withdrawn and never run: the task, its name and its uuid go
+    assert store.get_task("latecomer") is None and store.task_by_ping_uuid(U2) == "holder"
+
+
+def test_it_keeps_the_last_task_names_for_declarations(store_url):
+    store = connect(store_url, max_task_names=3)
+    claim = lambda name: store.apply_tasks([(name, lambda cur: tasks.apply_claim(cur, name, ping_key="k"))],
+                                           headroom=1)[0]
+    assert [claim(name).result for name in ("a", "b", "c")] == ["accepted", "accepted", "capacity"]
+    assert declare(store, "declared", T0).result == "accepted"
+    assert store.get_task("a").created_by_ping_key == "k" and store.get_task("c") is None
+
+
+def test_it_notes_a_shared_fact_and_says_what_it_replaced(store_url):
+    store = connect(store_url)
+    assert store.note("tasks_file.error", "bad: line 3") is None
+    assert store.note("tasks_file.error", "") == "bad: line 3"
+    assert store.note("tasks_file.ok", 1.0) is None and store.note("tasks_file.ok", 0.0) == 1.0
+    assert store.snapshot().notes == {"tasks_file.error": "", "tasks_file.ok": 0.0}

@@ -7,8 +7,6 @@ the first heartbeat of an execution.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -16,6 +14,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
+
+from . import inputs
+from .errors import InvalidInput
 
 __all__ = ["DeclarationError", "TaskDeclaration", "next_slot", "parse_declaration"]
 
@@ -25,22 +26,19 @@ MAX_PERIOD_SECONDS = 366 * 86_400.0
 MAX_GRACE_SECONDS = 30 * 86_400.0
 MAX_RUNTIME_SECONDS = 366 * 86_400.0
 MAX_FAILURE_THRESHOLD = 1000
-MAX_LABELS = 16
-MAX_LABEL_VALUE = 256
-MAX_TEXT = 1024
-_LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class DeclarationError(ValueError):
-    """A task declaration that cannot be used; ``field`` names the field at fault."""
+class DeclarationError(InvalidInput):
+    """A task declaration that cannot be used: ``field`` names the field at fault, ``task``
+    the task (when known), ``problem`` what is wrong with the field."""
 
-    def __init__(self, message: str, field: str, task: str | None = None):
-        super().__init__(f"task {task!r}: {field}: {message}" if task else f"{field}: {message}")
-        self.message = message
-        self.field = field
+    def __init__(self, problem: str, field: str, task: str | None = None):
+        super().__init__(f"{field} {problem}" if not problem.startswith(field) else problem, field)
+        self.problem = problem.removeprefix(field).lstrip(" :")
         self.task = task
+
+    def __str__(self) -> str:
+        return (f"task {self.task!r}: " if self.task else "") + f"{self.field}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ class TaskDeclaration:
     description: str | None = None
     runbook_url: str | None = None
     ping_uuid: str | None = None
+    #: the Healthchecks ping key whose slug URLs reach this task
+    ping_key: str | None = None
 
     @property
     def scheduled(self) -> bool:
@@ -83,86 +83,64 @@ class TaskDeclaration:
 _DECLARATION_FIELDS = frozenset(f.name for f in fields(TaskDeclaration))
 
 
-def _text(body: Mapping[str, Any], name: str, task: str | None, limit: int = MAX_TEXT) -> str | None:
-    raw = body.get(name)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw.strip() or _CONTROL.search(raw):
-        raise DeclarationError("must be non-blank text without control characters", name, task)
-    if len(raw) > limit:
-        raise DeclarationError(f"must be at most {limit} characters", name, task)
-    return raw
+def parse_declaration(body: Any, task: str | None = None, prefix: str = "") -> TaskDeclaration:
+    """Return the declaration in ``body`` (a mapping of the fields), checked by the input
+    rules of :mod:`bridge.core.inputs`.
 
-
-def _number(body: Mapping[str, Any], name: str, task: str | None, low: float, high: float) -> float | None:
-    raw = body.get(name)
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise DeclarationError("must be a number", name, task)
-    if not low <= raw <= high:
-        raise DeclarationError(f"must be between {low:g} and {high:g}", name, task)
-    return float(raw)
-
-
-def parse_declaration(body: Any, task: str | None = None) -> TaskDeclaration:
-    """Return the declaration in ``body`` (a mapping of the fields), checked strictly.
-
-    ``task`` names the task in error messages. Raises :class:`DeclarationError` naming the
-    field: an unknown field, a wrong type or range, a cron expression cronsim refuses, an
-    unknown time zone, or both a schedule and a period.
+    ``task`` names the task in error messages, ``prefix`` goes before each field's name
+    (``task_schedule.``). Raises :class:`DeclarationError` naming the field: an unknown
+    field, a wrong type or range, a link that is not http(s), a cron expression cronsim
+    refuses, an unknown time zone, or both a schedule and a period.
     """
+    try:
+        return _parse(body, prefix)
+    except DeclarationError as exc:
+        exc.task = task
+        raise
+    except InvalidInput as exc:
+        raise DeclarationError(exc.message, exc.field or prefix.rstrip(".") or "declaration", task) from None
+
+
+def _parse(body: Any, prefix: str) -> TaskDeclaration:
+    where = prefix.rstrip(".") or "declaration"
     if not isinstance(body, Mapping):
-        raise DeclarationError("must be an object of the declaration's fields", "declaration", task)
-    unknown = sorted(set(body) - _DECLARATION_FIELDS - {"name", "task_name"})
+        raise DeclarationError("must be an object of the declaration's fields", where)
+    unknown = sorted(str(key) for key in set(body) - _DECLARATION_FIELDS - {"name", "task_name"})
     if unknown:
         known = ", ".join(sorted(_DECLARATION_FIELDS))
-        raise DeclarationError(f"is not a field of a task declaration (known: {known})", str(unknown[0]), task)
-    schedule = _text(body, "schedule", task, 256)
-    zone = _text(body, "timezone", task, 64) or "UTC"
+        raise DeclarationError(f"is not a field of a task declaration (known: {known})", prefix + unknown[0])
+    schedule = inputs.text(body.get("schedule"), prefix + "schedule", 256)
+    zone = inputs.text(body.get("timezone"), prefix + "timezone", 64) or "UTC"
     try:
         tz = ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise DeclarationError(f"{zone!r} is not an IANA time zone name", "timezone", task) from None
+        raise DeclarationError(f"{zone!r} is not an IANA time zone name", prefix + "timezone") from None
     if schedule is not None:
         if len(schedule.split()) != 5:
-            raise DeclarationError("must be a cron expression of 5 fields", "schedule", task)
+            raise DeclarationError("must be a cron expression of 5 fields", prefix + "schedule")
         try:
             next(CronSim(schedule, datetime.now(tz)))
         except (CronSimError, StopIteration) as exc:
-            raise DeclarationError(f"is not a valid cron expression: {exc}", "schedule", task) from None
-    period = _number(body, "period_seconds", task, 1, MAX_PERIOD_SECONDS)
+            raise DeclarationError(f"is not a valid cron expression: {exc}", prefix + "schedule") from None
+    period = inputs.number(body.get("period_seconds"), prefix + "period_seconds", 1, MAX_PERIOD_SECONDS)
     if schedule is not None and period is not None:
-        raise DeclarationError("give a schedule or a period_seconds, not both", "period_seconds", task)
-    grace = _number(body, "start_grace_seconds", task, 0, MAX_GRACE_SECONDS)
-    threshold = body.get("failure_threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)
-                                  or not 1 <= threshold <= MAX_FAILURE_THRESHOLD):
-        raise DeclarationError(f"must be an integer from 1 to {MAX_FAILURE_THRESHOLD}", "failure_threshold", task)
-    labels = body.get("labels")
-    labels = {} if labels is None else labels
-    if not isinstance(labels, Mapping) or len(labels) > MAX_LABELS:
-        raise DeclarationError(f"must be an object of at most {MAX_LABELS} strings", "labels", task)
-    for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
-            raise DeclarationError(f"label name {str(key)[:64]!r} must match [a-zA-Z_][a-zA-Z0-9_]*", "labels", task)
-        if not isinstance(value, str) or _CONTROL.search(value) or len(value) > MAX_LABEL_VALUE:
-            raise DeclarationError(f"label {key} must be text of at most {MAX_LABEL_VALUE} characters", "labels",
-                                   task)
-    ping_uuid = _text(body, "ping_uuid", task, 36)
-    if ping_uuid is not None and not _UUID.fullmatch(ping_uuid):
-        raise DeclarationError("must be a UUID", "ping_uuid", task)
+        raise DeclarationError("give a schedule or a period_seconds, not both", prefix + "period_seconds")
+    grace = inputs.number(body.get("start_grace_seconds"), prefix + "start_grace_seconds", 0, MAX_GRACE_SECONDS)
+    threshold = inputs.integer(body.get("failure_threshold"), prefix + "failure_threshold", 1, MAX_FAILURE_THRESHOLD)
+    labels = inputs.labels(body.get("labels"), prefix + "labels")
     return TaskDeclaration(
         schedule=" ".join(schedule.split()) if schedule is not None else None,
         timezone=zone,
         period_seconds=period,
         start_grace_seconds=grace if grace is not None else DEFAULT_START_GRACE_SECONDS,
-        max_runtime_seconds=_number(body, "max_runtime_seconds", task, 1, MAX_RUNTIME_SECONDS),
+        max_runtime_seconds=inputs.number(body.get("max_runtime_seconds"), prefix + "max_runtime_seconds", 1,
+                                          MAX_RUNTIME_SECONDS),
         failure_threshold=threshold if threshold is not None else DEFAULT_FAILURE_THRESHOLD,
-        labels=dict(sorted(labels.items())),
-        description=_text(body, "description", task),
-        runbook_url=_text(body, "runbook_url", task),
-        ping_uuid=ping_uuid.lower() if ping_uuid else None,
+        labels=labels or {},
+        description=inputs.text(body.get("description"), prefix + "description", inputs.MAX_DESCRIPTION),
+        runbook_url=inputs.url(body.get("runbook_url"), prefix + "runbook_url"),
+        ping_uuid=inputs.uuid(body.get("ping_uuid"), prefix + "ping_uuid"),
+        ping_key=inputs.ping_key(body.get("ping_key"), prefix + "ping_key"),
     )
 
 

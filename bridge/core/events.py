@@ -33,6 +33,8 @@ class Heartbeat:
     traceparent: str | None = None
     #: the task's declaration, which an execution's first heartbeat may carry
     task_schedule: TaskDeclaration | None = None
+    #: the protocol that reported it when that names tasks, not executions (a ping, a check-in)
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Completion:
     exit_code: int | None = None
     task_name: str | None = None
     warnings: tuple[str, ...] = ()
+    #: as :attr:`Heartbeat.protocol`
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,10 @@ class RunReport:
     (Healthchecks pings, Sentry check-ins).
 
     ``run_id`` is the client's id of the run (a ping's ``rid``, a check-in's id); without
-    one, a start opens a run the bridge names ``<protocol>.<random hex>``, and the next end
-    or log line belongs to the task's newest run so named that is still running.
+    one, a start opens a run the bridge names ``<protocol>.<random hex>`` unless one so named
+    is running (then the start restarts it), and an end or a log line belongs to the task's
+    newest such run that is still running (an end with none is a run of its own).
+    ``run_field`` names where the client gave the run id, for refusals.
     """
 
     task_name: str
@@ -95,3 +101,6 @@ class RunReport:
     message: str | None = None
     exit_code: int | None = None
     result_data: dict | None = None
+    run_field: str = "run_id"
+    #: what of the report was cut to keep it (a long message)
+    warnings: tuple[str, ...] = ()

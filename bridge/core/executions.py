@@ -19,6 +19,7 @@ from ..telemetry.families import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTB
 from .declarations import TaskDeclaration
 from .events import Announcement, Completion, ContainerEvent, Heartbeat
 from .ids import trace_id_for
+from .inputs import OTHER_TASK
 
 __all__ = [
     "FINAL_STATUSES",
@@ -37,6 +38,7 @@ __all__ = [
     "apply_deadline",
     "apply_heartbeat",
     "apply_rebase",
+    "is_foreign",
     "progress_ratio",
     "tombstone",
 ]
@@ -45,8 +47,6 @@ STATUSES = ("starting", "running", "completed", "failed", "lost")
 FINAL_STATUSES = frozenset({"completed", "failed"})
 SPAN_ENDING_STATUSES = FINAL_STATUSES | {"lost"}
 UNKNOWN_TASK = "unknown"
-#: The label value that task names beyond ``max_task_names`` share; no client may send it.
-OTHER_TASK = "_other"
 _GAP_WINDOW = 8
 _GAPS_TO_LEARN = 3
 #: A longer gap between two heartbeats is a clock step or a suspended machine, not a cadence.
@@ -123,6 +123,9 @@ class Execution:
     stages: list = field(default_factory=list)   # [stage, start, end or None]
     events: list = field(default_factory=list)   # [time, status, reported status]
     version: int = 0
+    #: the protocol that created it when that names tasks, not executions (``hc``, ``sentry``):
+    #: only that protocol's reports for the same task may act on it
+    protocol: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a JSON-ready dict (the query API's form)."""
@@ -175,7 +178,9 @@ class Outcome:
     """What one event does: the record to write (None: nothing), counters, a verdict.
 
     ``result`` is ``accepted``, ``ignored`` (heartbeat after the end), ``duplicate``
-    (repeated completion) or ``unchanged`` (nothing was due). ``transition`` is
+    (repeated completion), ``unchanged`` (nothing was due), ``conflict`` (the event may not
+    act on this execution: another task's or another protocol's) or ``capacity`` (a new
+    execution the store had no room for). ``transition`` is
     ``(old_status, new_status)`` when the status changed, old being None for a new one.
     """
 
@@ -337,19 +342,39 @@ def _observe_duration(task: str, outcome: str, seconds: float,
             Increment(DURATION + "_count", (task, outcome)))
 
 
+def is_foreign(current: Execution | None, protocol: str | None, task_name: str | None) -> bool:
+    """Return True when a report of ``protocol`` for task ``task_name`` may not act on ``current``.
+
+    A protocol that names tasks (a ping's ``rid``, a check-in's ``check_in_id``) reaches only
+    the executions it created for the same task: never a native one, another task's, or
+    another protocol's. (A tombstone, version 0, remembers no more than its end: a repeat
+    on it changes nothing either way.)
+    """
+    if protocol is None or current is None or current.version == 0:
+        return False
+    return current.protocol != protocol or current.task_name != task_name
+
+
+_CONFLICT = Outcome(None, result="conflict")
+
+
 def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules: Rules,
                     task_label: TaskLabel) -> Outcome:
     """Return what heartbeat ``hb``, received at ``now``, does to ``current``.
 
     A new execution starts ``running``; ``starting`` and ``lost`` ones become
-    ``running`` (from lost counting a recovery); a finished one ignores it.
+    ``running`` (from lost counting a recovery); a finished one ignores it. A report of a
+    protocol that names tasks is a ``conflict`` on an execution it did not create.
     """
+    if is_foreign(current, hb.protocol, hb.task_name):
+        return _CONFLICT
     if current is not None and current.status in FINAL_STATUSES:
         return Outcome(None, result="ignored")
     increments: list[Increment] = []
     if current is None:
         record = _new_record(hb.execution_id, now, "running", hb.task_name, task_label,
                              rules, hb.traceparent)
+        record.protocol = hb.protocol
         transition: tuple[str | None, str] | None = (None, "running")
         gap = None
     else:
@@ -396,11 +421,15 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
 
 def apply_completion(current: Execution | None, c: Completion, now: float, rules: Rules,
                      task_label: TaskLabel) -> Outcome:
-    """Return what completion ``c`` does: the first one ends the execution, repeats are duplicates."""
+    """Return what completion ``c`` does: the first one ends the execution, repeats are
+    duplicates; a ``conflict`` as for :func:`apply_heartbeat`."""
+    if is_foreign(current, c.protocol, c.task_name):
+        return _CONFLICT
     if current is not None and current.status in FINAL_STATUSES:
         return Outcome(None, result="duplicate")
     if current is None:
         record = _new_record(c.execution_id, now, "running", c.task_name, task_label, rules)
+        record.protocol = c.protocol
     else:
         record = _copy(current, now)
         _name_task(record, c.task_name, task_label)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["ID_PATTERN", "execution_span_id", "is_traceparent", "normalise_id", "segment_span_id",
+__all__ = ["ID_PATTERN", "UUID", "execution_span_id", "is_traceparent", "normalise_id", "segment_span_id",
            "trace_id_for"]
 
 #: ids are any ``[A-Za-z0-9._:-]{1,128}``
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: a UUID in its hyphenated form, either case
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
 
@@ -22,7 +23,7 @@ def normalise_id(raw: str) -> str | None:
     """
     if not ID_PATTERN.fullmatch(raw):
         return None
-    return raw.lower() if _UUID.fullmatch(raw) else raw
+    return raw.lower() if UUID.fullmatch(raw) else raw
 
 
 def trace_id_for(execution_id: str, traceparent: str | None = None) -> str:
@@ -35,7 +36,7 @@ def trace_id_for(execution_id: str, traceparent: str | None = None) -> str:
         match = _TRACEPARENT.fullmatch(traceparent)
         if match and match.group(1) != "0" * 32:
             return match.group(1)
-    if _UUID.fullmatch(execution_id):
+    if UUID.fullmatch(execution_id):
         return execution_id.replace("-", "").lower()
     return hashlib.sha256(execution_id.encode()).hexdigest()[:32]
 

@@ -18,9 +18,9 @@ from ..telemetry.families import TASK_RUNS_MISSED
 from .declarations import DEFAULT_FAILURE_THRESHOLD, TaskDeclaration, next_slot
 from .executions import Execution, Increment
 
-__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "Task", "TaskOutcome",
+__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "Task", "TaskOutcome", "apply_claim",
            "apply_declaration", "apply_run_change", "apply_task_deadline", "apply_task_rebase",
-           "effective_declaration", "is_declared", "status_at"]
+           "effective_declaration", "is_declared", "ping_key_reaches", "ping_uuid_of", "status_at"]
 
 TASK_STATUSES = ("idle", "running", "up", "late", "missed", "failing")
 #: Where declarations come from, the first winning over the others.
@@ -63,6 +63,10 @@ class Task:
     #: [execution id, status, started at, ended at or None], newest last
     recent: list = field(default_factory=list)
     version: int = 0
+    #: the Healthchecks ping key whose ``?create=1`` ping created the task: its slug URLs reach it
+    created_by_ping_key: str | None = None
+    #: the Sentry project whose check-in created the task: its monitor stays that project's
+    sentry_project: str | None = None
 
     def to_values(self) -> tuple[Any, ...]:
         """Return the field values in :data:`TASK_RECORD_FIELDS` order (the stores' compact form)."""
@@ -91,6 +95,8 @@ class TaskOutcome:
 
     record: Task | None
     increments: tuple[Increment, ...] = ()
+    #: ``accepted``, or ``capacity`` for a new task the store had no room for
+    result: str = "accepted"
 
 
 _UNCHANGED = TaskOutcome(None)
@@ -104,6 +110,29 @@ def effective_declaration(task: Task) -> tuple[TaskDeclaration | None, str | Non
         if data is not None:
             return TaskDeclaration.from_dict(data), source
     return None, None
+
+
+def ping_uuid_of(task: Task) -> str | None:
+    """Return the Healthchecks check uuid whose pings are ``task``'s runs, if declared."""
+    declaration, _ = effective_declaration(task)
+    return declaration.ping_uuid if declaration is not None else None
+
+
+def ping_key_reaches(task: Task, key: str) -> bool:
+    """Return True when ping key ``key`` may report for ``task``: the task was created under
+    that key (``?create=1``), or declared with it (``ping_key``)."""
+    declaration, _ = effective_declaration(task)
+    return key in (task.created_by_ping_key, declaration.ping_key if declaration is not None else None)
+
+
+def apply_claim(current: Task | None, name: str, ping_key: str | None = None,
+                sentry_project: str | None = None) -> TaskOutcome:
+    """Return what a protocol that names tasks does when it first reports for ``name``: a new
+    task remembers the ping key or Sentry project that created it, so that it stays theirs;
+    a known one is left as it is (the caller checked it may report for it)."""
+    if current is not None:
+        return _UNCHANGED
+    return TaskOutcome(Task(task_name=name, created_by_ping_key=ping_key, sentry_project=sentry_project))
 
 
 def is_declared(task: Task) -> bool:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import __version__
-from ..service.config import ConfigError, load_settings, parse_bind
+from ..service.config import ConfigError, check_tasks_file, load_settings, parse_bind
 from ..store import StoreUnavailable, open_store
 from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, RulesError
 from .alert_rules import render as render_rules
@@ -104,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.bind:
             parse_bind("--bind", args.bind)
         settings = load_settings(warn_unknown=False)  # gunicorn's master reports unknown ones
+        check_tasks_file(settings)  # here, once: a worker that boots later never fails on the file
         open_store(settings).close()  # create the schema once, and fail here, not in each worker
         _check_tracing()
     except (ConfigError, StoreUnavailable) as exc:

@@ -14,9 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..core import inputs
 from ..core.declarations import DeclarationError
+from ..core.errors import InvalidInput
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "describe", "load_settings", "parse_bind", "unknown_variables"]
+__all__ = ["VARIABLES", "ConfigError", "Settings", "check_tasks_file", "describe", "load_settings", "parse_bind",
+           "unknown_variables"]
 
 log = logging.getLogger(__name__)
 
@@ -147,52 +150,68 @@ def _token_file(name: str, raw: str) -> tuple[str, ...]:
 
 
 def _tasks_file(name: str, raw: str) -> str:
+    # Only its name here: every worker parses the settings, and a worker that boots after a bad
+    # rewrite must still boot. The file is checked once, at start (check_tasks_file), and
+    # after that each change is applied or reported by the reaper.
+    return raw.strip()
+
+
+def check_tasks_file(settings: Settings) -> int:
+    """Read and check ``BRIDGE_TASKS_FILE`` strictly, as the start does; returns how many tasks
+    it declares (0 without one). Raises :class:`ConfigError` naming the task and field."""
+    if settings.tasks_file is None:
+        return 0
     from .tasks_file import TasksFile  # the YAML reader loads only where a file is declared
 
-    path = raw.strip()
     try:
-        TasksFile(path).read()
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+        declared = len(TasksFile(settings.tasks_file).read())
     except DeclarationError as exc:
-        raise ConfigError(f"{name}: {path}: {exc}") from None
-    return path
+        raise ConfigError(f"BRIDGE_TASKS_FILE: {settings.tasks_file}: {exc}") from None
+    if declared > settings.max_task_names:
+        raise ConfigError(f"BRIDGE_TASKS_FILE declares {declared} tasks, more than BRIDGE_MAX_TASK_NAMES "
+                          f"({settings.max_task_names})")
+    return declared
 
 
-_LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
+def _checked(name: str, rule: Callable[[str, str], object], raw: str) -> tuple[str, ...]:
+    """Return the comma-separated values of ``raw``, each checked by an input rule."""
+    values = tuple(dict.fromkeys(value.strip() for value in raw.split(",") if value.strip()))
+    for value in values:
+        try:
+            rule(value, name)
+        except InvalidInput as exc:
+            raise ConfigError(f"{name}: {value[:40]!r}: {exc.message}") from None
+    return values
 
 
 def _label_keys(name: str, raw: str) -> tuple[str, ...]:
-    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
-    for key in keys:
-        if not _LABEL_KEY.fullmatch(key):
-            raise ConfigError(f"{name}: {key!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
-    return keys
-
-
-_PING_KEY = re.compile(r"[-a-zA-Z0-9_]{1,128}")
+    return _checked(name, inputs.label_key, raw)
 
 
 def _ping_keys(name: str, raw: str) -> tuple[str, ...]:
-    keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
-    for key in keys:
-        if not _PING_KEY.fullmatch(key):
-            raise ConfigError(f"{name}: {key[:40]!r} is not a ping key (letters, digits, - and _)")
-    return keys
+    return _checked(name, inputs.ping_key, raw)
+
+
+_PUBLIC_KEY = re.compile(r"[0-9a-zA-Z]{8,64}")
+_PROJECT = re.compile(r"[0-9]{1,20}")
 
 
 def _public_keys(name: str, raw: str) -> tuple[str, ...]:
     keys = tuple(dict.fromkeys(key.strip() for key in raw.split(",") if key.strip()))
     for key in keys:
-        if not re.fullmatch(r"[0-9a-zA-Z]{8,64}", key):
-            raise ConfigError(f"{name}: {key[:40]!r} is not a Sentry public key (8 to 64 letters and digits)")
+        public, _, project = key.partition("@")
+        if not _PUBLIC_KEY.fullmatch(public) or (project and not _PROJECT.fullmatch(project)):
+            raise ConfigError(f"{name}: {key[:40]!r} is not a Sentry public key (8 to 64 letters and digits), "
+                              "optionally bound to a project as <key>@<project id>")
     return keys
 
 
 def _url(name: str, raw: str) -> str:
     url = raw.strip().rstrip("/")
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", url):
-        raise ConfigError(f"{name}: {raw[:80]!r} is not an http:// or https:// URL")
+    try:
+        inputs.url(url, name)
+    except InvalidInput:
+        raise ConfigError(f"{name}: {raw[:80]!r} is not an http:// or https:// URL") from None
     return url
 
 
@@ -244,10 +263,10 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),
     "BRIDGE_EXECUTION_TOKEN_SECRET": ("execution_token_secret", _secret, "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only."),
     "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
-    "BRIDGE_TASKS_FILE": ("tasks_file", _tasks_file, "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start and re-read when it changes."),
+    "BRIDGE_TASKS_FILE": ("tasks_file", _tasks_file, "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start (a bad one stops it) and re-read when it changes (a bad rewrite keeps the declarations in force: `bridge_tasks_file_reload_success` 0)."),
     "BRIDGE_PING_KEYS": ("ping_keys", _ping_keys, "Ping keys of the Healthchecks slug URLs `/ping/<ping_key>/<slug>` (comma-separated); unset: only `/ping/<uuid>` URLs."),
     "BRIDGE_PING_BODY_BYTES": ("ping_body_bytes", _integer(0, 1_048_576), "How much of a ping's body is kept as its log line or error message (`Ping-Body-Limit`)."),
-    "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated; unset: any key."),
+    "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated, each optionally bound to one project as `<key>@<project id>`; unset: any key, any project."),
     "BRIDGE_TRACE_URL": ("trace_url", _trace_url, "A trace viewer's URL with `{trace_id}` in it (`https://tempo.example/trace/{trace_id}`): the status pages link each execution's trace there."),
     "BRIDGE_EXTERNAL_URL": ("external_url", _url, "The bridge's URL as people reach it (`https://bridge.example`): `heartbeat-bridge rules` links each execution alert to its status page there."),
     "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
@@ -299,12 +318,4 @@ def load_settings(environ: Mapping[str, str] | None = None, *, warn_unknown: boo
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
     values.update(overrides)
-    settings = Settings(**values)
-    if settings.tasks_file is not None:
-        from .tasks_file import TasksFile
-
-        declared = len(TasksFile(settings.tasks_file).read())
-        if declared > settings.max_task_names:
-            raise ConfigError(f"BRIDGE_TASKS_FILE declares {declared} tasks, more than BRIDGE_MAX_TASK_NAMES "
-                              f"({settings.max_task_names})")
-    return settings
+    return Settings(**values)

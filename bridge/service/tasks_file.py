@@ -12,20 +12,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
 import yaml
 
+from ..core import inputs
 from ..core.declarations import DeclarationError, TaskDeclaration, parse_declaration
-from ..core.executions import OTHER_TASK
+from ..core.errors import InvalidInput
 
 __all__ = ["TasksFile", "parse_tasks"]
-
-log = logging.getLogger(__name__)
-
-MAX_TASK_NAME = 128
 
 
 def parse_tasks(text: str) -> dict[str, TaskDeclaration]:
@@ -48,11 +44,13 @@ def parse_tasks(text: str) -> dict[str, TaskDeclaration]:
         raise DeclarationError("must be a list of declarations", "tasks")
     declarations: dict[str, TaskDeclaration] = {}
     for position, entry in enumerate(entries, 1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_TASK_NAME or name == OTHER_TASK \
-                or any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise DeclarationError(f"declaration {position} needs a name: text of at most {MAX_TASK_NAME} "
-                                   f"characters (not {OTHER_TASK})", "name", name if isinstance(name, str) else None)
+        raw_name = entry.get("name") if isinstance(entry, dict) else None
+        try:
+            name = inputs.task_name(raw_name, "name", required=True)
+        except InvalidInput as exc:
+            raise DeclarationError(f"of declaration {position}: {exc.message}", "name",
+                                   raw_name if isinstance(raw_name, str) else None) from None
+        assert name is not None
         if name in declarations:
             raise DeclarationError("is declared twice", "name", name)
         declarations[name] = parse_declaration({k: v for k, v in entry.items() if k != "name"}, name)
@@ -67,6 +65,9 @@ class _Stamp:
     modified: int
 
 
+_MISSING = _Stamp(0, 0, -1, 0)
+
+
 class TasksFile:
     """The tasks file at ``path``: read once at start, and again whenever it changes."""
 
@@ -74,18 +75,27 @@ class TasksFile:
         self.path = path
         self._stamp: _Stamp | None = None
 
-    def _current_stamp(self) -> _Stamp | None:
+    def _current_stamp(self) -> _Stamp:
         try:
             status = os.stat(self.path)
         except OSError:
-            return None
+            return _MISSING
         return _Stamp(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def read(self) -> dict[str, TaskDeclaration]:
-        """Return the file's declarations. Raises :class:`OSError` or :class:`DeclarationError`."""
+        """Return the file's declarations. Raises :class:`DeclarationError` for a file that
+        cannot be read, is not UTF-8, or does not check (its ``field`` is ``file`` for the first two)."""
         stamp = self._current_stamp()
-        with open(self.path, encoding="utf-8") as file:
-            declarations = parse_tasks(file.read())
+        try:
+            with open(self.path, "rb") as file:
+                raw = file.read()
+        except OSError as exc:
+            raise DeclarationError(f"cannot be read: {exc.strerror}", "file") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DeclarationError(f"is not UTF-8 text (byte {exc.start})", "file") from None
+        declarations = parse_tasks(text)
         self._stamp = stamp
         return declarations
 
@@ -94,17 +104,15 @@ class TasksFile:
         self._stamp = None
 
     def read_if_changed(self) -> dict[str, TaskDeclaration] | None:
-        """Return the declarations when the file changed since it was last read, else None.
+        """Return the declarations when the file changed since it was last looked at, else None.
 
-        A file that cannot be read or checked now is logged and left for the next look:
-        the declarations already applied stay.
+        Raises :class:`DeclarationError` once for each change that leaves the file unreadable
+        or wrong: the caller keeps the declarations it applied before.
         """
         stamp = self._current_stamp()
-        if stamp is None or stamp == self._stamp:
+        if stamp == self._stamp:
             return None
         try:
             return self.read()
-        except (OSError, DeclarationError) as exc:
-            log.error("BRIDGE_TASKS_FILE %s: %s; the declarations read before stay", self.path, exc)
-            self._stamp = stamp  # said once, not at every look
-            return None
+        finally:
+            self._stamp = stamp  # a bad file is said once, not at every look

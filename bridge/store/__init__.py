@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import OTHER_TASK, CapacityError, Decide, ExecutionRow, Snapshot, Store, StoreUnavailable
+from .base import (
+    OTHER_TASK,
+    CapacityError,
+    Decide,
+    DecideTask,
+    ExecutionRow,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    admitted,
+)
 from .group import GroupCommit
 from .sqlite import SQLiteStore, path_from_url
 
@@ -15,11 +25,13 @@ __all__ = [
     "OTHER_TASK",
     "CapacityError",
     "Decide",
+    "DecideTask",
     "ExecutionRow",
     "GroupCommit",
     "Snapshot",
     "Store",
     "StoreUnavailable",
+    "admitted",
     "open_store",
 ]
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..core.errors import CapacityError, StoreUnavailable
 from ..core.executions import OTHER_TASK, Execution, Outcome, TaskLabel
 from ..core.tasks import Task, TaskOutcome
 
@@ -41,6 +42,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreUnavailable",
+    "admitted",
     "mark_round",
 ]
 
@@ -53,6 +55,13 @@ DEFAULT_TASK_RETENTION_SECONDS = 30 * 86_400.0
 Decide = Callable[["Execution | None", TaskLabel], Outcome]
 #: Given a task's current record (None if unknown), the outcome.
 DecideTask = Callable[["Task | None"], TaskOutcome]
+
+
+def admitted(outcome: Outcome) -> Outcome:
+    """Return ``outcome``; raise :class:`CapacityError` when it says the store had no room."""
+    if outcome.result == "capacity":
+        raise CapacityError("the bridge tracks as many executions as BRIDGE_MAX_EXECUTIONS allows")
+    return outcome
 
 
 class ExecutionRow(NamedTuple):
@@ -120,14 +129,6 @@ def mark_round(recorded: dict[str, float], now: float, outage_after: float, hold
     return written, ReaperMark(hold_until, previous, anomaly, rebase)
 
 
-class StoreUnavailable(RuntimeError):
-    """The store cannot be reached or written right now; the caller answers 503."""
-
-
-class CapacityError(RuntimeError):
-    """A new execution would exceed ``max_executions``; the caller answers 429."""
-
-
 @dataclass
 class Snapshot:
     """Everything ``/metrics`` needs, read consistently at one moment."""
@@ -138,6 +139,8 @@ class Snapshot:
     #: (counter name, labels) -> (trace id, observed value) of the latest exemplar
     exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = field(default_factory=dict)
     tasks: list[Task] = field(default_factory=list)
+    #: what :meth:`Store.note` last wrote, by key
+    notes: dict[str, float | str] = field(default_factory=dict)
 
 
 class Store(ABC):
@@ -178,32 +181,44 @@ class Store(ABC):
         Raises :class:`CapacityError` when it would add an execution beyond the limit,
         :class:`StoreUnavailable` when the store fails.
         """
-        result = self.apply_many([(execution_id, decide)])[0]
-        if isinstance(result, CapacityError):
-            raise result
-        return result
+        return admitted(self.apply_many([(execution_id, decide)])[0])
 
     @abstractmethod
-    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+    def apply_many(self, items: Sequence[tuple[str, Decide]], *, whole: bool = False) -> list[Outcome]:
         """Apply each ``(execution_id, decide)`` in order, in one atomic transaction.
 
-        Returns one outcome per item, or the :class:`CapacityError` that refused it; the
-        other items are applied regardless. Each record is read once, each changed one
-        written once, each counter added to once.
+        Returns one outcome per item: a new execution beyond ``max_executions`` gets one whose
+        ``result`` is ``capacity``, and the other items are applied regardless. With
+        ``whole``, the items are one report, applied whole or not at all: a refusal raises
+        :class:`CapacityError`, and a decision whose result is ``conflict`` raises
+        :class:`~bridge.core.errors.Conflict`, with nothing written. Each record is read once,
+        each changed one written once, each counter added to once.
         Raises :class:`StoreUnavailable` when the store fails.
         """
 
     @abstractmethod
-    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]], *, headroom: int = 0) -> list[TaskOutcome]:
         """Apply each ``(task name, decide)`` in order, in one atomic transaction.
 
-        Returns one outcome per item, or the :class:`CapacityError` of a new task whose name
-        would pass ``max_task_names``. Raises :class:`StoreUnavailable` when the store fails.
+        Returns one outcome per item; a new task whose name would pass ``max_task_names``
+        less ``headroom`` gets one whose ``result`` is ``capacity``. Raises
+        :class:`StoreUnavailable` when the store fails.
         """
 
     @abstractmethod
     def get_task(self, name: str) -> Task | None:
         """Return the task, or None. Raises :class:`StoreUnavailable`."""
+
+    @abstractmethod
+    def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
+        """Return the name of the task that holds ``ping_uuid`` (an index: the cost does not
+        grow with the tasks), or None. Raises :class:`StoreUnavailable`."""
+
+    @abstractmethod
+    def note(self, key: str, value: float | str) -> float | str | None:
+        """Write a small shared fact (the tasks file's state) under ``key``; return the value it
+        replaced, atomically, so that one of many workers can tell it changed it. Raises
+        :class:`StoreUnavailable`."""
 
     @abstractmethod
     def tasks(self) -> list[Task]:

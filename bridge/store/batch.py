@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.declarations import TaskDeclaration
-from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Increment
+from ..core.errors import CapacityError, Conflict
+from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Increment, Outcome
 from ..core.tasks import Task, TaskOutcome, apply_run_change
-from .base import CapacityError, Decide, DecideTask
+from .base import Decide, DecideTask
 
 __all__ = ["Decided", "TaskNames", "decide_batch", "decide_task_changes", "decide_tasks"]
 
@@ -62,7 +63,7 @@ class TaskNames:
 class Decided:
     """A batch's decisions: one result per event, and what to write."""
 
-    #: one per item: an Outcome (or a TaskOutcome, deciding tasks), or the CapacityError that refused it
+    #: one per item: an Outcome (or a TaskOutcome, deciding tasks); a refused one's result is ``capacity``
     results: list[Any] = field(default_factory=list)
     #: execution id -> the record to write, its ``version`` one past the one read
     changed: dict[str, Execution] = field(default_factory=dict)
@@ -87,14 +88,16 @@ class Decided:
 
 def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Execution],
                  tombstones: dict[str, Execution], names: TaskNames, tracked: Callable[[], int],
-                 max_executions: int) -> Decided:
+                 max_executions: int, whole: bool = False) -> Decided:
     """Return the decisions of ``items``, each made on the record the ones before it left.
 
     ``stored`` holds the records read, ``tombstones`` the stand-ins of ended executions
     that left retention; ``tracked()`` says how many executions the store holds, asked
     once, when the batch first adds one. A new execution beyond ``max_executions`` is
-    refused with a :class:`CapacityError` in its place, and leaves nothing behind, not
-    even a task name. Raises whatever a decision raises.
+    refused with an outcome whose result is ``capacity``, and leaves nothing behind, not
+    even a task name. With ``whole`` the batch is one report: such a refusal raises
+    :class:`CapacityError`, and a ``conflict`` outcome :class:`Conflict`. Raises whatever a
+    decision raises.
     """
     batch = Decided()
     count: int | None = None
@@ -103,6 +106,8 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
         admitted = len(names.added)
         outcome = decide(current, names.label)
         record = outcome.record
+        if whole and outcome.result == "conflict":
+            raise Conflict(f"{execution_id} is not an execution this report may act on", "execution_id")
         if record is None:
             batch.results.append(outcome)
             continue
@@ -110,7 +115,9 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
             count = tracked() if count is None else count
             if count + len(batch.new) >= max_executions:
                 del names.added[admitted:]
-                batch.results.append(CapacityError(f"tracking {count + len(batch.new)} executions, the limit"))
+                if whole:
+                    raise CapacityError(f"tracking {count + len(batch.new)} executions, the limit")
+                batch.results.append(Outcome(None, result="capacity"))
                 continue
             batch.new.append(execution_id)
         record.version = current.version + 1 if current is not None else 1
@@ -136,8 +143,8 @@ def decide_tasks(items: Sequence[tuple[str, DecideTask]], stored_tasks: dict[str
                  names: TaskNames) -> Decided:
     """Return the decisions of ``items`` on tasks read as ``stored_tasks``, in order.
 
-    A task not yet known takes a task name's place, refused with a :class:`CapacityError`
-    once ``names`` is full. Raises whatever a decision raises.
+    A task not yet known takes a task name's place, refused (an outcome whose result is
+    ``capacity``) once ``names`` is full. Raises whatever a decision raises.
     """
     batch = Decided()
     for name, decide in items:
@@ -146,7 +153,7 @@ def decide_tasks(items: Sequence[tuple[str, DecideTask]], stored_tasks: dict[str
         outcome = decide(current)
         if outcome.record is not None and current is None and names.label(name) != name:
             del names.added[admitted:]
-            batch.results.append(CapacityError(f"{names.limit} task names are known, the limit"))
+            batch.results.append(TaskOutcome(None, result="capacity"))
             continue
         _keep(batch, name, stored_tasks, outcome)
         batch.results.append(outcome)

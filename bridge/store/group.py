@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from ..core.executions import Outcome
-from .base import CapacityError, Decide, Store, StoreUnavailable
+from .base import Decide, Store, StoreUnavailable, admitted
 
 __all__ = ["DEFAULT_MAX_BATCH", "GroupCommit"]
 
@@ -75,16 +75,16 @@ class GroupCommit:
             self._lead(event)
         if isinstance(event.result, BaseException):
             raise event.result
-        return event.result  # type: ignore[return-value]
+        return admitted(event.result)  # type: ignore[arg-type]
 
-    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+    def apply_many(self, items: Sequence[tuple[str, Decide]], *, whole: bool = False) -> list[Outcome]:
         """Apply ``items`` in one transaction of their own, as ``Store.apply_many`` does,
         once no other commit of this process is running; returns one result per item.
 
-        Raises ``StoreUnavailable`` as ``Store.apply_many`` does.
+        Raises as ``Store.apply_many`` does.
         """
         with self._turn:
-            return self.store.apply_many(items)
+            return self.store.apply_many(items, whole=whole)
 
     def _lead(self, event: _Event) -> None:
         """Commit queued batches until ``event`` is done, then hand the lead to the next waiter."""
@@ -139,6 +139,6 @@ class GroupCommit:
 
     def _commit_one(self, event: _Event) -> object:
         try:
-            return self.store.apply(event.execution_id, event.decide)
-        except Exception as exc:  # CapacityError, StoreUnavailable, or the decision's own error
+            return self.store.apply_many([(event.execution_id, event.decide)])[0]
+        except Exception as exc:  # StoreUnavailable, or the decision's own error
             return exc

@@ -28,11 +28,10 @@ import redis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ..core.executions import Execution, Outcome, tombstone
-from ..core.tasks import Task, TaskOutcome, is_declared
+from ..core.tasks import Task, TaskOutcome, is_declared, ping_uuid_of
 from .base import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_TASK_RETENTION_SECONDS,
-    CapacityError,
     Decide,
     DecideTask,
     ReaperMark,
@@ -55,8 +54,8 @@ MAX_ATTEMPTS = 50
 CHUNK = 1000
 SOCKET_TIMEOUT_SECONDS = 5.0
 #: The version of the keys' layout: 2 added the filter indexes and the names' last use,
-#: 3 the hash tag.
-_SCHEMA = 3
+#: 3 the hash tag, 4 the ping uuid index.
+_SCHEMA = 4
 _SEPARATOR = "\x1f"
 
 # The scripts' lists travel as one string each, their fields joined by the unit separator
@@ -91,19 +90,20 @@ end
 
 # KEYS: 1 ids, 2 deadlines, 3 expiries (sorted sets), 4 rows, 5 counters, 6 exemplars
 # (hashes), 7 task names (set), 8 tasks (hash), 9 tasks' deadlines (sorted set), 10 declared
-# task names (set), then each record's key in the order of ARGV[3], then the filter indexes
-# the moves name.
+# task names (set), 11 ping uuids (hash: uuid -> task name), then each record's key in the
+# order of ARGV[3], then the filter indexes the moves name.
 # ARGV: 1 the limit on executions; 2 the limit on task names; 3 the records, five fields
 # each: the bytes as read ('' when absent), the new bytes, the row, the deadline and the
 # expiry (a score, or '' for none); 4 the counters, three fields each: hash field, amount,
 # exemplar ('' for none); 5 the index moves, three fields each: '-' or '+', the index's
 # position in KEYS, the execution id; 6 the task names the decisions found held; 7 those
-# the batch adds; 8 the prefix of the record keys; 9 the tasks, five fields each: the name,
-# the bytes as read ('' when absent), the new bytes, the deadline ('' for none), and '1'
-# when declared by the file or the API.
+# the batch adds; 8 the prefix of the record keys; 9 the tasks, seven fields each: the name,
+# the bytes as read ('' when absent), the new bytes, the deadline ('' for none), '1' when
+# declared by the file or the API, its ping uuid as read and as written ('' for none). A
+# ping uuid another task holds is not taken from it.
 # Returns 1 when written, 0 (having written nothing) when anything read has changed.
 _WRITE = _LUA_HELPERS + """
-local records_at = 11
+local records_at = 12
 local r = split(ARGV[3])
 local count = #r / 5
 for _, name in ipairs(split(ARGV[6])) do
@@ -130,7 +130,7 @@ for first = 1, count, 1000 do
 end
 if new > 0 and redis.call('ZCARD', KEYS[1]) + new > tonumber(ARGV[1]) then return 0 end
 local t = split(ARGV[9])
-for i = 1, #t, 5 do
+for i = 1, #t, 7 do
   if (redis.call('HGET', KEYS[8], t[i]) or '') ~= t[i + 1] then return 0 end
 end
 local records, rows, joined, index = {}, {}, {}, {{}, {}, {}, {}}
@@ -174,7 +174,12 @@ for i = 1, #moved, 3 do
   end
 end
 send('SADD', KEYS[7], added)
-for i = 1, #t, 5 do
+for i = 1, #t, 7 do
+  local old_uuid, new_uuid = t[i + 5], t[i + 6]
+  if old_uuid ~= '' and old_uuid ~= new_uuid and redis.call('HGET', KEYS[11], old_uuid) == t[i] then
+    redis.call('HDEL', KEYS[11], old_uuid)
+  end
+  if new_uuid ~= '' then redis.call('HSETNX', KEYS[11], new_uuid, t[i]) end
   redis.call('HSET', KEYS[8], t[i], t[i + 2])
   if t[i + 3] == '' then
     redis.call('ZREM', KEYS[9], t[i])
@@ -231,16 +236,20 @@ return dropped
 """
 
 # KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars, 5 tasks (hashes), 6 tasks'
-# deadlines (sorted set), 7 declared task names (set), then the execution index of each name
-# in ARGV[2].
+# deadlines (sorted set), 7 declared task names (set), 8 ping uuids (hash), then the execution
+# index of each name in ARGV[2].
 # ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off (or
-# never used) and not declared. Releases them with their task and task_* series; returns the names released.
+# never used) and not declared; 3 each one's ping uuid ('' for none), in the same order.
+# Releases them with their task, ping uuid and task_* series; returns the names released.
 _RELEASE = _LUA_HELPERS + """
 local released, gone = {}, {}
+local uuids = split(ARGV[3])
 for j, name in ipairs(split(ARGV[2])) do
   local at = tonumber(redis.call('HGET', KEYS[2], name))
-  if (not at or at <= tonumber(ARGV[1])) and redis.call('ZCARD', KEYS[7 + j]) == 0
+  if (not at or at <= tonumber(ARGV[1])) and redis.call('ZCARD', KEYS[8 + j]) == 0
       and redis.call('SISMEMBER', KEYS[7], name) == 0 then
+    local held = uuids[j] or ''
+    if held ~= '' and redis.call('HGET', KEYS[8], held) == name then redis.call('HDEL', KEYS[8], held) end
     redis.call('SREM', KEYS[1], name)
     redis.call('HDEL', KEYS[2], name)
     redis.call('HDEL', KEYS[5], name)
@@ -263,6 +272,13 @@ return released
 
 # KEYS: 1 a hash. ARGV: the fields as read (name, value or ''), then '|', then the fields
 # to write (name, value). Writes only if every field read is unchanged; returns 1 or 0.
+# KEYS: 1 a hash. ARGV: 1 a field, 2 its new value. Returns the value it replaced (nil for none).
+_SWAP = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return old
+"""
+
 _HASH_CAS = """
 local i = 1
 while ARGV[i] ~= '|' do
@@ -300,6 +316,15 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
 
 def _decoded_tasks(raw: dict[str, bytes | None]) -> dict[str, Task]:
     return {name: decode_task(data) for name, data in raw.items() if data is not None}
+
+
+def _note_value(raw: bytes) -> float | str:
+    """Return a note as written: a number when it reads as one."""
+    text = raw.decode()
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _client(url: str) -> redis.Redis | redis.RedisCluster:
@@ -341,10 +366,13 @@ class RedisStore(Store):
         self._task_records = prefix + "task_records"
         self._task_deadlines = prefix + "task_deadlines"
         self._declared = prefix + "declared"
+        self._ping_uuids = prefix + "ping_uuids"
+        self._notes = prefix + "notes"
         self._write_script = self._redis.register_script(_WRITE)
         self._expire_script = self._redis.register_script(_EXPIRE)
         self._release_script = self._redis.register_script(_RELEASE)
         self._hash_cas = self._redis.register_script(_HASH_CAS)
+        self._swap = self._redis.register_script(_SWAP)
         self._upgrade()
 
     def _key(self, execution_id: str) -> str:
@@ -360,7 +388,7 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------
 
     @_translated
-    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+    def apply_many(self, items: Sequence[tuple[str, Decide]], *, whole: bool = False) -> list[Outcome]:
         ids = list(dict.fromkeys(execution_id for execution_id, _ in items))
         for _attempt in range(MAX_ATTEMPTS):
             raw = dict(zip(ids, self._redis.mget([self._key(execution_id) for execution_id in ids])))
@@ -373,7 +401,7 @@ class RedisStore(Store):
                               for execution_id, status in zip(absent, statuses) if status}
             names = self._task_names()
             batch = decide_batch(items, stored, tombstones, names, lambda: self._redis.zcard(self._ids),
-                                 self.max_executions)
+                                 self.max_executions, whole)
             raw_tasks: dict[str, bytes | None] = {}
             if batch.task_changes:
                 raw_tasks = self._read_tasks([name for name, *_ in batch.task_changes])
@@ -394,7 +422,7 @@ class RedisStore(Store):
         decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
         0 stale."""
         keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks,
-                self._task_records, self._task_deadlines, self._declared]
+                self._task_records, self._task_deadlines, self._declared, self._ping_uuids]
         records: list[str] = []
         for execution_id, record in batch.changed.items():
             keys.append(self._key(execution_id))
@@ -423,28 +451,39 @@ class RedisStore(Store):
         for name, task in batch.tasks.items():
             read = raw_tasks.get(name)
             tasks += (name, "" if read is None else read.decode(), encode_task(task), _score(task.deadline_at),
-                      "1" if is_declared(task) else "0")
+                      "1" if is_declared(task) else "0",
+                      (ping_uuid_of(decode_task(read)) or "") if read is not None else "", ping_uuid_of(task) or "")
         return self._write_script(keys=keys, args=[
             self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
             _SEPARATOR.join(moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
             self._records, _SEPARATOR.join(tasks)])
 
     @_translated
-    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]], *, headroom: int = 0) -> list[TaskOutcome]:
         for _attempt in range(MAX_ATTEMPTS):
             raw_tasks = self._read_tasks([name for name, _ in items])
-            names = self._task_names()
+            names = self._task_names(headroom)
             batch = decide_tasks(items, _decoded_tasks(raw_tasks), names)
             if not batch.tasks or self._write(batch, {}, {}, names, raw_tasks) == 1:
                 return batch.results
         raise StoreUnavailable(f"redis: {len(items)} tasks kept changing under {MAX_ATTEMPTS} attempts")
 
-    def _task_names(self) -> TaskNames:
+    def _task_names(self, headroom: int = 0) -> TaskNames:
         """Return the task-name labels of one batch, as this store holds them."""
-        return TaskNames(self.max_task_names,
+        return TaskNames(self.max_task_names - headroom,
                          lambda name: self._holds_name(name, lambda known: bool(self._redis.sismember(self._tasks,
                                                                                                       known))),
                          lambda: self._redis.scard(self._tasks))
+
+    @_translated
+    def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
+        name = self._redis.hget(self._ping_uuids, ping_uuid)
+        return name.decode() if name is not None else None
+
+    @_translated
+    def note(self, key: str, value: float | str) -> float | str | None:
+        old = self._swap(keys=[self._notes], args=[key, value if isinstance(value, str) else repr(value)])
+        return _note_value(old) if old is not None else None
 
     @_translated
     def get_task(self, name: str) -> Task | None:
@@ -540,10 +579,13 @@ class RedisStore(Store):
                        | {name.decode() for name in self._redis.smembers(self._tasks) - set(seen)})
         if not names:
             return
+        uuids = [(ping_uuid_of(decode_task(raw)) or "") if raw is not None else ""
+                 for raw in self._redis.hmget(self._task_records, names)]
         released = self._release_script(
             keys=[self._tasks, self._task_seen, self._counters, self._exemplars, self._task_records,
-                  self._task_deadlines, self._declared, *(self._index("task", name) for name in names)],
-            args=[repr(cutoff), _SEPARATOR.join(names)])
+                  self._task_deadlines, self._declared, self._ping_uuids,
+                  *(self._index("task", name) for name in names)],
+            args=[repr(cutoff), _SEPARATOR.join(names), _SEPARATOR.join(uuids)])
         for name in released:
             log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
                      self.task_retention)
@@ -557,6 +599,10 @@ class RedisStore(Store):
             self._add_hash_tag()
         if int(self._redis.get(version) or 1) < 2:
             self._build_indexes()
+        for raw in self._redis.hvals(self._task_records):
+            task = decode_task(raw)
+            if (ping_uuid := ping_uuid_of(task)) is not None:
+                self._redis.hsetnx(self._ping_uuids, ping_uuid, task.task_name)
         self._redis.set(version, _SCHEMA)
 
     def _add_hash_tag(self) -> None:
@@ -594,7 +640,8 @@ class RedisStore(Store):
             pipe.hgetall(self._exemplars)
             pipe.smembers(self._tasks)
             pipe.hvals(self._task_records)
-            counters, exemplars, tasks, task_records = pipe.execute()
+            pipe.hgetall(self._notes)
+            counters, exemplars, tasks, task_records, notes = pipe.execute()
         # HSCAN in chunks: never one command that holds Redis for the whole fleet
         encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
 
@@ -605,7 +652,8 @@ class RedisStore(Store):
         return Snapshot(decode_rows(encoded), {series(f): float(v) for f, v in counters.items()},
                         sorted(t.decode() for t in tasks),
                         {series(f): tuple(json.loads(v)) for f, v in exemplars.items()},
-                        sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name))
+                        sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name),
+                        {key.decode(): _note_value(value) for key, value in notes.items()})
 
     @_translated
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from ..core.executions import FINAL_STATUSES, Execution, Outcome, tombstone
-from ..core.tasks import Task, TaskOutcome, is_declared
+from ..core.tasks import Task, TaskOutcome, is_declared, ping_uuid_of
 from .base import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_TASK_RETENTION_SECONDS,
-    CapacityError,
     Decide,
     DecideTask,
     ReaperMark,
@@ -91,6 +90,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     data TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks(deadline_at) WHERE deadline_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ping_uuids (uuid TEXT PRIMARY KEY, task_name TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ping_uuids_task ON ping_uuids(task_name);
+CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('tracked', 0);
 """
 
@@ -165,7 +167,7 @@ class _Batch:
     """
 
     def __init__(self, store: SQLiteStore, conn: sqlite3.Connection, items: Sequence[tuple[str, Decide]],
-                 *, locked: bool):
+                 *, locked: bool, whole: bool = False):
         self.store = store
         self.stored: dict[str, Execution] = {}
         tombstones: dict[str, Execution] = {}
@@ -192,7 +194,8 @@ class _Batch:
             self.tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
             return self.tracked
 
-        self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions)
+        self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions,
+                                    whole)
         self.stored_tasks: dict[str, Task] = {}
         if self.decided.task_changes:
             self.stored_tasks = _read_tasks(conn, [name for name, *_ in self.decided.task_changes])
@@ -200,7 +203,7 @@ class _Batch:
         self._encode()
 
     @property
-    def results(self) -> list[Outcome | CapacityError]:
+    def results(self) -> list[Outcome]:
         return self.decided.results
 
     def still_holds(self, conn: sqlite3.Connection) -> bool:
@@ -284,25 +287,38 @@ def _read_tasks(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, Tas
     return found
 
 
-def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[list[tuple], list[tuple]]:
-    """Return the rows to insert and to update (each naming the version read) for ``changed``."""
+def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Return the rows to insert, to update (each naming the version read), and each changed
+    task's ping uuid, for ``changed``."""
     inserts, updates = [], []
+    uuids = [(name, ping_uuid_of(task)) for name, task in changed.items()]
     for name, task in changed.items():
         if name in stored:
             updates.append((task.deadline_at, int(is_declared(task)), task.version, encode_task(task), name,
                             stored[name].version))
         else:
             inserts.append((name, task.deadline_at, int(is_declared(task)), task.version, encode_task(task)))
-    return inserts, updates
+    return inserts, updates, uuids
 
 
-def _write_tasks(conn: sqlite3.Connection, inserts: list[tuple], updates: list[tuple]) -> bool:
-    """Write the tasks; returns False when an update found its task at another version."""
+def _write_tasks(conn: sqlite3.Connection, inserts: list[tuple], updates: list[tuple], uuids: list[tuple]) -> bool:
+    """Write the tasks and their ping uuids; returns False when an update found its task at
+    another version."""
     if updates and conn.executemany(_UPDATE_TASK, updates).rowcount != len(updates):
         return False
     if inserts:
         conn.executemany(_INSERT_TASK, inserts)
+    for name, ping_uuid in uuids:
+        _index_ping_uuid(conn, name, ping_uuid)
     return True
+
+
+def _index_ping_uuid(conn: sqlite3.Connection, name: str, ping_uuid: str | None) -> None:
+    """Point ``ping_uuid`` at task ``name`` unless another task holds it: a uuid is never
+    taken from its holder (the declaring door refuses that first; this keeps a race from it)."""
+    conn.execute("DELETE FROM ping_uuids WHERE task_name = ? AND uuid IS NOT ?", (name, ping_uuid))
+    if ping_uuid is not None:
+        conn.execute("INSERT OR IGNORE INTO ping_uuids VALUES (?, ?)", (ping_uuid, name))
 
 
 @functools.lru_cache(maxsize=4096)  # label sets are few (task names are capped), used on every write
@@ -343,6 +359,12 @@ class SQLiteStore(Store):
         counters = {row[1] for row in conn.execute("PRAGMA table_info(counters)")}
         if "exemplar" not in counters:
             conn.execute("ALTER TABLE counters ADD COLUMN exemplar TEXT")
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'ping_uuids_indexed'").fetchone() is None:
+            conn.execute("BEGIN IMMEDIATE")
+            for name, data in conn.execute("SELECT task_name, data FROM tasks ORDER BY task_name").fetchall():
+                _index_ping_uuid(conn, name, ping_uuid_of(decode_task(data)))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('ping_uuids_indexed', 1)")
+            conn.execute("COMMIT")
         executions = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
         if "metric_row" not in executions:
             conn.execute("BEGIN IMMEDIATE")
@@ -478,12 +500,12 @@ class SQLiteStore(Store):
 
     # -- the Store interface -------------------------------------------------------
 
-    def apply_many(self, items: Sequence[tuple[str, Decide]]) -> list[Outcome | CapacityError]:
+    def apply_many(self, items: Sequence[tuple[str, Decide]], *, whole: bool = False) -> list[Outcome]:
         # One transaction for the batch: the records read once, the decisions made in order
         # in memory (before taking the write lock when that is safe), then each changed
         # record written once and each counter added to once.
         try:
-            guess = _Batch(self, self._connection(), items, locked=False)
+            guess = _Batch(self, self._connection(), items, locked=False, whole=whole)
         except sqlite3.DatabaseError as exc:
             self._drop_connection()
             raise _unavailable(exc) from exc
@@ -497,13 +519,13 @@ class SQLiteStore(Store):
         except _Stale:
             pass  # another writer got there first: decide again, under the lock
         with self._transaction() as conn:
-            batch = _Batch(self, conn, items, locked=True)
+            batch = _Batch(self, conn, items, locked=True, whole=whole)
             if not batch.write(conn):
                 # impossible under the write lock: a broken invariant, not a race
                 raise RuntimeError("compare-and-set lost on an execution")
             return batch.results
 
-    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]]) -> list[TaskOutcome | CapacityError]:
+    def apply_tasks(self, items: Sequence[tuple[str, DecideTask]], *, headroom: int = 0) -> list[TaskOutcome]:
         # Declarations and missed slots are few: decided under the write lock.
         with self._transaction() as conn:
             stored = _read_tasks(conn, [name for name, _ in items])
@@ -511,7 +533,7 @@ class SQLiteStore(Store):
             def in_store(name: str) -> bool:
                 return conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone() is not None
 
-            names = TaskNames(self.max_task_names, in_store,
+            names = TaskNames(self.max_task_names - headroom, in_store,
                               lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0])
             decided = decide_tasks(items, stored, names)
             if names.added:
@@ -521,6 +543,17 @@ class SQLiteStore(Store):
             if not _write_tasks(conn, *_task_writes(decided.tasks, stored)):
                 raise RuntimeError("compare-and-set lost on a task")  # impossible under the write lock
         return decided.results
+
+    def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
+        rows = self._read("SELECT task_name FROM ping_uuids WHERE uuid = ?", (ping_uuid,))
+        return rows[0][0] if rows else None
+
+    def note(self, key: str, value: float | str) -> float | str | None:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM notes WHERE key = ?", (key,)).fetchone()
+            conn.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (key, value))
+        return row[0] if row else None
 
     def get_task(self, name: str) -> Task | None:
         rows = self._read("SELECT data FROM tasks WHERE task_name = ?", (name,))
@@ -584,6 +617,7 @@ class SQLiteStore(Store):
             for (name,) in conn.execute(_RELEASABLE, (now - self.task_retention,)).fetchall():
                 conn.execute("DELETE FROM task_names WHERE name = ?", (name,))
                 conn.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
+                conn.execute("DELETE FROM ping_uuids WHERE task_name = ?", (name,))
                 # Its series go with it: names that come and go must not grow the counters.
                 conn.execute("DELETE FROM counters WHERE name LIKE 'task\\_%' ESCAPE '\\'"
                              " AND json_extract(labels, '$[0]') = ?", (name,))
@@ -602,7 +636,8 @@ class SQLiteStore(Store):
                     exemplars[key] = tuple(json.loads(exemplar))
             task_names = [name for (name,) in conn.execute("SELECT name FROM task_names")]
             tasks = [decode_task(data) for (data,) in conn.execute("SELECT data FROM tasks ORDER BY task_name")]
-        return Snapshot(rows, counters, task_names, exemplars, tasks)
+            notes = dict(conn.execute("SELECT key, value FROM notes"))
+        return Snapshot(rows, counters, task_names, exemplars, tasks, notes)
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:

@@ -91,6 +91,15 @@ BRIDGE_TRACKED_LIMIT = Family("bridge_tracked_executions_limit", "gauge",
 BRIDGE_TASK_NAMES = Family("bridge_task_names", "gauge", "Distinct task names in metric labels.")
 BRIDGE_TASK_NAMES_LIMIT = Family("bridge_task_names_limit", "gauge",
                                  "Most distinct task names before _other (BRIDGE_MAX_TASK_NAMES).")
+BRIDGE_TASKS_FILE_OK = Family("bridge_tasks_file_reload_success", "gauge",
+                              "1 when BRIDGE_TASKS_FILE last read and checked well; 0 while a bad rewrite "
+                              "keeps the declarations read before in force.")
+BRIDGE_TASKS_FILE_RELOADED = Family("bridge_tasks_file_last_reload_timestamp_seconds", "gauge",
+                                    "When BRIDGE_TASKS_FILE was last read and applied well (unix seconds).")
+#: The store notes (``Store.note``) the tasks file's state is kept under, shared by every worker.
+TASKS_FILE_OK = "tasks_file.ok"
+TASKS_FILE_RELOADED_AT = "tasks_file.reloaded_at"
+TASKS_FILE_ERROR = "tasks_file.error"
 BRIDGE_BUILD_INFO = Family("bridge_build_info", "gauge", "Version of the running bridge; always 1.", ("version",))
 
 # Per task, kept while it is declared or ran within BRIDGE_TASK_RETENTION_SECONDS.

@@ -210,7 +210,11 @@ class Exposition:
             telemetry.add_metric([stage], snapshot.counters.get((f.TELEMETRY_ERRORS, (stage,)), 0.0))
         build = _family(f.BRIDGE_BUILD_INFO)
         build.add_metric([self.version], 1)
-        return (rejected, telemetry,
+        tasks_file = [_family(definition, float(snapshot.notes[note]))
+                      for definition, note in ((f.BRIDGE_TASKS_FILE_OK, f.TASKS_FILE_OK),
+                                               (f.BRIDGE_TASKS_FILE_RELOADED, f.TASKS_FILE_RELOADED_AT))
+                      if isinstance(snapshot.notes.get(note), (int, float))]
+        return (rejected, telemetry, *tasks_file,
                 _family(f.BRIDGE_TRACKED, len(snapshot.rows)),
                 _family(f.BRIDGE_TRACKED_LIMIT, self.store.max_executions),
                 _family(f.BRIDGE_TASK_NAMES, len(snapshot.task_names)),

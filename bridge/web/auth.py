@@ -14,8 +14,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from ..core.errors import Forbidden, NotFound, Unauthorized
 from ..service.config import Settings
-from .errors import Forbidden, Unauthorized
 
 __all__ = ["Authorizer", "Grant", "execution_token"]
 
@@ -61,6 +61,9 @@ class Authorizer:
         self._fleet = tuple(t.encode() for t in settings.auth_tokens)
         self._secret = settings.execution_token_secret
         self._metrics = settings.metrics_token.encode() if settings.metrics_token else None
+        self._ping_keys = tuple(key.encode() for key in settings.ping_keys)
+        # public key -> the project it is bound to ("" for any)
+        self._sentry_keys = {key.partition("@")[0]: key.partition("@")[2] for key in settings.sentry_keys}
 
     @property
     def ingest_open(self) -> bool:
@@ -94,6 +97,32 @@ class Authorizer:
         expected = execution_token(self._secret, execution_id)
         if not hmac.compare_digest(grant.token.encode(), expected.encode()):
             raise Forbidden(f"the token does not grant execution {execution_id}", "Authorization")
+
+    def ping_key(self, key: str) -> None:
+        """Raise :class:`NotFound` unless ``key`` is one of ``BRIDGE_PING_KEYS`` (as Healthchecks
+        answers a ping to a key it does not know)."""
+        matched = False
+        for known in self._ping_keys:
+            matched |= hmac.compare_digest(key.encode(), known)
+        if not matched:
+            raise NotFound("not found", "ping_key")
+
+    def sentry(self, key: str | None, project: str) -> None:
+        """Check a Sentry check-in's public key: one of ``BRIDGE_SENTRY_KEYS`` when that is set,
+        and a key bound to a project (``<key>@<project>``) only on that project's URL.
+        Raises :class:`Unauthorized` or :class:`Forbidden`."""
+        if not key:
+            raise Unauthorized("missing authorization information", "X-Sentry-Auth")
+        if not self._sentry_keys:
+            return
+        bound = None
+        for known, known_project in self._sentry_keys.items():
+            if hmac.compare_digest(key.encode(), known.encode()):
+                bound = known_project
+        if bound is None:
+            raise Unauthorized("the public key is not one of BRIDGE_SENTRY_KEYS", "sentry_key")
+        if bound and bound != project:
+            raise Forbidden(f"the public key is bound to project {bound}, not {project}", "sentry_key")
 
     @property
     def read_open(self) -> bool:

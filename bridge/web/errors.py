@@ -1,98 +1,70 @@
-"""The API's refusals as error types, answered in JSON: ``{"error": "...", "field": "..."}``.
+"""The refusals as HTTP answers: each kind of :class:`~bridge.core.errors.BridgeError` has one status.
 
-Every refusal is an :class:`ApiError` carrying its HTTP status, the field at fault and
-the reason counted in ``bridge_requests_rejected_total``; the store's errors are mapped
-here too, so that no view or validator answers an error itself, and nothing is ever an
-HTML page.
+Views raise; they never answer an error themselves. Each protocol blueprint registers one
+handler with :func:`refusals`, which counts the refusal in ``bridge_requests_rejected_total``
+under the blueprint's endpoint label and renders it in the protocol's own style (JSON
+``{"error", "field"}`` for the native API, Healthchecks' plain text, Sentry's
+``{"detail"}``, an HTML page). The app-wide handlers here answer what no blueprint took.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from flask import Flask, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..store import CapacityError, StoreUnavailable
+from ..core.errors import (
+    BridgeError,
+    CapacityError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidJSON,
+    NotFound,
+    RequestTimeout,
+    StoreUnavailable,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .extension import current_bridge
 
-__all__ = ["ApiError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout", "TooLarge",
-           "Unauthorized", "UnsupportedMediaType", "error_response", "init_app"]
+__all__ = ["ApiError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout",
+           "TooLarge", "Unauthorized", "UnsupportedMediaType", "error_response", "http_status", "init_app",
+           "refusals"]
 
 log = logging.getLogger(__name__)
 
+#: What the web surface refuses with: every error of the bridge.
+ApiError = BridgeError
 RETRY_AFTER_SECONDS = "5"
+#: Each kind of error's status, the most specific first.
+_STATUS: tuple[tuple[type[BridgeError], int], ...] = (
+    (TooLarge, 413),
+    (InvalidInput, 400),
+    (UnsupportedMediaType, 415),
+    (RequestTimeout, 408),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (CapacityError, 429),
+    (StoreUnavailable, 503),
+)
 #: Refusals of requests no endpoint took, by status: their reason in the rejection counter.
 _COUNTED = {404: "not_found", 405: "method_not_allowed"}
 
-
-class ApiError(Exception):
-    """A refused request: ``status``, the ``field`` at fault, the ``reason`` it is counted under."""
-
-    status = 400
-    reason = "invalid_field"
-
-    def __init__(self, message: str, field: str | None = None, *, reason: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        if reason is not None:
-            self.reason = reason
+Render = Callable[[BridgeError, int], Response]
 
 
-class InvalidInput(ApiError):
-    """400: a field is missing or wrong."""
+def http_status(exc: BridgeError) -> int:
+    """Return the HTTP status that answers ``exc``."""
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 500)
 
 
-class InvalidJSON(InvalidInput):
-    """400: the body is not JSON the bridge can read."""
-
-    reason = "invalid_json"
-
-
-class Unauthorized(ApiError):
-    """401: no bearer token, or a wrong one."""
-
-    status, reason = 401, "unauthorized"
-
-
-class Forbidden(ApiError):
-    """403: the token does not grant this execution."""
-
-    status, reason = 403, "forbidden"
-
-
-class NotFound(ApiError):
-    """404: no such execution."""
-
-    status, reason = 404, "not_found"
-
-
-class Conflict(ApiError):
-    """409: the request contradicts what the bridge already holds."""
-
-    status, reason = 409, "conflict"
-
-
-class RequestTimeout(ApiError):
-    """408: the body did not arrive in time."""
-
-    status, reason = 408, "timeout"
-
-
-class TooLarge(ApiError):
-    """413: a body, a field or a batch is larger than allowed."""
-
-    status, reason = 413, "too_large"
-
-
-class UnsupportedMediaType(ApiError):
-    """415: the body is not ``application/json``."""
-
-    status, reason = 415, "unsupported_media_type"
-
-
-def error_response(status: int, message: str, field: str | None = None):
+def error_response(status: int, message: str, field: str | None = None) -> Response:
     """Return a Flask response with the JSON error body and ``status``."""
     body = {"error": message}
     if field is not None:
@@ -102,31 +74,52 @@ def error_response(status: int, message: str, field: str | None = None):
     return response
 
 
+def _json(exc: BridgeError, status: int) -> Response:
+    return error_response(status, exc.message, exc.field)
+
+
+def _finish(response: Response, exc: BridgeError) -> Response:
+    """Add what every refusal of its kind carries: the challenge of a 401, when to retry a 429 or 503."""
+    if isinstance(exc, Unauthorized) and "WWW-Authenticate" not in response.headers:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="heartbeat-bridge"'
+    if isinstance(exc, (CapacityError, StoreUnavailable)) and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def refusals(bp: Blueprint, endpoint: str | Callable[[], str], render: Render = _json) -> None:
+    """Answer every :class:`BridgeError` a view of ``bp`` raises with ``render``, counting it
+    under ``endpoint`` (a label, or a function of the request that returns one).
+
+    A store that is down is logged, not counted: it is no refusal of the request.
+    """
+
+    @bp.errorhandler(BridgeError)
+    def refused(exc: BridgeError) -> Response:
+        if isinstance(exc, StoreUnavailable):
+            log.warning("store unavailable: %s", exc)
+        else:
+            current_bridge().monitor.reject(endpoint if isinstance(endpoint, str) else endpoint(), exc.reason)
+        return _finish(render(exc, http_status(exc)), exc)
+
+
+def by_view(labels: dict[str, str] | None = None) -> Callable[[], str]:
+    """Return an endpoint label function: the view's name, or its entry in ``labels``."""
+    def label() -> str:
+        view = (request.endpoint or "").rpartition(".")[2]
+        return (labels or {}).get(view, view)
+    return label
+
+
 def init_app(app: Flask) -> None:
-    """Register the error handlers on ``app``."""
+    """Register the app-wide error handlers on ``app``: what no blueprint's handler took."""
 
-    @app.errorhandler(ApiError)
-    def refused(exc: ApiError):
-        response = error_response(exc.status, exc.message, exc.field)
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="heartbeat-bridge"'
-        return response
-
-    @app.errorhandler(CapacityError)
-    def capacity(exc: CapacityError):
-        response = error_response(429, f"the bridge is at its limit: {exc}")
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
-
-    @app.errorhandler(StoreUnavailable)
-    def store_unavailable(exc: StoreUnavailable):
-        log.warning("store unavailable: %s", exc)
-        response = error_response(503, "the store is unavailable; retry later")
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+    @app.errorhandler(BridgeError)
+    def refused(exc: BridgeError) -> Response:
+        return _finish(_json(exc, http_status(exc)), exc)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
         if code in _COUNTED:  # no endpoint of the bridge took the request: counted as "http"
             current_bridge().monitor.reject("http", _COUNTED[code])
@@ -141,6 +134,6 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
+    def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
         return error_response(500, "internal error")

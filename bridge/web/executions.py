@@ -6,16 +6,19 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from ..core.errors import Conflict, InvalidInput, NotFound
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
-from .errors import ApiError, Conflict, InvalidInput, NotFound
+from .errors import by_view, refusals
 from .extension import current_bridge
-from .ingest import event_answer, ingest
+from .ingest import event_answer, json_body
 from .validation import parse_announcement
 
 __all__ = ["bp", "execution_json"]
 
 bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
+refusals(bp, by_view({"announce": "announcement", "list_executions": "executions", "get_execution": "executions",
+                      "forget": "executions"}))
 
 
 @bp.before_request
@@ -71,8 +74,10 @@ def announce(execution_id: str):
     """Announce an execution before its container starts: it is ``starting`` as a run of its
     task, and its heartbeats fill in the rest. Idempotent; after its end a duplicate."""
     bridge = current_bridge()
-    return ingest("announcement", lambda body: parse_announcement(execution_id, body),
-                  lambda announcement: event_answer(announcement.execution_id, bridge.monitor.announce(announcement)))
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    announcement = parse_announcement(execution_id, json_body(bridge.settings.max_body_bytes))
+    bridge.authorizer.check(grant, announcement.execution_id)
+    return event_answer(announcement.execution_id, bridge.monitor.announce(announcement))
 
 
 @bp.delete("/<path:execution_id>")
@@ -81,20 +86,16 @@ def forget(execution_id: str):
     its retention: its series leave /metrics, so its alerts resolve; nothing is counted.
     404 for an unknown one, 409 for one still running or starting."""
     bridge = current_bridge()
-    try:
-        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
-        canonical = normalise_id(execution_id)
-        if canonical is None:
-            raise NotFound(f"no execution {execution_id[:128]!r}", "execution_id")
-        bridge.authorizer.check(grant, canonical)
-        outcome = bridge.monitor.forget(canonical)
-        if outcome.result == "missing":
-            raise NotFound(f"no execution {canonical!r}", "execution_id")
-        if outcome.result == "live":
-            raise Conflict(f"execution {canonical!r} is still running: it can be forgotten once it "
-                           "has ended or is lost", "execution_id")
-    except ApiError as exc:
-        bridge.monitor.reject("executions", exc.reason)
-        raise
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    canonical = normalise_id(execution_id)
+    if canonical is None:
+        raise NotFound(f"no execution {execution_id[:128]!r}", "execution_id")
+    bridge.authorizer.check(grant, canonical)
+    outcome = bridge.monitor.forget(canonical)
+    if outcome.result == "missing":
+        raise NotFound(f"no execution {canonical!r}", "execution_id")
+    if outcome.result == "live":
+        raise Conflict(f"execution {canonical!r} is still running: it can be forgotten once it "
+                       "has ended or is lost", "execution_id")
     assert outcome.record is not None
     return jsonify(status="ok", execution_id=canonical, forgotten=True, execution_status=outcome.record.status)

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..core.errors import BridgeError, InvalidInput, RequestTimeout, TooLarge, UnsupportedMediaType
 from ..core.events import Heartbeat
 from ..core.executions import Outcome
-from ..store import CapacityError
-from .errors import ApiError, InvalidInput, RequestTimeout, TooLarge, UnsupportedMediaType
+from .errors import by_view, http_status, refusals
 from .extension import current_bridge
 from .validation import parse_completion, parse_container_event, parse_heartbeat, parse_json
 
-__all__ = ["FAST_PATH_ERROR", "bp", "event_answer", "heartbeat_answer", "ingest", "is_json_mimetype",
-           "json_body"]
+__all__ = ["FAST_PATH_ERROR", "bp", "event_answer", "heartbeat_answer", "is_json_mimetype", "json_body"]
 
 bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
+refusals(bp, by_view())
 
 #: The environ key in which :mod:`bridge.fastpath` hands the heartbeat view the error of a
 #: heartbeat it already gave the store, for the view to answer without applying it again.
 FAST_PATH_ERROR = "bridge.fast_path_error"
-
-class _Event(Protocol):
-    @property
-    def execution_id(self) -> str: ...
-
-
-T = TypeVar("T", bound=_Event)
-
 
 def _too_large(max_bytes: int) -> TooLarge:
     return TooLarge(f"body is larger than {max_bytes} bytes", "body")
@@ -74,22 +65,6 @@ def json_body(max_bytes: int) -> Any:
     return parse_json(body)
 
 
-def ingest(endpoint: str, parse: Callable[[Any], T], act: Callable[[T], Any]):
-    """Check the token, parse the body, act on it; count a refusal under ``endpoint``."""
-    bridge = current_bridge()
-    try:
-        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
-        item = parse(json_body(bridge.settings.max_body_bytes))
-        bridge.authorizer.check(grant, item.execution_id)
-        return act(item)
-    except ApiError as exc:
-        bridge.monitor.reject(endpoint, exc.reason)
-        raise
-    except CapacityError:
-        bridge.monitor.reject(endpoint, "capacity")
-        raise
-
-
 def heartbeat_answer(execution_id: str, outcome: Outcome) -> dict[str, Any]:
     """Return the body of the 200 answer to a committed heartbeat."""
     if outcome.record is None:
@@ -102,28 +77,27 @@ def heartbeat_answer(execution_id: str, outcome: Outcome) -> dict[str, Any]:
 def heartbeat():
     """Record one heartbeat; 200 ``{"status": "ok"}`` once it is committed.
 
-    Most heartbeats are answered by :mod:`bridge.fastpath` before they reach Flask; this
+    Most heartbeats are answered by :mod:`bridge.web.fastpath` before they reach Flask; this
     view serves the others, and answers the errors the fast path hands it.
     """
     bridge = current_bridge()
-
-    def act(hb):
-        error = request.environ.pop(FAST_PATH_ERROR, None)
-        if error is not None:
-            raise error
-        return jsonify(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
-
-    return ingest("heartbeat", lambda body: parse_heartbeat(
-        body, bridge.limits, request.headers.get("traceparent")), act)
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    hb = parse_heartbeat(json_body(bridge.settings.max_body_bytes), bridge.limits, request.headers.get("traceparent"))
+    bridge.authorizer.check(grant, hb.execution_id)
+    error = request.environ.pop(FAST_PATH_ERROR, None)
+    if error is not None:
+        raise error
+    return jsonify(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
 
 
 @bp.post("/completion")
 def completion():
     """Record a completion; a repeat answers 200 with ``"duplicate": true`` and changes nothing."""
     bridge = current_bridge()
-
-    return ingest("completion", lambda body: parse_completion(body, bridge.limits),
-                   lambda c: event_answer(c.execution_id, bridge.monitor.complete(c), c.warnings))
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    done = parse_completion(json_body(bridge.settings.max_body_bytes), bridge.limits)
+    bridge.authorizer.check(grant, done.execution_id)
+    return event_answer(done.execution_id, bridge.monitor.complete(done), done.warnings)
 
 
 def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()):
@@ -142,9 +116,16 @@ def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] 
 def container_event():
     """Record a Docker agent's start, die or oom report; a repeat after the end is a duplicate."""
     bridge = current_bridge()
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    event = parse_container_event(json_body(bridge.settings.max_body_bytes))
+    bridge.authorizer.check(grant, event.execution_id)
+    return event_answer(event.execution_id, bridge.monitor.container_event(event))
 
-    return ingest("container_event", parse_container_event,
-                   lambda event: event_answer(event.execution_id, bridge.monitor.container_event(event)))
+
+#: What a heartbeat of a batch refused after parsing is answered: (status, reason, message).
+_ITEM_REFUSALS = {"capacity": (429, "capacity", "the bridge tracks as many executions as BRIDGE_MAX_EXECUTIONS "
+                               "allows"),
+                  "conflict": (409, "conflict", "task_schedule.ping_uuid is held by another task")}
 
 
 @bp.post("/heartbeats")
@@ -152,36 +133,34 @@ def heartbeats():
     """Record many heartbeats (a JSON array); 200 with one result per item, in order.
 
     A bad item is refused on its own (its result carries ``error``, ``field`` and the
-    ``code`` a single heartbeat would have got); the others are applied together.
+    ``code`` a single heartbeat would have got) and changes nothing; the others are
+    applied together.
     """
     bridge = current_bridge()
     settings = bridge.settings
-    try:
-        grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
-        body = json_body(settings.max_batch_body_bytes)
-        if not isinstance(body, list):
-            raise InvalidInput("body must be a JSON array of heartbeats", "body")
-        if len(body) > settings.max_batch_items:
-            raise TooLarge(f"at most {settings.max_batch_items} heartbeats per request", "body")
-    except ApiError as exc:
-        bridge.monitor.reject("heartbeats", exc.reason)
-        raise
+    grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
+    body = json_body(settings.max_batch_body_bytes)
+    if not isinstance(body, list):
+        raise InvalidInput("body must be a JSON array of heartbeats", "body")
+    if len(body) > settings.max_batch_items:
+        raise TooLarge(f"at most {settings.max_batch_items} heartbeats per request", "body")
     results: list[dict | None] = [None] * len(body)
     valid: list[tuple[int, Heartbeat]] = []
     refused: Counter = Counter()
     for index, item in enumerate(body):
-        try:
-            hb = parse_heartbeat(item, bridge.limits)
-            bridge.authorizer.check(grant, hb.execution_id)
+        hb = _batch_item(item, bridge, grant)
+        if isinstance(hb, BridgeError):
+            refused[hb.reason] += 1
+            results[index] = {"status": "error", "error": hb.message, "field": hb.field, "code": http_status(hb)}
+        else:
             valid.append((index, hb))
-        except ApiError as exc:
-            refused[exc.reason] += 1
-            results[index] = {"status": "error", "error": exc.message, "field": exc.field, "code": exc.status}
     outcomes = bridge.monitor.heartbeats([hb for _, hb in valid]) if valid else []
     for (index, hb), outcome in zip(valid, outcomes):
-        if isinstance(outcome, CapacityError):
-            refused["capacity"] += 1
-            results[index] = {"status": "error", "error": str(outcome), "field": "execution_id", "code": 429}
+        if outcome.result in _ITEM_REFUSALS:
+            code, reason, message = _ITEM_REFUSALS[outcome.result]
+            refused[reason] += 1
+            field = "task_schedule.ping_uuid" if reason == "conflict" else "execution_id"
+            results[index] = {"status": "error", "error": message, "field": field, "code": code}
         elif outcome.record is None:
             results[index] = {"status": "ok", "execution_id": hb.execution_id, "ignored": True}
         else:
@@ -191,3 +170,14 @@ def heartbeats():
         bridge.monitor.reject("heartbeats", reason, count)
     return jsonify(status="ok", accepted=len(body) - sum(refused.values()),
                    rejected=sum(refused.values()), results=results)
+
+
+def _batch_item(item: Any, bridge: Any, grant: Any) -> Heartbeat | BridgeError:
+    """Return one item of a batch as a heartbeat its token grants, or the refusal that answers
+    it (a batch answers each item: one bad item refuses no other)."""
+    try:
+        hb = parse_heartbeat(item, bridge.limits)
+        bridge.authorizer.check(grant, hb.execution_id)
+    except BridgeError as exc:
+        return exc
+    return hb

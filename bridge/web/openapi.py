@@ -8,24 +8,24 @@ from .. import __version__
 from ..core.declarations import MAX_FAILURE_THRESHOLD, MAX_GRACE_SECONDS, MAX_PERIOD_SECONDS
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES
 from ..core.executions import STATUSES
-from ..core.tasks import DECLARATION_SOURCES, TASK_STATUSES
-from ..service.config import Settings
-from .validation import (
-    MAX_CONTAINER_NAME,
+from ..core.inputs import (
+    LABEL_KEY,
+    MAX_DESCRIPTION,
     MAX_ERROR_MESSAGE,
-    MAX_IMAGE,
-    MAX_INTERVAL,
     MAX_LABEL_VALUE,
     MAX_LABELS,
-    MAX_RUNTIME,
     MAX_TEXT,
-    MAX_TIMESTAMP,
+    MAX_URL,
+    PING_KEY,
 )
+from ..core.tasks import DECLARATION_SOURCES, TASK_STATUSES
+from ..service.config import Settings
+from .validation import MAX_CONTAINER_NAME, MAX_IMAGE, MAX_INTERVAL, MAX_RUNTIME, MAX_TIMESTAMP
 
 __all__ = ["document"]
 
 _NO_CONTROL = "[^\\u0000-\\u001f\\u007f]"
-#: Text without control characters and not blank, as ``validation._text`` demands.
+#: Text without control characters and not blank, as ``bridge.core.inputs.text`` demands.
 _TEXT_PATTERN = f"^{_NO_CONTROL}*[^\\s\\u0000-\\u001f\\u007f]{_NO_CONTROL}*$"
 
 
@@ -63,7 +63,10 @@ def _sentry_answer(code: str, description: str) -> dict:
 
 def _sentry_errors(*codes: int) -> dict:
     meaning = {400: "not an envelope, or a wrong check-in", 401: "a missing or unknown public key",
-               404: "a project id that is not a number", 413: "too large", 415: "an unknown Content-Encoding",
+               403: "the public key is bound to another project",
+               404: "a project id that is not a number",
+               409: "the monitor is another project's (or no monitor), or check_in_id names another's run",
+               413: "too large, or more than 100 check-ins", 415: "an unknown Content-Encoding",
                429: "a limit (executions, task names)",
                503: "the store is unavailable; retry"}
     # a path that is no route (a project id not a number) gets the bridge's own 404
@@ -88,7 +91,7 @@ def document(settings: Settings) -> dict[str, Any]:
     ingest_codes = (400, 401, 403, 413, 415, 429, 503)
     task_name = _text(MAX_TEXT)
     label_map = {"type": "object", "maxProperties": MAX_LABELS,
-                 "propertyNames": {"pattern": "^[a-zA-Z_][a-zA-Z0-9_]{0,62}$"},
+                 "propertyNames": {"pattern": f"^{LABEL_KEY.pattern}$"},
                  "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE,
                                           "pattern": f"^{_NO_CONTROL}*$"}}
     schemas = {
@@ -116,9 +119,12 @@ def document(settings: Settings) -> dict[str, Any]:
             "max_runtime_seconds": _nullable({"type": "number", "minimum": 1, "maximum": MAX_RUNTIME}),
             "failure_threshold": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_FAILURE_THRESHOLD}),
             "labels": _nullable(label_map),
-            "description": _nullable(_text(1024)),
-            "runbook_url": _nullable(_text(1024)),
+            "description": _nullable(_text(MAX_DESCRIPTION)),
+            "runbook_url": _nullable({"type": "string", "maxLength": MAX_URL, "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+                                      "description": "an http:// or https:// link"}),
             "ping_uuid": _nullable({"type": "string", "format": "uuid"}),
+            "ping_key": _nullable({"type": "string", "pattern": f"^{PING_KEY.pattern}$",
+                                   "description": "the Healthchecks ping key whose slug URLs reach this task"}),
         }},
         "Announcement": {"type": "object", "additionalProperties": True, "properties": {
             "task_name": _nullable(task_name),
@@ -254,7 +260,10 @@ def document(settings: Settings) -> dict[str, Any]:
                          "schema": {"type": "integer"}}}, "content": {"text/plain": {"schema": {"type": "string"}}}}
                                    for code, text in (("200", "OK"), ("201", "Created: ?create=1 made the task"),
                                                       ("400", "invalid url format, invalid uuid format"),
-                                                      ("404", "not found"), ("429", "rate limit exceeded"),
+                                                      ("404", "not found"),
+                                                      ("409", "conflict: rid names another task's run, or a "
+                                                              "run the ping did not start"),
+                                                      ("429", "rate limit exceeded"),
                                                       ("503", "service unavailable"))}}
             for method in ("get", "head", "post")},
         "/api/{project_id}/envelope/": {"post": {
@@ -268,7 +277,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 media: {"schema": {"type": "string", "format": "binary"}}
                 for media in ("application/x-sentry-envelope", "application/octet-stream")}},
             "responses": {**_sentry_answer("200", "accepted; its id is the envelope's event_id"),
-                          **_sentry_errors(400, 401, 404, 413, 415, 429, 503)}}},
+                          **_sentry_errors(400, 401, 403, 404, 409, 413, 415, 429, 503)}}},
         "/api/{project_id}/cron/{monitor_slug}/{key}/": {
             method: {"summary": "A Sentry check-in by plain HTTP, with an optional monitor_config",
                      "parameters": [
@@ -283,7 +292,7 @@ def document(settings: Settings) -> dict[str, Any]:
                          "type": "object", "properties": {"monitor_config": {"type": ["object", "null"]}}}}}}}
                         if method == "post" else {}),
                      "responses": {**_sentry_answer("202", "the check-in's id, to close it with"),
-                                   **_sentry_errors(400, 401, 404, 413, 415, 429, 503)}}
+                                   **_sentry_errors(400, 401, 403, 404, 409, 413, 415, 429, 503)}}
             for method in ("get", "post")},
         **{path: {"get": {"summary": summary, "security": read_security, "parameters": parameters,
                            "responses": {code: {"description": text, "content": {"text/html": {

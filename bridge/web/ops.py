@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..store import StoreUnavailable
-from .errors import RETRY_AFTER_SECONDS, error_response
+from .errors import by_view, refusals
 from .extension import current_bridge
 from .openapi import document
 
 __all__ = ["bp"]
 
 bp = Blueprint("ops", __name__)
+refusals(bp, by_view())
 
 
 @bp.get("/api/v1/openapi.json")
@@ -29,12 +29,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Answer 200 when the store takes writes, else 503."""
-    try:
-        current_bridge().monitor.store.ping()
-    except StoreUnavailable as exc:
-        response = error_response(503, f"store unavailable: {exc}")
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+    current_bridge().monitor.store.ping()
     return jsonify(status="ready")
 
 

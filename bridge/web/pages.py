@@ -19,11 +19,12 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template, request
 
+from ..core import inputs
+from ..core.errors import BridgeError, InvalidInput, NotFound, StoreUnavailable
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
 from ..core.tasks import Task, effective_declaration, status_at
-from ..store import StoreUnavailable
-from .errors import ApiError, InvalidInput, NotFound
+from .errors import refusals
 from .extension import current_bridge
 from .tasks import task_json
 
@@ -35,6 +36,10 @@ REFRESH_SECONDS = 15
 #: Executions the front page shows at most, live ones first.
 PAGE_EXECUTIONS = 200
 LIVE_STATUSES = ("running", "starting", "lost")
+#: The pages run no script, take no frame and send forms nowhere: a link or text a task
+#: declared cannot act in the origin where the browser holds the metrics token.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 ENDED_STATUSES = ("completed", "failed")
 
 
@@ -43,22 +48,29 @@ def _authorize() -> None:
     current_bridge().authorizer.read(request.headers.get("Authorization"))
 
 
-@bp.errorhandler(ApiError)
-def _refused(exc: ApiError):
-    response = Response(render_template("pages/error.html", status=exc.status, message=exc.message,
-                                        refresh=None), status=exc.status)
-    if exc.status == 401:  # the browser then asks for the metrics token
+@bp.after_request
+def _guard(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _refused(exc: BridgeError, status: int) -> Response:
+    if isinstance(exc, StoreUnavailable):
+        response = Response(render_template("pages/error.html", status=503, refresh=REFRESH_SECONDS,
+                                            message="The store is unavailable; this page tries again by itself."),
+                            status=503)
+        response.headers["Retry-After"] = str(REFRESH_SECONDS)
+        return response
+    response = Response(render_template("pages/error.html", status=status, message=exc.message, refresh=None),
+                        status=status)
+    if status == 401:  # the browser then asks for the metrics token
         response.headers["WWW-Authenticate"] = 'Basic realm="Heartbeat Bridge", charset="UTF-8"'
     return response
 
 
-@bp.errorhandler(StoreUnavailable)
-def _unavailable(exc: StoreUnavailable):
-    response = Response(render_template("pages/error.html", status=503, refresh=REFRESH_SECONDS,
-                                        message="The store is unavailable; this page tries again by itself."),
-                        status=503)
-    response.headers["Retry-After"] = str(REFRESH_SECONDS)
-    return response
+refusals(bp, "pages", _refused)
 
 
 @bp.app_template_filter("when")
@@ -86,6 +98,16 @@ def _span(seconds: float | None) -> str:
             part = rest // smaller_size
             return f"{whole} {unit} {part} {smaller}" if part else f"{whole} {unit}"
     return f"{seconds} s"
+
+
+@bp.app_template_filter("http_link")
+def _http_link(url: str | None) -> str | None:
+    """Return ``url`` when a person may follow it (http or https), else None: a record written
+    before the input rules refused other schemes is shown as text, never as a link."""
+    try:
+        return inputs.url(url, "link")
+    except InvalidInput:
+        return None
 
 
 @bp.app_template_filter("pretty_json")

@@ -17,20 +17,25 @@ from __future__ import annotations
 import re
 import uuid
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import brotli
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
-from ..core import jsoncodec
-from ..core.declarations import TaskDeclaration
+from ..core import inputs
+from ..core.declarations import (
+    MAX_GRACE_SECONDS,
+    MAX_PERIOD_SECONDS,
+    MAX_RUNTIME_SECONDS,
+    TaskDeclaration,
+    parse_declaration,
+)
+from ..core.errors import BridgeError, InvalidInput, InvalidJSON, RequestTimeout, TooLarge, UnsupportedMediaType
 from ..core.events import RunReport
-from ..core.ids import normalise_id
-from ..store import CapacityError, StoreUnavailable
-from .errors import ApiError, InvalidInput, RequestTimeout, TooLarge, Unauthorized, UnsupportedMediaType
+from .errors import refusals
 from .extension import current_bridge
-from .validation import declaration
+from .validation import parse_json
 
 __all__ = ["bp"]
 
@@ -38,33 +43,37 @@ bp = Blueprint("sentry", __name__)
 
 _AUTH_KEY = re.compile(r"sentry_key\s*=\s*([^,\s]+)")
 _PHASES = {"in_progress": "start", "ok": "success", "error": "failure"}
-_MAX_SLUG = 128
 #: Seconds in each unit of an interval schedule (Sentry counts a month as 30 days).
 _UNITS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400,
           "year": 365 * 86_400}
+#: Check-ins one envelope may carry: one small request never makes more executions than this.
+MAX_CHECK_INS = 100
+#: The run id Sentry's HTTP form takes for the monitor's newest open check-in.
+LATEST = "latest"
+MAX_DURATION_SECONDS = 1e9
 
 
-def _key() -> str:
-    """Return the public key the request carries. Raises :class:`Unauthorized`."""
+def _refused(exc: BridgeError, status: int) -> Response:
+    response = jsonify(detail=exc.message, field=exc.field)
+    response.status_code = status
+    return response
+
+
+refusals(bp, "sentry", _refused)
+
+
+def _key() -> str | None:
+    """Return the public key the request carries (``X-Sentry-Auth``, ``Authorization`` or ``?sentry_key=``)."""
     found = _AUTH_KEY.search(request.headers.get("X-Sentry-Auth", "")) or \
         _AUTH_KEY.search(request.headers.get("Authorization", ""))
-    key = found.group(1) if found else request.args.get("sentry_key")
-    if not key:
-        raise Unauthorized("missing authorization information", "X-Sentry-Auth")
-    return key
-
-
-def _check_key(key: str) -> None:
-    allowed = current_bridge().settings.sentry_keys
-    if allowed and key not in allowed:
-        raise Unauthorized("the public key is not one of BRIDGE_SENTRY_KEYS", "sentry_key")
+    return found.group(1) if found else request.args.get("sentry_key")
 
 
 def _body(limit: int) -> bytes:
     """Return the request body, decoded from its Content-Encoding, at most ``limit`` bytes.
 
     Raises :class:`TooLarge`, :class:`UnsupportedMediaType` for an unknown encoding, and
-    :class:`InvalidInput` for a body that does not decompress.
+    :class:`InvalidJSON` for a body that does not decompress.
     """
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body is larger than {limit} bytes", "body")
@@ -90,14 +99,14 @@ def _body(limit: int) -> bytes:
             raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not gzip, deflate or br",
                                        "Content-Encoding")
     except (zlib.error, brotli.error):
-        raise InvalidInput(f"the body is not valid {encoding}", "body", reason="invalid_json") from None
+        raise InvalidJSON(f"the body is not valid {encoding}", "body") from None
     if len(body) > limit:
         raise TooLarge(f"body is larger than {limit} bytes once decoded", "body")
     return body
 
 
 def _items(body: bytes) -> tuple[dict, list[tuple[Any, bytes]]]:
-    """Return an envelope's header and its items as (type, payload). Raises :class:`InvalidInput`."""
+    """Return an envelope's header and its items as (type, payload). Raises :class:`InvalidJSON`."""
     header_line, _, rest = body.partition(b"\n")
     header = _json_object(header_line, "envelope header")
     items: list[tuple[Any, bytes]] = []
@@ -117,141 +126,114 @@ def _items(body: bytes) -> tuple[dict, list[tuple[Any, bytes]]]:
             if rest[position:position + 1] == b"\n":
                 position += 1
         else:
-            raise InvalidInput("an item's length runs past the envelope", "body", reason="invalid_json")
+            raise InvalidJSON("an item's length runs past the envelope", "body")
         items.append((item.get("type"), payload))
     return header, items
 
 
 def _json_object(data: bytes, what: str) -> dict:
+    """Return the JSON object in ``data``, read as every JSON body is (depth and number limits included)."""
     try:
-        value = jsoncodec.loads(data)
-    except ValueError:
-        raise InvalidInput(f"the {what} is not JSON", "body", reason="invalid_json") from None
+        value = parse_json(data)
+    except InvalidJSON as exc:
+        raise InvalidJSON(f"the {what} is not JSON: {exc.message}", "body") from None
     if not isinstance(value, dict):
-        raise InvalidInput(f"the {what} is not a JSON object", "body", reason="invalid_json")
+        raise InvalidJSON(f"the {what} is not a JSON object", "body")
     return value
 
 
-def _slug(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_SLUG \
-            or any(ord(c) < 32 or ord(c) == 127 for c in value) or value == "_other":
-        raise InvalidInput("monitor_slug must be text of 1 to 128 characters", "monitor_slug")
-    return value
+def _minutes(config: dict, name: str, low: float, high: float) -> float | None:
+    """Return a ``monitor_config`` field given in minutes, as seconds."""
+    value = inputs.number(config.get(name), f"monitor_config.{name}", low / 60, high / 60)
+    return value * 60 if value is not None else None
 
 
 def _monitor_config(config: Any, slug: str) -> TaskDeclaration:
     """Return the task declaration a check-in's ``monitor_config`` makes. Raises :class:`InvalidInput`."""
-    if not isinstance(config, dict):
-        raise InvalidInput("monitor_config must be an object", "monitor_config")
+    config = inputs.object_of(config, "monitor_config")
     fields: dict[str, Any] = {}
     schedule = config.get("schedule")
     if isinstance(schedule, dict) and schedule.get("type") == "crontab":
-        fields["schedule"] = schedule.get("value")
+        fields["schedule"] = inputs.text(schedule.get("value"), "monitor_config.schedule.value", 256, required=True)
     elif isinstance(schedule, dict) and schedule.get("type") == "interval":
-        value, unit = schedule.get("value"), schedule.get("unit")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or unit not in _UNITS:
-            raise InvalidInput(f"an interval schedule needs a number and a unit ({', '.join(_UNITS)})",
-                               "monitor_config.schedule")
+        unit = schedule.get("unit")
+        if not isinstance(unit, str) or unit not in _UNITS:
+            raise InvalidInput(f"monitor_config.schedule.unit must be one of {', '.join(_UNITS)}",
+                               "monitor_config.schedule.unit")
+        value = inputs.number(schedule.get("value"), "monitor_config.schedule.value", 1,
+                              MAX_PERIOD_SECONDS / _UNITS[unit])
+        if value is None:
+            raise InvalidInput("monitor_config.schedule.value is required", "monitor_config.schedule.value")
         fields["period_seconds"] = value * _UNITS[unit]
     elif schedule is not None:
-        raise InvalidInput("schedule must be a crontab or an interval", "monitor_config.schedule")
-    for name, field, scale in (("checkin_margin", "start_grace_seconds", 60),
-                               ("max_runtime", "max_runtime_seconds", 60),
-                               ("failure_issue_threshold", "failure_threshold", 1)):
-        value = config.get(name)
-        if value is not None:
-            fields[field] = value * scale if not isinstance(value, bool) and isinstance(value, (int, float)) else value
-    if config.get("timezone") is not None:
-        fields["timezone"] = config["timezone"]
-    owner = config.get("owner")
-    if isinstance(owner, str) and ":" in owner:  # "team:data" or "user:ann@example.com"
+        raise InvalidInput("monitor_config.schedule must be a crontab or an interval", "monitor_config.schedule")
+    fields["start_grace_seconds"] = _minutes(config, "checkin_margin", 0, MAX_GRACE_SECONDS)
+    fields["max_runtime_seconds"] = _minutes(config, "max_runtime", 60, MAX_RUNTIME_SECONDS)
+    fields["failure_threshold"] = config.get("failure_issue_threshold")
+    fields["timezone"] = config.get("timezone")
+    owner = inputs.text(config.get("owner"), "monitor_config.owner", inputs.MAX_LABEL_VALUE)
+    if owner is not None and ":" in owner:  # "team:data" or "user:ann@example.com"
         kind, _, who = owner.partition(":")
         fields["labels"] = {"team" if kind == "team" else "owner": who}
-    return declaration(fields, slug, "monitor_config.")
+    declared = {name: value for name, value in fields.items() if value is not None}
+    try:
+        return parse_declaration(declared, slug, "monitor_config.")
+    except InvalidInput as exc:  # Sentry's names for the fields it renamed
+        renamed = {"monitor_config.failure_threshold": "monitor_config.failure_issue_threshold",
+                   "monitor_config.labels": "monitor_config.owner"}.get(exc.field or "", exc.field)
+        raise InvalidInput(exc.message.replace(exc.field or "", renamed or "", 1), renamed) from None
 
 
 def _check_in(payload: Any) -> tuple[RunReport, TaskDeclaration | None]:
     """Return the run a check-in reports, and the declaration it carries. Raises :class:`InvalidInput`."""
     if not isinstance(payload, dict):
         raise InvalidInput("a check-in must be a JSON object", "body")
-    slug = _slug(payload.get("monitor_slug"))
-    phase = _PHASES.get(payload.get("status"))  # type: ignore[arg-type]
-    if phase is None:
+    slug = inputs.task_name(payload.get("monitor_slug"), "monitor_slug", required=True)
+    assert slug is not None
+    status = payload.get("status")
+    if not isinstance(status, str) or status not in _PHASES:
         raise InvalidInput(f"status must be one of {', '.join(_PHASES)}", "status")
     raw_id = payload.get("check_in_id")
-    run_id = normalise_id(raw_id) if isinstance(raw_id, str) else None
-    if raw_id is not None and run_id is None:
-        raise InvalidInput("check_in_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -", "check_in_id")
-    duration = payload.get("duration")
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
-                                 or not 0 <= duration < 10**9):
-        raise InvalidInput("duration must be a number of seconds", "duration")
+    run_id = None if raw_id in (None, LATEST) else inputs.execution_id(raw_id, "check_in_id")
+    duration = inputs.number(payload.get("duration"), "duration", 0, MAX_DURATION_SECONDS)
     config = payload.get("monitor_config")
+    phase = _PHASES[status]
     report = RunReport(slug, phase, "sentry", run_id,
                        message="the check-in reported an error" if phase == "failure" else None,
-                       result_data={"duration": duration} if duration is not None else None)
+                       result_data={"duration": duration} if duration is not None else None,
+                       run_field="check_in_id")
     return report, _monitor_config(config, slug) if config is not None else None
-
-
-def _apply(report: RunReport, declared: TaskDeclaration | None) -> str | None:
-    monitor = current_bridge().monitor
-    if declared is not None:
-        monitor.declare_task(report.task_name, declared, "inband")
-    run_id, _ = monitor.report(report)
-    return run_id
-
-
-def _answered(take: Callable[[], Response]) -> Response:
-    """Return ``take()``'s answer, or Sentry's refusal for what it raised: ``{"detail": ...}``
-    with the status, counted under ``endpoint="sentry"``; 429 and 503 with ``Retry-After``."""
-    monitor = current_bridge().monitor
-    try:
-        return take()
-    except ApiError as exc:
-        monitor.reject("sentry", exc.reason)
-        status, detail, retry = exc.status, exc.message, False
-    except CapacityError:
-        monitor.reject("sentry", "capacity")
-        status, detail, retry = 429, "the bridge is at its limit of executions or task names", True
-    except StoreUnavailable:
-        status, detail, retry = 503, "the store is unavailable; retry later", True
-    response = jsonify(detail=detail)
-    response.status_code = status
-    if retry:
-        response.headers["Retry-After"] = "5"
-    return response
 
 
 @bp.post("/api/<int:project_id>/envelope/")
 def envelope(project_id: int):
-    """Take an envelope: apply its check-ins in order, drop every other item."""
-
-    def take() -> Response:
-        _check_key(_key())
-        header, items = _items(_body(current_bridge().settings.max_batch_body_bytes))
-        check_ins = [_check_in(_json_object(payload, "check-in")) for kind, payload in items if kind == "check_in"]
-        for report, declared in check_ins:
-            _apply(report, declared)
-        event_id = header.get("event_id")
-        return jsonify(id=event_id if isinstance(event_id, str) else uuid.uuid4().hex)
-
-    return _answered(take)
+    """Take an envelope: apply its check-ins, whole or not at all; drop every other item."""
+    bridge = current_bridge()
+    bridge.authorizer.sentry(_key(), str(project_id))
+    header, items = _items(_body(bridge.settings.max_batch_body_bytes))
+    payloads = [payload for kind, payload in items if kind == "check_in"]
+    if len(payloads) > MAX_CHECK_INS:
+        raise TooLarge(f"an envelope carries at most {MAX_CHECK_INS} check-ins, not {len(payloads)}", "body")
+    check_ins = [_check_in(_json_object(payload, "check-in")) for payload in payloads]
+    bridge.monitor.check_in(str(project_id), check_ins)
+    event_id = header.get("event_id")
+    return jsonify(id=event_id if isinstance(event_id, str) else uuid.uuid4().hex)
 
 
 @bp.route("/api/<int:project_id>/cron/<monitor_slug>/<key>/", methods=["GET", "POST"])
 def cron(project_id: int, monitor_slug: str, key: str):
     """A check-in by plain HTTP: the status (and check_in_id) in the query, a JSON body with a
     ``monitor_config`` allowed. Answers 202 with the check-in's id, to close it with."""
-
-    def take() -> Response:
-        _check_key(key)
-        payload: dict[str, Any] = {}
-        if request.method == "POST" and request.content_length:
-            payload = _json_object(_body(current_bridge().settings.max_body_bytes), "body")
-        payload = {**payload, "monitor_slug": monitor_slug,
-                   **{name: request.args[name] for name in ("status", "check_in_id") if name in request.args}}
-        response = jsonify(id=_apply(*_check_in(payload)))
-        response.status_code = 202
-        return response
-
-    return _answered(take)
+    if request.method == "HEAD":  # a probe of the URL is no check-in
+        raise MethodNotAllowed(valid_methods=["GET", "POST"])
+    bridge = current_bridge()
+    bridge.authorizer.sentry(key, str(project_id))
+    payload: dict[str, Any] = {}
+    if request.method == "POST" and request.content_length:
+        payload = _json_object(_body(bridge.settings.max_body_bytes), "body")
+    payload = {**payload, "monitor_slug": monitor_slug,
+               **{name: request.args[name] for name in ("status", "check_in_id") if name in request.args}}
+    [run_id] = bridge.monitor.check_in(str(project_id), [_check_in(payload)])
+    response = jsonify(id=run_id)
+    response.status_code = 202
+    return response
