@@ -180,7 +180,7 @@ def _checked(name: str, rule: Callable[[str, str], object], raw: str) -> tuple[s
         try:
             rule(value, name)
         except InvalidInput as exc:
-            raise ConfigError(f"{name}: {value[:40]!r}: {exc.message}") from None
+            raise ConfigError(f"{exc.message} (got {value[:40]!r})") from None
     return values
 
 

@@ -131,10 +131,9 @@ class Monitor:
         results: list[Outcome | None] = [None] * len(batch)
         items: list[tuple[int, Heartbeat]] = []
         for index, hb in enumerate(batch):
-            try:
-                self.check_ping_uuid(hb.task_name or "", hb.task_schedule, "task_schedule.ping_uuid")
+            if self._ping_uuid_holder(hb.task_name or "", hb.task_schedule) is None:
                 items.append((index, hb))
-            except Conflict:
+            else:
                 results[index] = Outcome(None, result="conflict")
         applied = self._events.apply_many([(hb.execution_id, self._decision(hb)) for _, hb in items])
         for (index, _), outcome in zip(items, applied):
@@ -209,17 +208,21 @@ class Monitor:
         for report in reports:
             run_id, event, _ = self._run_event(report)
             run_ids.append(run_id)
-            if event is None or run_id is None:
-                continue
-            items.append((run_id, self._decision(event)))
-        try:
-            outcomes = self._events.apply_many(items, whole=True) if items else []
-        except Conflict as exc:
-            report = next((r for r, run_id in zip(reports, run_ids) if run_id and run_id in exc.message), reports[0])
-            raise self._conflict(report, next((i for i in run_ids if i and i in exc.message), None)) from None
-        for outcome in outcomes:
+            if event is not None and run_id is not None:
+                items.append((run_id, self._refusing_conflicts(report, run_id, self._decision(event))))
+        for outcome in self._events.apply_many(items, whole=True) if items else []:
             self._committed(outcome)
         return run_ids
+
+    def _refusing_conflicts(self, report: RunReport, run_id: str, decide: Decide) -> Decide:
+        """Return ``decide``, raising :class:`~bridge.core.errors.Conflict` (which takes the
+        whole transaction down, writing nothing) where it decides a ``conflict``."""
+        def decision(current: Execution | None, label: executions.TaskLabel) -> Outcome:
+            outcome = decide(current, label)
+            if outcome.result == "conflict":
+                raise self._conflict(report, run_id)
+            return outcome
+        return decision
 
     @staticmethod
     def _conflict(report: RunReport, run_id: str | None) -> Conflict:
@@ -332,11 +335,17 @@ class Monitor:
     def check_ping_uuid(self, name: str, declaration: TaskDeclaration | None, field: str = "ping_uuid") -> None:
         """Raise :class:`~bridge.core.errors.Conflict` when ``declaration`` gives task ``name``
         a ping uuid another task holds: a uuid belongs to one task, whichever door declares it."""
+        holder = self._ping_uuid_holder(name, declaration)
+        if holder is not None:
+            raise Conflict(f"{field} {declaration.ping_uuid if declaration else ''} is held by task {holder!r}",
+                           field)
+
+    def _ping_uuid_holder(self, name: str, declaration: TaskDeclaration | None) -> str | None:
+        """Return the other task that holds the ping uuid ``declaration`` gives task ``name``, if any."""
         if declaration is None or declaration.ping_uuid is None:
-            return
+            return None
         holder = self.store.task_by_ping_uuid(declaration.ping_uuid)
-        if holder is not None and holder != name:
-            raise Conflict(f"{field} {declaration.ping_uuid} is held by task {holder!r}", field)
+        return holder if holder is not None and holder != name else None
 
     def declare_task(self, name: str, declaration: TaskDeclaration | None, source: str = "api") -> TaskOutcome:
         """Declare task ``name`` from ``source`` (None withdraws that source's declaration).

@@ -190,8 +190,8 @@ class Store(ABC):
         Returns one outcome per item: a new execution beyond ``max_executions`` gets one whose
         ``result`` is ``capacity``, and the other items are applied regardless. With
         ``whole``, the items are one report, applied whole or not at all: a refusal raises
-        :class:`CapacityError`, and a decision whose result is ``conflict`` raises
-        :class:`~bridge.core.errors.Conflict`, with nothing written. Each record is read once,
+        :class:`CapacityError` with nothing written, as does anything a decision raises.
+        Each record is read once,
         each changed one written once, each counter added to once.
         Raises :class:`StoreUnavailable` when the store fails.
         """

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.declarations import TaskDeclaration
-from ..core.errors import CapacityError, Conflict
+from ..core.errors import CapacityError
 from ..core.executions import OTHER_TASK, UNKNOWN_TASK, Execution, Increment, Outcome
 from ..core.tasks import Task, TaskOutcome, apply_run_change
 from .base import Decide, DecideTask
@@ -96,8 +96,7 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
     once, when the batch first adds one. A new execution beyond ``max_executions`` is
     refused with an outcome whose result is ``capacity``, and leaves nothing behind, not
     even a task name. With ``whole`` the batch is one report: such a refusal raises
-    :class:`CapacityError`, and a ``conflict`` outcome :class:`Conflict`. Raises whatever a
-    decision raises.
+    :class:`CapacityError`. Raises whatever a decision raises (the store then writes nothing).
     """
     batch = Decided()
     count: int | None = None
@@ -106,8 +105,6 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
         admitted = len(names.added)
         outcome = decide(current, names.label)
         record = outcome.record
-        if whole and outcome.result == "conflict":
-            raise Conflict(f"{execution_id} is not an execution this report may act on", "execution_id")
         if record is None:
             batch.results.append(outcome)
             continue

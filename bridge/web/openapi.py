@@ -46,7 +46,8 @@ def _text(max_length: int) -> dict:
 def _errors(*codes: int) -> dict:
     meaning = {400: "malformed JSON or a wrong field (named in `field`)", 401: "missing or wrong token",
                403: "the token does not grant this", 404: "no such execution or task",
-               409: "the task is declared in BRIDGE_TASKS_FILE, or the execution is still running",
+               409: "the task is declared in BRIDGE_TASKS_FILE, its ping_uuid is another task's, or the "
+                    "execution is still running",
                413: "too large", 415: "not application/json",
                429: "a limit (executions, task names) is reached", 503: "the store is unavailable; retry"}
     return {str(code): {"description": meaning[code],
