@@ -8,6 +8,8 @@
 # make demo       - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
 #                   (DEMO_PORT=8000; refused when a bridge already listens there)
 # make bench      - ingest, batch, scrape and memory beside a bare Flask app and the Pushgateway
+# make alert-latency - seconds from a failure to its notification, through real Prometheus and
+#                   Alertmanager with the shipped settings (about 7 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +17,7 @@ LOWEST ?= .venv-lowest
 BIND ?= 127.0.0.1:8000
 DEMO_PORT ?= 8000
 
-.PHONY: run test test-fast test-lowest lint rules demo bench install clean
+.PHONY: run test test-fast test-lowest lint rules demo bench alert-latency install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +59,9 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+alert-latency: install
+	$(BIN)/python -m bench.alert_latency $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOWEST) data .pytest_cache .mypy_cache .ruff_cache

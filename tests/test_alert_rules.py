@@ -67,7 +67,7 @@ def test_it_ships_an_alertmanager_config_that_amtool_accepts():
 
 @pytest.mark.parametrize("labels, receiver", [
     (["severity=critical", "alertname=TaskExecutionLost"], "critical"),
-    (["severity=warning", "alertname=TaskHeartbeatMissed"], "warning"),
+    (["severity=warning", "alertname=TaskExecutionFailed"], "warning"),
     (["alertname=Watchdog"], "default"),
     (["severity=warning", "alertname=TaskFailing", "label_team=data"], "team-data"),
     (["severity=critical", "alertname=TaskExecutionLost", "label_team=web"], "team-web"),
@@ -103,3 +103,40 @@ def test_it_links_execution_alerts_to_their_status_pages_given_the_external_url(
     promtool = require_binary("promtool")
     result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_runs_the_shipped_prometheus_config_with_only_its_addresses_rewritten(tmp_path):
+    from bridge.server.demo import prometheus_config
+
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    local = yaml.safe_load(prometheus_config("127.0.0.1:8001", tmp_path / "rules.yml", "127.0.0.1:9094"))
+    assert local["rule_files"] == [str(tmp_path / "rules.yml")]
+    assert local["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9094"]
+    [job] = local["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:8001"]}]
+    for config in (shipped, local):
+        del config["rule_files"], config["alerting"]["alertmanagers"], config["scrape_configs"][0]["static_configs"]
+    assert local == shipped  # every interval and timeout as shipped
+    assert shipped["scrape_configs"][0]["scrape_interval"] == "5s" and shipped["global"]["scrape_interval"] == "15s"
+
+
+def test_it_evaluates_the_event_alerts_as_often_as_the_bridge_is_scraped():
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"][0]["scrape_interval"]
+    groups = {group["name"]: group for group in yaml.safe_load(RULES.read_text())["groups"]}
+    fast = {rule["alert"]: group.get("interval") for group in groups.values() for rule in group["rules"]
+            if rule.get("alert") in ("TaskExecutionFailed", "TaskExecutionLost", "TaskRunMissed")}
+    assert fast == dict.fromkeys(("TaskExecutionFailed", "TaskExecutionLost", "TaskRunMissed"), scrape)
+    assert {rule["alert"]: rule["for"] for group in groups.values() for rule in group["rules"]
+            if rule.get("alert") in fast} == dict.fromkeys(fast, "0s")
+
+
+def test_it_takes_slower_timings_for_calm(tmp_path):
+    from bridge.server.alert_rules import RulesError, Timing, render
+
+    rules = yaml.safe_load(render(timing=Timing(event_interval="15s", failed_for="1m")))
+    [executions] = [group for group in rules["groups"] if group["name"] == "heartbeat-bridge.executions"]
+    assert executions["interval"] == "15s"
+    assert {rule["alert"]: rule["for"] for rule in executions["rules"] if "alert" in rule} == {
+        "TaskExecutionLost": "0s", "TaskExecutionFailed": "1m"}
+    with pytest.raises(RulesError, match="--failed-for"):
+        render(timing=Timing(failed_for="soon"))

@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PHASE_SECONDS = 90.0
 TASK = "alerting"
+#: A task whose only run fails: its task is failing, so the failed run pages.
+FAILING = "alerting-fails"
 
 
 class Webhook:
@@ -87,7 +89,8 @@ def wait_until(condition, what: str, timeout: float = PHASE_SECONDS):
 
 @pytest.fixture
 def stack(live_bridge, tmp_path):
-    """The bridge, Prometheus scraping it every second with the rules, and Alertmanager."""
+    """The bridge, Prometheus with the shipped deploy/prometheus.yml and rules, and Alertmanager
+    with the shipped alerts/alertmanager.yml: only their addresses are this test's."""
     bridge = live_bridge(workers=2, env={"BRIDGE_LOST_AFTER_INTERVALS": "25",
                                          "BRIDGE_REAPER_INTERVAL_SECONDS": "0.5",
                                          "BRIDGE_RETENTION_SECONDS": "60", "BRIDGE_METRIC_LABELS": "team"})
@@ -95,7 +98,7 @@ def stack(live_bridge, tmp_path):
     alertmanager, am_url = start_alertmanager(tmp_path / "am", alertmanager_config(webhook.url))
     prometheus, prom_url = start_prometheus(tmp_path / "prom", prometheus_config(
         bridge.url.removeprefix("http://"), ROOT / "alerts" / "heartbeat-bridge.rules.yml",
-        am_url.removeprefix("http://"), "1s"))
+        am_url.removeprefix("http://")))
     fleet = Fleet(bridge.url)
     fleet.start()
     yield bridge, fleet, prom_url, am_url, webhook
@@ -111,23 +114,21 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     session = requests.Session()
     # The fleet's task is declared, so that its schedule's panels have data too.
     assert session.put(f"{bridge.url}/api/v1/tasks/{TASK}", json={"period_seconds": 3600}, timeout=5).ok
-    for execution_id in ("missed-1", "fail-1", "ok-1"):
+    for execution_id in ("missed-1", "ok-1"):
         fleet.beat(execution_id)
     fleet.beating |= {"steady-1", "late-ok"}
+    session.post(bridge.url + HEARTBEAT, timeout=5, json={"execution_id": "fail-1", "task_name": FAILING})
     for execution_id, success in (("fail-1", False), ("ok-1", True)):
         session.post(bridge.url + COMPLETION, timeout=5, json={
             "execution_id": execution_id, "success": success, "error_message": None if success else "boom"})
 
-    # missed-1 went silent after one heartbeat: warned about first; fail-1 failed.
-    wait_until(lambda: {("TaskHeartbeatMissed", "missed-1"), ("TaskExecutionFailed", "fail-1")}
-               <= firing(alertmanager), "the missed-heartbeat and failed alerts")
+    # fail-1 failed: paged at once. missed-1 went silent after one heartbeat.
+    wait_until(lambda: ("TaskExecutionFailed", "fail-1") in firing(alertmanager), "the failed alert")
     healthy = {"steady-1", "ok-1", "late-ok"}
     assert not {eid for _, eid in firing(alertmanager)} & healthy
 
-    # 25 silent intervals later the bridge declares it lost: the warning gives way to the page.
+    # 25 silent intervals later the bridge declares it lost: one page, no warning before it.
     wait_until(lambda: ("TaskExecutionLost", "missed-1") in firing(alertmanager), "the lost alert")
-    wait_until(lambda: ("TaskHeartbeatMissed", "missed-1") not in firing(alertmanager),
-               "the missed-heartbeat alert to resolve once the execution is lost")
     wait_until(lambda: any(a["labels"]["alertname"] == "TaskExecutionLost"
                            and a["labels"]["execution_id"] == "missed-1" for a in webhook.alerts("/critical")),
                "a critical notification for the lost execution", timeout=30)
@@ -136,7 +137,7 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     # Every panel query of every dashboard returns data from this Prometheus.
     session.post(bridge.url + COMPLETION, timeout=5, json={"execution_id": "late-ok", "success": True})
     fleet.beating.discard("late-ok")
-    time.sleep(3)  # a few scrapes and evaluations after the late completion
+    time.sleep(12)  # two scrapes of the bridge (every 5 s, as shipped) after the late completion
     substitutions = {"$task_name": ".*", "$execution_id": "steady-1", "$__rate_interval": "15s",
                      "$job": "heartbeat-bridge"}
     empty = []
@@ -167,6 +168,13 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     wait_until(lambda: ("TaskExecutionFailed", "fail-1") not in firing(alertmanager),
                "the failed alert to resolve when the execution's retention ends")
     assert not {eid for _, eid in firing(alertmanager)} & healthy
+
+
+def suppressed(alertmanager: str, alertname: str, task_name: str) -> bool:
+    """Return True when Alertmanager holds ``alertname`` of ``task_name`` inhibited."""
+    alerts = requests.get(alertmanager + "/api/v2/alerts", timeout=5).json()
+    return any(a["labels"]["alertname"] == alertname and a["labels"].get("task_name") == task_name
+               and a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in alerts)
 
 
 def task_alerts(alertmanager: str) -> dict[tuple[str, str], dict]:
@@ -200,9 +208,17 @@ def test_it_pages_a_team_for_its_missed_and_failing_tasks_and_resolves_on_a_succ
     assert labels[("TaskRunMissed", "never-runs")]["label_team"] == "data"
     assert labels[("TaskFailing", "flaky")]["label_team"] == "web"
     assert not {name for _, name in labels} & {"healthy"}
+    # The second failure made the task failing: its two failed runs page the web team, once;
+    # TaskFailing, about the same runs, is held back.
     wait_until(lambda: any(a["labels"]["alertname"] == "TaskRunMissed" for a in webhook.alerts("/team-data"))
-               and any(a["labels"]["alertname"] == "TaskFailing" for a in webhook.alerts("/team-web")),
+               and any(a["labels"]["alertname"] == "TaskExecutionFailed" for a in webhook.alerts("/team-web")),
                "each team's receiver to be notified", timeout=60)
+    flaky = [payload for path, payload in webhook.received if path == "/team-web"
+             and any(a["labels"].get("task_name") == "flaky" and a["status"] == "firing" for a in payload["alerts"])]
+    assert len(flaky) == 1 and {a["labels"]["execution_id"] for a in flaky[0]["alerts"]} == {"flaky-1", "flaky-2"}
+    assert suppressed(alertmanager, "TaskFailing", "flaky")
+    assert not any(a["labels"]["alertname"] == "TaskFailing" for _, payload in webhook.received
+                   for a in payload["alerts"])
     missed = requests.get(prometheus + "/api/v1/query", timeout=5,
                           params={"query": 'task_runs_missed_total{task_name="never-runs"}'}).json()
     assert float(missed["data"]["result"][0]["value"][1]) >= 1
@@ -236,6 +252,7 @@ def test_it_alerts_on_tasks_that_only_ping_or_check_in(stack):
         == ("data", "web")
     wait_until(lambda: any(a["labels"].get("task_name") == "import-job" for a in webhook.alerts("/team-web")),
                "the web team's receiver to be notified of the Sentry monitor", timeout=60)
+    assert {a["labels"]["alertname"] for a in webhook.alerts("/team-web")} == {"TaskExecutionFailed"}
     missed = requests.get(prometheus + "/api/v1/query", timeout=5,
                           params={"query": 'task_runs_missed_total{task_name="backup"}'}).json()
     assert float(missed["data"]["result"][0]["value"][1]) >= 1
@@ -243,3 +260,29 @@ def test_it_alerts_on_tasks_that_only_ping_or_check_in(stack):
     assert session.get(f"{bridge.url}/api/1/cron/import-job/any-key/?status=ok", timeout=5).status_code == 202
     wait_until(lambda: ("TaskFailing", "import-job") not in task_alerts(alertmanager),
                "the failing alert to resolve on the monitor's next ok check-in")
+
+
+def test_it_notifies_once_per_failed_run_and_hears_the_next_failure_within_a_minute(stack):
+    bridge, _, _, alertmanager, webhook = stack
+    session = requests.Session()
+    assert session.put(f"{bridge.url}/api/v1/tasks/once", json={"labels": {"team": "data"}}, timeout=5).ok
+
+    def fail(execution_id: str) -> None:
+        session.post(bridge.url + HEARTBEAT, timeout=5, json={"execution_id": execution_id, "task_name": "once"})
+        session.post(bridge.url + COMPLETION, timeout=5, json={"execution_id": execution_id, "success": False})
+
+    def pages(execution_id: str) -> list[dict]:
+        return [payload for _, payload in webhook.received
+                if any(a["labels"].get("execution_id") == execution_id and a["status"] == "firing"
+                       for a in payload["alerts"])]
+
+    fail("once-1")
+    wait_until(lambda: pages("once-1"), "the first failure's notification", timeout=60)
+    wait_until(lambda: suppressed(alertmanager, "TaskFailing", "once"), "TaskFailing, held back", timeout=60)
+    fail("once-2")
+    wait_until(lambda: pages("once-2"), "the second failure's own notification", timeout=60)
+    time.sleep(6)  # past the group's wait: anything else this failure made would be here
+    about_once = [payload for _, payload in webhook.received
+                  if any(a["labels"].get("task_name") == "once" and a["status"] == "firing" for a in payload["alerts"])]
+    assert len(about_once) == 2, about_once  # one notification per failed run, nothing else
+    assert {a["labels"]["alertname"] for payload in about_once for a in payload["alerts"]} == {"TaskExecutionFailed"}

@@ -1,7 +1,8 @@
-"""The files the repository ships in ``alerts/`` and ``dashboards/``, found at run time.
+"""The files the repository ships in ``alerts/``, ``dashboards/`` and ``deploy/prometheus.yml``,
+found at run time.
 
 An installed package carries them as package data beside this file (``pyproject.toml``
-maps the two folders here); a checkout run in place has them at the repository's root.
+maps the folders here); a checkout run in place has them at the repository's root.
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
 ``heartbeat-bridge rules`` prints them; ``alerts/heartbeat-bridge.rules.yml`` is its output
 with the defaults. The source is ``alert_rules.yml.in`` beside this file, in which
 ``%(job_selector)s`` stands in every selector of the bridge's series and
-``%(runbook_url)s`` in each alert's runbook link, as the Prometheus mixins do it.
+``%(runbook_url)s`` in each alert's runbook link, as the Prometheus mixins do it; the
+:class:`Timing` fields stand for the speed of the alerts that page on events.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 
-__all__ = ["DEFAULT_JOB_SELECTOR", "DEFAULT_RUNBOOK_URL", "RulesError", "render"]
+__all__ = ["DEFAULT_JOB_SELECTOR", "DEFAULT_RUNBOOK_URL", "DEFAULT_TIMING", "RulesError", "Timing", "render"]
 
 DEFAULT_JOB_SELECTOR = 'job="heartbeat-bridge"'
 #: The runbooks shipped in the repository; point it at where yours are published.
@@ -21,6 +23,30 @@ TEMPLATE = "alert_rules.yml.in"
 _MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
 _SELECTOR = re.compile(f"{_MATCHER}(,{_MATCHER})*")
 _ALERT = re.compile(r"\s*- alert: (\w+)")
+_DURATION = re.compile(r"(0|([0-9]+(ms|s|m|h))+)")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How fast the alerts that page on events speak, as Prometheus durations.
+
+    The defaults are the fast ones: a failed run or a lost execution is final (it does not
+    flap), so it needs no ``for``; the groups holding them are evaluated every 5 s.
+    """
+
+    #: how often the groups of the event alerts are evaluated (their ``interval``)
+    event_interval: str = "5s"
+    #: TaskExecutionFailed's ``for``
+    failed_for: str = "0s"
+    #: TaskExecutionLost's ``for``: the bridge's lost window is already the silence's debounce
+    lost_for: str = "0s"
+    #: TaskRunMissed's ``for``: a missed run stays missed until a run starts
+    missed_for: str = "0s"
+    #: TaskFailing's ``for`` (it pages only when no failed or lost run speaks for the task)
+    failing_for: str = "15s"
+
+
+DEFAULT_TIMING = Timing()
 
 
 class RulesError(ValueError):
@@ -35,14 +61,21 @@ def runbook_link(runbook_url: str, alert: str) -> str:
 
 
 def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_RUNBOOK_URL,
-           external_url: str | None = None) -> str:
+           external_url: str | None = None, timing: Timing = DEFAULT_TIMING) -> str:
     """Return the rules file selecting the bridge's series by ``job_selector`` (label
-    matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``
-    and, given the bridge's ``external_url``, a ``status_page`` link on each execution alert.
+    matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``,
+    given the bridge's ``external_url`` a ``status_page`` link on each execution alert, and the
+    event alerts as fast as ``timing`` says.
 
-    Raises :class:`RulesError` for a selector that is not a list of label matchers, or a
-    URL holding a quote or a line break.
+    Raises :class:`RulesError` for a selector that is not a list of label matchers, a URL
+    holding a quote or a line break, or a timing that is not a Prometheus duration.
     """
+    for name, value in asdict(timing).items():
+        if not _DURATION.fullmatch(value):
+            raise RulesError(f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, "
+                             f"got {value!r}")
+    if timing.event_interval in ("0", "0s"):
+        raise RulesError("--event-interval must be longer than 0s")
     if not _SELECTOR.fullmatch(job_selector):
         raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
                          f"got {job_selector!r}")
@@ -63,8 +96,10 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_
             line = line.replace("%(execution_page)s", page)
         lines.append(line)
     external = f" --external-url '{external_url}'" if external_url else ""
+    timed = "".join(f" --{f.name.replace('_', '-')} {getattr(timing, f.name)}" for f in fields(Timing)
+                    if getattr(timing, f.name) != getattr(DEFAULT_TIMING, f.name))
     header = (f"# Prometheus rules for Heartbeat Bridge, made by: heartbeat-bridge rules\n"
-              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'{external}\n"
+              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'{external}{timed}\n"
               "# Scrape the bridge through one address: every replica and worker answers the same,\n"
               "# so one target is the whole fleet.\n")
-    return header + "\n".join(lines) % {"job_selector": job_selector.strip()} + "\n"
+    return header + "\n".join(lines) % {"job_selector": job_selector.strip(), **asdict(timing)} + "\n"

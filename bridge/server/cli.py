@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 from ..service.config import ConfigError, check_tasks_file, load_settings, parse_bind
 from ..store import StoreUnavailable, open_store
-from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, RulesError
+from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, DEFAULT_TIMING, RulesError, Timing
 from .alert_rules import render as render_rules
 
 __all__ = ["main"]
@@ -37,6 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     rules.add_argument("--external-url", default=None,
                        help="the bridge's URL as people reach it: execution alerts link to their status "
                             "pages there (default: BRIDGE_EXTERNAL_URL; none when unset)")
+    speed = rules.add_argument_group(
+        "speed", "how fast the alerts that page on events speak (Prometheus durations); slower is calmer")
+    speed.add_argument("--event-interval", default=DEFAULT_TIMING.event_interval,
+                       help="evaluation interval of the rule groups of the event alerts (default: "
+                            f"{DEFAULT_TIMING.event_interval}; scrape the bridge at least as often)")
+    speed.add_argument("--failed-for", default=DEFAULT_TIMING.failed_for,
+                       help=f"for of TaskExecutionFailed (default: {DEFAULT_TIMING.failed_for}: a failed run is final)")
+    speed.add_argument("--lost-for", default=DEFAULT_TIMING.lost_for,
+                       help=f"for of TaskExecutionLost (default: {DEFAULT_TIMING.lost_for}: the bridge already "
+                            "waited its lost window)")
+    speed.add_argument("--missed-for", default=DEFAULT_TIMING.missed_for,
+                       help=f"for of TaskRunMissed (default: {DEFAULT_TIMING.missed_for}: a missed run stays missed)")
+    speed.add_argument("--failing-for", default=DEFAULT_TIMING.failing_for,
+                       help=f"for of TaskFailing (default: {DEFAULT_TIMING.failing_for})")
     rules.set_defaults(run=_rules)
     demo = commands.add_parser("demo", add_help=False,
                                help="the bridge with a simulated fleet (and Prometheus if installed)")
@@ -75,7 +89,8 @@ def _token(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     try:
         external_url = args.external_url or load_settings().external_url
-        sys.stdout.write(render_rules(args.job_selector, args.runbook_url, external_url))
+        timing = Timing(args.event_interval, args.failed_for, args.lost_for, args.missed_for, args.failing_for)
+        sys.stdout.write(render_rules(args.job_selector, args.runbook_url, external_url, timing))
     except (RulesError, ConfigError) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2

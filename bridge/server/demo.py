@@ -24,6 +24,8 @@ import uuid
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import yaml
+
 from ..assets import asset
 from .alert_log import AlertLog
 from .alert_rules import render as render_rules
@@ -56,20 +58,21 @@ class _PortTaken(RuntimeError):
     """The bridge's port is in use: another bridge may be listening there."""
 
 
-def prometheus_config(bridge: str, rules: Path, alertmanager: str | None, interval: str) -> str:
-    """Return a Prometheus configuration scraping ``bridge`` as job ``heartbeat-bridge``.
+def prometheus_config(bridge: str, rules: Path, alertmanager: str | None) -> str:
+    """Return the shipped ``deploy/prometheus.yml`` with only its addresses rewritten: the
+    bridge's target, the rules file and Alertmanager (``host:port``; None leaves alerting out).
 
-    ``bridge`` and ``alertmanager`` are ``host:port``; ``interval`` is a duration such as
-    ``5s``, used for scraping and rule evaluation. JSON is valid YAML.
+    Its intervals stay as shipped, so the demo and the measurements run what users run.
     """
-    config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [bridge]}]}],
-    }
+    config = yaml.safe_load(asset("deploy", "prometheus.yml").read_text())
+    config["rule_files"] = [str(rules)]
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
+    job["static_configs"] = [{"targets": [bridge]}]
     if alertmanager:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    return json.dumps(config, indent=2)
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
+    else:
+        config.pop("alerting", None)
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def alertmanager_config(webhook: str) -> str:
@@ -263,8 +266,8 @@ def _run(args, port: int, work: Path) -> int:
                 print(f"alertmanager http://{am_address}/#/alerts   (notifications print below)")
             prom_address = f"127.0.0.1:{_free_port()}"
             (work / RULES_FILE).write_text(render_rules(external_url=base))
-            (work / "prometheus.yml").write_text(prometheus_config(
-                f"127.0.0.1:{port}", work / RULES_FILE, am_address, "5s"))
+            (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{port}", work / RULES_FILE,
+                                                                   am_address))
             processes.append(_start([prometheus, f"--config.file={work / 'prometheus.yml'}",
                                      f"--storage.tsdb.path={work / 'prometheus'}",
                                      f"--web.listen-address={prom_address}"], work / "prometheus.log"))
