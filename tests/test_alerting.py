@@ -286,3 +286,24 @@ def test_it_notifies_once_per_failed_run_and_hears_the_next_failure_within_a_min
                   if any(a["labels"].get("task_name") == "once" and a["status"] == "firing" for a in payload["alerts"])]
     assert len(about_once) == 2, about_once  # one notification per failed run, nothing else
     assert {a["labels"]["alertname"] for payload in about_once for a in payload["alerts"]} == {"TaskExecutionFailed"}
+
+
+def test_it_pages_a_broken_upstream_once_and_holds_its_dependents_back(stack):
+    bridge, _, prometheus, _, webhook = stack
+    session = requests.Session()
+    schedule = {"period_seconds": 2, "start_grace_seconds": 1}
+    assert session.put(f"{bridge.url}/api/v1/tasks/extract", json=schedule, timeout=5).ok
+    for name in ("transform", "load"):
+        assert session.put(f"{bridge.url}/api/v1/tasks/{name}", json={**schedule, "depends_on": ["extract"]},
+                           timeout=5).ok
+    wait_until(lambda: any(a["labels"].get("task_name") == "extract" for _, payload in webhook.received
+                           for a in payload["alerts"]), "the upstream's missed run to page", timeout=60)
+    held = requests.get(prometheus + "/api/v1/query", timeout=5,
+                        params={"query": 'task_upstream_unhealthy{task_name=~"transform|load"}'}).json()
+    assert sorted(float(r["value"][1]) for r in held["data"]["result"]) == [1.0, 1.0]
+    time.sleep(12)  # two evaluations and a group's wait: the dependents, missed as well, stay quiet
+    paged = {a["labels"].get("task_name") for _, payload in webhook.received for a in payload["alerts"]}
+    assert "extract" in paged and not paged & {"transform", "load"}
+    missed = requests.get(prometheus + "/api/v1/query", timeout=5,
+                          params={"query": 'task_status{task_name="load", status="missed"}'}).json()
+    assert float(missed["data"]["result"][0]["value"][1]) == 1  # missed indeed: only its page is held back

@@ -43,6 +43,10 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
         while time.monotonic() < deadline and statuses().get("nightly-report") != "missed":
             time.sleep(0.5)
         assert statuses()["nightly-report"] == "missed"  # declared to run every 6 s, it never does
+        tasks = {t["task_name"]: t for t in requests.get(f"http://127.0.0.1:{port}/api/v1/tasks",
+                                                             timeout=5).json()["tasks"]}
+        assert tasks["publish-report"]["depends_on"] == ["nightly-report"]
+        assert tasks["archive-backups"]["status"] == "paused"
         failures = lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/tasks/flaky-import",
                                         timeout=5).json()["consecutive_failures"]
         while time.monotonic() < deadline and failures() < 2:

@@ -51,7 +51,9 @@ def test_it_shows_tasks_and_executions_live_ones_first(fleet):
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     assert '<meta http-equiv="refresh"' in page.data.decode()
     shown = text(page)
-    assert re.search(r"nightly-crawl running .*0 2 \* \* \* Europe/Berlin .* 1 of 2", shown), shown
+    # health, what the status does not say (a failed run below the threshold), and activity apart
+    assert re.search(r"nightly-crawl up last run failed \(1 more failure makes it failing\) 0 2 \* \* \* Europe/Berlin "
+                     r".* 1 of 2 1 ", shown), shown
     rows = re.findall(r'href="/executions/([^"]+)"', page.data.decode())
     assert rows == ["crawl-1", "silent-1", "crawl-0"]  # running, lost (live first), then ended
     assert 'value="75.0"' in page.data.decode()  # crawl-1's progress bar: 3 of 4 steps
@@ -150,6 +152,10 @@ def live_fleet(live_bridge):
     post(HEARTBEAT, seed_heartbeat("silent-1", task_name="import", interval_seconds=1))
     post(HEARTBEAT, seed_heartbeat("crawl-1-a-rather-long-execution-id-0123456789", task_name="nightly-crawl",
                                    progress={"stage": "fetch", "percentage": 35}))
+    # what a status does not say: a task held back by its failing upstream, a paused one
+    requests.put(bridge.url + "/api/v1/tasks/report", json={"depends_on": ["import"]}, timeout=10).raise_for_status()
+    requests.put(bridge.url + "/api/v1/tasks/archive", json={"period_seconds": 3600}, timeout=10).raise_for_status()
+    requests.post(bridge.url + "/api/v1/tasks/archive/pause", json={"seconds": 3600}, timeout=10).raise_for_status()
     deadline = time.monotonic() + 30
     while requests.get(f"{bridge.url}/api/v1/executions/silent-1", headers=basic(TOKEN),
                        timeout=10).json()["status"] != "lost":
@@ -163,9 +169,12 @@ def live_fleet(live_bridge):
 def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet, browser, tmp_path):
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": basic(TOKEN)})
-    pages = {"overview": ("/", ["nightly-crawl", "silent-1", "lost", "35%"]),
+    pages = {"overview": ("/", ["nightly-crawl", "silent-1", "lost", "35%", "paused", "upstream import unhealthy",
+                                "last run failed (1 more failure makes it failing)"]),
              "task": ("/tasks/nightly-crawl", ["Crawls the partner sites", "0 2 * * * in Europe/Berlin",
-                                               "1 in a row (failing at 2)"]),
+                                               "1 in a row (failing at 2)", "1 running now"]),
+             "held task": ("/tasks/report", ["upstream import unhealthy: its alerts hold back", "Depends on"]),
+             "paused task": ("/tasks/archive", ["paused", "Paused", "until"]),
              "execution": ("/executions/crawl-0", ["ConnectionError: partner-2 refused", "Exit code", "3",
                                                    "open the trace", '"pages": 1200'])}
     shots: list[Path] = []

@@ -67,7 +67,7 @@ def test_it_refuses_as_healthchecks_does_and_counts_it(declared, url, status, te
 
 def test_it_makes_a_run_of_a_start_and_its_exit_status_with_the_output_as_the_error(declared):
     assert declared.get(f"/ping/{CHECK}/start?rid={RID}").status_code == 200
-    assert task(declared)["status"] == "running" and execution(declared, RID)["task_name"] == "backup"
+    assert task(declared)["running_count"] == 1 and execution(declared, RID)["task_name"] == "backup"
     output = "x" * 150 + "\ndisk full"
     assert declared.post(f"/ping/{CHECK}/2?rid={RID}", data=output).data == b"OK"
     run = execution(declared, RID)
@@ -119,7 +119,7 @@ def test_it_gives_an_undeclared_budget_an_hour(declared, clock, monitor):
 def test_it_creates_a_task_from_a_slug_with_create(client):
     response = client.post("/ping/key-1/nightly-sync/start?create=1")
     assert (response.status_code, response.data) == (201, b"Created")
-    assert task(client, "nightly-sync")["status"] == "running"
+    assert (task(client, "nightly-sync")["status"], task(client, "nightly-sync")["running_count"]) == ("new", 1)
     assert client.get("/ping/key-1/nightly-sync").data == b"OK"
     assert task(client, "nightly-sync")["runs"] == 1
 

@@ -63,7 +63,7 @@ def test_it_makes_a_task_of_a_monitor_config_and_a_run_of_its_check_ins(client):
     assert (crawl["schedule"], crawl["timezone"], crawl["start_grace_seconds"], crawl["max_runtime_seconds"],
             crawl["failure_threshold"], crawl["labels"]) == ("0 3 * * *", "Europe/Berlin", 300, 1800, 2,
                                                              {"team": "data"})
-    assert crawl["status"] == "running" and crawl["running"] == ["a" * 32]
+    assert crawl["status"] == "new" and crawl["running"] == ["a" * 32]
     post(client, envelope(check_in("error", duration=12.5, monitor_config=CONFIG)))
     run = client.get(f"/api/v1/executions/{'a' * 32}").json
     assert (run["status"], run["result_data"], run["task_name"]) == ("failed", {"duration": 12.5}, "nightly-crawl")
@@ -276,7 +276,7 @@ class TestSentrySdk:
                                       monitor_config={"schedule": {"type": "interval", "value": 15, "unit": "minute"}})
         sentry_sdk.flush(timeout=10)
         running = requests.get(f"{self.url}/api/v1/tasks/import-job", timeout=10).json()
-        assert running["status"] == "running" and running["running"] == [check_in_id]
+        assert running["running_count"] == 1 and running["running"] == [check_in_id]
         capture_checkin(monitor_slug="import-job", check_in_id=check_in_id, status="ok", duration=42.0)
         sentry_sdk.flush(timeout=10)
         assert sdk_errors() == []

@@ -614,3 +614,7 @@ def test_it_notes_a_shared_fact_and_says_what_it_replaced(store_url):
     assert store.note("tasks_file.error", "") == "bad: line 3"
     assert store.note("tasks_file.ok", 1.0) is None and store.note("tasks_file.ok", 0.0) == 1.0
     assert store.snapshot().notes == {"tasks_file.error": "", "tasks_file.ok": 0.0}
+
+
+def test_it_applies_no_task_change_as_nothing(store_url):
+    assert connect(store_url).apply_tasks([]) == []  # an empty tasks file

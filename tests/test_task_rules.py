@@ -83,8 +83,9 @@ def test_it_runs_a_daily_job_once_and_an_hourly_job_twice_in_the_repeated_hour(z
 def test_it_expects_a_period_after_the_last_start_or_the_declaration():
     task = declared(T0, period_seconds=600, start_grace_seconds=60)
     assert (task.next_run_at, task.deadline_at) == (T0 + 600, T0 + 660)
-    assert tasks.status_at(task, T0 + 10) == "idle"
+    assert tasks.status_at(task, T0 + 10) == "new"
     task = start(task, "a", T0 + 100)
+    assert tasks.status_at(task, T0 + 150) == "new"  # a run in progress is activity, not health
     assert task.next_run_at == T0 + 700
     task = end(task, "a", T0 + 200)
     assert tasks.status_at(task, T0 + 699) == "up"
@@ -103,7 +104,7 @@ def test_it_counts_a_missed_slot_once_and_stays_missed_until_a_run_starts():
     task, missed = reap(task, T0 + 1260)  # the next slot passes too
     assert missed == 1 and task.missed_runs == 2
     task = start(task, "late", T0 + 1300)
-    assert not task.missed and tasks.status_at(task, T0 + 1300) == "running"
+    assert not task.missed and tasks.status_at(task, T0 + 1300) == "new"
 
 
 def test_it_counts_each_slot_missed_while_nobody_looked_once():
@@ -143,7 +144,7 @@ def test_it_counts_a_run_that_starts_after_the_grace_as_a_missed_slot_then_a_run
 
 def test_it_takes_a_run_a_little_early_as_the_coming_one():
     task = declared(at("2027-01-01 00:00"), schedule="0 2 * * *", start_grace_seconds=300)
-    task = start(task, "early", at("2027-01-01 01:58"))
+    task = start(task, "early", at("2027-01-01 01:59"))  # within early_grace_seconds (60)
     assert task.next_run_at == at("2027-01-02 02:00")
     extra = start(task, "extra", at("2027-01-01 12:00"))  # not near any slot: an extra run
     assert extra.next_run_at == at("2027-01-02 02:00") and extra.runs == 2
@@ -154,7 +155,7 @@ def test_it_keeps_a_task_running_while_any_of_its_overlapping_runs_does():
     task = start(task, "b", T0 + 10)
     assert (task.running, task.running_ids) == (2, ["a", "b"])
     task = end(task, "a", T0 + 20)
-    assert tasks.status_at(task, T0 + 20) == "running"
+    assert tasks.status_at(task, T0 + 20) == "up" and task.running == 1
     task = end(task, "b", T0 + 30, "failed")
     assert task.running == 0 and task.consecutive_failures == 1
     assert [run[:2] for run in task.recent] == [["a", "completed"], ["b", "failed"]]
@@ -167,20 +168,20 @@ def test_it_counts_many_overlapping_runs_and_keeps_the_ids_of_the_newest():
     assert task.running == 50 and task.running_ids == [f"r{n}" for n in range(30, 50)]
     for n in range(50):
         task = end(task, f"r{n}", T0 + 100 + n)
-    assert (task.running, task.running_ids, tasks.status_at(task, T0 + 200)) == (0, [], "idle")
+    assert (task.running, task.running_ids, tasks.status_at(task, T0 + 200)) == (0, [], "up")
 
 
 def test_it_is_failing_after_the_threshold_of_failures_until_a_success():
     task = declared(T0, failure_threshold=2)
     task = end(start(task, "a", T0), "a", T0 + 10, "failed")
-    assert tasks.status_at(task, T0 + 11) == "idle" and task.consecutive_failures == 1
+    assert tasks.status_at(task, T0 + 11) == "up" and task.consecutive_failures == 1  # below the threshold
     task = end(start(task, "b", T0 + 20), "b", T0 + 30, "failed")
     assert tasks.status_at(task, T0 + 31) == "failing" and task.last_failure_at == T0 + 30
     task = start(task, "c", T0 + 40)
-    assert tasks.status_at(task, T0 + 41) == "running"
-    assert task.consecutive_failures == 2  # still failing underneath: only a success clears it
+    assert tasks.status_at(task, T0 + 41) == "failing"  # a run in progress hides nothing
+    assert task.consecutive_failures == 2  # only a success clears it
     task = end(task, "c", T0 + 50)
-    assert task.consecutive_failures == 0 and tasks.status_at(task, T0 + 51) == "idle"
+    assert task.consecutive_failures == 0 and tasks.status_at(task, T0 + 51) == "up"
     assert task.last_success_at == T0 + 50
 
 
@@ -254,3 +255,102 @@ def test_it_reads_a_tasks_file_in_its_order():
     assert list(declarations) == ["b", "a"]
     assert declarations["a"] == TaskDeclaration(schedule="0 2 * * *", timezone="Europe/Berlin", labels={"team": "data"})
     assert parse_tasks("") == {} and parse_tasks("tasks: []\n") == {}
+
+
+def increments(outcome: tasks.TaskOutcome) -> dict[str, float]:
+    return {inc.name: inc.amount for inc in outcome.increments}
+
+
+def test_it_clears_failing_only_after_the_recovery_threshold_of_successes():
+    task = declared(T0, failure_threshold=2, recovery_threshold=2)
+    for n, status in enumerate(("failed", "failed", "completed"), 1):
+        task = end(start(task, f"r{n}", T0 + 10 * n), f"r{n}", T0 + 10 * n + 5, status)
+    assert (tasks.status_at(task, T0 + 40), task.consecutive_failures) == ("failing", 0)  # one success of two
+    failed_again = end(start(task, "r4", T0 + 40), "r4", T0 + 45, "failed")
+    assert tasks.status_at(failed_again, T0 + 50) == "failing" and failed_again.consecutive_successes == 0
+    task = end(start(task, "r4", T0 + 40), "r4", T0 + 45)
+    assert tasks.status_at(task, T0 + 50) == "up" and not task.failing
+
+
+def test_it_counts_a_successful_run_shorter_than_its_min_runtime_as_too_short():
+    task = start(declared(T0, min_runtime_seconds=60), "quick", T0)
+    before = execution("quick", "running", T0 + 1, started_at=T0)
+    quick = tasks.apply_run_change(task, "etl", before, execution("quick", "completed", T0 + 2, started_at=T0,
+                                                                   ended_at=T0 + 2))
+    assert increments(quick) == {families.TASK_RUNS_TOO_SHORT: 1}
+    assert tasks.status_at(quick.record, T0 + 3) == "up" and "min_runtime_seconds" in quick.record.last_run_note
+    slow = tasks.apply_run_change(task, "etl", before, execution("quick", "completed", T0 + 61, started_at=T0,
+                                                                  ended_at=T0 + 61))
+    failed = tasks.apply_run_change(task, "etl", before, execution("quick", "failed", T0 + 2, started_at=T0,
+                                                                    ended_at=T0 + 2))
+    assert increments(slow) == {} and increments(failed) == {}  # a short failure is a failure, not too short
+
+
+@pytest.mark.parametrize("fields, first, second, unexpected", [
+    # cron: more than early_grace_seconds before 02:00 is a double start or a wrong schedule
+    ({"schedule": "0 2 * * *"}, "2027-01-01 01:59", None, 0),
+    ({"schedule": "0 2 * * *"}, "2027-01-01 01:58:59", None, 1),
+    ({"schedule": "0 2 * * *"}, "2027-01-01 02:00", "2027-01-01 12:00", 1),
+    ({"schedule": "0 2 * * *", "early_grace_seconds": 3600}, "2027-01-01 01:30", None, 0),
+    # period: the first run is never early; a second one long before its time is a double start
+    ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 00:20", 1),
+    ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 01:09:30", 0),
+])
+def test_it_counts_a_run_that_starts_too_early_as_unexpected(fields, first, second, unexpected):
+    task = declared(at("2027-01-01 00:00"), **fields)
+    counted = 0
+    for n, when in enumerate(w for w in (first, second) if w is not None):
+        outcome = tasks.apply_run_change(task, "etl", None, execution(f"r{n}", "running", at(when)))
+        counted += increments(outcome).get(families.TASK_RUNS_UNEXPECTED, 0)
+        task = outcome.record
+    assert counted == unexpected
+
+
+def test_it_expects_nothing_of_a_paused_task_and_resumes_at_the_pauses_end():
+    task = declared(T0, period_seconds=600, start_grace_seconds=60)
+    paused = tasks.apply_pause(task, T0 + 3600, T0 + 10).record
+    assert tasks.status_at(paused, T0 + 10) == "paused" and paused.deadline_at == T0 + 3600
+    still, missed = reap(paused, T0 + 3599)  # the slots of the pause are not missed
+    assert still is paused and missed == 0 and tasks.status_at(paused, T0 + 3599) == "paused"
+    resumed = tasks.apply_task_deadline(paused, T0 + 3600)
+    assert resumed.increments == () and not resumed.record.paused
+    assert (resumed.record.next_run_at, tasks.status_at(resumed.record, T0 + 3600)) == (T0 + 4200, "new")
+
+
+def test_it_resumes_an_open_ended_pause_on_the_next_run_and_keeps_a_timed_one():
+    task = end(start(declared(T0, period_seconds=600), "a", T0), "a", T0 + 5, "failed")
+    open_ended = tasks.apply_pause(task, None, T0 + 10).record
+    assert (open_ended.deadline_at, tasks.status_at(open_ended, T0 + 10_000)) == (None, "paused")
+    assert tasks.apply_task_deadline(open_ended, T0 + 10_000).record is None  # never due
+    ran = start(open_ended, "b", T0 + 10_000)
+    assert not ran.paused and ran.next_run_at == T0 + 10_600 and tasks.status_at(ran, T0 + 10_000) == "failing"
+    timed = start(tasks.apply_pause(task, T0 + 20_000, T0 + 10).record, "b", T0 + 10_000)
+    assert timed.paused and timed.runs == 2 and tasks.status_at(timed, T0 + 10_000) == "paused"
+    assert tasks.status_at(tasks.apply_resume(timed, T0 + 10_001).record, T0 + 10_001) == "failing"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"depends_on": ["nightly-crawl"]}, "depends_on"),
+    ({"depends_on": "upstream"}, "depends_on"),
+    ({"depends_on": ["_other"]}, "depends_on"),
+    ({"recovery_threshold": 0}, "recovery_threshold"),
+    ({"max_concurrency": 0}, "max_concurrency"),
+    ({"min_runtime_seconds": -1}, "min_runtime_seconds"),
+    ({"early_grace_seconds": 10**400}, "early_grace_seconds"),
+])
+def test_it_refuses_a_bad_health_field_naming_it(body, field):
+    with pytest.raises(DeclarationError) as refused:
+        parse_declaration(body, "nightly-crawl")
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize("zone, declared_at, missed_at, expected", [
+    ("Europe/Berlin", "2026-03-28 12:00", "2026-03-29 03:10", "2026-03-30 02:30"),
+    ("America/New_York", "2026-03-07 12:00", "2026-03-08 03:10", "2026-03-09 02:30"),
+])
+def test_it_misses_a_run_skipped_by_the_spring_change_once_at_the_change(zone, declared_at, missed_at, expected):
+    task = tasks.apply_declaration(None, "etl", "api", parse_declaration(
+        {"schedule": "30 2 * * *", "timezone": zone, "start_grace_seconds": 300}, "etl"), at(declared_at, zone)).record
+    assert task.next_run_at == at(missed_at.replace("03:10", "03:00"), zone)  # 02:30 never was: at 03:00
+    task, missed = reap(task, at(missed_at, zone))
+    assert missed == 1 and task.next_run_at == at(expected, zone)

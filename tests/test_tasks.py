@@ -39,7 +39,7 @@ def test_it_declares_a_task_and_expects_its_first_run(client, clock):
     assert response.status_code == 200, response.json
     task = get_task(client)
     assert (task["status"], task["declared_by"], task["schedule"], task["timezone"]) == \
-        ("idle", "api", "0 2 * * *", "Europe/Berlin")
+        ("new", "api", "0 2 * * *", "Europe/Berlin")
     assert task["next_run_deadline_at"] == task["next_run_at"] + 600 > clock.now
     assert task["labels"] == {"team": "crawling"} and task["failure_threshold"] == 2
     assert client.put("/api/v1/tasks/nightly-crawl", json={"schedule": "0 2 * * *", "timezone": "Europe/Berlin",
@@ -80,7 +80,7 @@ def test_it_goes_missed_when_no_run_starts_within_the_grace_and_counts_it_once(c
 def test_it_follows_its_runs_to_failing_and_back(client, clock):
     client.put("/api/v1/tasks/nightly-crawl", json={"failure_threshold": 2})
     run(client, clock, "r1", success=False)
-    assert status(client) == "idle" and get_task(client)["consecutive_failures"] == 1
+    assert status(client) == "up" and get_task(client)["consecutive_failures"] == 1  # below the threshold
     run(client, clock, "r2", success=False)
     assert status(client) == "failing"
     parsed = metrics(client)
@@ -88,17 +88,17 @@ def test_it_follows_its_runs_to_failing_and_back(client, clock):
     assert total(parsed, "task_failure_threshold", task_name="nightly-crawl") == 2
     assert total(parsed, "task_last_failure_timestamp_seconds", task_name="nightly-crawl") == clock.now
     client.post(HEARTBEAT, json=seed_heartbeat("r3", task_name="nightly-crawl"))
-    assert status(client) == "running" and get_task(client)["running"] == ["r3"]
+    assert status(client) == "failing" and get_task(client)["running"] == ["r3"]  # a run hides nothing
     clock.advance(10)
     client.post(COMPLETION, json={"execution_id": "r3", "success": True})
-    assert status(client) == "idle" and get_task(client)["consecutive_failures"] == 0
+    assert status(client) == "up" and get_task(client)["consecutive_failures"] == 0
     assert total(metrics(client), "task_last_success_timestamp_seconds", task_name="nightly-crawl") == clock.now
 
 
 def test_it_knows_a_task_from_its_executions_alone_and_after_its_declaration_is_withdrawn(client, clock):
     run(client, clock, "r1", task="adhoc-report")
     task = get_task(client, "adhoc-report")
-    assert (task["declared_by"], task["status"], task["runs"]) == (None, "idle", 1)
+    assert (task["declared_by"], task["status"], task["runs"]) == (None, "up", 1)
     assert client.delete("/api/v1/tasks/adhoc-report").status_code == 404  # nothing the API declared
     client.put("/api/v1/tasks/adhoc-report", json={"period_seconds": 600})
     assert get_task(client, "adhoc-report")["declared_by"] == "api"
@@ -126,7 +126,7 @@ def test_it_counts_an_announced_execution_as_a_run_and_its_silence_as_a_failure(
         "task_name": "nightly-crawl", "task_type": "crawler", "labels": {"team": "crawling"}})
     assert response.status_code == 200 and response.json["execution_status"] == "starting"
     task = get_task(client)
-    assert (task["status"], task["running"], task["task_type"]) == ("running", ["seed-run-1"], "crawler")
+    assert (task["status"], task["running"], task["task_type"]) == ("new", ["seed-run-1"], "crawler")
     client.post(HEARTBEAT, json=seed_heartbeat("seed-run-1"))  # the seed's client sends no task_name
     execution = client.get("/api/v1/executions/seed-run-1").json
     assert (execution["task_name"], execution["status"]) == ("nightly-crawl", "running")

@@ -22,6 +22,11 @@ __all__ = ["DeclarationError", "TaskDeclaration", "next_slot", "parse_declaratio
 
 DEFAULT_START_GRACE_SECONDS = 300.0
 DEFAULT_FAILURE_THRESHOLD = 1
+DEFAULT_RECOVERY_THRESHOLD = 1
+#: How early a scheduled run may start and still be the expected one (clock skew, jitter).
+DEFAULT_EARLY_GRACE_SECONDS = 60.0
+MAX_CONCURRENCY = 100_000
+MAX_UPSTREAMS = 16
 MAX_PERIOD_SECONDS = 366 * 86_400.0
 MAX_GRACE_SECONDS = 30 * 86_400.0
 MAX_RUNTIME_SECONDS = 366 * 86_400.0
@@ -57,6 +62,16 @@ class TaskDeclaration:
     ping_uuid: str | None = None
     #: the Healthchecks ping key whose slug URLs reach this task
     ping_key: str | None = None
+    #: a successful run shorter than this is too short (it did nothing)
+    min_runtime_seconds: float | None = None
+    #: a scheduled run that starts earlier than this before its expected start is unexpected
+    early_grace_seconds: float = DEFAULT_EARLY_GRACE_SECONDS
+    #: more runs in progress at once than this overlap
+    max_concurrency: int | None = None
+    #: successes in a row that clear ``failing``
+    recovery_threshold: int = DEFAULT_RECOVERY_THRESHOLD
+    #: the tasks this one needs: while one is failing or missed, this one's alerts hold back
+    depends_on: tuple[str, ...] = ()
 
     @property
     def scheduled(self) -> bool:
@@ -72,12 +87,17 @@ class TaskDeclaration:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the declaration as JSON-ready data (also its stored form)."""
-        return asdict(self)
+        data = asdict(self)
+        data["depends_on"] = list(self.depends_on)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDeclaration:
         """Return a declaration stored by :meth:`to_dict`; unknown keys are dropped."""
-        return cls(**{k: v for k, v in data.items() if k in _DECLARATION_FIELDS})
+        fields_ = {k: v for k, v in data.items() if k in _DECLARATION_FIELDS}
+        if "depends_on" in fields_:
+            fields_["depends_on"] = tuple(fields_["depends_on"] or ())
+        return cls(**fields_)
 
 
 _DECLARATION_FIELDS = frozenset(f.name for f in fields(TaskDeclaration))
@@ -93,7 +113,7 @@ def parse_declaration(body: Any, task: str | None = None, prefix: str = "") -> T
     refuses, an unknown time zone, or both a schedule and a period.
     """
     try:
-        return _parse(body, prefix)
+        return _parse(body, prefix, task)
     except DeclarationError as exc:
         exc.task = task
         raise
@@ -101,7 +121,19 @@ def parse_declaration(body: Any, task: str | None = None, prefix: str = "") -> T
         raise DeclarationError(exc.message, exc.field or prefix.rstrip(".") or "declaration", task) from None
 
 
-def _parse(body: Any, prefix: str) -> TaskDeclaration:
+def _upstreams(value: Any, field: str, task: str | None) -> tuple[str, ...]:
+    """Return the task names a declaration depends on: a list of task names, none of them its own."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_UPSTREAMS:
+        raise DeclarationError(f"must be a list of at most {MAX_UPSTREAMS} task names", field)
+    names = tuple(dict.fromkeys(inputs.task_name(name, field, required=True) or "" for name in value))
+    if task is not None and task in names:
+        raise DeclarationError("must not name the task itself", field)
+    return names
+
+
+def _parse(body: Any, prefix: str, task: str | None = None) -> TaskDeclaration:
     where = prefix.rstrip(".") or "declaration"
     if not isinstance(body, Mapping):
         raise DeclarationError("must be an object of the declaration's fields", where)
@@ -141,7 +173,19 @@ def _parse(body: Any, prefix: str) -> TaskDeclaration:
         runbook_url=inputs.url(body.get("runbook_url"), prefix + "runbook_url"),
         ping_uuid=inputs.uuid(body.get("ping_uuid"), prefix + "ping_uuid"),
         ping_key=inputs.ping_key(body.get("ping_key"), prefix + "ping_key"),
+        min_runtime_seconds=inputs.number(body.get("min_runtime_seconds"), prefix + "min_runtime_seconds", 0,
+                                          MAX_RUNTIME_SECONDS),
+        early_grace_seconds=_or(inputs.number(body.get("early_grace_seconds"), prefix + "early_grace_seconds", 0,
+                                              MAX_GRACE_SECONDS), DEFAULT_EARLY_GRACE_SECONDS),
+        max_concurrency=inputs.integer(body.get("max_concurrency"), prefix + "max_concurrency", 1, MAX_CONCURRENCY),
+        recovery_threshold=_or(inputs.integer(body.get("recovery_threshold"), prefix + "recovery_threshold", 1,
+                                              MAX_FAILURE_THRESHOLD), DEFAULT_RECOVERY_THRESHOLD),
+        depends_on=_upstreams(body.get("depends_on"), prefix + "depends_on", task),
     )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def next_slot(declaration: TaskDeclaration, after: float) -> float:

@@ -14,15 +14,19 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any
 
-from ..telemetry.families import TASK_RUNS_MISSED
-from .declarations import DEFAULT_FAILURE_THRESHOLD, TaskDeclaration, next_slot
+from ..telemetry.families import TASK_RUNS_MISSED, TASK_RUNS_TOO_SHORT, TASK_RUNS_UNEXPECTED
+from .declarations import DEFAULT_FAILURE_THRESHOLD, DEFAULT_RECOVERY_THRESHOLD, TaskDeclaration, next_slot
 from .executions import Execution, Increment
 
-__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "Task", "TaskOutcome", "apply_claim",
-           "apply_declaration", "apply_run_change", "apply_task_deadline", "apply_task_rebase",
-           "effective_declaration", "is_declared", "ping_key_reaches", "ping_uuid_of", "status_at"]
+__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "UNHEALTHY_STATUSES", "Task",
+           "TaskOutcome", "apply_claim", "apply_declaration", "apply_pause", "apply_resume", "apply_run_change",
+           "apply_task_deadline", "apply_task_rebase", "effective_declaration", "is_declared", "is_failing",
+           "is_paused", "ping_key_reaches", "ping_uuid_of", "status_at"]
 
-TASK_STATUSES = ("idle", "running", "up", "late", "missed", "failing")
+#: A task's health, never its activity: how many of its runs are in progress is apart.
+TASK_STATUSES = ("new", "up", "late", "missed", "failing", "paused")
+#: The statuses of an upstream that hold its dependents' alerts back.
+UNHEALTHY_STATUSES = ("failing", "missed")
 #: Where declarations come from, the first winning over the others.
 DECLARATION_SOURCES = ("file", "api", "inband")
 #: The executions a task keeps the ids of, newest last.
@@ -67,6 +71,15 @@ class Task:
     created_by_ping_key: str | None = None
     #: the Sentry project whose check-in created the task: its monitor stays that project's
     sentry_project: str | None = None
+    #: its last failure_threshold runs failed, and fewer than recovery_threshold succeeded since
+    failing: bool = False
+    consecutive_successes: int = 0
+    #: an operator paused it: nothing is expected or alerts until it resumes (at paused_until,
+    #: or by hand or by its next run when None)
+    paused: bool = False
+    paused_until: float | None = None
+    #: why its last run ended as it did, when it is worth a line on its page
+    last_run_note: str | None = None
 
     def to_values(self) -> tuple[Any, ...]:
         """Return the field values in :data:`TASK_RECORD_FIELDS` order (the stores' compact form)."""
@@ -141,36 +154,48 @@ def is_declared(task: Task) -> bool:
     return any(task.declarations.get(source) is not None for source in ("file", "api"))
 
 
-def status_at(task: Task, now: float) -> str:
-    """Return the task's status at ``now``.
+def is_paused(task: Task, now: float) -> bool:
+    """Return True while an operator's pause of ``task`` lasts at ``now``."""
+    return task.paused and (task.paused_until is None or now < task.paused_until)
 
-    ``running`` while a run is; ``failing`` once its last ``failure_threshold`` runs failed
-    (a lost run counts as failed) until one succeeds; for a scheduled task, ``missed`` once
-    an expected start passed its grace with no run (until a run starts), ``late`` between the
-    expected start and its deadline, ``up`` when its last run ended and the next is not due
-    yet; otherwise ``idle`` (nothing expected, or no run yet).
-    """
-    if task.running:
-        return "running"
+
+def is_failing(task: Task) -> bool:
+    """Return True when the task's last ``failure_threshold`` runs failed (a lost one counts),
+    until ``recovery_threshold`` successes in a row clear it."""
     declaration, _ = effective_declaration(task)
     threshold = declaration.failure_threshold if declaration else DEFAULT_FAILURE_THRESHOLD
-    if task.consecutive_failures >= threshold:
+    return task.failing or task.consecutive_failures >= threshold
+
+
+def status_at(task: Task, now: float) -> str:
+    """Return the task's health at ``now``, never its activity (a run in progress hides nothing).
+
+    ``paused`` while an operator's pause lasts; ``failing`` (see :func:`is_failing`); for a
+    scheduled task ``missed`` once an expected start passed its grace with no run (until a
+    run starts), ``late`` between the expected start and its deadline; ``up`` once a run
+    ended (the last one succeeded, or failed below the threshold) with nothing overdue;
+    ``new`` before any run ended, while nothing is due.
+    """
+    if is_paused(task, now):
+        return "paused"
+    if is_failing(task):
         return "failing"
-    if declaration is None or not declaration.scheduled:
-        return "idle"
-    if task.missed:
-        return "missed"
-    if task.next_run_at is not None and now >= task.next_run_at:
-        return "late"
-    return "up" if task.last_end_at is not None else "idle"
+    declaration, _ = effective_declaration(task)
+    if declaration is not None and declaration.scheduled:
+        if task.missed:
+            return "missed"
+        if task.next_run_at is not None and now >= task.next_run_at:
+            return "late"
+    return "up" if task.last_end_at is not None else "new"
 
 
 def _reschedule(task: Task, declaration: TaskDeclaration | None, now: float) -> None:
-    """Set the next expected start after the schedule changed at ``now``."""
+    """Set the next expected start after the schedule changed (or a pause ended) at ``now``."""
     task.declared_at = now
     task.missed = False
     if declaration is None or not declaration.scheduled:
-        task.next_run_at = task.deadline_at = None
+        task.next_run_at = None
+        task.deadline_at = task.paused_until if task.paused else None
         return
     if declaration.period_seconds is not None:
         # Counted from the last start, but never from before the declaration: a task
@@ -178,7 +203,8 @@ def _reschedule(task: Task, declaration: TaskDeclaration | None, now: float) -> 
         task.next_run_at = max(now, task.last_start_at or now) + declaration.period_seconds
     else:
         task.next_run_at = next_slot(declaration, now)
-    task.deadline_at = task.next_run_at + declaration.start_grace_seconds
+    # While paused the reaper comes back at the pause's end (none for an open-ended one).
+    task.deadline_at = task.paused_until if task.paused else task.next_run_at + declaration.start_grace_seconds
 
 
 def apply_declaration(current: Task | None, name: str, source: str, declaration: TaskDeclaration | None,
@@ -208,23 +234,39 @@ def _scheduling(declaration: TaskDeclaration | None) -> tuple | None:
     return None if declaration is None else tuple(getattr(declaration, name) for name in _SCHEDULING)
 
 
-def _record_start(task: Task, declaration: TaskDeclaration | None, started_at: float) -> None:
-    """Note a run started at ``started_at``: it satisfies the expected start it is near."""
+def _record_start(task: Task, declaration: TaskDeclaration | None, started_at: float) -> bool:
+    """Note a run started at ``started_at``: it satisfies the expected start it is near.
+
+    Returns True when it is unexpected: a scheduled task's run that starts more than
+    ``early_grace_seconds`` (at most half the gap to the slot after) before its expected
+    start, a double start or a wrong schedule. It does not count for the expected start.
+    (A periodic task's first run is never unexpected: its period counts from a run.) A run
+    that starts during an open-ended pause ends the pause, as a ping resumes a paused
+    Healthchecks check; during a pause with an end it is recorded and changes no schedule.
+    """
+    previous_start = task.last_start_at
     task.last_start_at = max(task.last_start_at or started_at, started_at)
     task.missed = False
     task.runs += 1
-    if declaration is None or not declaration.scheduled or task.next_run_at is None:
-        return
+    if task.paused and task.paused_until is None:
+        task.paused = False
+        _reschedule(task, declaration, started_at)
+        return False  # the run that ends a pause is the one expected: the schedule counts from it
+    if task.paused or declaration is None or not declaration.scheduled or task.next_run_at is None:
+        return False
     if declaration.period_seconds is not None:
+        if previous_start is not None and started_at < task.next_run_at - declaration.early_grace_seconds:
+            return True
         task.next_run_at = started_at + declaration.period_seconds
     else:
         # A start a little early (clock skew, a scheduler's jitter) still counts for the
-        # coming slot: up to the grace, and at most half the gap to the slot after it.
+        # coming slot: up to the early grace, and at most half the gap to the slot after it.
         gap = next_slot(declaration, task.next_run_at) - task.next_run_at
-        if started_at < task.next_run_at - min(declaration.start_grace_seconds, gap / 2):
-            return  # an extra run, not the expected one
+        if started_at < task.next_run_at - min(declaration.early_grace_seconds, gap / 2):
+            return True
         task.next_run_at = next_slot(declaration, max(started_at, task.next_run_at))
     task.deadline_at = task.next_run_at + declaration.start_grace_seconds
+    return False
 
 
 def _note_recent(task: Task, execution: Execution) -> None:
@@ -260,8 +302,9 @@ def apply_run_change(current: Task | None, name: str, before: Execution | None, 
     if previous == after.status:
         return TaskOutcome(task if changed else None)
     declaration, _ = effective_declaration(task)
-    if previous is None:
-        _record_start(task, declaration, after.started_at)
+    increments: list[Increment] = []
+    if previous is None and _record_start(task, declaration, after.started_at):
+        increments.append(Increment(TASK_RUNS_UNEXPECTED, (name,)))
     execution_id = after.execution_id
     if after.status in _LIVE:
         if previous not in _LIVE:
@@ -274,13 +317,52 @@ def apply_run_change(current: Task | None, name: str, before: Execution | None, 
         ended_at = after.ended_at if after.ended_at is not None else now
         task.last_end_at = max(task.last_end_at or ended_at, ended_at)
         if after.status == "completed":
-            task.last_success_at = ended_at
-            task.consecutive_failures = 0
+            increments += _succeeded(task, declaration, after, ended_at)
         else:
             task.last_failure_at = ended_at
+            task.last_run_note = after.error_message or after.status_reason
+            task.consecutive_successes = 0
             if previous != "lost":  # its loss was counted already
                 task.consecutive_failures += 1
+            task.failing = is_failing(task)
     _note_recent(task, after)
+    return TaskOutcome(task, tuple(increments))
+
+
+def _succeeded(task: Task, declaration: TaskDeclaration | None, run: Execution, ended_at: float) -> list[Increment]:
+    """Note a successful run of ``task``; return the counters it moves (a run too short)."""
+    was_failing = is_failing(task)
+    task.last_success_at = ended_at
+    task.consecutive_failures = 0
+    task.consecutive_successes += 1
+    recovery = declaration.recovery_threshold if declaration is not None else DEFAULT_RECOVERY_THRESHOLD
+    task.failing = was_failing and task.consecutive_successes < recovery
+    task.last_run_note = None
+    minimum = declaration.min_runtime_seconds if declaration is not None else None
+    if minimum and ended_at - run.started_at < minimum:
+        task.last_run_note = f"succeeded in {ended_at - run.started_at:.0f}s, less than its min_runtime_seconds"
+        return [Increment(TASK_RUNS_TOO_SHORT, (task.task_name,))]
+    return []
+
+
+def apply_pause(current: Task, until: float | None, now: float) -> TaskOutcome:
+    """Return ``current`` paused from ``now`` until ``until`` (None: until it resumes by hand or
+    its next run starts). Nothing is expected of it meanwhile: no run is missed, it is not
+    failing, its status is ``paused``."""
+    task = current.clone()
+    task.paused, task.paused_until, task.missed = True, until, False
+    task.deadline_at = until  # the reaper comes back when the pause ends
+    return TaskOutcome(task)
+
+
+def apply_resume(current: Task, now: float) -> TaskOutcome:
+    """Return ``current`` resumed at ``now``: its runs are expected again from the first slot
+    after ``now`` (unchanged when it was not paused)."""
+    if not current.paused:
+        return _UNCHANGED
+    task = current.clone()
+    task.paused, task.paused_until = False, None
+    _reschedule(task, effective_declaration(task)[0], now)
     return TaskOutcome(task)
 
 
@@ -293,7 +375,7 @@ def apply_task_rebase(current: Task, now: float) -> TaskOutcome:
     """
     declaration, _ = effective_declaration(current)
     if declaration is None or not declaration.scheduled or current.next_run_at is None \
-            or current.next_run_at > now:
+            or current.next_run_at > now or current.paused:
         return _UNCHANGED
     task = current.clone()
     task.next_run_at = next_slot(declaration, now)
@@ -305,7 +387,11 @@ def apply_task_deadline(current: Task, now: float) -> TaskOutcome:
     """Return what passing the deadline of its expected start does to ``current``: each
     slot whose grace passed with no run started is missed, counted once, and the next one
     is expected (unchanged when none is due)."""
-    if current.deadline_at is None or current.deadline_at > now or current.next_run_at is None:
+    if current.deadline_at is None or current.deadline_at > now:
+        return _UNCHANGED
+    if current.paused:  # the pause's end: expect runs again from now, none counted as missed
+        return apply_resume(current, now)
+    if current.next_run_at is None:
         return _UNCHANGED
     declaration, _ = effective_declaration(current)
     if declaration is None or not declaration.scheduled:

@@ -40,6 +40,13 @@ OUTCOMES = (("complete", 0.6), ("fail", 0.2), ("vanish", 0.2))
 FLEET_TASKS = ("crawl-news", "etl-orders", "train-ranker")
 #: A task declared to run every few intervals that never does: it goes missed.
 NEVER_RUNS = "nightly-report"
+#: A declared task that needs NEVER_RUNS: missed too, but its alert is held back by its upstream's.
+DEPENDENT = "publish-report"
+#: A task whose runs all succeed sooner than it declares a run can do its work: too short.
+TOO_SHORT = "sync-catalog"
+#: A declared task paused for maintenance: nothing is expected of it, nothing alerts.
+PAUSED = "archive-backups"
+PAUSE_SECONDS = 600
 #: A declared task whose runs all fail: it goes failing after two.
 ALWAYS_FAILS = "flaky-import"
 #: Of the new executions, the share that are runs of ALWAYS_FAILS.
@@ -144,7 +151,7 @@ class _SimulatedTask(threading.Thread):
         if random.random() < FLAKY_SHARE:
             self.task_name, self.fate = ALWAYS_FAILS, "fail"
         else:
-            self.task_name = random.choice(FLEET_TASKS)
+            self.task_name = random.choice((*FLEET_TASKS, TOO_SHORT))
             self.fate = random.choices([o for o, _ in OUTCOMES], [w for _, w in OUTCOMES])[0]
 
     def run(self) -> None:
@@ -169,14 +176,26 @@ class _SimulatedTask(threading.Thread):
 
 
 def _declare_tasks(base: str, interval: float) -> None:
-    """Declare the fleet's tasks: one that never runs, one whose runs all fail, the others hourly."""
-    for name, declaration in ((NEVER_RUNS, {"period_seconds": 6 * interval, "start_grace_seconds": interval,
-                                            "labels": {"team": "data"}}),
-                              (ALWAYS_FAILS, {"failure_threshold": 2, "labels": {"team": "web"}}),
-                              *((name, {"period_seconds": 3600, "labels": {"team": "data"}}) for name in FLEET_TASKS)):
-        request = urllib.request.Request(f"{base}/api/v1/tasks/{name}", data=json.dumps(declaration).encode(),
-                                         headers={"Content-Type": "application/json"}, method="PUT")
-        urllib.request.urlopen(request, timeout=5).close()
+    """Declare the fleet's tasks: one that never runs and one that depends on it, one whose runs
+    all fail, one whose runs are all too short, one paused, the others hourly."""
+    never: dict[str, object] = {"period_seconds": 6 * interval, "start_grace_seconds": interval,
+                                "labels": {"team": "data"}}
+    declarations: list[tuple[str, dict[str, object]]] = [
+        (NEVER_RUNS, never),
+        (DEPENDENT, {**never, "depends_on": [NEVER_RUNS]}),
+        (ALWAYS_FAILS, {"failure_threshold": 2, "labels": {"team": "web"}}),
+        (TOO_SHORT, {"min_runtime_seconds": 20 * interval, "labels": {"team": "web"}}),
+        (PAUSED, {"period_seconds": 2 * interval, "start_grace_seconds": interval}),
+        *((name, {"period_seconds": 3600, "labels": {"team": "data"}}) for name in FLEET_TASKS)]
+    for name, declaration in declarations:
+        _send("PUT", f"{base}/api/v1/tasks/{name}", declaration)
+    _send("POST", f"{base}/api/v1/tasks/{PAUSED}/pause", {"seconds": PAUSE_SECONDS})
+
+
+def _send(method: str, url: str, body: dict[str, object]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+                                     method=method)
+    urllib.request.urlopen(request, timeout=5).close()
 
 
 def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -276,6 +295,8 @@ def _run(args, port: int, work: Path) -> int:
         else:
             print("prometheus  not installed: apt-get install prometheus prometheus-alertmanager to see alerts")
         _declare_tasks(base, args.interval)
+        print(f"declared    {DEPENDENT} (depends on {NEVER_RUNS}: missed too, its alert held back), {TOO_SHORT} "
+              f"(every run too short), {PAUSED} (paused for {PAUSE_SECONDS // 60} minutes: nothing alerts)")
         print(f"declared    {NEVER_RUNS} (never runs: goes missed), {ALWAYS_FAILS} (every run fails: goes "
               f"failing)   {base}/api/v1/tasks")
         print("simulating a fleet: some executions complete, some fail, some go silent. Ctrl-C stops.")

@@ -283,7 +283,7 @@ class Monitor:
         created = False
         task = self.store.get_task(slug)
         if task is None and create:
-            created = self._claim(slug, tasks.apply_claim, ping_key=key)
+            created = self._claim(slug, ping_key=key)
             task = self.store.get_task(slug)
         if task is None or not tasks.ping_key_reaches(task, key):
             raise NotFound(f"ping key reaches no task {slug!r}", "slug")
@@ -305,20 +305,27 @@ class Monitor:
             task = self.store.get_task(report.task_name)
             if task is None:
                 new.append(report.task_name)
-            elif task.sentry_project != project:
-                raise Conflict(f"monitor_slug {report.task_name!r} names a task that is not a monitor of "
-                               f"project {project}", "monitor_slug")
+            else:
+                self._check_project(report.task_name, task, project)
             if report.run_id is not None and executions.is_foreign(self.store.get(report.run_id), "sentry",
                                                                      report.task_name):
                 raise self._conflict(report, report.run_id)
         for name in dict.fromkeys(new):
-            self._claim(name, tasks.apply_claim, sentry_project=project)
+            if not self._claim(name, sentry_project=project):  # another request made it first: whose?
+                self._check_project(name, self.store.get_task(name), project)
         for report, declared in check_ins:
             if declared is not None:
                 self.declare_task(report.task_name, declared, "inband")
         return self.report_all([report for report, _ in check_ins])
 
-    def _claim(self, name: str, claim: Callable[..., TaskOutcome], **owner: str) -> bool:
+    @staticmethod
+    def _check_project(name: str, task: Task | None, project: str) -> None:
+        """Raise :class:`~bridge.core.errors.Conflict` unless ``task`` is a monitor of Sentry ``project``."""
+        if task is None or task.sentry_project != project:
+            raise Conflict(f"monitor_slug {name!r} names a task that is not a monitor of project {project}",
+                           "monitor_slug")
+
+    def _claim(self, name: str, **owner: str) -> bool:
         """Create task ``name`` for the owner a protocol gives; return True when this call did.
 
         Protocols never take the last :data:`DECLARATION_HEADROOM` of the task names: those
@@ -326,7 +333,8 @@ class Monitor:
         """
         headroom = max(1, int(self.store.max_task_names * DECLARATION_HEADROOM)) if self.store.max_task_names > 1 \
             else 0
-        [result] = self.store.apply_tasks([(name, lambda cur: claim(cur, name, **owner))], headroom=headroom)
+        [result] = self.store.apply_tasks([(name, lambda cur: tasks.apply_claim(cur, name, **owner))],
+                                          headroom=headroom)
         if result.result == "capacity":
             raise CapacityError(f"tasks made by pings and check-ins use all the task names they may "
                                 f"({self.store.max_task_names - headroom} of BRIDGE_MAX_TASK_NAMES)")
@@ -362,6 +370,26 @@ class Monitor:
         if result.result == "capacity":
             raise CapacityError(f"{self.store.max_task_names} task names are known, the limit")
         return result
+
+    def pause(self, name: str, until: float | None) -> Task:
+        """Pause task ``name`` until ``until`` (unix seconds; None: until it is resumed or its
+        next run starts); returns the task. Raises :class:`~bridge.core.errors.NotFound` for a
+        task the bridge does not know, and :class:`~bridge.store.StoreUnavailable`."""
+        now = self.clock()
+        return self._task_change(name, lambda cur: tasks.apply_pause(cur, until, now))
+
+    def resume(self, name: str) -> Task:
+        """Resume task ``name`` now: its runs are expected again from the next slot. Returns the
+        task; raises as :meth:`pause`."""
+        now = self.clock()
+        return self._task_change(name, lambda cur: tasks.apply_resume(cur, now))
+
+    def _task_change(self, name: str, change: Callable[[Task], TaskOutcome]) -> Task:
+        [result] = self.store.apply_tasks([(name, lambda cur: change(cur) if cur is not None else TaskOutcome(None))])
+        task = result.record or self.store.get_task(name)
+        if task is None:
+            raise NotFound(f"no task {name!r}", "task_name")
+        return task
 
     def sync_tasks_file(self, declarations: dict[str, TaskDeclaration]) -> None:
         """Make the file's declarations the stored ones: each declared, and those the file no

@@ -460,6 +460,8 @@ class RedisStore(Store):
 
     @_translated
     def apply_tasks(self, items: Sequence[tuple[str, DecideTask]], *, headroom: int = 0) -> list[TaskOutcome]:
+        if not items:  # HMGET takes at least one field: an empty tasks file has nothing to apply
+            return []
         for _attempt in range(MAX_ATTEMPTS):
             raw_tasks = self._read_tasks([name for name, _ in items])
             names = self._task_names(headroom)

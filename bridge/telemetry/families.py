@@ -126,3 +126,16 @@ TASK_EXPECTED_MAX_RUNTIME = Family("task_expected_max_runtime_seconds", "gauge",
                                    "The run budget the task's declaration gives each execution.", ("task_name",))
 TASK_MISSED = Family(TASK_RUNS_MISSED, "counter", "Expected runs that did not start within their grace.",
                      ("task_name",))
+TASK_RUNS_TOO_SHORT = "task_runs_too_short_total"
+TASK_TOO_SHORT = Family(TASK_RUNS_TOO_SHORT, "counter",
+                        "Successful runs shorter than the task's min_runtime_seconds.", ("task_name",))
+TASK_RUNS_UNEXPECTED = "task_runs_unexpected_total"
+TASK_UNEXPECTED = Family(TASK_RUNS_UNEXPECTED, "counter",
+                         "Runs of a scheduled task that started more than early_grace_seconds before "
+                         "their expected start.", ("task_name",))
+TASK_MAX_CONCURRENCY = Family("task_max_concurrency", "gauge",
+                              "Runs of the task that may be in progress at once (declared max_concurrency).",
+                              ("task_name",))
+TASK_UPSTREAM_UNHEALTHY = Family("task_upstream_unhealthy", "gauge",
+                                 "1 while a task this one depends on (depends_on) is failing or missed.",
+                                 ("task_name",))

@@ -18,7 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from .. import __version__
 from ..core.declarations import DEFAULT_FAILURE_THRESHOLD
 from ..core.executions import STATUSES
-from ..core.tasks import TASK_STATUSES, effective_declaration, status_at
+from ..core.tasks import TASK_STATUSES, UNHEALTHY_STATUSES, effective_declaration, status_at
 from ..store import ExecutionRow, Snapshot, Store
 from . import families as f
 
@@ -58,7 +58,10 @@ _INFO, _STATUS, _LAST, _INTERVAL, _START, _END, _RATIO, _MAX_RUNTIME = (family.n
 #: The tasks' gauge families, in exposition order.
 _TASK_GAUGES = (f.TASK_INFO, f.TASK_STATUS, f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
                 f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES, f.TASK_FAILURE_THRESHOLD,
-                f.TASK_EXPECTED_MAX_RUNTIME)
+                f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MAX_CONCURRENCY, f.TASK_UPSTREAM_UNHEALTHY)
+
+
+_TASK_COUNTERS = (f.TASK_MISSED, f.TASK_TOO_SHORT, f.TASK_UNEXPECTED)
 
 
 class ExecutionRenderer:
@@ -167,7 +170,9 @@ class Exposition:
         prometheus-client's encoders take several times as long per sample."""
         now = self.clock()
         lines: list[list[str]] = [[] for _ in _TASK_GAUGES]
-        info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget = lines
+        (info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget, concurrency,
+         upstream) = lines
+        statuses = {task.task_name: status_at(task, now) for task in snapshot.tasks}
         for task in snapshot.tasks:
             key = f'task_name="{_escape(task.task_name)}"'
             declared, _ = effective_declaration(task)
@@ -175,28 +180,34 @@ class Exposition:
             extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
             info.append(f'{f.TASK_INFO.name}{{{key},task_type="{_escape(task.task_type or "")}",'
                         f'schedule="{_escape(declared.schedule_text if declared is not None else "")}"{extra}}} 1.0\n')
-            current = status_at(task, now)
+            current = statuses[task.task_name]
             for each in TASK_STATUSES:
                 status.append(f'{f.TASK_STATUS.name}{{{key},status="{each}"}} {"1.0" if each == current else "0.0"}\n')
             for family, found, value in (
                     (f.TASK_LAST_START, last_start, task.last_start_at),
                     (f.TASK_LAST_SUCCESS, last_success, task.last_success_at),
                     (f.TASK_LAST_FAILURE, last_failure, task.last_failure_at),
-                    (f.TASK_NEXT_DEADLINE, deadline, task.deadline_at),
+                    (f.TASK_NEXT_DEADLINE, deadline, None if task.paused else task.deadline_at),
                     (f.TASK_CONSECUTIVE_FAILURES, failures, task.consecutive_failures),
                     (f.TASK_FAILURE_THRESHOLD, threshold,
                      declared.failure_threshold if declared is not None else DEFAULT_FAILURE_THRESHOLD),
-                    (f.TASK_EXPECTED_MAX_RUNTIME, budget, declared.max_runtime_seconds if declared else None)):
+                    (f.TASK_EXPECTED_MAX_RUNTIME, budget, declared.max_runtime_seconds if declared else None),
+                    (f.TASK_MAX_CONCURRENCY, concurrency, declared.max_concurrency if declared else None),
+                    (f.TASK_UPSTREAM_UNHEALTHY, upstream,
+                     (float(any(statuses.get(name) in UNHEALTHY_STATUSES for name in declared.depends_on))
+                      if declared is not None and declared.depends_on else None))):
                 if value is not None:
                     found.append(f"{family.name}{{{key}}} {_number(value)}\n")
         return "".join(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
                        + "".join(family_lines) for family, family_lines in zip(_TASK_GAUGES, lines))
 
     def _task_counters(self, snapshot: Snapshot) -> Iterable[Metric]:
-        missed = _family(f.TASK_MISSED)
+        # Every task gets its zeros, so that increase() sees the first event.
+        families = [_family(definition) for definition in _TASK_COUNTERS]
         for task in snapshot.tasks:
-            missed.add_metric([task.task_name], snapshot.counters.get((f.TASK_RUNS_MISSED, (task.task_name,)), 0.0))
-        return (missed,)
+            for family, definition in zip(families, _TASK_COUNTERS):
+                family.add_metric([task.task_name], snapshot.counters.get((definition.name, (task.task_name,)), 0.0))
+        return families
 
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
         rejected = _family(f.BRIDGE_REJECTED)

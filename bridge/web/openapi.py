@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..core.declarations import MAX_FAILURE_THRESHOLD, MAX_GRACE_SECONDS, MAX_PERIOD_SECONDS
+from ..core.declarations import (
+    MAX_CONCURRENCY,
+    MAX_FAILURE_THRESHOLD,
+    MAX_GRACE_SECONDS,
+    MAX_PERIOD_SECONDS,
+    MAX_RUNTIME_SECONDS,
+    MAX_UPSTREAMS,
+)
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES
 from ..core.executions import STATUSES
 from ..core.inputs import (
@@ -126,7 +133,20 @@ def document(settings: Settings) -> dict[str, Any]:
             "ping_uuid": _nullable({"type": "string", "format": "uuid"}),
             "ping_key": _nullable({"type": "string", "pattern": f"^{PING_KEY.pattern}$",
                                    "description": "the Healthchecks ping key whose slug URLs reach this task"}),
+            "min_runtime_seconds": _nullable({"type": "number", "minimum": 0, "maximum": MAX_RUNTIME_SECONDS,
+                                              "description": "a successful run shorter than this is too short"}),
+            "early_grace_seconds": _nullable({"type": "number", "minimum": 0, "maximum": MAX_GRACE_SECONDS,
+                                              "description": "how early a scheduled run may start (default 60)"}),
+            "max_concurrency": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}),
+            "recovery_threshold": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_FAILURE_THRESHOLD,
+                                             "description": "successes in a row that clear failing (default 1)"}),
+            "depends_on": _nullable({"type": "array", "maxItems": MAX_UPSTREAMS, "items": task_name,
+                                     "description": "upstream task names: while one is failing or missed, this "
+                                                    "task's alerts hold back"}),
         }},
+        "Pause": {"type": "object", "additionalProperties": False, "properties": {
+            "seconds": {"type": "number", "minimum": 1, "maximum": 366 * 86_400},
+            "until": {"type": "number", "description": "unix seconds, in the future"}}},
         "Announcement": {"type": "object", "additionalProperties": True, "properties": {
             "task_name": _nullable(task_name),
             "task_type": _nullable(_text(MAX_TEXT)),
@@ -242,6 +262,17 @@ def document(settings: Settings) -> dict[str, Any]:
                        "security": [{}, {"bearer": []}],
                        "responses": {**_ok("Task", "what is left of the task"),
                                      **_errors(400, 401, 403, 404, 409, 503)}}},
+        "/api/v1/tasks/{name}/pause": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": task_name}],
+            "post": {"summary": "Pause a task: nothing is expected, nothing alerts; with seconds or until the "
+                                "pause ends by itself, without either at /resume or the task's next run",
+                     "security": [{}, {"bearer": []}],
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("Pause")}}},
+                     "responses": {**_ok("Task", "paused"), **_errors(400, 401, 403, 404, 413, 415, 503)}}},
+        "/api/v1/tasks/{name}/resume": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": task_name}],
+            "post": {"summary": "Resume a paused task now", "security": [{}, {"bearer": []}],
+                     "responses": {**_ok("Task", "resumed"), **_errors(401, 403, 404, 503)}}},
         "/metrics": {"get": {
             "summary": "Prometheus text, or OpenMetrics when asked", "security": read_security,
             "responses": {"200": {"description": "the metrics", "content": {

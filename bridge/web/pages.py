@@ -23,7 +23,7 @@ from ..core import inputs
 from ..core.errors import BridgeError, InvalidInput, NotFound, StoreUnavailable
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
-from ..core.tasks import Task, effective_declaration, status_at
+from ..core.tasks import UNHEALTHY_STATUSES, Task, effective_declaration, status_at
 from .errors import refusals
 from .extension import current_bridge
 from .tasks import task_json
@@ -140,7 +140,7 @@ def index():
     task_name = request.args.get("task_name") or None
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
-    tasks = [task_json(task, now) for task in store.tasks()]
+    tasks = _with_upstreams([task_json(task, now) for task in store.tasks()])
     records: list[Execution] = []
     for wanted in (status,) if status else LIVE_STATUSES + ENDED_STATUSES:
         records += store.query(status=wanted, task_name=task_name, limit=PAGE_EXECUTIONS)
@@ -148,6 +148,15 @@ def index():
     return _render("pages/index.html", tasks=tasks, executions=shown, more=len(records) > len(shown),
                    statuses=STATUSES, status=status, task_name=task_name,
                    task_names=sorted({t["task_name"] for t in tasks} | ({task_name} if task_name else set())))
+
+
+def _with_upstreams(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``tasks`` (task_json objects), each with ``blocked_by``: its upstreams that are
+    failing or missed, which hold its alerts back."""
+    statuses = {task["task_name"]: task["status"] for task in tasks}
+    for task in tasks:
+        task["blocked_by"] = [name for name in task["depends_on"] or () if statuses.get(name) in UNHEALTHY_STATUSES]
+    return tasks
 
 
 def _durations(task: dict[str, Any]) -> dict[str, float] | None:
@@ -170,6 +179,9 @@ def task_page(task_name: str):
         raise NotFound(f"No task is named {task_name[:128]!r}.", "task_name")
     now = bridge.monitor.clock()
     record = task_json(task, now)
+    upstreams = [bridge.monitor.store.get_task(name) for name in record["depends_on"] or ()]
+    record["blocked_by"] = [up.task_name for up in upstreams
+                            if up is not None and status_at(up, now) in UNHEALTHY_STATUSES]
     _, source = effective_declaration(task)
     return _render("pages/task.html", task=record, status=status_at(task, now), declared_by=source,
                    durations=_durations(record))

@@ -170,6 +170,7 @@ def _monitor_config(config: Any, slug: str) -> TaskDeclaration:
     fields["start_grace_seconds"] = _minutes(config, "checkin_margin", 0, MAX_GRACE_SECONDS)
     fields["max_runtime_seconds"] = _minutes(config, "max_runtime", 60, MAX_RUNTIME_SECONDS)
     fields["failure_threshold"] = config.get("failure_issue_threshold")
+    fields["recovery_threshold"] = config.get("recovery_threshold")
     fields["timezone"] = config.get("timezone")
     owner = inputs.text(config.get("owner"), "monitor_config.owner", inputs.MAX_LABEL_VALUE)
     if owner is not None and ":" in owner:  # "team:data" or "user:ann@example.com"
