@@ -17,17 +17,25 @@ LOWEST ?= .venv-lowest
 BIND ?= 127.0.0.1:8000
 DEMO_PORT ?= 8000
 
-.PHONY: run test test-fast test-lowest lint rules demo bench alert-latency install clean
+.PHONY: run test test-fast test-lowest lint rules demo bench alert-latency install install-service clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The service alone (make run, make demo, make rules): what requirements.txt pins, no test tools.
+$(BIN)/.installed-service: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# Then the test, lint and benchmark tools (make test, make lint, make bench).
+$(BIN)/.installed: requirements-dev.txt $(BIN)/.installed-service
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install-service: $(BIN)/.installed-service
+
 install: $(BIN)/.installed
 
-run: install
+run: install-service
 	$(BIN)/heartbeat-bridge serve --bind $(BIND)
 
 test: install
@@ -51,10 +59,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-rules: install
+rules: install-service
 	BRIDGE_EXTERNAL_URL= $(BIN)/heartbeat-bridge rules > alerts/heartbeat-bridge.rules.yml
 
-demo: install
+demo: install-service
 	$(BIN)/heartbeat-bridge demo --port $(DEMO_PORT)
 
 bench: install

@@ -144,7 +144,8 @@ def test_it_installs_the_container_side_with_no_third_party_package(tmp_path):
 def installed(tmp_path_factory):
     """The service's wheel, built and installed (not editable) into a folder of its own."""
     work = tmp_path_factory.mktemp("wheel")
-    sources = _copy_sources(work / "src", "pyproject.toml", "README.md", "bridge", "alerts", "dashboards", "deploy")
+    sources = _copy_sources(work / "src", "pyproject.toml", "README.md", "bridge", "alerts", "dashboards", "deploy",
+                            "docs")
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(work / "wheels"),
           str(sources)])
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(work / "site"),
@@ -160,7 +161,7 @@ def test_it_installs_rules_that_take_the_runbook_url_and_job_selector(installed)
                   "--job-selector", 'job="hb-prod"'], cwd=work, env=env).stdout
     assert "runbook_url: https://wiki.example/rb#taskexecutionlost" in rules
     assert 'up{job="hb-prod"} == 0' in rules and "heartbeat-bridge\"" not in rules.split("groups:")[1]
-    for shipped in (("alerts", "alertmanager.yml"), ("deploy", "prometheus.yml")):
+    for shipped in (("alerts", "alertmanager.yml"), ("deploy", "prometheus.yml"), ("docs", "runbooks.md")):
         where = _run([sys.executable, "-c", f"from bridge.assets import asset; print(asset{shipped!r})"],
                      cwd=work, env=env).stdout.strip()
         assert where.startswith(str(work / "site")), where

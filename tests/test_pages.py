@@ -192,6 +192,9 @@ def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet
                 "return [...document.querySelectorAll('select, input')].every(e => e.labels.length > 0)")
             assert browser.execute_script(
                 "return document.documentElement.scrollWidth <= window.innerWidth + 1"), (page_name, width_name)
+            if width_name == "phone":  # and at 390 px no table scrolls either: its rows are stacked
+                assert browser.execute_script("return [...document.querySelectorAll('.table-wrap')]"
+                                              ".every(e => e.scrollWidth <= e.clientWidth + 1)"), page_name
             shot = tmp_path / f"{page_name}-{width_name}.png"
             browser.save_screenshot(str(shot))
             shots.append(shot)
@@ -214,3 +217,20 @@ def test_it_asks_the_browser_for_credentials(live_fleet):
     assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
     assert "Sign in needed" in refused.text
     assert requests.get(live_fleet.url + "/", auth=("anyone", TOKEN), timeout=10).status_code == 200
+
+
+def test_it_serves_the_runbooks_with_an_anchor_for_every_alert_to_anyone(live_bridge):
+    import yaml
+
+    from support import ROOT
+
+    bridge = live_bridge(workers=1, env={"BRIDGE_METRICS_TOKEN": TOKEN})
+    page = requests.get(bridge.url + "/runbooks", timeout=10)  # no token: an alert's link opens for anyone
+    assert page.status_code == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    rules = yaml.safe_load((ROOT / "alerts" / "heartbeat-bridge.rules.yml").read_text())["groups"]
+    for rule in (rule for group in rules for rule in group["rules"] if "alert" in rule):
+        link = rule["annotations"]["runbook_url"]
+        assert link.startswith("http://") and link.endswith(f"/runbooks#{rule['alert'].lower()}"), link
+        assert f'<h2 id="{rule["alert"].lower()}">{rule["alert"]}</h2>' in page.text, rule["alert"]
+    assert "<script" not in page.text and "<pre><code" in page.text  # markdown rendered, no markup let through
+    assert requests.get(bridge.url + "/", timeout=10).status_code == 401  # the other pages stay guarded

@@ -72,9 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="container id (default: $HOSTNAME)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_SECONDS,
                         help="seconds between heartbeats (default: %(default)s)")
-    parser.add_argument("--task-name", default=env("TASK_NAME"))
-    parser.add_argument("--task-type", default=env("TASK_TYPE"))
-    parser.add_argument("--max-runtime", type=float, help="max_runtime_seconds to declare")
+    parser.add_argument("--task-name", default=env("TASK_NAME"),
+                        help="the task this run is a run of (default: $TASK_NAME; none: shown as unknown)")
+    parser.add_argument("--task-type", default=env("TASK_TYPE"),
+                        help="the task's type, such as crawler or etl (default: $TASK_TYPE)")
+    parser.add_argument("--max-runtime", type=float,
+                        help="seconds this run may take, declared as max_runtime_seconds (default: none)")
     parser.add_argument("--token", default=env("BRIDGE_TOKEN"), help="bearer token (default: $BRIDGE_TOKEN)")
     parser.add_argument("--stderr-tail", type=int, default=DEFAULT_STDERR_TAIL_BYTES,
                         help="bytes of stderr sent as the error message (default: %(default)s)")

@@ -148,17 +148,20 @@ def url(value: Any, field: str) -> str | None:
     return link
 
 
-def number(value: Any, field: str, low: float, high: float) -> float | None:
+def number(value: Any, field: str, low: float, high: float, unit: str | None = None) -> float | None:
     """Return a finite number from ``low`` to ``high`` as a float (an integer of any size is
-    compared exactly, never converted first)."""
+    compared exactly, never converted first). A refusal says the ``unit``: seconds for a field
+    named ``..._seconds`` unless told otherwise."""
     if value is None:
         return None
+    unit = unit or ("seconds" if field.endswith("_seconds") else None)
+    kind = f"a number of {unit}" if unit else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"{field} must be a number", field)
+        raise InvalidInput(f"{field} must be {kind}", field)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"{field} must be a finite number", field)
     if not low <= value <= high:
-        raise InvalidInput(f"{field} must be between {low:g} and {high:g}", field)
+        raise InvalidInput(f"{field} must be {kind} between {low:g} and {high:g}", field)
     return float(value)
 
 

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; returns the exit status (2 for a bad ``--bind``)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge alert-log", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="heartbeat-bridge alert-log",
+        description="A webhook receiver for Alertmanager: prints each notification's alerts, one line each, "
+                    "naming the task and execution.")
     parser.add_argument("--bind", default=DEFAULT_BIND, help="HOST:PORT to listen on (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

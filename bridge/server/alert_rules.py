@@ -17,7 +17,9 @@ __all__ = ["DEFAULT_JOB_SELECTOR", "DEFAULT_RUNBOOK_URL", "DEFAULT_TIMING", "Rul
 
 DEFAULT_JOB_SELECTOR = 'job="heartbeat-bridge"'
 #: The runbooks shipped in the repository; point it at where yours are published.
-DEFAULT_RUNBOOK_URL = "docs/runbooks.md"
+#: The runbooks the bridge serves (``/runbooks``), at the address ``make run`` listens on: every
+#: link absolute, so any receiver opens it. With an external URL they are served from there.
+DEFAULT_RUNBOOK_URL = "http://127.0.0.1:8000/runbooks"
 TEMPLATE = "alert_rules.yml.in"
 
 _MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
@@ -60,16 +62,19 @@ def runbook_link(runbook_url: str, alert: str) -> str:
     return runbook_url.replace("{alert}", anchor) if "{alert}" in runbook_url else f"{runbook_url}#{anchor}"
 
 
-def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str = DEFAULT_RUNBOOK_URL,
+def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = None,
            external_url: str | None = None, timing: Timing = DEFAULT_TIMING) -> str:
     """Return the rules file selecting the bridge's series by ``job_selector`` (label
     matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``,
     given the bridge's ``external_url`` a ``status_page`` link on each execution alert, and the
-    event alerts as fast as ``timing`` says.
+    event alerts as fast as ``timing`` says. Without a ``runbook_url`` the links go to the
+    runbooks the bridge serves: ``<external_url>/runbooks``, else :data:`DEFAULT_RUNBOOK_URL`.
 
     Raises :class:`RulesError` for a selector that is not a list of label matchers, a URL
     holding a quote or a line break, or a timing that is not a Prometheus duration.
     """
+    if runbook_url is None:
+        runbook_url = external_url.rstrip("/") + "/runbooks" if external_url else DEFAULT_RUNBOOK_URL
     for name, value in asdict(timing).items():
         if not _DURATION.fullmatch(value):
             raise RulesError(f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 from .. import __version__
@@ -21,19 +22,28 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Heartbeat Bridge: task heartbeats to Prometheus.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service under gunicorn")
+    serve = commands.add_parser(
+        "serve", help="run the service under gunicorn",
+        description="Run Heartbeat Bridge under gunicorn. Everything else is configured by BRIDGE_* "
+                    "environment variables (the README's Configuration table): BRIDGE_STORE_URL, "
+                    "BRIDGE_WORKERS, tokens, limits.")
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
     serve.set_defaults(run=_serve)
-    token = commands.add_parser("token", help="print the per-execution token of an execution id")
-    token.add_argument("execution_id")
+    token = commands.add_parser(
+        "token", help="print the per-execution token of an execution id",
+        description="Print the bearer token that lets one container report for its own execution only: "
+                    "HMAC-SHA256(BRIDGE_EXECUTION_TOKEN_SECRET, execution id). A launcher hands it to the "
+                    "container it starts; BRIDGE_EXECUTION_TOKEN_SECRET must be set here as on the bridge.")
+    token.add_argument("execution_id", help="the execution's id, as TASK_EXECUTION_ID (a UUID is lower-cased)")
     token.set_defaults(run=_token)
     rules = commands.add_parser("rules", help="print the Prometheus alerting and recording rules")
     rules.add_argument("--job-selector", default=DEFAULT_JOB_SELECTOR,
                        help=f"label matchers of the bridge's series (default: {DEFAULT_JOB_SELECTOR})")
-    rules.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL,
+    rules.add_argument("--runbook-url", default=None,
                        help="where the runbooks are: each alert links to URL#<alert name in lower case>, "
-                            f"or to URL with {{alert}} replaced (default: {DEFAULT_RUNBOOK_URL})")
+                            "or to URL with {alert} replaced (default: the bridge's own /runbooks, at the "
+                            f"external URL when one is given, else {DEFAULT_RUNBOOK_URL})")
     rules.add_argument("--external-url", default=None,
                        help="the bridge's URL as people reach it: execution alerts link to their status "
                             "pages there (default: BRIDGE_EXTERNAL_URL; none when unset)")
@@ -120,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
             parse_bind("--bind", args.bind)
         settings = load_settings(warn_unknown=False)  # gunicorn's master reports unknown ones
         check_tasks_file(settings)  # here, once: a worker that boots later never fails on the file
+        _check_free(settings.bind)
         open_store(settings).close()  # create the schema once, and fail here, not in each worker
         _check_tracing()
     except (ConfigError, StoreUnavailable) as exc:
@@ -129,6 +140,21 @@ def _serve(args: argparse.Namespace) -> int:
                 "bridge.web:create_app()"]
     os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
     return 0
+
+
+def _check_free(bind: str) -> None:
+    """Raise :class:`ConfigError` when something already listens at ``bind`` (HOST:PORT): one
+    line, where gunicorn would retry for seconds and print each try."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {bind}: {exc.strerror} (is a bridge already running there? "
+                              "stop it, or choose another address with --bind HOST:PORT)") from None
 
 
 def _check_tracing() -> None:

@@ -103,8 +103,8 @@ def _claim(port: int) -> int:
             sock.bind(("127.0.0.1", port))
         except OSError:
             raise _PortTaken(f"127.0.0.1:{port} is in use (is a bridge running there?): the demo would "
-                             f"write its simulated fleet into it. Stop it, or pass --port N (0: any free port)"
-                             ) from None
+                             f"write its simulated fleet into it. Stop it, or choose another port: "
+                             f"make demo DEMO_PORT=8001, or --port N (0: any free port)") from None
     return port
 
 
@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo until Ctrl-C or ``--duration``; returns the exit status."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="heartbeat-bridge demo",
+        description="The bridge with a simulated fleet (some runs finish, some fail, some go silent), plus "
+                    "Prometheus with the alert rules and Alertmanager when they are installed.")
     parser.add_argument("--port", type=int, default=8000,
                         help="bridge port on 127.0.0.1 (default 8000; 0: any free port); refused when in use")
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds")

@@ -341,6 +341,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 [{"name": "task_name", "in": "path", "required": True, "schema": {"type": "string"}}]),
                ("/executions/{execution_id}", "Status page of one execution",
                 [{"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}}]))},
+        "/runbooks": {"get": {"summary": "What to do for each alert: one anchor per alert, open to all",
+                              "responses": {"200": {"description": "the runbooks", "content": {
+                                  "text/html": {"schema": {"type": "string"}}}}}}},
         "/healthz": {"get": {"summary": "Alive", "responses": _ok("Health", "alive")}},
         "/readyz": {"get": {"summary": "Ready: the store takes writes",
                             "responses": {**_ok("Health", "ready"), **_errors(503)}}},

@@ -3,6 +3,7 @@
     GET /                          the tasks, and the executions (filtered by status and task)
     GET /tasks/<task_name>         one task: its declaration, status, last runs and durations
     GET /executions/<id>           one execution: its timeline, stages, outcome and trace
+    GET /runbooks                  what to do for each alert (one anchor per alert), open to all
 
 Server-rendered HTML that reads without JavaScript and refreshes itself. Guarded like the
 query API: with ``BRIDGE_METRICS_TOKEN`` set a browser is asked for it as the password of
@@ -11,14 +12,19 @@ HTTP basic authentication (any user name).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 import statistics
 from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Response, render_template, request
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
+from ..assets import asset
 from ..core import inputs
 from ..core.errors import BridgeError, InvalidInput, NotFound, StoreUnavailable
 from ..core.executions import STATUSES, Execution
@@ -43,9 +49,14 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-s
 ENDED_STATUSES = ("completed", "failed")
 
 
+#: Pages anyone may open: an alert's runbook link must open for whoever got the page.
+_OPEN_PAGES = frozenset({"pages.runbooks"})
+
+
 @bp.before_request
 def _authorize() -> None:
-    current_bridge().authorizer.read(request.headers.get("Authorization"))
+    if request.endpoint not in _OPEN_PAGES:
+        current_bridge().authorizer.read(request.headers.get("Authorization"))
 
 
 @bp.after_request
@@ -185,6 +196,27 @@ def task_page(task_name: str):
     _, source = effective_declaration(task)
     return _render("pages/task.html", task=record, status=status_at(task, now), declared_by=source,
                    durations=_durations(record))
+
+
+@bp.get("/runbooks")
+def runbooks():
+    """The runbooks: ``docs/runbooks.md`` as a page, each alert's section at ``#<alert in lower case>``."""
+    return render_template("pages/runbooks.html", body=_runbooks_html(), now=current_bridge().monitor.clock(),
+                           refresh=None)
+
+
+@functools.lru_cache(maxsize=1)
+def _runbooks_html() -> Markup:
+    """Return the shipped runbooks as HTML (their raw HTML escaped), each second-level heading
+    with an id: the alert's name in lower case, or the heading's words joined by ``-``."""
+    html = MarkdownIt("commonmark", {"html": False}).enable("table").render(asset("docs", "runbooks.md").read_text())
+
+    def anchored(match: re.Match[str]) -> str:
+        title = match.group(1)
+        anchor = re.sub(r"[^a-z0-9]+", "-", re.sub(r"<[^>]+>", "", title).lower()).strip("-")
+        return f'<h2 id="{anchor}">{title}</h2>'
+
+    return Markup(re.sub(r"<h2>(.*?)</h2>", anchored, html))
 
 
 @bp.get("/executions/<path:execution_id>")
