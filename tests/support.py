@@ -323,6 +323,12 @@ class DockerEngine:
 
     def remove(self) -> None:
         self.stop()
+        # dockerd leaves its network namespace mounted (exec/netns/default): unmount what is
+        # mounted below the folder, deepest first, or the folder cannot go.
+        with open("/proc/self/mounts") as mounts:
+            inside = [line.split()[1] for line in mounts if line.split()[1].startswith(str(self.root) + "/")]
+        for mount in sorted(inside, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

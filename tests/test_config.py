@@ -29,6 +29,7 @@ BAD_VALUES = {
     "BRIDGE_TASKS_FILE": "/nonexistent/tasks.yml", "BRIDGE_METRIC_LABELS": "team,not-a-label",
     "BRIDGE_PING_KEYS": "a key with spaces", "BRIDGE_PING_BODY_BYTES": "lots", "BRIDGE_SENTRY_KEYS": "short",
     "BRIDGE_TRACE_URL": "https://tempo.example/trace/", "BRIDGE_EXTERNAL_URL": "bridge.example:8000",
+    "BRIDGE_ALERTMANAGER_URL": "alertmanager:9093",
 }
 
 

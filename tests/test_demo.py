@@ -57,6 +57,8 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
         output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, output
     assert f"http://127.0.0.1:{port}/metrics" in output
+    if shutil.which("prometheus-alertmanager"):  # Debian's has no web UI: its API's list works
+        assert re.search(r"alertmanager http://127\.0\.0\.1:\d+/api/v2/alerts", output), output
 
 
 def processes_mentioning(text: str) -> list[str]:

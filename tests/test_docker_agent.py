@@ -29,6 +29,7 @@ def engine():
     engine.import_busybox(IMAGE)
     yield engine
     engine.remove()
+    assert not engine.root.exists(), "the engine's folder (and its namespace mount) stayed behind"
 
 
 @pytest.fixture

@@ -193,3 +193,19 @@ def test_it_runs_the_demo_from_an_installed_package_with_its_rules(installed, tm
 
 def test_it_keeps_the_shipped_rules_equal_to_the_default_output_of_heartbeat_bridge_rules():
     assert (ROOT / "alerts" / "heartbeat-bridge.rules.yml").read_text() == render_rules()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_it_installs_the_service_alone_for_make_run(tmp_path):
+    """``make run``'s environment: the service and its pins, none of the test and lint tools."""
+    venv = tmp_path / "venv"
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "install-service", f"VENV={venv}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _run([str(venv / "bin" / "heartbeat-bridge"), "--version"], cwd=tmp_path).stdout.startswith(
+        "heartbeat-bridge ")
+    tools = ("pytest", "hypothesis", "schemathesis", "selenium", "mypy", "ruff", "uv")
+    probe = f"import importlib.util, json; print(json.dumps([m for m in {tools!r} if importlib.util.find_spec(m)]))"
+    found = json.loads(_run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path).stdout)
+    assert found == [], f"make run installed test or lint tools: {found}"

@@ -234,3 +234,110 @@ def test_it_serves_the_runbooks_with_an_anchor_for_every_alert_to_anyone(live_br
         assert f'<h2 id="{rule["alert"].lower()}">{rule["alert"]}</h2>' in page.text, rule["alert"]
     assert "<script" not in page.text and "<pre><code" in page.text  # markdown rendered, no markup let through
     assert requests.get(bridge.url + "/", timeout=10).status_code == 401  # the other pages stay guarded
+
+
+def test_it_pages_through_any_number_of_executions_keeping_the_filters(client, monkeypatch):
+    from bridge.web import pages
+
+    monkeypatch.setattr(pages, "PAGE_EXECUTIONS", 10)
+    for n in range(25):
+        client.post(HEARTBEAT, json=seed_heartbeat(f"run-{n:02d}", task_name="batch" if n % 5 else "other"))
+    seen, url = [], "/?task_name=batch"
+    while url:
+        page = client.get(url).data.decode()
+        seen += re.findall(r'<th scope="row" class="id"><a href="/executions/([^"]+)"', page)
+        following = re.search(r'<a rel="next" href="([^"]+)"', page)
+        url = following.group(1).replace("&amp;", "&").split("#")[0] if following else None
+        assert url is None or "task_name=batch" in url  # the filter goes on with the next page
+    assert sorted(seen) == [f"run-{n:02d}" for n in range(25) if n % 5] and len(seen) == len(set(seen))
+    runs, url = [], "/tasks/batch"
+    while url:
+        page = client.get(url).data.decode()
+        tracked = page[page.index('aria-label="Tracked runs"'):]
+        runs += re.findall(r'href="/executions/([^"]+)"', tracked)
+        following = re.search(r'<a rel="next" href="([^"]+)"', tracked)
+        url = following.group(1).replace("&amp;", "&").split("#")[0] if following else None
+    assert sorted(runs) == sorted(seen)
+    assert client.get("/?after=nonsense").status_code == 400
+
+
+def test_it_shows_how_to_report_to_a_task(client):
+    check = "5f6a3b2c-1d2e-4f5a-8b9c-0d1e2f3a4b5c"
+    client.put("/api/v1/tasks/nightly backup", json={"ping_uuid": check})
+    page = client.get("/tasks/nightly backup").data.decode()
+    assert "heartbeat-run --task-name &#39;nightly backup&#39; -- your-command" in page
+    assert f"curl -fsS -m 10 --retry 5 -o /dev/null http://localhost/ping/{check}/start" in page
+    client.get("/api/7/cron/imports/0123456789abcdef/?status=ok")
+    sentry = client.get("/tasks/imports").data.decode()
+    assert "http://&lt;public key&gt;@localhost/7" in sentry and 'monitor_slug="imports"' in sentry
+
+
+@pytest.mark.e2e
+def test_it_lists_the_alerts_alertmanager_holds_for_a_task_and_an_execution(live_bridge, tmp_path):
+    from bridge.server.demo import alertmanager_config
+
+    from support import free_port, start_alertmanager
+
+    alertmanager, am_url = start_alertmanager(tmp_path / "am", alertmanager_config("http://127.0.0.1:9"))
+    try:
+        bridge = live_bridge(workers=1, env={"BRIDGE_ALERTMANAGER_URL": am_url})
+        requests.post(bridge.url + HEARTBEAT, json=seed_heartbeat("e-1", task_name="crawl"), timeout=10)
+        alerts = [{"labels": {"alertname": "TaskExecutionFailed", "task_name": "crawl", "execution_id": "e-1"},
+                   "annotations": {"summary": "A task execution failed."}},
+                  {"labels": {"alertname": "TaskRunMissed", "task_name": "crawl"},
+                   "annotations": {"summary": "A task's expected run did not start."}}]
+        assert requests.post(am_url + "/api/v2/alerts", json=alerts, timeout=10).status_code == 200
+        silence = {"matchers": [{"name": "alertname", "value": "TaskRunMissed", "isRegex": False}],
+                   "startsAt": "2020-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z", "createdBy": "test",
+                   "comment": "maintenance"}
+        assert requests.post(am_url + "/api/v2/silences", json=silence, timeout=10).status_code == 200
+        time.sleep(6)  # past the page's cache of Alertmanager's answer
+        task_page = requests.get(bridge.url + "/tasks/crawl", timeout=10).text
+        assert re.search(r"firing</span> <strong>TaskExecutionFailed</strong>: A task execution failed", task_page)
+        assert re.search(r"silenced</span> <strong>TaskRunMissed</strong>", task_page)
+        execution_page = requests.get(bridge.url + "/executions/e-1", timeout=10).text
+        assert "TaskExecutionFailed" in execution_page and "TaskRunMissed" not in execution_page
+        assert "1 alert firing</strong> in Alertmanager, 1 silenced or inhibited" in \
+            requests.get(bridge.url + "/", timeout=10).text
+    finally:
+        alertmanager.stop()
+    (tmp_path / "gone").mkdir()
+    gone = live_bridge(workers=1, env={"BRIDGE_ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}"},
+                       data_dir=tmp_path / "gone")
+    page = requests.get(gone.url + "/tasks/crawl", timeout=10)
+    assert page.status_code in (200, 404)
+    overview = requests.get(gone.url + "/", timeout=10)
+    assert overview.status_code == 200 and "did not answer" in overview.text  # said on the page, never an error
+
+
+def test_it_pauses_resumes_and_forgets_from_the_pages_and_refuses_another_sites_form(client):
+    client.put("/api/v1/tasks/hourly", json={"period_seconds": 3600})
+    client.post(HEARTBEAT, json=seed_heartbeat("done-1", task_name="hourly"))
+    client.post(COMPLETION, json={"execution_id": "done-1", "success": True})
+    assert 'action="/tasks/hourly/pause"' in client.get("/tasks/hourly").data.decode()
+    cross = client.post("/tasks/hourly/pause", data={"seconds": "3600"}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross.status_code == 403 and client.get("/api/v1/tasks/hourly").json["status"] != "paused"
+    other = client.post("/tasks/hourly/pause", data={"seconds": "3600"}, headers={"Origin": "https://evil.example"})
+    assert other.status_code == 403
+    paused = client.post("/tasks/hourly/pause", data={"seconds": "3600"}, headers={"Sec-Fetch-Site": "same-origin",
+                                                                                     "Origin": "http://localhost"})
+    assert paused.status_code == 303 and client.get("/api/v1/tasks/hourly").json["status"] == "paused"
+    assert 'action="/tasks/hourly/resume"' in client.get("/tasks/hourly").data.decode()
+    assert client.post("/tasks/hourly/resume").status_code == 303
+    assert client.get("/api/v1/tasks/hourly").json["status"] == "up"
+    assert 'action="/executions/done-1/forget"' in client.get("/executions/done-1").data.decode()
+    assert client.post("/executions/done-1/forget").status_code == 303
+    assert client.get("/api/v1/executions/done-1").status_code == 404
+    assert client.post("/tasks/hourly/pause", data={"seconds": "soon"}).status_code == 400
+
+
+class TestActingWithTokens:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"metrics_token": TOKEN, "auth_tokens": ("fleet-token-0123456789",)}
+
+    def test_it_asks_a_browser_for_a_fleet_token_to_act(self, client):
+        client.put("/api/v1/tasks/hourly", json={}, headers={"Authorization": "Bearer fleet-token-0123456789"})
+        refused = client.post("/tasks/hourly/pause", headers=basic(TOKEN))  # the pages' token reads, not acts
+        assert refused.status_code == 401 and "acting on tasks" in refused.headers["WWW-Authenticate"]
+        assert client.post("/tasks/hourly/pause", headers=basic("fleet-token-0123456789")).status_code == 303

@@ -307,7 +307,11 @@ class DockerAgent:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the agent until SIGTERM or SIGINT; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="heartbeat-docker-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="heartbeat-docker-agent",
+        description="Tell Heartbeat Bridge when task containers start, die or run out of memory: it follows "
+                    "the Docker engine's events and reports those of containers labelled "
+                    "heartbeat.execution_id, with a TASK_EXECUTION_ID variable, or named task-<execution id>.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--bridge-url", default=os.environ.get("API_BASE_URL", "http://localhost:8000"),
                         help="the bridge (default: $API_BASE_URL or %(default)s)")

@@ -263,6 +263,11 @@ def _run(args, port: int, work: Path) -> int:
     env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_REAPER_INTERVAL_SECONDS="1",
                BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval), BRIDGE_RETENTION_SECONDS="600",
                BRIDGE_LOG_LEVEL="WARNING", BRIDGE_METRIC_LABELS="team")
+    prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+    # Alertmanager's address is known before the bridge starts, so its pages show the alerts.
+    am_address = f"127.0.0.1:{_free_port()}" if prometheus and alertmanager else None
+    if am_address:
+        env["BRIDGE_ALERTMANAGER_URL"] = f"http://{am_address}"
     processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{port}"],
                         work / "bridge.log", env)]
     stop = threading.Event()
@@ -271,21 +276,20 @@ def _run(args, port: int, work: Path) -> int:
         _wait_ready(base + "/readyz", processes[0])
         print(f"bridge      {base}/   {base}/metrics   (logs in {work})")
         print(f"dashboards  {asset('dashboards')}   (import them into Grafana)")
-        prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
         if prometheus:
-            am_address = None
-            if alertmanager:
+            if am_address and alertmanager:
                 webhook = ThreadingHTTPServer(("127.0.0.1", 0), AlertLog)
                 threading.Thread(target=webhook.serve_forever, daemon=True).start()
                 (work / "alertmanager.yml").write_text(
                     alertmanager_config(f"http://127.0.0.1:{webhook.server_address[1]}"))
-                am_address = f"127.0.0.1:{_free_port()}"
                 processes.append(_start([alertmanager, f"--config.file={work / 'alertmanager.yml'}",
                                          f"--storage.path={work / 'alertmanager'}",
                                          f"--web.listen-address={am_address}", "--cluster.listen-address="],
                                         work / "alertmanager.log"))
                 _wait_ready(f"http://{am_address}/-/ready", processes[-1])
-                print(f"alertmanager http://{am_address}/#/alerts   (notifications print below)")
+                # Debian's Alertmanager serves no web UI: its API's list, and the bridge's pages, do
+                print(f"alertmanager http://{am_address}/api/v2/alerts   (the firing alerts also show on the "
+                      f"bridge's pages; notifications print below)")
             prom_address = f"127.0.0.1:{_free_port()}"
             (work / RULES_FILE).write_text(render_rules(external_url=base))
             (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{port}", work / RULES_FILE,

@@ -66,6 +66,7 @@ class Settings:
     ping_keys: tuple[str, ...] = ()
     ping_body_bytes: int = 10_000
     sentry_keys: tuple[str, ...] = ()
+    alertmanager_url: str | None = None
 
 
 def _integer(low: int, high: int) -> Callable[[str, str], int]:
@@ -269,6 +270,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
     "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated, each optionally bound to one project as `<key>@<project id>`; unset: any key, any project."),
     "BRIDGE_TRACE_URL": ("trace_url", _trace_url, "A trace viewer's URL with `{trace_id}` in it (`https://tempo.example/trace/{trace_id}`): the status pages link each execution's trace there."),
     "BRIDGE_EXTERNAL_URL": ("external_url", _url, "The bridge's URL as people reach it (`https://bridge.example`): `heartbeat-bridge rules` links each execution alert to its status page there."),
+    "BRIDGE_ALERTMANAGER_URL": ("alertmanager_url", _url, "Alertmanager's URL (`http://alertmanager:9093`): the status pages list the alerts firing or silenced for each task and execution, read from its v2 API."),
     "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
 }
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from ..service.alertmanager import AlertmanagerView
 from ..service.config import load_settings
 from ..service.monitor import Monitor, rules_from
 from ..service.reaper import Reaper
@@ -63,7 +64,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
         limits=Limits(max_field_bytes=settings.max_field_bytes),
         authorizer=Authorizer(settings),
-        tracer_provider=tracer_provider)
+        tracer_provider=tracer_provider,
+        alertmanager=AlertmanagerView(settings.alertmanager_url) if settings.alertmanager_url else None)
 
     errors.init_app(app)
     app.register_blueprint(ingest.bp)

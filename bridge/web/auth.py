@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..core.errors import Forbidden, NotFound, Unauthorized
 from ..service.config import Settings
 
-__all__ = ["Authorizer", "Grant", "execution_token"]
+__all__ = ["Authorizer", "Grant", "basic_password", "execution_token"]
 
 
 def execution_token(secret: str, execution_id: str) -> str:
@@ -32,7 +32,7 @@ def _bearer(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _basic_password(header: str | None) -> str | None:
+def basic_password(header: str | None) -> str | None:
     """Return the password of HTTP basic authentication (a browser's only way to send a
     secret without a script), whatever the user name; None for another scheme."""
     scheme, _, encoded = (header or "").partition(" ")
@@ -134,6 +134,6 @@ class Authorizer:
         bearer token or as the password of basic authentication."""
         if self._metrics is None:
             return
-        token = _bearer(header) or _basic_password(header)
+        token = _bearer(header) or basic_password(header)
         if token is None or not hmac.compare_digest(token.encode(), self._metrics):
             raise Unauthorized("this endpoint needs Authorization: Bearer <metrics token>", "Authorization")

@@ -13,6 +13,7 @@ from ..store import StoreUnavailable
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+    from ..service.alertmanager import AlertmanagerView
     from ..service.config import Settings
     from ..service.monitor import Monitor
     from ..service.reaper import Reaper
@@ -38,6 +39,8 @@ class Bridge:
     limits: Limits
     authorizer: Authorizer
     tracer_provider: TracerProvider | None = None
+    #: the alerts the status pages show, with BRIDGE_ALERTMANAGER_URL
+    alertmanager: AlertmanagerView | None = None
 
     def start(self) -> None:
         """Start this process's background work: tracing from ``OTEL_*``, then the reaper.

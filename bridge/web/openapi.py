@@ -341,6 +341,27 @@ def document(settings: Settings) -> dict[str, Any]:
                 [{"name": "task_name", "in": "path", "required": True, "schema": {"type": "string"}}]),
                ("/executions/{execution_id}", "Status page of one execution",
                 [{"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}}]))},
+        **{path: {"post": {"summary": summary, "security": read_security,
+                           "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}],
+                           **({} if not path.endswith("/pause") else {
+                           "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {
+                               "schema": {"type": "object", "properties": {"seconds": {
+                                   "type": "string", "pattern": "^([1-9][0-9]{0,6})?$",
+                                   "description": "how long the pause lasts; empty: until resumed"}}}}}}}),
+                           "responses": {code: {"description": text, "content": {"text/html": {
+                               "schema": {"type": "string"}}}}
+                                         for code, text in (("303", "done: back to the page"),
+                                                            ("400", "a bad number of seconds"),
+                                                            ("401", "a fleet token, as a basic-auth password"),
+                                                            ("403", "a form of another site"),
+                                                            ("404", "no such task or execution"),
+                                                            ("409", "the execution still runs"),
+                                                            ("503", "the store is unavailable"))}}}
+           for path, name, summary in (
+               ("/tasks/{task_name}/pause", "task_name", "The task page's form: pause the task (seconds, or none)"),
+               ("/tasks/{task_name}/resume", "task_name", "The task page's form: resume the task"),
+               ("/executions/{execution_id}/forget", "execution_id",
+                "The execution page's form: forget an ended or lost execution"))},
         "/runbooks": {"get": {"summary": "What to do for each alert: one anchor per alert, open to all",
                               "responses": {"200": {"description": "the runbooks", "content": {
                                   "text/html": {"schema": {"type": "string"}}}}}}},

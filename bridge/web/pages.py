@@ -16,20 +16,23 @@ import functools
 import json
 import math
 import re
+import shlex
 import statistics
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 from markdown_it import MarkdownIt
 from markupsafe import Markup
+from werkzeug.exceptions import MethodNotAllowed
 
 from ..assets import asset
 from ..core import inputs
-from ..core.errors import BridgeError, InvalidInput, NotFound, StoreUnavailable
+from ..core.errors import BridgeError, Conflict, Forbidden, InvalidInput, NotFound, StoreUnavailable, Unauthorized
 from ..core.executions import STATUSES, Execution
 from ..core.ids import normalise_id
 from ..core.tasks import UNHEALTHY_STATUSES, Task, effective_declaration, status_at
+from .auth import basic_password
 from .errors import refusals
 from .extension import current_bridge
 from .tasks import task_json
@@ -39,8 +42,8 @@ __all__ = ["bp"]
 bp = Blueprint("pages", __name__, template_folder="templates")
 
 REFRESH_SECONDS = 15
-#: Executions the front page shows at most, live ones first.
-PAGE_EXECUTIONS = 200
+#: Executions a page lists; a ``next`` link goes on from the last.
+PAGE_EXECUTIONS = 100
 LIVE_STATUSES = ("running", "starting", "lost")
 #: The pages run no script, take no frame and send forms nowhere: a link or text a task
 #: declared cannot act in the origin where the browser holds the metrics token.
@@ -51,12 +54,44 @@ ENDED_STATUSES = ("completed", "failed")
 
 #: Pages anyone may open: an alert's runbook link must open for whoever got the page.
 _OPEN_PAGES = frozenset({"pages.runbooks"})
+#: The forms that act (forget, pause, resume): guarded like the API they stand for.
+_ACTIONS = frozenset({"pages.forget_execution", "pages.pause_task", "pages.resume_task"})
+#: The realm a browser is asked a fleet token in, apart from the pages' metrics token.
+ACTION_REALM = "Heartbeat Bridge: acting on tasks and executions"
 
 
 @bp.before_request
 def _authorize() -> None:
-    if request.endpoint not in _OPEN_PAGES:
+    # A name in a path may hold "/": .../pause, /resume and /forget are the forms' actions
+    # whatever the method, never a page of something so named (as in the tasks API).
+    if request.path.endswith(("/pause", "/resume", "/forget")) and request.method != "POST":
+        raise MethodNotAllowed(valid_methods=["POST"])
+    if request.endpoint in _ACTIONS:
+        _authorize_action()
+    elif request.endpoint not in _OPEN_PAGES:
         current_bridge().authorizer.read(request.headers.get("Authorization"))
+
+
+def _authorize_action() -> None:
+    """Refuse a form's post from another site (a browser says where it comes from), and one
+    without the token the API would want: a fleet token, as a bearer or a basic-auth password."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if (site is not None and site not in ("same-origin", "none")) or \
+            (origin is not None and origin.rstrip("/") != request.host_url.rstrip("/")):
+        raise Forbidden("a form of another site may not act here", "Origin")
+    authorizer = current_bridge().authorizer
+    if authorizer.ingest_open:
+        return
+    header = request.headers.get("Authorization")
+    password = basic_password(header)
+    try:
+        grant = authorizer.ingest(f"Bearer {password}" if password else header)
+    except Unauthorized:
+        raise Unauthorized("acting needs a fleet token, as the password", "Authorization",
+                           reason="unauthorized") from None
+    if not grant.any_execution:
+        raise Forbidden("acting needs a fleet token, not an execution's", "Authorization")
 
 
 @bp.after_request
@@ -76,8 +111,9 @@ def _refused(exc: BridgeError, status: int) -> Response:
         return response
     response = Response(render_template("pages/error.html", status=status, message=exc.message, refresh=None),
                         status=status)
-    if status == 401:  # the browser then asks for the metrics token
-        response.headers["WWW-Authenticate"] = 'Basic realm="Heartbeat Bridge", charset="UTF-8"'
+    if status == 401:  # the browser then asks for the metrics token (a fleet token, to act)
+        realm = ACTION_REALM if request.endpoint in _ACTIONS else "Heartbeat Bridge"
+        response.headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'
     return response
 
 
@@ -121,6 +157,12 @@ def _http_link(url: str | None) -> str | None:
         return None
 
 
+@bp.app_template_filter("shell_quote")
+def _shell_quote(value: str) -> str:
+    """Return ``value`` quoted for a POSIX shell when it needs it."""
+    return shlex.quote(value)
+
+
 @bp.app_template_filter("pretty_json")
 def _pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
@@ -128,8 +170,33 @@ def _pretty_json(value: Any) -> str:
 
 def _render(template: str, **context: Any) -> str:
     bridge = current_bridge()
-    return render_template(template, now=bridge.monitor.clock(), refresh=REFRESH_SECONDS,
-                           trace_url=bridge.settings.trace_url, **context)
+    alerts = bridge.alertmanager.alerts() if bridge.alertmanager is not None else None
+    return render_template(template, now=bridge.monitor.clock(), refresh=REFRESH_SECONDS, alerts=alerts,
+                           trace_url=bridge.settings.trace_url,
+                           base_url=bridge.settings.external_url or request.host_url.rstrip("/"), **context)
+
+
+def _page(status: str | None, task_name: str | None, cursor: str | None) -> tuple[list[Execution], str | None]:
+    """Return a page of executions, live ones first (by status, then id), and the cursor of the
+    next page (``<status>:<last id>``; None on the last page). Raises :class:`InvalidInput` for
+    a cursor that is not one."""
+    statuses = (status,) if status else LIVE_STATUSES + ENDED_STATUSES
+    start, after = statuses[0], None
+    if cursor:
+        start, _, after = cursor.partition(":")
+        if start not in statuses or not after:
+            raise InvalidInput("after must be the cursor of a page's next link", "after")
+    store = current_bridge().monitor.store
+    found: list[Execution] = []
+    for wanted in statuses[statuses.index(start):]:
+        found += store.query(status=wanted, task_name=task_name, after=after if wanted == start else None,
+                             limit=PAGE_EXECUTIONS + 1 - len(found))
+        if len(found) > PAGE_EXECUTIONS:
+            break
+    if len(found) <= PAGE_EXECUTIONS:
+        return found, None
+    last = found[PAGE_EXECUTIONS - 1]
+    return found[:PAGE_EXECUTIONS], f"{last.status}:{last.execution_id}"
 
 
 def _order(records: list[Execution], now: float) -> list[Execution]:
@@ -152,11 +219,8 @@ def index():
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
     tasks = _with_upstreams([task_json(task, now) for task in store.tasks()])
-    records: list[Execution] = []
-    for wanted in (status,) if status else LIVE_STATUSES + ENDED_STATUSES:
-        records += store.query(status=wanted, task_name=task_name, limit=PAGE_EXECUTIONS)
-    shown = _order(records, now)[:PAGE_EXECUTIONS]
-    return _render("pages/index.html", tasks=tasks, executions=shown, more=len(records) > len(shown),
+    shown, after = _page(status, task_name, request.args.get("after"))
+    return _render("pages/index.html", tasks=tasks, executions=_order(shown, now), after=after,
                    statuses=STATUSES, status=status, task_name=task_name,
                    task_names=sorted({t["task_name"] for t in tasks} | ({task_name} if task_name else set())))
 
@@ -194,8 +258,41 @@ def task_page(task_name: str):
     record["blocked_by"] = [up.task_name for up in upstreams
                             if up is not None and status_at(up, now) in UNHEALTHY_STATUSES]
     _, source = effective_declaration(task)
+    cursor = request.args.get("after")
+    runs, after = _page(None, task.task_name, cursor)
     return _render("pages/task.html", task=record, status=status_at(task, now), declared_by=source,
-                   durations=_durations(record))
+                   durations=_durations(record), runs=_order(runs, now), after=after, after_cursor=cursor)
+
+
+@bp.post("/executions/<path:execution_id>/forget")
+def forget_execution(execution_id: str):
+    """The execution page's form: forget an ended or lost execution (``DELETE`` of the API)."""
+    canonical = normalise_id(execution_id)
+    outcome = current_bridge().monitor.forget(canonical) if canonical else None
+    if outcome is None or outcome.result == "missing":
+        raise NotFound(f"No execution {execution_id[:128]!r} is tracked.", "execution_id")
+    if outcome.result == "live":
+        raise Conflict("A running execution cannot be forgotten: it must end or go lost first.", "execution_id")
+    return redirect(url_for("pages.index"), 303)
+
+
+@bp.post("/tasks/<path:task_name>/pause")
+def pause_task(task_name: str):
+    """The task page's form: pause the task, for ``seconds`` or until it is resumed."""
+    bridge = current_bridge()
+    raw = request.form.get("seconds") or None
+    if raw is not None and not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= 366 * 86_400):
+        raise InvalidInput("seconds must be a whole number of seconds up to a year", "seconds")
+    until = bridge.monitor.clock() + int(raw) if raw else None
+    bridge.monitor.pause(task_name, until)
+    return redirect(url_for("pages.task_page", task_name=task_name), 303)
+
+
+@bp.post("/tasks/<path:task_name>/resume")
+def resume_task(task_name: str):
+    """The task page's form: resume the task now."""
+    current_bridge().monitor.resume(task_name)
+    return redirect(url_for("pages.task_page", task_name=task_name), 303)
 
 
 @bp.get("/runbooks")

@@ -1,0 +1,45 @@
+"""Every command's --help: what it does, what each option is, its default; messages with units."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT, seed_heartbeat
+
+
+def help_text(*argv: str) -> str:
+    result = subprocess.run([sys.executable, "-m", *argv, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("argv", [("bridge.server.cli", "demo"), ("bridge.server.cli", "alert-log"),
+                                  ("bridge.server.cli", "serve"), ("bridge.server.cli", "token"),
+                                  ("bridge.server.cli", "rules"), ("bridge.container.run",), ("bridge.agent",)])
+def test_it_describes_each_command_without_markup(argv):
+    text = help_text(*argv)
+    assert "``" not in text and ":class:" not in text
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 5, text  # a sentence, not a bare usage line
+
+
+def test_it_points_serve_at_the_configuration_and_token_at_its_secret():
+    assert "BRIDGE_" in help_text("bridge.server.cli", "serve")
+    token = help_text("bridge.server.cli", "token")
+    assert "BRIDGE_EXECUTION_TOKEN_SECRET" in token and "execution_id" in token
+
+
+def test_it_explains_every_option_of_heartbeat_run_with_its_default():
+    text = help_text("bridge.container.run")
+    for option in ("--task-name", "--task-type", "--max-runtime", "--interval", "--completion-timeout"):
+        line = text[text.index(option):].split("\n  -")[0]
+        assert "default" in line, line
+
+
+def test_it_says_the_unit_of_a_timestamp_refused(client):
+    response = client.post("/api/v1/monitoring/heartbeat", json=seed_heartbeat(timestamp=1_700_000_000_000))
+    assert response.status_code == 400 and "unix seconds (not milliseconds)" in response.json["error"]
