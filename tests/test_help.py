@@ -43,3 +43,27 @@ def test_it_explains_every_option_of_heartbeat_run_with_its_default():
 def test_it_says_the_unit_of_a_timestamp_refused(client):
     response = client.post("/api/v1/monitoring/heartbeat", json=seed_heartbeat(timestamp=1_700_000_000_000))
     assert response.status_code == 400 and "unix seconds (not milliseconds)" in response.json["error"]
+
+
+@pytest.mark.parametrize("argv", [("bridge.server.cli", "demo"), ("bridge.server.cli", "alert-log"),
+                                  ("bridge.server.cli", "serve"), ("bridge.server.cli", "rules"),
+                                  ("bridge.container.run",), ("bridge.agent",)])
+def test_it_says_each_options_default(argv):
+    text = help_text(*argv)
+    options = [block for block in text.split("\n  -")[1:] if not block.startswith(("h, --help", "-help", "-version"))]
+    for block in options:
+        assert "default" in block, block
+
+
+def test_it_refuses_a_busy_address_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin", "BRIDGE_STORE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--bind" in result.stderr

@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the engine (default: $DOCKER_HOST or the local socket)")
     parser.add_argument("--label", default=DEFAULT_LABEL, help="label holding the execution id (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get("BRIDGE_TOKEN"), help="bearer token (default: $BRIDGE_TOKEN)")
-    parser.add_argument("--state-file", type=Path, help="remembers the last event across agent restarts")
+    parser.add_argument("--state-file", type=Path,
+                        help="remembers the last event across agent restarts (default: none, so events while "
+                             "the agent is down are not asked for)")
     parser.add_argument("--reconnect-delay", type=float, default=DEFAULT_RECONNECT_DELAY_SECONDS,
                         help="seconds between reconnection attempts (default: %(default)s)")
     args = parser.parse_args(argv)

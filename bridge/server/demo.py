@@ -231,11 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                     "Prometheus with the alert rules and Alertmanager when they are installed.")
     parser.add_argument("--port", type=int, default=8000,
                         help="bridge port on 127.0.0.1 (default 8000; 0: any free port); refused when in use")
-    parser.add_argument("--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds")
-    parser.add_argument("--spawn-every", type=float, default=3.0, help="seconds between new executions")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="heartbeat interval of the fleet, seconds (default: %(default)s)")
+    parser.add_argument("--spawn-every", type=float, default=3.0,
+                        help="seconds between new executions (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=0.0,
-                        help="stop after this many seconds (0: run until Ctrl-C)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data) at the end")
+                        help="stop after this many seconds (default: 0, run until Ctrl-C)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (logs, data) at the end (default: removed)")
     args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # each line as it happens, also through a pipe or tee
         sys.stdout.reconfigure(line_buffering=True)
