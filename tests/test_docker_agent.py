@@ -236,6 +236,6 @@ def test_it_names_seed_containers_by_announcement_label_or_config_mount(bridge, 
         assert record["task_name"] == task_name, record
         assert record["task_type"] in ("crawler", "etl")
         task = requests.get(f"{bridge.url}/api/v1/tasks/{task_name}", timeout=5).json()
-        assert task["last_executions"][0]["execution_id"] == execution_id and task["status"] == "idle"
+        assert task["last_executions"][0]["execution_id"] == execution_id and task["status"] == "up"
     metrics = requests.get(f"{bridge.url}/metrics", timeout=5).text
     assert 'task_completions_total{outcome="success",task_name="示例数据采集任务"} 1.0' in metrics
