@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NEEDED = ("wrk", "redis-server", "prometheus-pushgateway")
-SCRAPE_COUNTS = (1_000, 10_000, 50_000)
+#: The live executions the curve is measured at: scrape, size, memory and ingest at each.
+SCRAPE_COUNTS = (1_000, 10_000, 50_000, 100_000)
 #: Tasks declared for the rows that measure the bridge with tasks.
 DECLARED_TASKS = 200
 PUSH_COUNTS = (1_000, 10_000)
@@ -210,6 +211,19 @@ def _scrape(url: str) -> tuple[float, int]:
     return statistics.median(times), size
 
 
+def _growth(curve: list[tuple[int, float, int, float, float]]) -> list[tuple[str, str, str, str]]:
+    """Return the rows saying how each measure grows per tenfold of the executions tracked."""
+    by_count = {point[0]: point for point in curve}
+    rows = []
+    for low, high in ((1_000, 10_000), (10_000, 100_000)):
+        if low in by_count and high in by_count:
+            a, b = by_count[low], by_count[high]
+            rows.append((f"8. growth from {low:,} to {high:,} executions",
+                         f"scrape x{b[1] / a[1]:.1f}, size x{b[2] / a[2]:.1f}",
+                         f"memory above idle x{b[3] / max(a[3], 0.1):.1f}", f"ingest x{b[4] / a[4]:.2f}"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default 10)")
@@ -296,10 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         fresh, fresh_url = _bridge(f"sqlite:///{work / 'scrape.db'}", work, "bridge-scrape")
         servers.append(fresh)
         tracked = pushed = 0
-        memory = []
+        memory, curve = [], []
+        idle_mb = fresh.rss_mb()
+        extra = 0  # the executions heartbeat.lua's ingest runs add, once: counted in the total
         for count in SCRAPE_COUNTS:
-            _populate_bridge(fresh_url, count, tracked)
-            tracked = count
+            _populate_bridge(fresh_url, count - extra, tracked)
+            tracked = count - extra
             _populate_pushgateway(push_address, pushed, count)
             pushed = count
             bridge_ms, bridge_bytes = _scrape(fresh_url + "/metrics")
@@ -307,8 +323,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"5. /metrics at {count:,} live executions", f"{bridge_ms:,.0f} ms, "
                          f"{bridge_bytes / 1e6:.1f} MB", f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
                          f"{bridge_ms / push_ms:.2f}"))
-            memory.append((f"6. resident memory at {count:,} executions", f"{fresh.rss_mb():,.0f} MiB",
-                           f"Pushgateway {pushgateway.rss_mb():,.0f} MiB", ""))
+            resident = fresh.rss_mb()
+            memory.append((f"6. resident memory at {count:,} executions", f"{resident:,.0f} MiB",
+                           f"Pushgateway {pushgateway.rss_mb():,.0f} MiB",
+                           f"{(resident - idle_mb) * 1024 / count:.1f} KiB per execution above idle"))
+            ingest = _wrk(fresh_url, "heartbeat.lua", args.seconds)
+            extra = 1000  # heartbeat.lua's executions (the same ids at every size) are tracked now
+            rows.append((f"7. heartbeat ingest at {count:,} live executions", f"{ingest:,.0f} /s",
+                         f"bare Flask {bare_rate:,.0f} /s", f"{ingest / bare_rate:.2f}"))
+            curve.append((count, bridge_ms, bridge_bytes, resident - idle_mb, ingest))
             if count == SCRAPE_COUNTS[1]:  # the same, with tasks declared (and kept for the rest)
                 _declare_tasks(fresh_url)
                 tasked_ms, tasked_bytes = _scrape(fresh_url + "/metrics")
@@ -316,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{tasked_ms:,.0f} ms, {tasked_bytes / 1e6:.1f} MB",
                              f"without tasks {bridge_ms:,.0f} ms", f"{tasked_ms / bridge_ms:.2f}"))
         rows.extend(memory)
+        rows.extend(_growth(curve))
     finally:
         for server in servers:
             server.stop()
@@ -326,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
           f"workers ({GUNICORN_ARGS})\n")
     print("| measure | bridge | baseline | ratio |")
     print("| --- | --- | --- | --- |")
-    for row in sorted(rows, key=lambda r: r[0]):
+    for row in sorted(rows, key=lambda r: int(r[0].split(".")[0])):  # by section, in the order measured
         print("| " + " | ".join(row) + " |")
     return 0
 

@@ -9,8 +9,8 @@ input at fault, ``reason`` is the label the refusal is counted under in
 
 from __future__ import annotations
 
-__all__ = ["BridgeError", "CapacityError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound",
-           "RequestTimeout", "StoreUnavailable", "TooLarge", "Unauthorized", "UnsupportedMediaType"]
+__all__ = ["BridgeError", "CapacityError", "ConfigError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON",
+           "NotFound", "RequestTimeout", "StoreUnavailable", "TooLarge", "Unauthorized", "UnsupportedMediaType"]
 
 
 class BridgeError(Exception):
@@ -86,6 +86,13 @@ class CapacityError(BridgeError):
     """A new execution or task name would pass its limit; clients retry later."""
 
     reason = "capacity"
+
+
+class ConfigError(BridgeError, ValueError):
+    """The configuration (a ``BRIDGE_*`` or ``OTEL_*`` variable, the tasks file at start) holds a
+    value the bridge cannot use; the start stops with the message."""
+
+    reason = "configuration"
 
 
 class StoreUnavailable(BridgeError):

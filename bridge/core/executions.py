@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any
 
-from ..telemetry.families import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
+from .counters import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
 from .declarations import TaskDeclaration
 from .events import Announcement, Completion, ContainerEvent, Heartbeat
 from .ids import trace_id_for

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any
 
-from ..telemetry.families import TASK_RUNS_MISSED, TASK_RUNS_TOO_SHORT, TASK_RUNS_UNEXPECTED
+from .counters import TASK_RUNS_MISSED, TASK_RUNS_TOO_SHORT, TASK_RUNS_UNEXPECTED
 from .declarations import DEFAULT_FAILURE_THRESHOLD, DEFAULT_RECOVERY_THRESHOLD, TaskDeclaration, next_slot
 from .executions import Execution, Increment
 

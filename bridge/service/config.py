@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core import inputs
 from ..core.declarations import DeclarationError
-from ..core.errors import InvalidInput
+from ..core.errors import ConfigError, InvalidInput
 
 __all__ = ["VARIABLES", "ConfigError", "Settings", "check_tasks_file", "describe", "load_settings", "parse_bind",
            "unknown_variables"]
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite:///data/bridge.db"
 DEFAULT_BIND = "127.0.0.1:8000"
-
-
-class ConfigError(ValueError):
-    """A ``BRIDGE_*`` variable holds a value the bridge cannot use."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .base import (
     OTHER_TASK,
@@ -18,8 +18,25 @@ from .base import (
 from .group import GroupCommit
 from .sqlite import SQLiteStore, path_from_url
 
-if TYPE_CHECKING:
-    from ..service.config import Settings
+
+class StoreSettings(Protocol):
+    """What a store is opened with (the service's settings hold it): the store needs nothing
+    else of the layers above it."""
+
+    @property
+    def store_url(self) -> str: ...
+    @property
+    def max_executions(self) -> int: ...
+    @property
+    def max_task_names(self) -> int: ...
+    @property
+    def dedup_seconds(self) -> float: ...
+    @property
+    def task_retention_seconds(self) -> float: ...
+    @property
+    def sqlite_synchronous(self) -> str: ...
+    @property
+    def sqlite_busy_timeout_seconds(self) -> float: ...
 
 __all__ = [
     "OTHER_TASK",
@@ -30,13 +47,14 @@ __all__ = [
     "GroupCommit",
     "Snapshot",
     "Store",
+    "StoreSettings",
     "StoreUnavailable",
     "admitted",
     "open_store",
 ]
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: StoreSettings) -> Store:
     """Return the store named by ``settings.store_url``. Raises :class:`StoreUnavailable`."""
     if not settings.store_url.startswith("sqlite:"):
         try:

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.counters import (
+    COMPLETIONS,
+    DURATION,
+    DURATION_BUCKETS,
+    HEARTBEATS,
+    LOST,
+    RECOVERIES,
+    TASK_RUNS_MISSED,
+    TASK_RUNS_TOO_SHORT,
+    TASK_RUNS_UNEXPECTED,
+)
+
 __all__ = [
     "COMPLETIONS",
     "DURATION",
@@ -33,19 +45,10 @@ class Family:
     labels: tuple[str, ...] = ()
 
 
-# The counters the bridge keeps in its store, by the name of their samples.
-HEARTBEATS = "task_heartbeats_received_total"
-COMPLETIONS = "task_completions_total"
-LOST = "task_executions_lost_total"
-RECOVERIES = "task_execution_recoveries_total"
-#: The histogram's series are kept as ``<DURATION>_bucket``, ``_sum`` and ``_count`` counters.
-DURATION = "task_execution_duration_seconds"
+# The counters the bridge keeps in its store, by the name of their samples: those the rules
+# move are named in the core (bridge.core.counters); the service's own here.
 REJECTED = "bridge_requests_rejected_total"
 TELEMETRY_ERRORS = "bridge_telemetry_errors_total"
-
-#: Upper bounds of ``task_execution_duration_seconds``: one second to two days.
-DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-                    7200.0, 14400.0, 28800.0, 86400.0, 172800.0)
 
 _EXECUTION = ("execution_id", "task_name")
 
@@ -103,7 +106,6 @@ TASKS_FILE_ERROR = "tasks_file.error"
 BRIDGE_BUILD_INFO = Family("bridge_build_info", "gauge", "Version of the running bridge; always 1.", ("version",))
 
 # Per task, kept while it is declared or ran within BRIDGE_TASK_RETENTION_SECONDS.
-TASK_RUNS_MISSED = "task_runs_missed_total"
 TASK_INFO = Family("task_info", "gauge", "Each known task, its type, schedule and allowlisted labels; always 1.",
                    ("task_name", "task_type", "schedule"))
 TASK_STATUS = Family("task_status", "gauge", "1 for the task's current status, 0 for the others.",
@@ -126,10 +128,8 @@ TASK_EXPECTED_MAX_RUNTIME = Family("task_expected_max_runtime_seconds", "gauge",
                                    "The run budget the task's declaration gives each execution.", ("task_name",))
 TASK_MISSED = Family(TASK_RUNS_MISSED, "counter", "Expected runs that did not start within their grace.",
                      ("task_name",))
-TASK_RUNS_TOO_SHORT = "task_runs_too_short_total"
 TASK_TOO_SHORT = Family(TASK_RUNS_TOO_SHORT, "counter",
                         "Successful runs shorter than the task's min_runtime_seconds.", ("task_name",))
-TASK_RUNS_UNEXPECTED = "task_runs_unexpected_total"
 TASK_UNEXPECTED = Family(TASK_RUNS_UNEXPECTED, "counter",
                          "Runs of a scheduled task that started more than early_grace_seconds before "
                          "their expected start.", ("task_name",))

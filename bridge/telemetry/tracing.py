@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .. import __version__
+from ..core.errors import ConfigError
 from ..core.executions import Execution
 from ..core.ids import segment_span_id
-from ..service.config import ConfigError
 
 __all__ = ["EXECUTION_SPAN", "ExecutionSpans", "PresetIdGenerator", "TracingConfigError",
            "new_provider", "provider_from_env"]
