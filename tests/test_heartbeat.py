@@ -310,7 +310,7 @@ def test_it_answers_503_while_the_store_is_locked_and_recovers_by_itself(client,
     assert get(client)["heartbeat_count"] == 2
 
 
-# -- the fast path (bridge.fastpath) and the Flask view answer alike ------------------------
+# -- the fast path (bridge.web.fastpath) and the Flask view answer alike ------------------------
 
 def test_it_answers_on_the_fast_path_exactly_as_the_flask_view_does(app, client):
     from werkzeug.test import Client

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 from .declarations import TaskDeclaration
 
-__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "RUN_PHASES", "Announcement", "Completion", "ContainerEvent",
+__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Announcement", "Completion", "ContainerEvent",
            "Heartbeat", "RunReport"]
 
 #: The statuses a heartbeat may report.
 REPORTED_STATUSES = ("running", "completed", "failed")
 CONTAINER_EVENTS = ("start", "die", "oom")
-#: What a run report says: a run started, ended well or badly, or logged a line.
-RUN_PHASES = ("start", "success", "failure", "log")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ __all__ = [
     "apply_completion",
     "apply_container_event",
     "apply_deadline",
+    "apply_forget",
     "apply_heartbeat",
     "apply_rebase",
     "is_foreign",
@@ -62,7 +63,7 @@ TaskLabel = Callable[["str | None"], str]
 
 @dataclass(frozen=True)
 class Rules:
-    """The knobs of the state machine, from :class:`bridge.config.Settings`."""
+    """The knobs of the state machine, from :class:`bridge.service.config.Settings`."""
 
     default_interval: float = 30.0
     lost_after_intervals: float = 3.0

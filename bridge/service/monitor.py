@@ -67,7 +67,7 @@ def _isolated_task(name: str, decide: DecideTask) -> DecideTask:
 
 
 class SpanSink(Protocol):
-    """Receives each execution whose span segment just ended (see bridge.tracing)."""
+    """Receives each execution whose span segment just ended (see bridge.telemetry.tracing)."""
 
     def emit(self, record: Execution) -> None: ...
 

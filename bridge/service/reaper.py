@@ -21,7 +21,7 @@ STOP_TIMEOUT_SECONDS = 5.0
 class Reaper:
     """Calls :meth:`Monitor.reap` every ``interval`` seconds on a daemon thread.
 
-    Started after gunicorn forks (see ``bridge.gunicorn_conf``), never in the app
+    Started after gunicorn forks (see ``bridge.server.gunicorn_conf``), never in the app
     factory, so tests and tools that build an app get no threads.
     """
 

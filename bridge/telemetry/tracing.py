@@ -196,7 +196,7 @@ class ExecutionSpans:
 
     def __init__(self, provider: TracerProvider, on_error: Callable[[], None] | None = None):
         if not isinstance(provider.id_generator, PresetIdGenerator):
-            raise TypeError("the provider must come from bridge.tracing.new_provider()")
+            raise TypeError("the provider must come from bridge.telemetry.tracing.new_provider()")
         self._ids: PresetIdGenerator = provider.id_generator
         self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
         self._on_error = on_error

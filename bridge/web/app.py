@@ -28,11 +28,11 @@ __all__ = ["create_app"]
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Return a configured app; starts no threads (gunicorn's hooks start the reaper).
 
-    ``test_config`` may hold ``SETTINGS`` (a :class:`~bridge.config.Settings`, else read
+    ``test_config`` may hold ``SETTINGS`` (a :class:`~bridge.service.config.Settings`, else read
     from the environment), ``CLOCK`` (a time function; also the monotonic clock unless
     ``MONOTONIC`` is given), ``TRACER_PROVIDER`` (from
-    :func:`bridge.tracing.new_provider`) and Flask keys such as ``TESTING``.
-    Raises :class:`~bridge.config.ConfigError` for a bad ``BRIDGE_*`` value.
+    :func:`bridge.telemetry.tracing.new_provider`) and Flask keys such as ``TESTING``.
+    Raises :class:`~bridge.core.errors.ConfigError` for a bad ``BRIDGE_*`` value.
     """
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or load_settings()

@@ -124,11 +124,6 @@ class Authorizer:
         if bound and bound != project:
             raise Forbidden(f"the public key is bound to project {bound}, not {project}", "sentry_key")
 
-    @property
-    def read_open(self) -> bool:
-        """True when reading (metrics, the query API, the status pages) needs no token."""
-        return self._metrics is None
-
     def read(self, header: str | None) -> None:
         """Raise :class:`Unauthorized` unless the metrics token is absent or presented, as a
         bearer token or as the password of basic authentication."""

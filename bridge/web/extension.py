@@ -46,7 +46,7 @@ class Bridge:
         """Start this process's background work: tracing from ``OTEL_*``, then the reaper.
 
         Called once per gunicorn worker after the fork, so no thread or exporter
-        connection is ever inherited. Raises :class:`~bridge.tracing.TracingConfigError`.
+        connection is ever inherited. Raises :class:`~bridge.telemetry.tracing.TracingConfigError`.
         """
         from ..telemetry import tracing  # the OpenTelemetry SDK loads only where tracing may run
 

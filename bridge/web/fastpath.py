@@ -10,7 +10,7 @@ monitor, the answer. Everything else goes to Flask as it came.
 So does every failure, which keeps one place that answers and counts them. Input the
 fast path refuses is handed to the view with its body, to be refused there again (nothing
 was applied yet). An error raised once the heartbeat went to the store travels in the
-environ (:data:`bridge.ingest.FAST_PATH_ERROR`), and the view answers it without applying
+environ (:data:`bridge.web.ingest.FAST_PATH_ERROR`), and the view answers it without applying
 the heartbeat a second time.
 """
 

@@ -20,7 +20,7 @@ __all__ = ["FAST_PATH_ERROR", "bp", "event_answer", "heartbeat_answer", "is_json
 bp = Blueprint("monitoring", __name__, url_prefix="/api/v1/monitoring")
 refusals(bp, by_view())
 
-#: The environ key in which :mod:`bridge.fastpath` hands the heartbeat view the error of a
+#: The environ key in which :mod:`bridge.web.fastpath` hands the heartbeat view the error of a
 #: heartbeat it already gave the store, for the view to answer without applying it again.
 FAST_PATH_ERROR = "bridge.fast_path_error"
 
@@ -60,7 +60,7 @@ def json_body(max_bytes: int) -> Any:
         body = _read_body(max_bytes)
     except RequestEntityTooLarge:
         raise _too_large(max_bytes) from None
-    except OSError:  # a long body that stalled past the read deadline (bridge.worker)
+    except OSError:  # a long body that stalled past the read deadline (bridge.server.worker)
         raise RequestTimeout("the body was not received in time", "body") from None
     return parse_json(body)
 
