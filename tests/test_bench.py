@@ -66,7 +66,7 @@ def test_it_measures_the_time_to_a_human_and_says_where_it_went():
     for tool in ("prometheus", "prometheus-alertmanager"):
         require_binary(tool)
     result = subprocess.run([sys.executable, "-m", "bench.alert_latency", "--runs", "1", "--events", "failed",
-                             "--no-scrape-cost", "--settle", "40"], cwd=ROOT, capture_output=True, text=True,
+                             "--no-scrape-cost", "--settle", "60"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
