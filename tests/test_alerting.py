@@ -114,6 +114,10 @@ def test_it_raises_and_resolves_alerts_and_feeds_every_dashboard_panel(stack):
     session = requests.Session()
     # The fleet's task is declared, so that its schedule's panels have data too.
     assert session.put(f"{bridge.url}/api/v1/tasks/{TASK}", json={"period_seconds": 3600}, timeout=5).ok
+    # A task held back by the failing one, and a paused one with an end: the Tasks board names both.
+    assert session.put(f"{bridge.url}/api/v1/tasks/held", json={"depends_on": [FAILING]}, timeout=5).ok
+    assert session.put(f"{bridge.url}/api/v1/tasks/resting", json={"period_seconds": 3600}, timeout=5).ok
+    assert session.post(f"{bridge.url}/api/v1/tasks/resting/pause", json={"seconds": 3600}, timeout=5).ok
     for execution_id in ("missed-1", "ok-1"):
         fleet.beat(execution_id)
     fleet.beating |= {"steady-1", "late-ok"}

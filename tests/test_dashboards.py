@@ -57,7 +57,7 @@ def test_it_gives_grafana_what_a_dashboard_needs(path):
         assert refs and len(refs) == len(set(refs))
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"] and target["expr"].strip()
-            for name in re.findall(r"\$(\w+)", target["expr"]):
+            for name in re.findall(r"\$([A-Za-z_]\w*)", target["expr"]):  # $1: label_replace's group
                 assert name == "__rate_interval" or name in variables, f"unknown variable ${name}"
 
 
@@ -167,8 +167,13 @@ def test_it_lists_every_task_from_task_info_with_its_status_last_success_deadlin
     table = next(p for p in board["panels"] if p["title"] == "Tasks: one row each")
     queried = " ".join(t["expr"] for t in table["targets"])
     for metric in ("task_status", "task_last_success_timestamp_seconds", "task_next_run_deadline_timestamp_seconds",
-                   "task_consecutive_failures", "task_execution_duration_seconds_bucket"):
+                   "task_consecutive_failures", "task_execution_duration_seconds_bucket",
+                   # a failed run below the threshold, and the pause's end: what the status does not say
+                   "task_last_failure_timestamp_seconds", "task_failure_threshold",
+                   "task_paused_until_timestamp_seconds"):
         assert metric in queried, metric
+    held = next(p for p in board["panels"] if p["title"] == "Held back by upstream")
+    assert any(t["expr"].startswith("max by (task_name, upstream) (task_upstream_blocking{") for t in held["targets"])
     over_time = " ".join(t["expr"] for p in board["panels"] if p["type"] == "timeseries" for t in p["targets"])
     assert "task_completions_total" in over_time and "task_runs_missed_total" in over_time
     executions = next(p for p in board["panels"] if p["title"] == "Executions of the selected tasks")

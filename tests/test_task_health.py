@@ -160,11 +160,15 @@ def test_it_says_which_upstream_holds_a_task_back(bridge):
     client.put("/api/v1/tasks/report", json={"depends_on": ["upstream"]})
     assert total(metrics(client), "task_upstream_unhealthy", task_name="report") == 0
     run(client, clock, "u1", "upstream", success=False)
-    assert total(metrics(client), "task_upstream_unhealthy", task_name="report") == 1
+    held = metrics(client)
+    assert total(held, "task_upstream_unhealthy", task_name="report") == 1
+    assert total(held, "task_upstream_blocking", task_name="report", upstream="upstream") == 1  # the dashboard's
     page = client.get("/tasks/report").data.decode()
     assert 'href="/tasks/upstream">upstream</a> unhealthy' in page
     run(client, clock, "u2", "upstream")
-    assert total(metrics(client), "task_upstream_unhealthy", task_name="report") == 0
+    healthy = metrics(client)
+    assert total(healthy, "task_upstream_unhealthy", task_name="report") == 0
+    assert total(healthy, "task_upstream_blocking", task_name="report") == 0
 
 
 def test_it_pauses_for_a_while_missing_nothing_and_resumes_by_itself(bridge):
@@ -172,13 +176,16 @@ def test_it_pauses_for_a_while_missing_nothing_and_resumes_by_itself(bridge):
     client.put("/api/v1/tasks/hourly", json={"period_seconds": 600, "start_grace_seconds": 60})
     paused = client.post("/api/v1/tasks/hourly/pause", json={"seconds": 3600})
     assert (paused.status_code, paused.json["status"], paused.json["paused_until"]) == (200, "paused", T0 + 3600)
+    assert total(metrics(client), "task_paused_until_timestamp_seconds", task_name="hourly") == T0 + 3600
     for _ in range(6):  # six slots pass during the pause; the last round is at its end
         clock.advance(600)
         monitor.reap()
     task = get_task(client, "hourly")
     assert (task["status"], task["missed_runs"]) == ("new", 0)  # resumed at its end, nothing missed
     assert task["next_run_deadline_at"] == T0 + 3600 + 600 + 60
-    assert total(metrics(client), "task_runs_missed_total", task_name="hourly") == 0
+    resumed = metrics(client)
+    assert total(resumed, "task_runs_missed_total", task_name="hourly") == 0
+    assert total(resumed, "task_paused_until_timestamp_seconds", task_name="hourly") == 0  # no pause, no end
 
 
 def test_it_pauses_until_resumed_or_the_next_run(bridge):

@@ -139,3 +139,9 @@ TASK_MAX_CONCURRENCY = Family("task_max_concurrency", "gauge",
 TASK_UPSTREAM_UNHEALTHY = Family("task_upstream_unhealthy", "gauge",
                                  "1 while a task this one depends on (depends_on) is failing or missed.",
                                  ("task_name",))
+TASK_UPSTREAM_BLOCKING = Family("task_upstream_blocking", "gauge",
+                                "1 for each upstream (depends_on) that is failing or missed now: the one that "
+                                "holds the task back.", ("task_name", "upstream"))
+TASK_PAUSED_UNTIL = Family("task_paused_until_timestamp_seconds", "gauge",
+                           "When the task's pause ends by itself (unix seconds); absent while not paused and for "
+                           "a pause that lasts until resumed.", ("task_name",))

@@ -18,7 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from .. import __version__
 from ..core.declarations import DEFAULT_FAILURE_THRESHOLD
 from ..core.executions import STATUSES
-from ..core.tasks import TASK_STATUSES, UNHEALTHY_STATUSES, effective_declaration, status_at
+from ..core.tasks import TASK_STATUSES, UNHEALTHY_STATUSES, effective_declaration, is_paused, status_at
 from ..store import ExecutionRow, Snapshot, Store
 from . import families as f
 
@@ -58,7 +58,8 @@ _INFO, _STATUS, _LAST, _INTERVAL, _START, _END, _RATIO, _MAX_RUNTIME = (family.n
 #: The tasks' gauge families, in exposition order.
 _TASK_GAUGES = (f.TASK_INFO, f.TASK_STATUS, f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
                 f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES, f.TASK_FAILURE_THRESHOLD,
-                f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MAX_CONCURRENCY, f.TASK_UPSTREAM_UNHEALTHY)
+                f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MAX_CONCURRENCY, f.TASK_UPSTREAM_UNHEALTHY,
+                f.TASK_UPSTREAM_BLOCKING, f.TASK_PAUSED_UNTIL)
 
 
 _TASK_COUNTERS = (f.TASK_MISSED, f.TASK_TOO_SHORT, f.TASK_UNEXPECTED)
@@ -171,7 +172,7 @@ class Exposition:
         now = self.clock()
         lines: list[list[str]] = [[] for _ in _TASK_GAUGES]
         (info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget, concurrency,
-         upstream) = lines
+         upstream, blocking, paused_until) = lines
         statuses = {task.task_name: status_at(task, now) for task in snapshot.tasks}
         for task in snapshot.tasks:
             key = f'task_name="{_escape(task.task_name)}"'
@@ -198,6 +199,11 @@ class Exposition:
                       if declared is not None and declared.depends_on else None))):
                 if value is not None:
                     found.append(f"{family.name}{{{key}}} {_number(value)}\n")
+            if task.paused_until is not None and is_paused(task, now):
+                paused_until.append(f"{f.TASK_PAUSED_UNTIL.name}{{{key}}} {_number(task.paused_until)}\n")
+            for name in declared.depends_on if declared is not None else ():
+                if statuses.get(name) in UNHEALTHY_STATUSES:
+                    blocking.append(f'{f.TASK_UPSTREAM_BLOCKING.name}{{{key},upstream="{_escape(name)}"}} 1.0\n')
         return "".join(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
                        + "".join(family_lines) for family, family_lines in zip(_TASK_GAUGES, lines))
 
