@@ -261,3 +261,44 @@ def test_it_says_once_what_it_runs_with_and_which_variables_it_ignores(live_brid
     warnings = [line for line in log.splitlines() if "unknown variable" in line]
     assert len(warnings) == 1 and "[WARNING] ignoring unknown variable BRIDGE_WORKRES (did you mean BRIDGE_WORKERS?)" \
         in warnings[0]
+
+
+def test_it_relies_only_on_gunicorn_internals_that_are_there():
+    """bridge/server/worker.py reads and overrides parts of gunicorn's gthread worker that are
+    not its public API. A gunicorn that changes one of them fails here, by name, before a slow
+    client finds out; docs/development.md ("The gunicorn worker") says what to do then."""
+    import inspect
+    import io
+
+    from gunicorn.http.unreader import SocketUnreader
+    from gunicorn.workers import base, gthread
+
+    def parameters(function) -> list[str]:
+        return list(inspect.signature(function).parameters)
+
+    worker_init = inspect.getsource(gthread.ThreadWorker.__init__)
+    for attribute in ("self.nr_conns", "self.poller", "self.tpool"):  # read or counted down by BridgeWorker
+        assert attribute in worker_init, f"gthread.ThreadWorker no longer sets {attribute}"
+    assert parameters(gthread.ThreadWorker.enqueue_req) == ["self", "conn"], "enqueue_req(conn) changed"
+    assert "self.tpool.submit(self.handle" in inspect.getsource(gthread.ThreadWorker.enqueue_req), \
+        "enqueue_req no longer hands the connection to a thread"
+    assert parameters(gthread.ThreadWorker.murder_keepalived)[:1] == ["self"], "murder_keepalived changed"
+    assert set(parameters(gthread.ThreadWorker.murder_keepalived)) <= {"self", "force"}, \
+        "murder_keepalived takes arguments BridgeWorker does not pass on"
+    assert parameters(base.Worker.handle_error) == ["self", "req", "client", "addr", "exc"], "handle_error changed"
+    connection_init = inspect.getsource(gthread.TConn.__init__)
+    for attribute in ("self.sock", "self.parser"):  # replaced, and its read-ahead taken, by BridgeWorker
+        assert attribute in connection_init, f"gthread.TConn no longer sets {attribute}"
+    handle = inspect.getsource(gthread.ThreadWorker.handle)
+    # A thread that waits for data would wait on a request BridgeWorker already read whole:
+    # data_ready (in the gunicorns that wait) must be what tells it not to.
+    assert "wait_for_data" not in handle or "data_ready" in handle, \
+        "the request thread waits for data without asking conn.data_ready"
+    if "_lock" in worker_init:  # gunicorn 23 registers with the poller from threads, under it
+        assert "with self._lock" in inspect.getsource(gthread.ThreadWorker), "the poller's lock changed"
+    left, right = socket.socketpair()
+    try:
+        assert isinstance(SocketUnreader(left).buf, io.BytesIO), "the parser's read-ahead is no longer a BytesIO"
+    finally:
+        left.close()
+        right.close()

@@ -16,7 +16,8 @@ headers, an over-long URI) are answered in JSON like the bridge's, and counted i
 ``bridge_requests_rejected_total{endpoint="http"}``.
 
 The hooks used (``enqueue_req``, ``murder_keepalived``, ``handle_error``, the parser's
-read-ahead buffer) are the same in every gunicorn this package allows.
+read-ahead buffer) are the same in every gunicorn this package allows; none is gunicorn's
+public API, so a test names each of them (docs/development.md, "The gunicorn worker").
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class BridgeWorker(ThreadWorker):
                 return
             sock.keep(data)
         self._stop_reading(conn)
-        conn.data_ready = True  # gunicorn 23 and later: no need to wait for data in the thread
+        conn.data_ready = True  # a gunicorn whose threads first wait for data: it is here already
         super().enqueue_req(conn)
 
     def _stop_reading(self, conn) -> None:
