@@ -378,17 +378,10 @@ def _gap(start: float | None, end: float | None) -> float | None:
 
 def one_run(stack: Stack, run: int, events: set[str], settle: float = SETTLE_SECONDS) -> list[Measured]:
     """Make every event of one run at once; return what each measured."""
-    scenarios: list[Callable[[Stack, int], list[Event]]] = []
-    if "failed" in events:
-        scenarios.append(_failed)
-    if "docker" in events and stack.docker is not None:
-        scenarios += [_docker_kill, _oom_kill]
-    if "silent" in events:
-        scenarios.append(_silent)
-    if "missed" in events:
-        scenarios.append(_missed)
-    if "storm" in events:
-        scenarios.append(_storm)
+    by_event: dict[str, list[Callable[[Stack, int], list[Event]]]] = {
+        "failed": [_failed], "docker": [_docker_kill, _oom_kill] if stack.docker is not None else [],
+        "silent": [_silent], "missed": [_missed], "storm": [_storm]}
+    scenarios = [scenario for name, played in by_event.items() if name in events for scenario in played]
     results: list[list[Event]] = []
     errors: list[str] = []
 

@@ -123,6 +123,32 @@ def _describe(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+class _SignalRelay:
+    """Passes the signals heartbeat-run receives on to the command: held until it starts, and,
+    once it has exited, taken as the word to stop waiting for the bridge."""
+
+    def __init__(self, client: HeartbeatClient) -> None:
+        self.client = client
+        self.child: subprocess.Popen | None = None
+        self.held: list[int] = []
+        self.exited = threading.Event()
+
+    def forward(self, signum: int, _frame: object) -> None:
+        if self.exited.is_set():  # nothing left to pass it to
+            if signum in ABANDON_SIGNALS:
+                self.client.abandon()
+        elif self.child is not None:
+            self.child.send_signal(signum)
+        else:
+            self.held.append(signum)
+
+    def started(self, child: subprocess.Popen) -> None:
+        """Pass on to ``child`` the signals that came before it started, and the rest as they come."""
+        self.child = child
+        for signum in self.held:
+            child.send_signal(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the wrapped command; returns its exit code (2 for a usage error, 127 if it cannot start)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -144,21 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, **{PROGRESS_FD_VARIABLE: str(PROGRESS_FD),
                               "TRACEPARENT": client.execution_traceparent()})
     # Handlers go in before the command starts: a signal in between is held, then passed on.
-    started: list[subprocess.Popen] = []
-    held: list[int] = []
-    exited = threading.Event()
-
-    def forward(signum: int, _frame) -> None:
-        if exited.is_set():  # nothing left to pass it to: it means stop waiting for the bridge
-            if signum in ABANDON_SIGNALS:
-                client.abandon()
-        elif started:
-            started[0].send_signal(signum)
-        else:
-            held.append(signum)
-
+    relay = _SignalRelay(client)
     for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, forward)
+        signal.signal(signum, relay.forward)
     try:
         # Its own session: a terminal's Ctrl-C reaches the command once, through us.
         child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True,
@@ -174,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"heartbeat-run: cannot run {command[0]}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     os.close(write_fd)  # the command holds the only writer: its exit ends the progress stream
-    started.append(child)
-    for held_signal in held:
-        child.send_signal(held_signal)
+    relay.started(child)
     tail: collections.deque = collections.deque(maxlen=max(0, args.stderr_tail))
     pumps = [threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
              threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True)]
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         pump.start()
     client.start()
     returncode = child.wait()
-    exited.set()
+    relay.exited.set()
     for pump in pumps:  # a daemon the command left behind may hold the pipes open
         pump.join(PUMP_JOIN_SECONDS)
 

@@ -359,6 +359,22 @@ def is_foreign(current: Execution | None, protocol: str | None, task_name: str |
 _CONFLICT = Outcome(None, result="conflict")
 
 
+def _take_reported(record: Execution, hb: Heartbeat) -> None:
+    """Copy onto ``record`` what heartbeat ``hb`` reports; a field it leaves out keeps its value
+    (and a task type, once known, stays)."""
+    if hb.container_id is not None:
+        record.container_id = hb.container_id
+    if record.task_type is None and hb.task_type is not None:
+        record.task_type = hb.task_type
+    if hb.progress is not None:
+        record.progress = hb.progress
+        record.progress_ratio = progress_ratio(hb.progress)
+    if hb.labels is not None:
+        record.labels = hb.labels
+    if hb.max_runtime_seconds is not None:
+        record.max_runtime_seconds = hb.max_runtime_seconds
+
+
 def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules: Rules,
                     task_label: TaskLabel) -> Outcome:
     """Return what heartbeat ``hb``, received at ``now``, does to ``current``.
@@ -392,17 +408,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
     record.reported_status = hb.status
     record.status_reason = (None if hb.status == "running"
                             else f"reported {hb.status}; waiting for the completion")
-    if hb.container_id is not None:
-        record.container_id = hb.container_id
-    if record.task_type is None and hb.task_type is not None:
-        record.task_type = hb.task_type
-    if hb.progress is not None:
-        record.progress = hb.progress
-        record.progress_ratio = progress_ratio(hb.progress)
-    if hb.labels is not None:
-        record.labels = hb.labels
-    if hb.max_runtime_seconds is not None:
-        record.max_runtime_seconds = hb.max_runtime_seconds
+    _take_reported(record, hb)
     if hb.interval_seconds is not None:
         record.interval_seconds = hb.interval_seconds
         record.interval_source = "reported"

@@ -319,14 +319,19 @@ def apply_run_change(current: Task | None, name: str, before: Execution | None, 
         if after.status == "completed":
             increments += _succeeded(task, declaration, after, ended_at)
         else:
-            task.last_failure_at = ended_at
-            task.last_run_note = after.error_message or after.status_reason
-            task.consecutive_successes = 0
-            if previous != "lost":  # its loss was counted already
-                task.consecutive_failures += 1
-            task.failing = is_failing(task)
+            _failed(task, after, ended_at, counted=previous == "lost")
     _note_recent(task, after)
     return TaskOutcome(task, tuple(increments))
+
+
+def _failed(task: Task, run: Execution, ended_at: float, counted: bool) -> None:
+    """Note a failed or lost run of ``task``; ``counted`` when its loss already grew the streak."""
+    task.last_failure_at = ended_at
+    task.last_run_note = run.error_message or run.status_reason
+    task.consecutive_successes = 0
+    if not counted:
+        task.consecutive_failures += 1
+    task.failing = is_failing(task)
 
 
 def _succeeded(task: Task, declaration: TaskDeclaration | None, run: Execution, ended_at: float) -> list[Increment]:

@@ -62,6 +62,22 @@ def runbook_link(runbook_url: str, alert: str) -> str:
     return runbook_url.replace("{alert}", anchor) if "{alert}" in runbook_url else f"{runbook_url}#{anchor}"
 
 
+def _check(job_selector: str, runbook_url: str, external_url: str | None, timing: Timing) -> None:
+    """Raise :class:`RulesError` for what :func:`render` refuses (see there)."""
+    for name, value in asdict(timing).items():
+        if not _DURATION.fullmatch(value):
+            raise RulesError(f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, "
+                             f"got {value!r}")
+    if timing.event_interval in ("0", "0s"):
+        raise RulesError("--event-interval must be longer than 0s")
+    if not _SELECTOR.fullmatch(job_selector):
+        raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
+                         f"got {job_selector!r}")
+    for name, url in (("runbook URL", runbook_url), ("external URL", external_url)):
+        if url is not None and (not url.strip() or any(c in url for c in "\"'\n\r{}")):
+            raise RulesError(f"the {name} must be one line without quotes or braces, got {url!r}")
+
+
 def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = None,
            external_url: str | None = None, timing: Timing = DEFAULT_TIMING) -> str:
     """Return the rules file selecting the bridge's series by ``job_selector`` (label
@@ -75,18 +91,7 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = N
     """
     if runbook_url is None:
         runbook_url = external_url.rstrip("/") + "/runbooks" if external_url else DEFAULT_RUNBOOK_URL
-    for name, value in asdict(timing).items():
-        if not _DURATION.fullmatch(value):
-            raise RulesError(f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, "
-                             f"got {value!r}")
-    if timing.event_interval in ("0", "0s"):
-        raise RulesError("--event-interval must be longer than 0s")
-    if not _SELECTOR.fullmatch(job_selector):
-        raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
-                         f"got {job_selector!r}")
-    for name, url in (("runbook URL", runbook_url), ("external URL", external_url)):
-        if url is not None and (not url.strip() or any(c in url for c in "\"'\n\r{}")):
-            raise RulesError(f"the {name} must be one line without quotes or braces, got {url!r}")
+    _check(job_selector, runbook_url, external_url, timing)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     lines, alert = [], None
     for line in template[template.index("groups:"):].splitlines():  # the template's own notes stay behind

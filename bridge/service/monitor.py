@@ -95,7 +95,7 @@ class Monitor:
     def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
                  spans: SpanSink | None = None, monotonic: Callable[[], float] = time.monotonic):
         self.store = store
-        self._events = GroupCommit(store)
+        self._group_commit = GroupCommit(store)
         self.rules = rules
         self.clock = clock
         self.monotonic = monotonic
@@ -119,7 +119,7 @@ class Monitor:
         :class:`~bridge.store.StoreUnavailable`.
         """
         self.check_ping_uuid(hb.task_name or "", hb.task_schedule, "task_schedule.ping_uuid")
-        return self._committed(self._events.apply(hb.execution_id, self._decision(hb)))
+        return self._committed(self._group_commit.apply(hb.execution_id, self._decision(hb)))
 
     def heartbeats(self, batch: list[Heartbeat]) -> list[Outcome]:
         """Record many heartbeats at once; one outcome per heartbeat, each applied or refused
@@ -135,14 +135,14 @@ class Monitor:
                 items.append((index, hb))
             else:
                 results[index] = Outcome(None, result="conflict")
-        applied = self._events.apply_many([(hb.execution_id, self._decision(hb)) for _, hb in items])
+        applied = self._group_commit.apply_many([(hb.execution_id, self._decision(hb)) for _, hb in items])
         for (index, _), outcome in zip(items, applied):
             results[index] = self._committed(outcome)
         return [result for result in results if result is not None]
 
     def complete(self, completion: Completion) -> Outcome:
         """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
-        return self._committed(self._events.apply(
+        return self._committed(self._group_commit.apply(
             completion.execution_id,
             lambda cur, label: executions.apply_completion(cur, completion, self.clock(), self.rules, label)))
 
@@ -151,14 +151,14 @@ class Monitor:
 
         Raises as :meth:`heartbeat`.
         """
-        return self._committed(self._events.apply(
+        return self._committed(self._group_commit.apply(
             event.execution_id,
             lambda cur, label: executions.apply_container_event(cur, event, self.clock(), self.rules, label)))
 
     def announce(self, announcement: Announcement) -> Outcome:
         """Record a launcher's announcement of an execution; returns the outcome (``duplicate``
         after the end). Raises as :meth:`heartbeat`."""
-        return self._committed(self._events.apply(
+        return self._committed(self._group_commit.apply(
             announcement.execution_id,
             lambda cur, label: executions.apply_announcement(cur, announcement, self.clock(), self.rules, label)))
 
@@ -210,7 +210,7 @@ class Monitor:
             run_ids.append(run_id)
             if event is not None and run_id is not None:
                 items.append((run_id, self._refusing_conflicts(report, run_id, self._decision(event))))
-        for outcome in self._events.apply_many(items, whole=True) if items else []:
+        for outcome in self._group_commit.apply_many(items, whole=True) if items else []:
             self._committed(outcome)
         return run_ids
 

@@ -359,7 +359,7 @@ class RedisStore(Store):
         self._expiry = prefix + "expiry"
         self._counters = prefix + "counters"
         self._exemplars = prefix + "exemplars"
-        self._tasks = prefix + "tasks"
+        self._task_name_set = prefix + "tasks"  # the names held under the cap; the tasks: _task_records
         self._rows = prefix + "rows"
         self._task_seen = prefix + "task_seen"
         self._reaper = prefix + "reaper"
@@ -421,15 +421,15 @@ class RedisStore(Store):
         """Hand the batch's writes to the write script: each record with the bytes it was
         decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
         0 stale."""
-        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars, self._tasks,
-                self._task_records, self._task_deadlines, self._declared, self._ping_uuids]
+        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars,
+                self._task_name_set, self._task_records, self._task_deadlines, self._declared, self._ping_uuids]
         records: list[str] = []
         for execution_id, record in batch.changed.items():
             keys.append(self._key(execution_id))
             read = raw[execution_id]
             records += ("" if read is None else read.decode(), encode_record(record), encode_row(record),
                         _score(record.deadline_at), _score(record.expires_at))
-        moves: list[str] = []
+        index_moves: list[str] = []
         indexes: dict[str, int] = {}
         for execution_id, record in batch.changed.items():
             before = stored.get(execution_id)
@@ -443,7 +443,7 @@ class RedisStore(Store):
                         if index not in indexes:
                             keys.append(index)
                             indexes[index] = len(keys)  # Lua counts from 1
-                        moves += (sign, str(indexes[index]), execution_id)
+                        index_moves += (sign, str(indexes[index]), execution_id)
         counters: list[str] = []
         for (name, labels), (amount, exemplar) in batch.increments.items():
             counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
@@ -455,7 +455,7 @@ class RedisStore(Store):
                       (ping_uuid_of(decode_task(read)) or "") if read is not None else "", ping_uuid_of(task) or "")
         return self._write_script(keys=keys, args=[
             self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
-            _SEPARATOR.join(moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
+            _SEPARATOR.join(index_moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
             self._records, _SEPARATOR.join(tasks)])
 
     @_translated
@@ -473,9 +473,9 @@ class RedisStore(Store):
     def _task_names(self, headroom: int = 0) -> TaskNames:
         """Return the task-name labels of one batch, as this store holds them."""
         return TaskNames(self.max_task_names - headroom,
-                         lambda name: self._holds_name(name, lambda known: bool(self._redis.sismember(self._tasks,
-                                                                                                      known))),
-                         lambda: self._redis.scard(self._tasks))
+                         lambda name: self._holds_name(
+                             name, lambda known: bool(self._redis.sismember(self._task_name_set, known))),
+                         lambda: self._redis.scard(self._task_name_set))
 
     @_translated
     def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
@@ -578,13 +578,13 @@ class RedisStore(Store):
         seen = self._redis.hgetall(self._task_seen)
         names = sorted({name.decode() for name, at in seen.items() if float(at) <= cutoff}
                        # names no execution has left yet: declared ones, or ones whose runs are tracked
-                       | {name.decode() for name in self._redis.smembers(self._tasks) - set(seen)})
+                       | {name.decode() for name in self._redis.smembers(self._task_name_set) - set(seen)})
         if not names:
             return
         uuids = [(ping_uuid_of(decode_task(raw)) or "") if raw is not None else ""
                  for raw in self._redis.hmget(self._task_records, names)]
         released = self._release_script(
-            keys=[self._tasks, self._task_seen, self._counters, self._exemplars, self._task_records,
+            keys=[self._task_name_set, self._task_seen, self._counters, self._exemplars, self._task_records,
                   self._task_deadlines, self._declared, self._ping_uuids,
                   *(self._index("task", name) for name in names)],
             args=[repr(cutoff), _SEPARATOR.join(names), _SEPARATOR.join(uuids)])
@@ -621,7 +621,7 @@ class RedisStore(Store):
     def _build_indexes(self) -> None:
         """Index the records of a store written before the filter indexes existed."""
         now = repr(time.time())
-        for name in self._redis.smembers(self._tasks):  # a full retention from now
+        for name in self._redis.smembers(self._task_name_set):  # a full retention from now
             self._redis.hsetnx(self._task_seen, name, now)
         start = "-"
         while ids := self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK):
@@ -640,7 +640,7 @@ class RedisStore(Store):
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._counters)
             pipe.hgetall(self._exemplars)
-            pipe.smembers(self._tasks)
+            pipe.smembers(self._task_name_set)
             pipe.hvals(self._task_records)
             pipe.hgetall(self._notes)
             counters, exemplars, tasks, task_records, notes = pipe.execute()

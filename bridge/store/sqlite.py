@@ -132,6 +132,12 @@ def _in(ids: list[str]) -> Iterator[tuple[list[str], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
+def _any_row(conn: sqlite3.Connection, query: str, ids: list[str]) -> bool:
+    """Return True when ``query``, its ``{}`` filled with the placeholders of a chunk of
+    ``ids``, finds a row for any chunk."""
+    return any(conn.execute(query.format(marks), chunk).fetchone() for chunk, marks in _in(ids))
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     """Return the (device, inode) of the file at ``path``, None when there is none.
 
@@ -212,35 +218,25 @@ class _Batch:
         absent and within the limit, the task names held still held, the new ones still
         free and within theirs. (The updates check their own records: each names the
         version it read.)"""
-        new = self.decided.new
-        for chunk, marks in _in(new):
-            if conn.execute(f"SELECT 1 FROM executions WHERE execution_id IN ({marks}) LIMIT 1", chunk).fetchone():
-                return False
-        names = self.names
-        for chunk, marks in _in(sorted(names.known)):
-            held = conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})", chunk).fetchone()[0]
-            if held != len(chunk):  # released since (see expire())
-                return False
-        if names.added:
-            for chunk, marks in _in(names.added):
-                if conn.execute(f"SELECT 1 FROM task_names WHERE name IN ({marks}) LIMIT 1", chunk).fetchone():
-                    return False
-            held = conn.execute("SELECT count(*) FROM task_names").fetchone()[0]
-            if held + len(names.added) > names.limit:
-                return False
-        if new:
-            tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
-            if tracked + len(new) > self.store.max_executions:
-                return False
+        new, names = self.decided.new, self.names
+        if _any_row(conn, "SELECT 1 FROM executions WHERE execution_id IN ({}) LIMIT 1", new):
+            return False
+        if any(conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})", chunk).fetchone()[0]
+               != len(chunk) for chunk, marks in _in(sorted(names.known))):
+            return False  # a name released since (see expire())
+        if names.added and (_any_row(conn, "SELECT 1 FROM task_names WHERE name IN ({}) LIMIT 1", names.added)
+                            or conn.execute("SELECT count(*) FROM task_names").fetchone()[0] + len(names.added)
+                            > names.limit):
+            return False
+        if new and (conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0] + len(new)
+                    > self.store.max_executions):
+            return False
         new_tasks = [name for name in self.decided.tasks if name not in self.stored_tasks]
-        for chunk, marks in _in(new_tasks):
-            if conn.execute(f"SELECT 1 FROM tasks WHERE task_name IN ({marks}) LIMIT 1", chunk).fetchone():
-                return False
-        return True
+        return not _any_row(conn, "SELECT 1 FROM tasks WHERE task_name IN ({}) LIMIT 1", new_tasks)
 
     def _encode(self) -> None:
         """Encode the writes, before taking the write lock when the batch was decided before it."""
-        self.inserts, self.updates, self.moves = [], [], []
+        self.inserts, self.updates, self.deadline_moves = [], [], []
         for execution_id, record in self.decided.changed.items():
             stored = self.stored.get(execution_id)
             if stored is None:
@@ -249,7 +245,7 @@ class _Batch:
                                      encode_row(record)))
             elif (stored.status == record.status and stored.task_name == record.task_name
                   and stored.expires_at == record.expires_at):
-                self.moves.append((record.deadline_at, record.version, encode_record(record),
+                self.deadline_moves.append((record.deadline_at, record.version, encode_record(record),
                                    encode_row(record), execution_id, stored.version))
             else:
                 self.updates.append((record.status, record.task_name, record.deadline_at, record.expires_at,
@@ -265,7 +261,7 @@ class _Batch:
         Returns False, having written part of the batch, when an update finds its record
         at another version than the one read: the caller must roll back.
         """
-        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.moves)):
+        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.deadline_moves)):
             if rows and conn.executemany(statement, rows).rowcount != len(rows):
                 return False
         if self.inserts:
