@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .counters import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
 from .declarations import TaskDeclaration
@@ -44,7 +44,11 @@ __all__ = [
     "tombstone",
 ]
 
-STATUSES = ("starting", "running", "completed", "failed", "lost")
+#: An execution's status: what the state machine above moves it through.
+Status = Literal["starting", "running", "completed", "failed", "lost"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+#: What an event did (see :class:`Outcome`).
+Result = Literal["accepted", "ignored", "duplicate", "unchanged", "conflict", "capacity", "missing", "live"]
 FINAL_STATUSES = frozenset({"completed", "failed"})
 SPAN_ENDING_STATUSES = FINAL_STATUSES | {"lost"}
 UNKNOWN_TASK = "unknown"
@@ -83,7 +87,7 @@ class Execution:
     """Everything known about one execution; times are the server's unix seconds."""
 
     execution_id: str
-    status: str
+    status: Status
     trace_id: str
     metric_task_name: str
     started_at: float
@@ -181,14 +185,15 @@ class Outcome:
     ``result`` is ``accepted``, ``ignored`` (heartbeat after the end), ``duplicate``
     (repeated completion), ``unchanged`` (nothing was due), ``conflict`` (the event may not
     act on this execution: another task's or another protocol's) or ``capacity`` (a new
-    execution the store had no room for). ``transition`` is
+    execution the store had no room for); :func:`apply_forget` answers ``missing`` or ``live``
+    when there is nothing it may forget. ``transition`` is
     ``(old_status, new_status)`` when the status changed, old being None for a new one.
     """
 
     record: Execution | None
     increments: tuple[Increment, ...] = ()
-    result: str = "accepted"
-    transition: tuple[str | None, str] | None = None
+    result: Result = "accepted"
+    transition: tuple[Status | None, Status] | None = None
     #: the task's declaration the event carried (a first heartbeat's ``task_schedule``)
     declaration: TaskDeclaration | None = None
 
@@ -201,7 +206,7 @@ class Outcome:
 _UNCHANGED = Outcome(None, result="unchanged")
 
 
-def tombstone(execution_id: str, status: str) -> Execution:
+def tombstone(execution_id: str, status: Status) -> Execution:
     """Return the stand-in of an execution that ended with ``status`` and left retention.
 
     It is final, so a late repeat (a retried completion, a replayed container death, a
@@ -236,7 +241,7 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _new_record(execution_id: str, now: float, status: str, task_name: str | None,
+def _new_record(execution_id: str, now: float, status: Status, task_name: str | None,
                 task_label: TaskLabel, rules: Rules, traceparent: str | None = None) -> Execution:
     return Execution(
         execution_id=execution_id,
@@ -318,7 +323,7 @@ def _learn_interval(record: Execution, gap: float | None, rules: Rules, recovere
     record.interval_source = "learned" if learned > rules.default_interval else "default"
 
 
-def _end(record: Execution, status: str, ended_at: float, now: float, rules: Rules,
+def _end(record: Execution, status: Status, ended_at: float, now: float, rules: Rules,
          reason: str, cause: str) -> tuple[Increment, ...]:
     """Make ``record`` final because of ``cause``; return the counters every ending increments."""
     record.status = status
@@ -392,7 +397,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         record = _new_record(hb.execution_id, now, "running", hb.task_name, task_label,
                              rules, hb.traceparent)
         record.protocol = hb.protocol
-        transition: tuple[str | None, str] | None = (None, "running")
+        transition: tuple[Status | None, Status] | None = (None, "running")
         gap = None
     else:
         record = _copy(current, now)
@@ -443,7 +448,7 @@ def apply_completion(current: Execution | None, c: Completion, now: float, rules
     old_status = current.status if current is not None else None
     if c.container_id is not None:
         record.container_id = c.container_id
-    status = "completed" if c.success else "failed"
+    status: Status = "completed" if c.success else "failed"
     increments = _end(record, status, now, now, rules, "completion received", "completion")
     record.error_message = c.error_message
     record.exit_code = c.exit_code
@@ -468,7 +473,8 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     record.updated_at = now
     if current.status == "running" and current.reported_status in FINAL_STATUSES:
         ended_at = current.last_heartbeat_at if current.last_heartbeat_at is not None else now
-        increments = _end(record, current.reported_status, ended_at, now, rules,
+        reported: Status = "completed" if current.reported_status == "completed" else "failed"
+        increments = _end(record, reported, ended_at, now, rules,
                           f"reported {current.reported_status}; no completion received", "reported")
         return Outcome(record, increments, "accepted", (current.status, record.status))
     if current.status == "starting":
@@ -561,7 +567,7 @@ def apply_container_event(current: Execution | None, event: ContainerEvent, now:
     if current is None:
         record = _new_record(event.execution_id, now, "starting", event.task_name, task_label, rules)
         record.deadline_at = now + rules.startup_grace
-        transition: tuple[str | None, str] | None = (None, "starting")
+        transition: tuple[Status | None, Status] | None = (None, "starting")
     else:
         record = _copy(current, now)
         transition = None
@@ -574,6 +580,8 @@ def apply_container_event(current: Execution | None, event: ContainerEvent, now:
         return Outcome(record, (), "accepted", transition)
     old_status = current.status if current is not None else None
     record.exit_code = event.exit_code
+    status: Status
+    message: str | None
     if record.oom_killed:
         status, message = "failed", "killed: out of memory"
     elif event.exit_code == 0 and record.reported_status == "completed":
@@ -599,7 +607,7 @@ def apply_announcement(current: Execution | None, announcement: Announcement, no
         record = _new_record(announcement.execution_id, now, "starting", announcement.task_name, task_label, rules)
         record.deadline_at = now + rules.startup_grace
         record.status_reason = "announced; waiting for its first heartbeat"
-        transition: tuple[str | None, str] | None = (None, "starting")
+        transition: tuple[Status | None, Status] | None = (None, "starting")
     else:
         record = _copy(current, now)
         transition = None
