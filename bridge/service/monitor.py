@@ -24,6 +24,12 @@ __all__ = ["Monitor", "SpanSink", "rules_from"]
 
 log = logging.getLogger(__name__)
 
+#: The events an execution receives, and the core rule that decides each.
+ExecutionEvent = Heartbeat | Completion | ContainerEvent | Announcement
+_RULES: dict[type, Callable[..., Outcome]] = {
+    Heartbeat: executions.apply_heartbeat, Completion: executions.apply_completion,
+    ContainerEvent: executions.apply_container_event, Announcement: executions.apply_announcement}
+
 REAP_BATCH = 500
 #: Reaper rounds that may go missing (jitter, a slow round) before a gap counts as an outage.
 OUTAGE_ROUNDS = 3
@@ -119,7 +125,7 @@ class Monitor:
         :class:`~bridge.store.StoreUnavailable`.
         """
         self.check_ping_uuid(hb.task_name or "", hb.task_schedule, "task_schedule.ping_uuid")
-        return self._committed(self._group_commit.apply(hb.execution_id, self._decision(hb)))
+        return self._record(hb)
 
     def heartbeats(self, batch: list[Heartbeat]) -> list[Outcome]:
         """Record many heartbeats at once; one outcome per heartbeat, each applied or refused
@@ -142,25 +148,19 @@ class Monitor:
 
     def complete(self, completion: Completion) -> Outcome:
         """Record a completion; returns the outcome (``duplicate`` for a repeat). Raises as :meth:`heartbeat`."""
-        return self._committed(self._group_commit.apply(
-            completion.execution_id,
-            lambda cur, label: executions.apply_completion(cur, completion, self.clock(), self.rules, label)))
+        return self._record(completion)
 
     def container_event(self, event: ContainerEvent) -> Outcome:
         """Record a Docker agent's report; returns the outcome (``duplicate`` after the end).
 
         Raises as :meth:`heartbeat`.
         """
-        return self._committed(self._group_commit.apply(
-            event.execution_id,
-            lambda cur, label: executions.apply_container_event(cur, event, self.clock(), self.rules, label)))
+        return self._record(event)
 
     def announce(self, announcement: Announcement) -> Outcome:
         """Record a launcher's announcement of an execution; returns the outcome (``duplicate``
         after the end). Raises as :meth:`heartbeat`."""
-        return self._committed(self._group_commit.apply(
-            announcement.execution_id,
-            lambda cur, label: executions.apply_announcement(cur, announcement, self.clock(), self.rules, label)))
+        return self._record(announcement)
 
     def forget(self, execution_id: str) -> Outcome:
         """Forget an ended or lost execution now, as its retention would later: its series
@@ -229,10 +229,14 @@ class Monitor:
         return Conflict(f"{report.run_field} {run_id} names an execution that is not a run of task "
                         f"{report.task_name!r} reported through this protocol", report.run_field)
 
-    def _decision(self, event: Heartbeat | Completion) -> Decide:
-        if isinstance(event, Heartbeat):
-            return lambda cur, label: executions.apply_heartbeat(cur, event, self.clock(), self.rules, label)
-        return lambda cur, label: executions.apply_completion(cur, event, self.clock(), self.rules, label)
+    def _record(self, event: ExecutionEvent) -> Outcome:
+        """Apply ``event`` to its execution through the group commit; returns the committed outcome."""
+        return self._committed(self._group_commit.apply(event.execution_id, self._decision(event)))
+
+    def _decision(self, event: ExecutionEvent) -> Decide:
+        """Return the store's decision for ``event``: its rule, read at the time of the write."""
+        rule = _RULES[type(event)]
+        return lambda cur, label: rule(cur, event, self.clock(), self.rules, label)
 
     def _run_event(self, report: RunReport) -> tuple[str | None, Heartbeat | Completion | None, bool]:
         """Return the execution a report goes to, the event it is, and whether the execution
