@@ -364,20 +364,15 @@ def is_foreign(current: Execution | None, protocol: str | None, task_name: str |
 _CONFLICT = Outcome(None, result="conflict")
 
 
-def _take_reported(record: Execution, hb: Heartbeat) -> None:
-    """Copy onto ``record`` what heartbeat ``hb`` reports; a field it leaves out keeps its value
-    (and a task type, once known, stays)."""
-    if hb.container_id is not None:
-        record.container_id = hb.container_id
-    if record.task_type is None and hb.task_type is not None:
-        record.task_type = hb.task_type
-    if hb.progress is not None:
-        record.progress = hb.progress
-        record.progress_ratio = progress_ratio(hb.progress)
-    if hb.labels is not None:
-        record.labels = hb.labels
-    if hb.max_runtime_seconds is not None:
-        record.max_runtime_seconds = hb.max_runtime_seconds
+def _take_declared(record: Execution, event: Heartbeat | Announcement) -> None:
+    """Copy onto ``record`` the task type, labels and run budget ``event`` gives; a field it
+    leaves out keeps its value, and a task type, once known, stays."""
+    if record.task_type is None and event.task_type is not None:
+        record.task_type = event.task_type
+    if event.labels is not None:
+        record.labels = event.labels
+    if event.max_runtime_seconds is not None:
+        record.max_runtime_seconds = event.max_runtime_seconds
 
 
 def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules: Rules,
@@ -413,7 +408,12 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
     record.reported_status = hb.status
     record.status_reason = (None if hb.status == "running"
                             else f"reported {hb.status}; waiting for the completion")
-    _take_reported(record, hb)
+    if hb.container_id is not None:
+        record.container_id = hb.container_id
+    if hb.progress is not None:
+        record.progress = hb.progress
+        record.progress_ratio = progress_ratio(hb.progress)
+    _take_declared(record, hb)
     if hb.interval_seconds is not None:
         record.interval_seconds = hb.interval_seconds
         record.interval_source = "reported"
@@ -612,12 +612,7 @@ def apply_announcement(current: Execution | None, announcement: Announcement, no
         record = _copy(current, now)
         transition = None
         _name_task(record, announcement.task_name, task_label)
-    if record.task_type is None and announcement.task_type is not None:
-        record.task_type = announcement.task_type
-    if announcement.labels is not None:
-        record.labels = announcement.labels
-    if announcement.max_runtime_seconds is not None:
-        record.max_runtime_seconds = announcement.max_runtime_seconds
+    _take_declared(record, announcement)
     if announcement.interval_seconds is not None and record.interval_source != "reported":
         record.interval_seconds = announcement.interval_seconds
         record.interval_source = "reported"
