@@ -22,6 +22,10 @@ from .ids import trace_id_for
 from .inputs import OTHER_TASK
 
 __all__ = [
+    "DEFAULT_INTERVAL_SECONDS",
+    "DEFAULT_LOST_AFTER_INTERVALS",
+    "DEFAULT_RETENTION_SECONDS",
+    "DEFAULT_STARTUP_GRACE_SECONDS",
     "FINAL_STATUSES",
     "OTHER_TASK",
     "RECORD_FIELDS",
@@ -65,14 +69,21 @@ MAX_STAGE_NAME = 128
 TaskLabel = Callable[["str | None"], str]
 
 
+#: The state machine's defaults, the configuration's too (``BRIDGE_DEFAULT_INTERVAL_SECONDS``...).
+DEFAULT_INTERVAL_SECONDS = 30.0
+DEFAULT_LOST_AFTER_INTERVALS = 3.0
+DEFAULT_STARTUP_GRACE_SECONDS = 120.0
+DEFAULT_RETENTION_SECONDS = 3600.0
+
+
 @dataclass(frozen=True)
 class Rules:
     """The knobs of the state machine, from :class:`bridge.service.config.Settings`."""
 
-    default_interval: float = 30.0
-    lost_after_intervals: float = 3.0
-    startup_grace: float = 120.0
-    retention: float = 3600.0
+    default_interval: float = DEFAULT_INTERVAL_SECONDS
+    lost_after_intervals: float = DEFAULT_LOST_AFTER_INTERVALS
+    startup_grace: float = DEFAULT_STARTUP_GRACE_SECONDS
+    retention: float = DEFAULT_RETENTION_SECONDS
     #: A gap this long between reaper rounds means no worker ran: the bridge was down.
     outage_after: float = 16.0
 

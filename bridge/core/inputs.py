@@ -64,6 +64,8 @@ MAX_LABEL_VALUE = 256
 MAX_ERROR_MESSAGE = 4096
 #: Free-form objects (progress, result data) nest at most this deep.
 MAX_DEPTH = 8
+#: A free-form field's (``progress``, ``result_data``) encoded size, unless configured.
+DEFAULT_MAX_FIELD_BYTES = 16_384
 
 LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
 CONTAINER_ID = re.compile(r"[A-Za-z0-9._:-]{1,256}")

@@ -38,13 +38,13 @@ from typing import Any
 from gunicorn.http.errors import LimitRequestLine
 from gunicorn.workers.gthread import ThreadWorker
 
+from ..service.config import DEFAULT_READ_TIMEOUT_SECONDS
 from ..web.extension import EXTENSION_KEY
 
 __all__ = ["DEFAULT_READ_TIMEOUT_SECONDS", "BridgeWorker", "ReadDeadlineExceeded"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READ_TIMEOUT_SECONDS = 5.0
 #: Bodies of declared length up to this are read by the main loop; longer ones by the thread.
 BUFFERED_BODY_BYTES = 1024 * 1024
 #: A head longer than this without its end is handed on for gunicorn's parser to refuse.

@@ -17,6 +17,14 @@ from typing import Any
 from ..core import inputs
 from ..core.declarations import DeclarationError
 from ..core.errors import ConfigError, InvalidInput
+from ..core.executions import (
+    DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_LOST_AFTER_INTERVALS,
+    DEFAULT_RETENTION_SECONDS,
+    DEFAULT_STARTUP_GRACE_SECONDS,
+)
+from ..store.base import DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS
+from ..store.sqlite import DEFAULT_BUSY_TIMEOUT_SECONDS
 
 __all__ = ["VARIABLES", "ConfigError", "Settings", "check_tasks_file", "describe", "load_settings", "parse_bind",
            "unknown_variables"]
@@ -25,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE_URL = "sqlite:///data/bridge.db"
 DEFAULT_BIND = "127.0.0.1:8000"
+#: How long a client has to send a whole request (its head and a buffered body).
+DEFAULT_READ_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -35,22 +45,22 @@ class Settings:
     bind: str = DEFAULT_BIND
     workers: int = 2
     threads: int = 8
-    default_interval_seconds: float = 30.0
-    lost_after_intervals: float = 3.0
+    default_interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    lost_after_intervals: float = DEFAULT_LOST_AFTER_INTERVALS
     reaper_interval_seconds: float = 5.0
-    retention_seconds: float = 3600.0
-    dedup_seconds: float = 86_400.0
-    task_retention_seconds: float = 30 * 86_400.0
-    startup_grace_seconds: float = 120.0
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    dedup_seconds: float = DEFAULT_DEDUP_SECONDS
+    task_retention_seconds: float = DEFAULT_TASK_RETENTION_SECONDS
+    startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS
     max_executions: int = 100_000
     max_task_names: int = 200
     max_body_bytes: int = 65_536
     max_batch_items: int = 1000
     max_batch_body_bytes: int = 4_194_304
-    max_field_bytes: int = 16_384
+    max_field_bytes: int = inputs.DEFAULT_MAX_FIELD_BYTES
     sqlite_synchronous: str = "NORMAL"
-    sqlite_busy_timeout_seconds: float = 5.0
-    request_read_timeout_seconds: float = 5.0
+    sqlite_busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS
+    request_read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_SECONDS
     log_level: str = "INFO"
     auth_tokens: tuple[str, ...] = ()
     metrics_token: str | None = None

@@ -34,7 +34,7 @@ _TRACEPARENT_FORM = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 class Limits:
     """Size limits of free-form fields (``progress``, ``result_data``)."""
 
-    max_field_bytes: int = 16_384
+    max_field_bytes: int = inputs.DEFAULT_MAX_FIELD_BYTES
 
 
 def _reject_constant(name: str) -> Any:
