@@ -125,7 +125,7 @@ def test_it_flags_a_container_that_never_sends_a_heartbeat(bridge, agent, docker
     assert record["heartbeat_count"] == 0
 
 
-def test_it_sees_a_python_task_container_complete_normally(bridge, agent, docker_client):
+def test_it_sees_a_python_task_container_complete_normally(bridge, agent, docker_client, tmp_path):
     agent()
     execution_id = str(uuid.uuid4())
     python = Path(sys.base_prefix)
@@ -152,7 +152,9 @@ def test_it_sees_a_python_task_container_complete_normally(bridge, agent, docker
     record = wait_for(status_is(bridge, execution_id, "completed"), "the completion")
     assert record["result_data"] == {"pages": 3} and record["heartbeat_count"] >= 2
     assert record["image"] == IMAGE
-    time.sleep(1)  # the die report arrives after the completion and must change nothing
+    # The die report comes after the completion: once the bridge has answered it, nothing changed.
+    wait_for(lambda: f"reported die of {execution_id}" in (tmp_path / "agent.log").read_text(),
+             "the bridge to answer the die report")
     assert execution(bridge, execution_id)["status"] == "completed"
 
 
