@@ -202,7 +202,13 @@ def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet
     assert re.fullmatch(r"https://tempo\.example/trace/[0-9a-f]{32}", trace)
     browser.get(live_fleet.url + "/")
     browser.find_element("css selector", "select#status option[value='lost']").click()
+    before = browser.find_element("tag name", "html")
     browser.find_element("css selector", "form.filters button").click()
+    # The filtered page replaces this one: read its rows, not the old page's while it goes.
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(browser, 10).until(staleness_of(before))
     listed = browser.find_elements("css selector", "section[aria-labelledby=executions] tbody th a")
     assert [a.text for a in listed] == ["silent-1"]
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
