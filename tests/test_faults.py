@@ -113,9 +113,27 @@ def _timed_heartbeat(session, bridge, execution_id, interval=5) -> tuple[int, fl
     return code, time.monotonic() - started
 
 
-def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids) -> None:
+def _workers_holding(bridge, path) -> int:
+    """Return how many of the bridge's workers hold ``path`` open."""
+    master, held = str(bridge.process.pid), 0
+    for entry in os.scandir("/proc"):
+        try:
+            if not entry.name.isdigit() or open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[1] \
+                    != master:
+                continue
+            held += any(os.readlink(fd.path) == str(path) for fd in os.scandir(f"/proc/{entry.name}/fd"))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return held
+
+
+def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids, database) -> None:
     """Heartbeats before a store fault, during it (quick 503s, readyz failing) and after it
     (recovery without a restart, nothing accepted lost, nobody lost)."""
+    # Every worker has opened the store (its write-ahead log) before the fault: one that boots
+    # into it cannot, and gunicorn stops when a worker fails to boot.
+    wal = database.with_name(database.name + "-wal")
+    wait_for(lambda: _workers_holding(bridge, wal) == bridge.workers, "every worker to open the store")
     session = requests.Session()
     assert {_timed_heartbeat(session, bridge, e)[0] for e in EXECUTIONS} == {200}
     make_fault()
@@ -139,7 +157,7 @@ def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, 
         "BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
     try:  # new executions need new pages, which a full disk cannot give
         _survive_store_fault(bridge, lambda: _fill(small_disk), (small_disk / "filler").unlink,
-                             [f"new-{e}" for e in EXECUTIONS])
+                             [f"new-{e}" for e in EXECUTIONS], small_disk / "bridge.db")
     finally:
         bridge.stop()  # before the small disk is unmounted
 
@@ -161,7 +179,7 @@ def test_it_answers_503_while_the_sqlite_file_is_read_only_and_recovers(live_bri
             _immutable("-i", *files)  # it may have taken on one file before failing
             unavailable(f"chattr +i is not available here: {made.stderr.strip()}")
 
-    _survive_store_fault(bridge, make_read_only, lambda: _immutable("-i", *files), EXECUTIONS)
+    _survive_store_fault(bridge, make_read_only, lambda: _immutable("-i", *files), EXECUTIONS, database)
 
 
 def test_it_acknowledges_nothing_after_the_database_files_are_removed(live_bridge, tmp_path):
