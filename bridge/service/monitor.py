@@ -189,7 +189,7 @@ class Monitor:
             run_id, event, guessed = self._run_event(report)
             if event is None:
                 return None, None
-            outcome = (self.heartbeat(event) if isinstance(event, Heartbeat) else self.complete(event))
+            outcome = self._record(event)  # a report's event declares no ping uuid: nothing to check first
             if outcome.result == "conflict":
                 raise self._conflict(report, run_id)
             if guessed and outcome.result in ("duplicate", "ignored"):
