@@ -224,6 +224,47 @@ def _growth(curve: list[tuple[int, float, int, float, float]]) -> list[tuple[str
     return rows
 
 
+def _curve(fresh: Server, fresh_url: str, pushgateway: Server, push_address: str, bare_rate: float,
+           seconds: float) -> list[tuple[str, str, str, str]]:
+    """Return the rows of the curve: scrape, size, memory and ingest at each of SCRAPE_COUNTS,
+    on a bridge and a Pushgateway that start empty, and the growth per tenfold."""
+    rows, memory, curve = [], [], []
+    tracked = pushed = 0
+    idle_mb = fresh.rss_mb()
+    extra = 0  # the executions heartbeat.lua's ingest runs add, once: counted in the total
+    for count in SCRAPE_COUNTS:
+        # Each server is measured while the other is idle: the Pushgateway digests tens of
+        # thousands of pushes for a while after taking them.
+        _populate_bridge(fresh_url, count - extra, tracked)
+        tracked = count - extra
+        bridge_ms, bridge_bytes = _scrape(fresh_url + "/metrics")
+        resident = fresh.rss_mb()
+        ingest = _wrk(fresh_url, "heartbeat.lua", seconds)
+        extra = 1000  # heartbeat.lua's executions (the same ids at every size) are tracked now
+        with_tasks = None
+        if count == SCRAPE_COUNTS[1]:  # the same, with tasks declared (and kept for the rest)
+            _declare_tasks(fresh_url)
+            tasks_ms, tasks_bytes = _scrape(fresh_url + "/metrics")
+            with_tasks = (f"5. /metrics at {count:,} live executions, {DECLARED_TASKS} declared tasks",
+                          f"{tasks_ms:,.0f} ms, {tasks_bytes / 1e6:.1f} MB",
+                          f"without tasks {bridge_ms:,.0f} ms", f"{tasks_ms / bridge_ms:.2f}")
+        _populate_pushgateway(push_address, pushed, count)
+        pushed = count
+        push_ms, push_bytes = _scrape(f"http://{push_address}/metrics")
+        rows.append((f"5. /metrics at {count:,} live executions", f"{bridge_ms:,.0f} ms, "
+                     f"{bridge_bytes / 1e6:.1f} MB", f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
+                     f"{bridge_ms / push_ms:.2f}"))
+        if with_tasks:
+            rows.append(with_tasks)
+        memory.append((f"6. resident memory at {count:,} executions", f"{resident:,.0f} MiB",
+                       f"Pushgateway {pushgateway.rss_mb():,.0f} MiB",
+                       f"{(resident - idle_mb) * 1024 / count:.1f} KiB per execution above idle"))
+        rows.append((f"7. heartbeat ingest at {count:,} live executions", f"{ingest:,.0f} /s",
+                     f"bare Flask {bare_rate:,.0f} /s", f"{ingest / bare_rate:.2f}"))
+        curve.append((count, bridge_ms, bridge_bytes, resident - idle_mb, ingest))
+    return rows + memory + _growth(curve)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default 10)")
@@ -310,37 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(pushgateway)
         fresh, fresh_url = _bridge(f"sqlite:///{work / 'scrape.db'}", work, "bridge-scrape")
         servers.append(fresh)
-        tracked = pushed = 0
-        memory, curve = [], []
-        idle_mb = fresh.rss_mb()
-        extra = 0  # the executions heartbeat.lua's ingest runs add, once: counted in the total
-        for count in SCRAPE_COUNTS:
-            _populate_bridge(fresh_url, count - extra, tracked)
-            tracked = count - extra
-            _populate_pushgateway(push_address, pushed, count)
-            pushed = count
-            bridge_ms, bridge_bytes = _scrape(fresh_url + "/metrics")
-            push_ms, push_bytes = _scrape(f"http://{push_address}/metrics")
-            rows.append((f"5. /metrics at {count:,} live executions", f"{bridge_ms:,.0f} ms, "
-                         f"{bridge_bytes / 1e6:.1f} MB", f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
-                         f"{bridge_ms / push_ms:.2f}"))
-            resident = fresh.rss_mb()
-            memory.append((f"6. resident memory at {count:,} executions", f"{resident:,.0f} MiB",
-                           f"Pushgateway {pushgateway.rss_mb():,.0f} MiB",
-                           f"{(resident - idle_mb) * 1024 / count:.1f} KiB per execution above idle"))
-            ingest = _wrk(fresh_url, "heartbeat.lua", args.seconds)
-            extra = 1000  # heartbeat.lua's executions (the same ids at every size) are tracked now
-            rows.append((f"7. heartbeat ingest at {count:,} live executions", f"{ingest:,.0f} /s",
-                         f"bare Flask {bare_rate:,.0f} /s", f"{ingest / bare_rate:.2f}"))
-            curve.append((count, bridge_ms, bridge_bytes, resident - idle_mb, ingest))
-            if count == SCRAPE_COUNTS[1]:  # the same, with tasks declared (and kept for the rest)
-                _declare_tasks(fresh_url)
-                tasked_ms, tasked_bytes = _scrape(fresh_url + "/metrics")
-                rows.append((f"5. /metrics at {count:,} live executions, {DECLARED_TASKS} declared tasks",
-                             f"{tasked_ms:,.0f} ms, {tasked_bytes / 1e6:.1f} MB",
-                             f"without tasks {bridge_ms:,.0f} ms", f"{tasked_ms / bridge_ms:.2f}"))
-        rows.extend(memory)
-        rows.extend(_growth(curve))
+        rows.extend(_curve(fresh, fresh_url, pushgateway, push_address, bare_rate, args.seconds))
     finally:
         for server in servers:
             server.stop()

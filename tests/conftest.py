@@ -8,7 +8,7 @@ from bridge.service.config import load_settings
 from bridge.web import create_app
 from bridge.web.extension import EXTENSION_KEY
 
-from support import FakeClock, LiveBridge
+from support import FakeClock, LiveBridge, RedisCluster, start_redis
 
 #: A test that asks for one of these starts a real server.
 _SERVER_FIXTURES = frozenset({"live_bridge", "redis_url", "redis_cluster"})
@@ -21,6 +21,22 @@ def pytest_collection_modifyitems(items):
         store = str(params.params.get("store_url", "")) if params is not None else ""
         if _SERVER_FIXTURES & set(item.fixturenames) or store.startswith("redis"):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """One Redis server for the module's tests."""
+    server, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster for the module's tests."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
@@ -50,9 +66,9 @@ def monotonic():
 def app(tmp_path, clock, monotonic, settings_overrides, tracer_provider):
     # Reaper rounds here happen only when a test calls monitor.reap(): say so, or the
     # fake clock's jumps between them would read as the bridge's own outages.
-    overrides = {"reaper_interval_seconds": 3600, **settings_overrides}
-    settings = load_settings({}, store_url=f"sqlite:///{tmp_path / 'bridge.db'}",
-                             sqlite_busy_timeout_seconds=0.2, **overrides)
+    overrides = {"reaper_interval_seconds": 3600, "store_url": f"sqlite:///{tmp_path / 'bridge.db'}",
+                 **settings_overrides}
+    settings = load_settings({}, sqlite_busy_timeout_seconds=0.2, **overrides)
     app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True,
                       "TRACER_PROVIDER": tracer_provider, **({"MONOTONIC": monotonic} if monotonic else {})})
     yield app

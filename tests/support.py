@@ -401,3 +401,18 @@ class RedisCluster:
         for server in self.servers:
             server.stop()
         self.servers = []
+
+
+def empty_store(request, kind: str, tmp_path) -> str:
+    """Return the URL of an empty store of ``kind``: sqlite, redis or redis-cluster."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'b.db'}"
+    if kind == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushdb()
+    return url

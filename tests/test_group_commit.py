@@ -13,6 +13,7 @@ from bridge.core.executions import Rules
 from bridge.service.config import load_settings
 from bridge.store import CapacityError, GroupCommit, StoreUnavailable, open_store
 from bridge.telemetry import families
+from bridge.telemetry.metrics import ExecutionRenderer
 
 from support import wait_for
 
@@ -27,7 +28,8 @@ def beat(execution_id, now=T0):
 
 @pytest.fixture
 def store(tmp_path):
-    return open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", max_executions=5))
+    return open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", max_executions=5),
+                      ExecutionRenderer())
 
 
 class Recording:
@@ -96,7 +98,7 @@ def test_it_fails_only_the_event_whose_decision_raised(store):
         thread.join(30)
     assert isinstance(results["bad"], ValueError)
     assert results["b"].result == results["c"].result == "accepted"
-    assert {r.execution_id for r in store.snapshot().rows} == {"a", "b", "c"}
+    assert {r.execution_id for r in store.query()} == {"a", "b", "c"}
 
 
 def test_it_hands_each_caller_its_own_capacity_refusal(store):
@@ -124,7 +126,7 @@ def test_it_gives_every_waiting_caller_the_store_failure(store):
     for thread in first + rest:
         thread.join(30)
     assert all(isinstance(r, StoreUnavailable) for r in {**results, **later}.values())
-    assert store.snapshot().rows == []
+    assert store.query() == [] and store.snapshot().executions == {}
 
 
 def test_it_lets_a_new_caller_lead_once_the_last_commit_is_done(store):

@@ -16,46 +16,43 @@ from bridge.service.config import load_settings
 from bridge.service.monitor import Monitor
 from bridge.store import CapacityError, StoreUnavailable, open_store
 from bridge.telemetry import families
+from bridge.telemetry.metrics import ExecutionRenderer
 
-from support import RedisCluster, start_redis
+from support import empty_store, start_redis, unavailable
 
 RULES = Rules()
 T0 = 1_000_000.0
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    server, url = start_redis(tmp_path_factory.mktemp("redis"))
-    yield url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory):
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
-    yield cluster
-    cluster.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'b.db'}"
-    if request.param == "redis-cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        return cluster.url
-    url = request.getfixturevalue("redis_url")
-    import redis
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return empty_store(request, request.param, tmp_path)
 
 
-def connect(url, **limits):
+def connect(url, render=None, **limits):
     return open_store(load_settings({}, store_url=url, max_executions=limits.get("max_executions", 10_000),
                                     max_task_names=limits.get("max_task_names", 100),
                                     **{k: v for k, v in limits.items() if k in ("dedup_seconds",
-                                                                                 "task_retention_seconds")}))
+                                                                                 "task_retention_seconds")}),
+                      render or ExecutionRenderer())
+
+
+def exposed(store):
+    """Return what a scrape shows of each tracked execution, parsed back from the texts the
+    store keeps: {execution id: {sample name: (labels, value)}}, the status family by the one
+    status at 1."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    snapshot = store.snapshot()
+    text = "".join(f"# TYPE {family.name} gauge\n" + texts.decode()
+                   for family, texts in zip(families.EXECUTION_FAMILIES, snapshot.exposition))
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != "task_execution_status" or sample.value == 1:
+                found.setdefault(sample.labels["execution_id"], {})[sample.name] = (sample.labels, sample.value)
+    assert sum(snapshot.executions.values()) == len(found)
+    return found
 
 
 def heartbeat(store, execution_id, now, **fields):
@@ -123,9 +120,8 @@ def test_it_rolls_back_a_refused_new_execution_entirely(store_url):
     heartbeat(store, "a", T0, task_name="first")
     with pytest.raises(CapacityError):
         heartbeat(store, "b", T0, task_name="second")
-    snapshot = store.snapshot()
-    assert snapshot.task_names == ["first"]
-    assert [r.execution_id for r in snapshot.rows] == ["a"]
+    assert store.snapshot().task_names == ["first"]
+    assert list(exposed(store)) == ["a"]
 
 
 def test_it_refuses_a_new_execution_beyond_the_limit_when_decided_before_the_lock(store_url):
@@ -135,7 +131,7 @@ def test_it_refuses_a_new_execution_beyond_the_limit_when_decided_before_the_loc
     heartbeat(store, "a", T0)
     with pytest.raises(CapacityError):
         heartbeat(store, "b", T0)
-    assert [r.execution_id for r in store.snapshot().rows] == ["a"]
+    assert list(exposed(store)) == ["a"]
     assert heartbeat(store, "a", T0 + 30).record.heartbeat_count == 2
 
 
@@ -176,7 +172,7 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
     calls = command_calls(server)
     assert calls.get("evalsha") == 1 and "watch" not in calls
     assert {(r.heartbeat_count, r.version) for r in store.query(limit=5000)} == {(2, 2)}
-    assert len(store.snapshot().rows) == 4500
+    assert len(exposed(store)) == 4500
     last = store.get(ids[-1])
     assert store.due(last.deadline_at, 5000)[-1] == ids[-1]
     assert len(store.due(last.deadline_at, 5000)) == 4500
@@ -220,7 +216,8 @@ def test_it_caps_task_names(store_url):
     store = connect(store_url, max_task_names=2)
     for n in range(4):
         heartbeat(store, f"e{n}", T0, task_name=f"t{n}")
-    labels = {r.execution_id: r.task_name for r in store.snapshot().rows}
+    labels = {execution_id: samples["task_execution_info"][0]["task_name"]
+              for execution_id, samples in exposed(store).items()}
     assert labels == {"e0": "t0", "e1": "t1", "e2": "_other", "e3": "_other"}
 
 
@@ -232,7 +229,7 @@ def test_it_frees_capacity_when_executions_expire(store_url):
     assert store.expire(T0 + 100 + 3600) == 1
     assert store.get("a") is None and store.due(T0 + 10**6, 10) == []
     heartbeat(store, "b", T0 + 4000)
-    assert [r.execution_id for r in store.snapshot().rows] == ["b"]
+    assert list(exposed(store)) == ["b"]
 
 
 def test_it_finds_due_executions_by_deadline(store_url):
@@ -291,14 +288,18 @@ def test_it_says_unavailable_when_redis_is_gone(tmp_path):
         store.ping()
 
 
-def test_it_keeps_each_executions_metric_row_in_step_with_its_record(store_url):
+def test_it_keeps_each_executions_exposition_in_step_with_its_record(store_url):
     store = connect(store_url)
     heartbeat(store, "a", T0, task_name="etl", progress={"percentage": 40}, max_runtime_seconds=60)
+    assert "task_execution_end_timestamp_seconds" not in exposed(store)["a"]
     complete(store, "a", T0 + 5)
-    (row,) = store.snapshot().rows
+    samples = exposed(store)["a"]
     record = store.get("a")
-    assert (row.status, row.task_name, row.progress_ratio, row.ended_at, row.max_runtime_seconds) == \
-        (record.status, record.metric_task_name, 0.4, T0 + 5, 60)
+    status, _ = samples["task_execution_status"]
+    assert (status["status"], status["task_name"]) == (record.status, record.metric_task_name) == ("completed", "etl")
+    assert [samples[name][1] for name in ("task_progress_ratio", "task_execution_end_timestamp_seconds",
+                                          "task_execution_max_runtime_seconds")] == [0.4, T0 + 5, 60]
+    assert store.snapshot().executions == {("etl", "completed"): 1}
 
 
 def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_url):
@@ -348,7 +349,98 @@ def test_it_decides_again_when_another_writer_added_the_execution_first(store_ur
     assert seen == [None, 1]
     assert store.get("new").heartbeat_count == 2
     assert store.snapshot().counters[(families.HEARTBEATS, ("etl",))] == 3
-    assert len(store.snapshot().rows) == 2
+    assert len(exposed(store)) == 2
+
+
+def test_it_renders_every_execution_again_when_the_rendering_changes(store_url):
+    store = connect(store_url)
+    heartbeat(store, "a", T0, task_name="etl", labels={"team": "data"})
+    assert "label_team" not in exposed(store)["a"]["task_execution_info"][0]
+    store.close()
+    store = connect(store_url, ExecutionRenderer(("team",)))
+    assert exposed(store)["a"]["task_execution_info"][0]["label_team"] == "data"
+    heartbeat(store, "b", T0, task_name="etl")
+    assert exposed(store)["b"]["task_execution_info"][0]["label_team"] == ""
+
+
+def test_it_keeps_each_text_whole_when_a_record_holds_a_control_character(store_url):
+    # The input rules let none in; a record from before them may hold one (Redis's scripts
+    # split their arguments at one).
+    store = connect(store_url)
+
+    def decide(current, label):
+        outcome = executions.apply_heartbeat(current, Heartbeat("a", task_name="etl"), T0, RULES, label)
+        outcome.record.container_name = "odd\x1fname"
+        return outcome
+
+    store.apply("a", decide)
+    heartbeat(store, "a", T0 + 30)
+    samples = exposed(store)["a"]
+    assert samples["task_execution_info"][0]["container_name"] in ("odd\x1fname", "odd name")
+    assert samples["task_heartbeat_last_timestamp_seconds"][1] == T0 + 30
+
+
+def test_it_renders_the_executions_of_a_store_written_before_scrapes_copied_text(tmp_path):
+    import sqlite3
+
+    from bridge.store.codec import encode_record
+
+    record = heartbeat(connect(f"sqlite:///{tmp_path / 'new.db'}"), "a", T0, task_name="etl").record
+    with sqlite3.connect(tmp_path / "b.db") as conn:  # the layout of the version before
+        conn.executescript("""
+            CREATE TABLE executions (execution_id TEXT PRIMARY KEY, status TEXT NOT NULL, task_name TEXT,
+                deadline_at REAL, expires_at REAL, version INTEGER NOT NULL, data TEXT NOT NULL, metric_row TEXT)
+                WITHOUT ROWID;
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO meta VALUES ('tracked', 1);""")
+        conn.execute("INSERT INTO executions VALUES ('a', 'running', 'etl', ?, ?, 1, ?, '[]')",
+                     (record.deadline_at, record.expires_at, encode_record(record)))
+    store = connect(f"sqlite:///{tmp_path / 'b.db'}")
+    assert exposed(store)["a"]["task_execution_status"][0]["status"] == "running"
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        assert "metric_row" not in {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'executions'"
+                                                    " AND type = 'index' AND name LIKE 'executions_%'")}
+    assert indexes == {"executions_deadline", "executions_expiry", "executions_status", "executions_task",
+                       "executions_kind"}
+    assert store.due(record.deadline_at, 10) == ["a"]
+    assert [r.execution_id for r in store.query(task_name="etl")] == ["a"]
+    complete(store, "a", T0 + 5)
+    assert exposed(store)["a"]["task_execution_status"][0]["status"] == "completed"
+
+
+def test_it_renders_the_executions_of_a_redis_store_written_before_scrapes_copied_text(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    heartbeat(connect(redis_url), "a", T0, task_name="etl")
+    # the layout of the version before: a row per execution, no texts
+    client.delete("{hb}:kinds", "{hb}:exposition", *client.keys("{hb}:exposition:*"))
+    client.hset("{hb}:rows", "a", "[]")
+    store = connect(redis_url)
+    assert exposed(store)["a"]["task_execution_status"][0]["status"] == "running"
+    assert not client.exists("{hb}:rows")
+
+
+def test_it_opens_a_read_only_file_it_brought_up_to_date_and_answers_writes_unavailable(tmp_path):
+    import subprocess
+
+    store = connect(f"sqlite:///{tmp_path / 'b.db'}")
+    heartbeat(store, "a", T0, task_name="etl")  # and kept open, so the write-ahead log stays
+    files = [str(tmp_path / name) for name in ("b.db", "b.db-wal")]
+    made = subprocess.run(["chattr", "+i", *files], capture_output=True, text=True)
+    try:
+        if made.returncode != 0:
+            unavailable(f"chattr +i is not available here: {made.stderr.strip()}")
+        reader = connect(f"sqlite:///{tmp_path / 'b.db'}")  # a worker starting now
+        assert reader.get("a").task_name == "etl" and list(exposed(reader)) == ["a"]
+        with pytest.raises(StoreUnavailable):
+            heartbeat(reader, "a", T0 + 30)
+    finally:
+        subprocess.run(["chattr", "-i", *files], capture_output=True)
+    heartbeat(reader, "a", T0 + 60)
+    assert reader.get("a").heartbeat_count == 2
 
 
 def test_it_reads_records_stored_as_objects_by_earlier_versions(tmp_path):
@@ -370,7 +462,7 @@ def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_
     import fcntl
 
     store = open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}",
-                                     sqlite_busy_timeout_seconds=0.2))
+                                     sqlite_busy_timeout_seconds=0.2), ExecutionRenderer())
     heartbeat(store, "a", T0)
     with open(tmp_path / "b.db-writer", "w") as hung_writer:
         fcntl.flock(hung_writer, fcntl.LOCK_EX)
@@ -572,7 +664,7 @@ def test_it_forgets_an_ended_or_lost_execution_at_once_and_counts_nothing(store_
     before = store.snapshot().counters
     assert [monitor.forget(e).result for e in ("silent", "done", "busy", "nobody")] == \
         ["accepted", "accepted", "live", "missing"]
-    assert [row.execution_id for row in store.snapshot().rows] == ["busy"]
+    assert list(exposed(store)) == ["busy"]
     assert store.get("silent") is None and store.get("done") is None and store.get("busy").status == "running"
     assert store.snapshot().counters == before
     assert monitor.forget("silent").result == "missing"

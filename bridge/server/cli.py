@@ -10,6 +10,7 @@ import sys
 from .. import __version__
 from ..service.config import ConfigError, check_tasks_file, load_settings, parse_bind
 from ..store import StoreUnavailable, open_store
+from ..telemetry.metrics import ExecutionRenderer
 from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, DEFAULT_TIMING, RulesError, Timing
 from .alert_rules import render as render_rules
 
@@ -131,7 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(warn_unknown=False)  # gunicorn's master reports unknown ones
         check_tasks_file(settings)  # here, once: a worker that boots later never fails on the file
         _check_free(settings.bind)
-        open_store(settings).close()  # create the schema once, and fail here, not in each worker
+        # Create the schema (and render what an upgrade renders anew) once, and fail here, not in each worker.
+        open_store(settings, ExecutionRenderer(settings.metric_labels)).close()
         _check_tracing()
     except (ConfigError, StoreUnavailable) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)

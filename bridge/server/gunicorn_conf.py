@@ -4,11 +4,39 @@ Used as ``gunicorn -c python:bridge.server.gunicorn_conf 'bridge.web:create_app(
 ``heartbeat-bridge serve`` command does exactly that.
 """
 
+import ctypes
+import ctypes.util
 import os
 
 from bridge import __version__
 from bridge.service.config import describe, load_settings, unknown_variables
 from bridge.web.extension import EXTENSION_KEY
+
+#: Buffers at least this large come from a mapping of their own, returned to the system when freed.
+LARGE_BUFFER_BYTES = 1024 * 1024
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+
+
+def _return_large_buffers() -> None:
+    """Keep glibc's malloc from holding on to a scrape's buffers after it answered.
+
+    A scrape of many executions builds its text (a hundred megabytes at 100,000) in whichever
+    request thread serves it. glibc's threshold for giving a buffer its own mapping rises to
+    the size of the last one freed, so the next scrape's buffers come from that thread's heap
+    and stay resident there, thread after thread; a fixed threshold returns each one. Set in
+    the master, before the workers fork. Does nothing where malloc is not glibc's, or where
+    ``MALLOC_MMAP_THRESHOLD_`` already says otherwise.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
+
+
+_return_large_buffers()
 
 # The master reports unknown variables once, in gunicorn's log format (when_ready); the
 # workers it forks inherit that they were reported.

@@ -9,7 +9,7 @@ from .base import (
     CapacityError,
     Decide,
     DecideTask,
-    ExecutionRow,
+    Rendering,
     Snapshot,
     Store,
     StoreUnavailable,
@@ -43,8 +43,8 @@ __all__ = [
     "CapacityError",
     "Decide",
     "DecideTask",
-    "ExecutionRow",
     "GroupCommit",
+    "Rendering",
     "Snapshot",
     "Store",
     "StoreSettings",
@@ -54,8 +54,9 @@ __all__ = [
 ]
 
 
-def open_store(settings: StoreSettings) -> Store:
-    """Return the store named by ``settings.store_url``. Raises :class:`StoreUnavailable`."""
+def open_store(settings: StoreSettings, render: Rendering) -> Store:
+    """Return the store named by ``settings.store_url``, keeping each execution's exposition
+    text as ``render`` writes it. Raises :class:`StoreUnavailable`."""
     if not settings.store_url.startswith("sqlite:"):
         try:
             from .redis import RedisStore  # only scale-out deployments need the client loaded
@@ -63,10 +64,10 @@ def open_store(settings: StoreSettings) -> Store:
             raise StoreUnavailable(f"{settings.store_url.split(':', 1)[0]}: stores need the Redis client: "
                                    f"pip install 'heartbeat-bridge[redis]' ({exc})") from None
 
-        return RedisStore(settings.store_url, max_executions=settings.max_executions,
+        return RedisStore(settings.store_url, render=render, max_executions=settings.max_executions,
                           max_task_names=settings.max_task_names, dedup_seconds=settings.dedup_seconds,
                           task_retention=settings.task_retention_seconds)
-    return SQLiteStore(path_from_url(settings.store_url),
+    return SQLiteStore(path_from_url(settings.store_url), render=render,
                        max_executions=settings.max_executions,
                        max_task_names=settings.max_task_names,
                        dedup_seconds=settings.dedup_seconds,

@@ -1,9 +1,10 @@
 """The narrow interface every store implements: SQLite embedded, Redis for scale-out.
 
-A store keeps execution records, cumulative counters and the bounded set of task
-names, and makes each event atomic: it reads the current records, lets the pure rules of
-:mod:`bridge.core.executions` decide what happens (through :mod:`bridge.store.batch`),
-and writes the result with its counter increments as one compare-and-set.
+A store keeps execution records (each with its exposition text, rendered when it is
+written), cumulative counters and the bounded set of task names, and makes each event
+atomic: it reads the current records, lets the pure rules of :mod:`bridge.core.executions`
+decide what happens (through :mod:`bridge.store.batch`), and writes the result with its
+counter increments as one compare-and-set.
 
 Where the two stores differ, what each promises:
 
@@ -11,8 +12,8 @@ Where the two stores differ, what each promises:
 promise                   SQLite (one machine)                  Redis (many replicas; Redis Cluster too)
 ========================  ====================================  ==========================================
 an answered write         in the file (WAL, ``synchronous``)    in Redis's memory; on disk with AOF
-``snapshot()``            one read transaction: one moment      counters and names at one moment, rows in
-                                                                chunks after (each row as it was then)
+``snapshot()``            one read transaction: one moment      counters and names at one moment, texts in
+                                                                chunks after (each as it was then)
 ``max_executions``        exact                                 exact (the write script checks it)
 filtered ``query()``      an index per filter                   a sorted set per status and task name
 ``due()``, ``expire()``   indexes on deadline and expiry        sorted sets by deadline and expiry
@@ -26,7 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ..core.errors import CapacityError, StoreUnavailable
 from ..core.executions import OTHER_TASK, Execution, Outcome, TaskLabel
@@ -37,8 +38,8 @@ __all__ = [
     "CapacityError",
     "Decide",
     "DecideTask",
-    "ExecutionRow",
     "ReaperMark",
+    "Rendering",
     "Snapshot",
     "Store",
     "StoreUnavailable",
@@ -64,24 +65,20 @@ def admitted(outcome: Outcome) -> Outcome:
     return outcome
 
 
-class ExecutionRow(NamedTuple):
-    """What the scrape needs of an execution: stores keep it beside the record, compact."""
+class Rendering(Protocol):
+    """Renders an execution's exposition text when it is written (see ``ExecutionRenderer`` in
+    :mod:`bridge.telemetry.metrics`): the store keeps the text beside the record, and a
+    scrape copies what every execution's text says, family by family."""
 
-    execution_id: str
-    status: str
-    task_name: str          # the bounded metric label
-    container_id: str | None
-    task_type: str | None
-    trace_id: str
-    container_name: str | None
-    image: str | None
-    started_at: float
-    last_heartbeat_at: float | None
-    ended_at: float | None
-    interval_seconds: float
-    progress_ratio: float | None
-    max_runtime_seconds: float | None
-    labels: dict | None = None  # rows written before labels were kept have none
+    #: how many texts a call returns, one per family
+    families: int
+    #: changes whenever the text of an unchanged record would: a store whose texts were
+    #: rendered under another signature renders them again when it opens
+    signature: str
+
+    def __call__(self, record: Execution) -> tuple[str, ...]:
+        """Return the record's text in each family (empty where it has no sample)."""
+        ...
 
 
 class ReaperMark(NamedTuple):
@@ -133,7 +130,10 @@ def mark_round(recorded: dict[str, float], now: float, outage_after: float, hold
 class Snapshot:
     """Everything ``/metrics`` needs, read consistently at one moment."""
 
-    rows: list[ExecutionRow]
+    #: per family of the rendering, every tracked execution's text, in no particular order
+    exposition: list[bytes]
+    #: tracked executions by (metric task name, status)
+    executions: dict[tuple[str, str], int] = field(default_factory=dict)
     counters: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
     #: (counter name, labels) -> (trace id, observed value) of the latest exemplar
@@ -146,8 +146,10 @@ class Snapshot:
 class Store(ABC):
     """Durable execution state shared by every worker and replica."""
 
-    def __init__(self, max_executions: int, max_task_names: int, dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
-                 task_retention: float = DEFAULT_TASK_RETENTION_SECONDS):
+    def __init__(self, render: Rendering, max_executions: int, max_task_names: int,
+                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS):
+        #: renders each execution's exposition text when it is written
+        self.render = render
         self.max_executions = max_executions
         self.max_task_names = max_task_names
         #: How long an ended execution's id answers repeats as duplicates after it expired.
@@ -263,7 +265,9 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot(self) -> Snapshot:
-        """Return the rows of all tracked executions, the counters, the task names and the tasks."""
+        """Return every tracked execution's exposition text by family, the executions by task and
+        status, the counters, the task names, the tasks and the notes. Raises
+        :class:`StoreUnavailable`."""
 
     @abstractmethod
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

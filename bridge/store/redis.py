@@ -35,13 +35,14 @@ from .base import (
     Decide,
     DecideTask,
     ReaperMark,
+    Rendering,
     Snapshot,
     Store,
     StoreUnavailable,
     mark_round,
 )
 from .batch import Decided, TaskNames, decide_batch, decide_task_changes, decide_tasks
-from .codec import decode_record, decode_rows, decode_task, encode_record, encode_row, encode_task
+from .codec import decode_record, decode_task, encode_record, encode_task
 
 __all__ = ["RedisStore"]
 
@@ -86,21 +87,45 @@ local function send(command, key, args)
     end
   end
 end
+-- Exposition texts: each family's hash (by its position in KEYS) to its texts to write
+-- (id, text, ...) and its ids to remove (where an execution has none now).
+local function add_text(texts, at, id, text)
+  local family = texts[at]
+  if not family then
+    family = {{}, {}}
+    texts[at] = family
+  end
+  if text == '' then
+    family[2][#family[2] + 1] = id
+  else
+    family[1][#family[1] + 1] = id
+    family[1][#family[1] + 1] = text
+  end
+end
+local function write_texts(texts)
+  for at, family in pairs(texts) do
+    send('HSET', KEYS[at], family[1])
+    send('HDEL', KEYS[at], family[2])
+  end
+end
 """
 
-# KEYS: 1 ids, 2 deadlines, 3 expiries (sorted sets), 4 rows, 5 counters, 6 exemplars
+# KEYS: 1 ids, 2 deadlines, 3 expiries (sorted sets), 4 kinds, 5 counters, 6 exemplars
 # (hashes), 7 task names (set), 8 tasks (hash), 9 tasks' deadlines (sorted set), 10 declared
 # task names (set), 11 ping uuids (hash: uuid -> task name), then each record's key in the
-# order of ARGV[3], then the filter indexes the moves name.
-# ARGV: 1 the limit on executions; 2 the limit on task names; 3 the records, five fields
-# each: the bytes as read ('' when absent), the new bytes, the row, the deadline and the
-# expiry (a score, or '' for none); 4 the counters, three fields each: hash field, amount,
-# exemplar ('' for none); 5 the index moves, three fields each: '-' or '+', the index's
-# position in KEYS, the execution id; 6 the task names the decisions found held; 7 those
-# the batch adds; 8 the prefix of the record keys; 9 the tasks, seven fields each: the name,
-# the bytes as read ('' when absent), the new bytes, the deadline ('' for none), '1' when
-# declared by the file or the API, its ping uuid as read and as written ('' for none). A
-# ping uuid another task holds is not taken from it.
+# order of ARGV[3], then the filter indexes the moves name and the exposition families' hashes
+# the texts name.
+# ARGV: 1 the limit on executions; 2 the limit on task names; 3 the records, five fields each:
+# the bytes as read ('' when absent), the new bytes, the kind (metric task name and status; ''
+# when unchanged), the deadline and the expiry (a score, or '' for none); 4 the counters,
+# three fields each: hash field, amount, exemplar ('' for none); 5 the index moves, three
+# fields each: '-' or '+', the index's position in KEYS, the execution id; 6 the task names
+# the decisions found held; 7 those the batch adds; 8 the prefix of the record keys; 9 the
+# tasks, seven fields each: the name, the bytes as read ('' when absent), the new bytes, the
+# deadline ('' for none), '1' when declared by the file or the API, its ping uuid as read and
+# as written ('' for none); 10 the exposition texts that changed, three fields each: the
+# position in KEYS of the family's hash, the execution id, the text ('' where it has none
+# now). A ping uuid another task holds is not taken from it.
 # Returns 1 when written, 0 (having written nothing) when anything read has changed.
 _WRITE = _LUA_HELPERS + """
 local records_at = 12
@@ -133,15 +158,17 @@ local t = split(ARGV[9])
 for i = 1, #t, 7 do
   if (redis.call('HGET', KEYS[8], t[i]) or '') ~= t[i + 1] then return 0 end
 end
-local records, rows, joined, index = {}, {}, {}, {{}, {}, {}, {}}
+local records, kinds, joined, index = {}, {}, {}, {{}, {}, {}, {}}
 for j = 1, count do
   local i = 5 * j - 4
   local key = KEYS[records_at + j - 1]
   local id = string.sub(key, #ARGV[8] + 1)
   records[#records + 1] = key
   records[#records + 1] = r[i + 1]
-  rows[#rows + 1] = id
-  rows[#rows + 1] = r[i + 2]
+  if r[i + 2] ~= '' then
+    kinds[#kinds + 1] = id
+    kinds[#kinds + 1] = r[i + 2]
+  end
   if r[i] == '' then
     joined[#joined + 1] = 0
     joined[#joined + 1] = id
@@ -159,7 +186,12 @@ for j = 1, count do
   end
 end
 send('MSET', nil, records)
-send('HSET', KEYS[4], rows)
+send('HSET', KEYS[4], kinds)
+local texts, changed = {}, split(ARGV[10])
+for i = 1, #changed, 3 do
+  add_text(texts, tonumber(changed[i]), changed[i + 1], changed[i + 2])
+end
+write_texts(texts)
 send('ZADD', KEYS[1], joined)
 send('ZADD', KEYS[2], index[1])
 send('ZREM', KEYS[2], index[2])
@@ -200,17 +232,20 @@ end
 return 1
 """
 
-# KEYS: 1 expiries, 2 ids, 3 deadlines (sorted sets), 4 rows, 5 names' last use (hashes),
-# then for each execution: its record key, its tombstone key, its status index, its task
-# index ('' names no index: the key is then the record's own, unused).
+# KEYS: 1 expiries, 2 ids, 3 deadlines (sorted sets), 4 kinds, 5 names' last use (hashes),
+# then the exposition text of each family (hashes, ARGV[5] of them), then for each
+# execution: its record key, its tombstone key, its status index, its task index ('' names
+# no index: the key is then the record's own, unused).
 # ARGV: 1 now; 2 the tombstone window in milliseconds (0: none); 3 per execution, three
-# fields: the bytes as read, the status, the task name ('' for none).
+# fields: the bytes as read, the status, the task name ('' for none); 4 the prefix of the
+# record keys; 5 how many families the exposition has.
 # Drops each execution still as read and still due; returns how many.
 _EXPIRE = _LUA_HELPERS + """
 local e = split(ARGV[3])
+local families = tonumber(ARGV[5])
 local dropped = 0
 for j = 1, #e / 3 do
-  local at = 6 + 4 * (j - 1)
+  local at = 6 + families + 4 * (j - 1)
   local record, status, task = e[3 * j - 2], e[3 * j - 1], e[3 * j]
   local id = string.sub(KEYS[at], #ARGV[4] + 1)
   local due = redis.call('ZSCORE', KEYS[1], id)
@@ -221,6 +256,7 @@ for j = 1, #e / 3 do
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
     redis.call('HDEL', KEYS[4], id)
+    for k = 6, 5 + families do redis.call('HDEL', KEYS[k], id) end
     redis.call('ZREM', KEYS[at + 2], id)
     if task ~= '' then
       redis.call('ZREM', KEYS[at + 3], id)
@@ -270,6 +306,57 @@ end
 return released
 """
 
+# KEYS: 1 ids (sorted set), 2 kinds, then the exposition text of each family (hashes).
+# ARGV: 1 the lexical bound to read from ('-' at first), 2 how many executions to read.
+# Returns nothing past the last execution; else the last id read, the kinds read with how
+# many executions each has (kind, count, ...), and each family's texts, joined.
+_SCRAPE = """
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return {} end
+local tally, kinds = {}, {}
+for _, kind in ipairs(redis.call('HMGET', KEYS[2], unpack(ids))) do
+  if kind then tally[kind] = (tally[kind] or 0) + 1 end
+end
+for kind, n in pairs(tally) do
+  kinds[#kinds + 1] = kind
+  kinds[#kinds + 1] = n
+end
+local answer = {ids[#ids], kinds}
+for k = 3, #KEYS do
+  local found = {}
+  for _, text in ipairs(redis.call('HMGET', KEYS[k], unpack(ids))) do
+    if text then found[#found + 1] = text end
+  end
+  answer[#answer + 1] = table.concat(found)
+end
+return answer
+"""
+
+# KEYS: 1 kinds, then the exposition text of each family (hashes, ARGV[1] of them), then each
+# record's key. ARGV: 1 how many families; 2 the prefix of the record keys; 3 per record its
+# bytes as read, its kind and a text per family. Writes the kind and texts of each record
+# still as read (one written since has its own); returns how many.
+_RENDER = _LUA_HELPERS + """
+local families = tonumber(ARGV[1])
+local stride = 2 + families
+local r = split(ARGV[3])
+local kinds, texts, written = {}, {}, 0
+for j = 1, #r / stride do
+  local i = stride * (j - 1) + 1
+  local key = KEYS[1 + families + j]
+  if redis.call('GET', key) == r[i] then
+    local id = string.sub(key, #ARGV[2] + 1)
+    kinds[#kinds + 1] = id
+    kinds[#kinds + 1] = r[i + 1]
+    for k = 1, families do add_text(texts, 1 + k, id, r[i + 1 + k]) end
+    written = written + 1
+  end
+end
+send('HSET', KEYS[1], kinds)
+write_texts(texts)
+return written
+"""
+
 # KEYS: 1 a hash. ARGV: the fields as read (name, value or ''), then '|', then the fields
 # to write (name, value). Writes only if every field read is unchanged; returns 1 or 0.
 # KEYS: 1 a hash. ARGV: 1 a field, 2 its new value. Returns the value it replaced (nil for none).
@@ -314,6 +401,26 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
     return json.dumps([name, list(labels)], ensure_ascii=False, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=4096)  # kinds are few: task names are capped, statuses five
+def _kind_of(task: str, status: str) -> str:
+    return json.dumps([task, status], ensure_ascii=False, separators=(",", ":"))
+
+
+def _kind(record: Execution) -> str:
+    """Return what the scrape counts ``record`` under: its metric task name and status."""
+    return _kind_of(record.metric_task_name, record.status)
+
+
+def _joined(fields: list[str]) -> str:
+    """Return ``fields`` joined by the separator, for a script to split: exposition texts
+    hold no control character (the input rules let none in), but a record from before
+    those rules may, and it must not split a text in two."""
+    joined = _SEPARATOR.join(fields)
+    if joined.count(_SEPARATOR) > max(len(fields) - 1, 0):
+        joined = _SEPARATOR.join(field.replace(_SEPARATOR, " ") for field in fields)
+    return joined
+
+
 def _decoded_tasks(raw: dict[str, bytes | None]) -> dict[str, Task]:
     return {name: decode_task(data) for name, data in raw.items() if data is not None}
 
@@ -325,6 +432,21 @@ def _note_value(raw: bytes) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+class _Keys(list[str]):
+    """The keys a script is given, in order; each named once."""
+
+    def __init__(self, keys: list[str]):
+        super().__init__(keys)
+        self._positions: dict[str, int] = {}
+
+    def position(self, key: str) -> int:
+        """Return where ``key`` is in the list, as Lua counts (from 1), adding it at the end if new."""
+        if key not in self._positions:
+            self.append(key)
+            self._positions[key] = len(self)
+        return self._positions[key]
 
 
 def _client(url: str) -> redis.Redis | redis.RedisCluster:
@@ -346,10 +468,10 @@ class RedisStore(Store):
     """A :class:`Store` in one Redis database, or one Redis Cluster."""
 
     @_translated
-    def __init__(self, url: str, *, max_executions: int, max_task_names: int,
+    def __init__(self, url: str, *, render: Rendering, max_executions: int, max_task_names: int,
                  dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
                  prefix: str = KEY_PREFIX):
-        super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
+        super().__init__(render, max_executions, max_task_names, dedup_seconds, task_retention)
         self._prefix = prefix
         # Typed loosely: redis-py's types cannot say that answers are bytes (decode_responses off).
         self._redis: Any = _client(url)
@@ -360,7 +482,9 @@ class RedisStore(Store):
         self._counters = prefix + "counters"
         self._exemplars = prefix + "exemplars"
         self._task_name_set = prefix + "tasks"  # the names held under the cap; the tasks: _task_records
-        self._rows = prefix + "rows"
+        self._kinds = prefix + "kinds"  # execution id -> its metric task name and status
+        # execution id -> its exposition text in one family, a hash per family
+        self._texts = [f"{prefix}exposition:{k}" for k in range(render.families)]
         self._task_seen = prefix + "task_seen"
         self._reaper = prefix + "reaper"
         self._task_records = prefix + "task_records"
@@ -373,7 +497,10 @@ class RedisStore(Store):
         self._release_script = self._redis.register_script(_RELEASE)
         self._hash_cas = self._redis.register_script(_HASH_CAS)
         self._swap = self._redis.register_script(_SWAP)
+        self._scrape_script = self._redis.register_script(_SCRAPE)
+        self._render_script = self._redis.register_script(_RENDER)
         self._upgrade()
+        self._render_again()
 
     def _key(self, execution_id: str) -> str:
         return self._records + execution_id
@@ -421,29 +548,20 @@ class RedisStore(Store):
         """Hand the batch's writes to the write script: each record with the bytes it was
         decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
         0 stale."""
-        keys = [self._ids, self._deadlines, self._expiry, self._rows, self._counters, self._exemplars,
-                self._task_name_set, self._task_records, self._task_deadlines, self._declared, self._ping_uuids]
+        keys = _Keys([self._ids, self._deadlines, self._expiry, self._kinds, self._counters, self._exemplars,
+                      self._task_name_set, self._task_records, self._task_deadlines, self._declared,
+                      self._ping_uuids])
         records: list[str] = []
         for execution_id, record in batch.changed.items():
             keys.append(self._key(execution_id))
             read = raw[execution_id]
-            records += ("" if read is None else read.decode(), encode_record(record), encode_row(record),
-                        _score(record.deadline_at), _score(record.expires_at))
-        index_moves: list[str] = []
-        indexes: dict[str, int] = {}
-        for execution_id, record in batch.changed.items():
             before = stored.get(execution_id)
-            for kind, old, new in (("status", before.status if before else None, record.status),
-                                   ("task", before.task_name if before else None, record.task_name)):
-                if old == new:
-                    continue
-                for sign, value in (("-", old), ("+", new)):
-                    if value is not None:
-                        index = self._index(kind, value)
-                        if index not in indexes:
-                            keys.append(index)
-                            indexes[index] = len(keys)  # Lua counts from 1
-                        index_moves += (sign, str(indexes[index]), execution_id)
+            kind = _kind(record)
+            records += ("" if read is None else read.decode(), encode_record(record),
+                        "" if before is not None and _kind(before) == kind else kind,
+                        _score(record.deadline_at), _score(record.expires_at))
+        index_moves = self._index_moves(batch, stored, keys)
+        texts = self._text_changes(batch, stored, keys)
         counters: list[str] = []
         for (name, labels), (amount, exemplar) in batch.increments.items():
             counters += (_field(name, labels), repr(amount), json.dumps(exemplar) if exemplar else "")
@@ -456,7 +574,35 @@ class RedisStore(Store):
         return self._write_script(keys=keys, args=[
             self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
             _SEPARATOR.join(index_moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
-            self._records, _SEPARATOR.join(tasks)])
+            self._records, _SEPARATOR.join(tasks), _joined(texts)])
+
+    def _index_moves(self, batch: Decided, stored: dict[str, Execution], keys: _Keys) -> list[str]:
+        """Return the write script's fields for the filter indexes the batch's records leave and join."""
+        moves: list[str] = []
+        for execution_id, record in batch.changed.items():
+            before = stored.get(execution_id)
+            for kind, old, new in (("status", before.status if before else None, record.status),
+                                   ("task", before.task_name if before else None, record.task_name)):
+                if old == new:
+                    continue
+                for sign, value in (("-", old), ("+", new)):
+                    if value is not None:
+                        moves += (sign, str(keys.position(self._index(kind, value))), execution_id)
+        return moves
+
+    def _text_changes(self, batch: Decided, stored: dict[str, Execution], keys: _Keys) -> list[str]:
+        """Return the write script's fields for the exposition texts the batch's records change:
+        a heartbeat changes one or two, and Redis keeps the others as they are."""
+        changes: list[str] = []
+        for execution_id, record in batch.changed.items():
+            texts = self.render(record)
+            before = stored.get(execution_id)
+            # A new execution (or one back after it expired) has no text kept.
+            old = self.render(before) if before is not None else ("",) * len(texts)
+            for family, (text, was) in enumerate(zip(texts, old)):
+                if text != was:
+                    changes += (str(keys.position(self._texts[family])), execution_id, text)
+        return changes
 
     @_translated
     def apply_tasks(self, items: Sequence[tuple[str, DecideTask]], *, headroom: int = 0) -> list[TaskOutcome]:
@@ -556,7 +702,7 @@ class RedisStore(Store):
     def expire(self, now: float) -> int:
         dropped = 0
         while ids := [i.decode() for i in self._redis.zrangebyscore(self._expiry, "-inf", now, start=0, num=CHUNK)]:
-            keys = [self._expiry, self._ids, self._deadlines, self._rows, self._task_seen]
+            keys = [self._expiry, self._ids, self._deadlines, self._kinds, self._task_seen, *self._texts]
             fields: list[str] = []
             for execution_id, raw in zip(ids, self._redis.mget([self._key(i) for i in ids])):
                 record = decode_record(raw) if raw is not None else None
@@ -566,7 +712,8 @@ class RedisStore(Store):
                          self._index("task", task) if task else self._key(execution_id))
                 fields += ("" if raw is None else raw.decode(), status, task)
             batch = self._expire_script(keys=keys, args=[repr(now), int(self.dedup_seconds * 1000),
-                                                         _SEPARATOR.join(fields), self._records])
+                                                         _SEPARATOR.join(fields), self._records,
+                                                         len(self._texts)])
             dropped += batch
             if len(ids) < CHUNK or not batch:
                 break
@@ -591,6 +738,26 @@ class RedisStore(Store):
         for name in released:
             log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
                      self.task_retention)
+
+    def _render_again(self) -> None:
+        """Give every execution the exposition text of this version's rendering, unless the
+        store already holds it (the rendering's signature is kept beside the texts)."""
+        signature = self._prefix + "exposition"
+        if self._redis.get(signature) == self.render.signature.encode():
+            return
+        start = "-"
+        while ids := self._redis.zrangebylex(self._ids, start, "+", start=0, num=CHUNK):
+            keys = [self._kinds, *self._texts]
+            fields: list[str] = []
+            for execution_id, raw in zip(ids, self._redis.mget([self._key(i.decode()) for i in ids])):
+                if raw is not None:
+                    record = decode_record(raw)
+                    keys.append(self._key(execution_id.decode()))
+                    fields += (raw.decode(), _kind(record), *self.render(record))
+            self._render_script(keys=keys, args=[len(self._texts), self._records, _joined(fields)])
+            start = "(" + ids[-1].decode()
+        self._redis.delete(self._prefix + "rows")  # what scrapes read before they only copied text
+        self._redis.set(signature, self.render.signature)
 
     def _upgrade(self) -> None:
         """Bring a store written by an earlier version up to this layout (once)."""
@@ -644,14 +811,26 @@ class RedisStore(Store):
             pipe.hvals(self._task_records)
             pipe.hgetall(self._notes)
             counters, exemplars, tasks, task_records, notes = pipe.execute()
-        # HSCAN in chunks: never one command that holds Redis for the whole fleet
-        encoded = [value.decode() for _, value in self._redis.hscan_iter(self._rows, count=CHUNK)]
+        # In chunks: never one command that holds Redis for the whole fleet. Each chunk comes
+        # back as a few long strings, the texts each execution was written with.
+        texts: list[list[bytes]] = [[] for _ in self._texts]
+        kinds: dict[bytes, int] = {}
+        start = b"-"
+        while answer := self._scrape_script(keys=[self._ids, self._kinds, *self._texts], args=[start, CHUNK]):
+            last, tallies, *joined = answer
+            for kind, count in zip(tallies[::2], tallies[1::2]):
+                kinds[kind] = kinds.get(kind, 0) + count
+            for parts, text in zip(texts, joined):
+                parts.append(text)
+            start = b"(" + last
 
         def series(field: bytes) -> tuple[str, tuple[str, ...]]:
             name, labels = json.loads(field)
             return name, tuple(labels)
 
-        return Snapshot(decode_rows(encoded), {series(f): float(v) for f, v in counters.items()},
+        return Snapshot([b"".join(parts) for parts in texts],
+                        {tuple(json.loads(kind)): count for kind, count in kinds.items()},
+                        {series(f): float(v) for f, v in counters.items()},
                         sorted(t.decode() for t in tasks),
                         {series(f): tuple(json.loads(v)) for f, v in exemplars.items()},
                         sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name),

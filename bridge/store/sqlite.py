@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -32,13 +33,14 @@ from .base import (
     Decide,
     DecideTask,
     ReaperMark,
+    Rendering,
     Snapshot,
     Store,
     StoreUnavailable,
     mark_round,
 )
 from .batch import TaskNames, decide_batch, decide_task_changes, decide_tasks
-from .codec import decode_record, decode_rows, decode_task, encode_record, encode_row, encode_task
+from .codec import decode_record, decode_task, encode_record, encode_task
 
 __all__ = ["SQLiteStore", "path_from_url"]
 
@@ -49,10 +51,14 @@ DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 #: since a batch holds the lock for well under a millisecond.
 _FIRST_PAUSE_SECONDS = 0.00005
 _LONGEST_PAUSE_SECONDS = 0.002
+#: SQLite's primary result code for a write to a database it opened read-only.
+_SQLITE_READONLY = 8
 #: Less free space than this beside the file and the store is not ready: writes would fail.
 MIN_FREE_BYTES = 1024 * 1024
 
-_SCHEMA = """
+# A table with rowids: a record and its exposition texts (about 1.5 KiB) fit in a page's share
+# of a row, where a WITHOUT ROWID table spills each past 1 KiB into a page of its own.
+_EXECUTIONS = """
 CREATE TABLE IF NOT EXISTS executions (
     execution_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -61,8 +67,11 @@ CREATE TABLE IF NOT EXISTS executions (
     expires_at REAL,
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
-    metric_row TEXT
-) WITHOUT ROWID;
+    metric_task TEXT
+);
+"""
+
+_SCHEMA = _EXECUTIONS + """
 CREATE INDEX IF NOT EXISTS executions_deadline ON executions(deadline_at)
     WHERE deadline_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_expiry ON executions(expires_at)
@@ -114,13 +123,27 @@ _UPDATE_TASK = ("UPDATE tasks SET deadline_at = ?, declared = ?, version = ?, da
 #: Ids per ``IN (...)`` read, well below SQLite's smallest limit on bound variables (999).
 _READ_CHUNK = 500
 
-_INSERT = "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATE = ("UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
-           " version = ?, data = ?, metric_row = ? WHERE execution_id = ? AND version = ?")
-# A heartbeat on a running execution moves only its deadline: the status and expiry indexes
-# are left alone, so the commit writes fewer pages.
-_UPDATE_DEADLINE = ("UPDATE executions SET deadline_at = ?, version = ?, data = ?, metric_row = ?"
-                    " WHERE execution_id = ? AND version = ?")
+
+
+class _Statements:
+    """The statements that write an execution with its exposition text: a column per family."""
+
+    def __init__(self, families: int):
+        self.columns = [f"exposition_{k}" for k in range(families)]
+        texts = "".join(f", {column} = ?" for column in self.columns)
+        self.insert = (f"INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at, version,"
+                       f" data, metric_task, {', '.join(self.columns)}) VALUES ({', '.join('?' * (8 + families))})")
+        self.update = ("UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
+                       f" version = ?, data = ?, metric_task = ?{texts} WHERE execution_id = ? AND version = ?")
+        # A heartbeat on a running execution moves only its deadline: the status, expiry and
+        # task indexes are left alone, so the commit writes fewer pages.
+        self.move_deadline = (f"UPDATE executions SET deadline_at = ?, version = ?, data = ?{texts}"
+                              " WHERE execution_id = ? AND version = ?")
+        self.render = ", ".join(f"{column} = ?" for column in self.columns)
+        self.snapshot = ("SELECT " + ", ".join(f"CAST(group_concat({column}, '') AS BLOB)" for column in self.columns)
+                         + " FROM executions")
+
+
 _INCREMENT = ("INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
               " DO UPDATE SET value = value + excluded.value, exemplar = coalesce(excluded.exemplar, exemplar)")
 
@@ -237,19 +260,21 @@ class _Batch:
     def _encode(self) -> None:
         """Encode the writes, before taking the write lock when the batch was decided before it."""
         self.inserts, self.updates, self.deadline_moves = [], [], []
+        render = self.store.render
         for execution_id, record in self.decided.changed.items():
             stored = self.stored.get(execution_id)
+            texts = [text or None for text in render(record)]
             if stored is None:
                 self.inserts.append((execution_id, record.status, record.task_name, record.deadline_at,
                                      record.expires_at, record.version, encode_record(record),
-                                     encode_row(record)))
+                                     record.metric_task_name, *texts))
             elif (stored.status == record.status and stored.task_name == record.task_name
-                  and stored.expires_at == record.expires_at):
-                self.deadline_moves.append((record.deadline_at, record.version, encode_record(record),
-                                   encode_row(record), execution_id, stored.version))
+                  and stored.metric_task_name == record.metric_task_name and stored.expires_at == record.expires_at):
+                self.deadline_moves.append((record.deadline_at, record.version, encode_record(record), *texts,
+                                            execution_id, stored.version))
             else:
                 self.updates.append((record.status, record.task_name, record.deadline_at, record.expires_at,
-                                     record.version, encode_record(record), encode_row(record),
+                                     record.version, encode_record(record), record.metric_task_name, *texts,
                                      execution_id, stored.version))
         self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
                            for (name, labels), (amount, exemplar) in self.decided.increments.items()]
@@ -261,11 +286,12 @@ class _Batch:
         Returns False, having written part of the batch, when an update finds its record
         at another version than the one read: the caller must roll back.
         """
-        for statement, rows in ((_UPDATE, self.updates), (_UPDATE_DEADLINE, self.deadline_moves)):
+        statements = self.store.statements
+        for statement, rows in ((statements.update, self.updates), (statements.move_deadline, self.deadline_moves)):
             if rows and conn.executemany(statement, rows).rowcount != len(rows):
                 return False
         if self.inserts:
-            conn.executemany(_INSERT, self.inserts)
+            conn.executemany(statements.insert, self.inserts)
             conn.execute("UPDATE meta SET value = value + ? WHERE key = 'tracked'", (len(self.inserts),))
         if self.names.added:
             conn.executemany("INSERT INTO task_names (name) VALUES (?)", [(name,) for name in self.names.added])
@@ -326,11 +352,13 @@ def _labels_key(labels: tuple[str, ...]) -> str:
 class SQLiteStore(Store):
     """A :class:`Store` in one SQLite file."""
 
-    def __init__(self, path: str, *, max_executions: int, max_task_names: int,
+    def __init__(self, path: str, *, render: Rendering, max_executions: int, max_task_names: int,
                  dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
                  synchronous: str = "NORMAL",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS):
-        super().__init__(max_executions, max_task_names, dedup_seconds, task_retention)
+        super().__init__(render, max_executions, max_task_names, dedup_seconds, task_retention)
+        self.statements = _Statements(render.families)
+        self._signature = zlib.crc32(render.signature.encode())
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
@@ -339,8 +367,13 @@ class SQLiteStore(Store):
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection(create=True)
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            self._migrate(conn)
+            # A store already brought up to date opens without a write, so that a worker
+            # starting while the file takes none (read-only, or a full disk) still serves
+            # reads and answers writes 503, as its peers do.
+            if not self._up_to_date(conn):
+                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+                self._migrate(conn)
+                self._render_again(conn)
         except (OSError, sqlite3.Error) as exc:
             self._drop_connection()
             raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
@@ -361,14 +394,51 @@ class SQLiteStore(Store):
                 _index_ping_uuid(conn, name, ping_uuid_of(decode_task(data)))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('ping_uuids_indexed', 1)")
             conn.execute("COMMIT")
-        executions = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
-        if "metric_row" not in executions:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ALTER TABLE executions ADD COLUMN metric_row TEXT")
+
+    def _up_to_date(self, conn: sqlite3.Connection) -> bool:
+        """Return True when the file holds this version's schema and exposition texts: the
+        rendering's signature is noted last, once everything before it is done."""
+        try:
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'exposition' AND value = ?",
+                                (self._signature,)).fetchone() is not None
+        except sqlite3.OperationalError:  # no meta table: a new file
+            return False
+
+    def _render_again(self, conn: sqlite3.Connection) -> None:
+        """Give every execution the exposition text of this version's rendering, unless the
+        store already holds it (the rendering's signature is noted in ``meta``)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._up_to_date(conn):  # another process did it first
+                conn.execute("COMMIT")
+                return
+            (table,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'executions'").fetchone()
+            if "WITHOUT ROWID" in table.upper():  # as written before scrapes copied text
+                conn.execute("ALTER TABLE executions RENAME TO executions_before")
+                conn.execute(_EXECUTIONS)
+                conn.execute("INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at,"
+                             " version, data) SELECT execution_id, status, task_name, deadline_at, expires_at,"
+                             " version, data FROM executions_before")
+                conn.execute("DROP TABLE executions_before")  # and its indexes: made again below
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
+            for column in self.statements.columns:
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE executions ADD COLUMN {column} TEXT")
+            for statement in _SCHEMA.split(";"):  # the indexes of a table made again
+                if statement.strip().startswith("CREATE INDEX IF NOT EXISTS executions_"):
+                    conn.execute(statement)
+            conn.execute("CREATE INDEX IF NOT EXISTS executions_kind ON executions(metric_task, status)")
+            statement = f"UPDATE executions SET metric_task = ?, {self.statements.render} WHERE execution_id = ?"
             for execution_id, data in conn.execute("SELECT execution_id, data FROM executions").fetchall():
-                conn.execute("UPDATE executions SET metric_row = ? WHERE execution_id = ?",
-                             (encode_row(decode_record(data)), execution_id))
+                record = decode_record(data)
+                conn.execute(statement, (record.metric_task_name, *(text or None for text in self.render(record)),
+                                         execution_id))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('exposition', ?)", (self._signature,))
             conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     # -- connections -------------------------------------------------------------
 
@@ -440,6 +510,10 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:  # also a corrupt file: "disk image is malformed"
                 self._rollback(conn)
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_READONLY:
+                    # A connection opened while the file took no writes stays read-only:
+                    # the next call opens one that may write again.
+                    self._drop_connection()
                 raise _unavailable(exc) from exc
             except BaseException:
                 self._rollback(conn)
@@ -622,7 +696,11 @@ class SQLiteStore(Store):
 
     def snapshot(self) -> Snapshot:
         with self._transaction("DEFERRED") as conn:
-            rows = decode_rows([row for (row,) in conn.execute("SELECT metric_row FROM executions")])
+            # SQLite joins each family's texts itself: Python sees a few long strings, not a
+            # row per execution.
+            exposition = [text or b"" for text in conn.execute(self.statements.snapshot).fetchone()]
+            executions = {(task, status): count for task, status, count in conn.execute(
+                "SELECT metric_task, status, count(*) FROM executions GROUP BY metric_task, status")}
             counters, exemplars = {}, {}
             for name, labels, value, exemplar in conn.execute(
                     "SELECT name, labels, value, exemplar FROM counters"):
@@ -633,7 +711,7 @@ class SQLiteStore(Store):
             task_names = [name for (name,) in conn.execute("SELECT name FROM task_names")]
             tasks = [decode_task(data) for (data,) in conn.execute("SELECT data FROM tasks ORDER BY task_name")]
             notes = dict(conn.execute("SELECT key, value FROM notes"))
-        return Snapshot(rows, counters, task_names, exemplars, tasks, notes)
+        return Snapshot(exposition, executions, counters, task_names, exemplars, tasks, notes)
 
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
         with self._transaction() as conn:

@@ -1,15 +1,16 @@
 """Prometheus metrics collected from the shared store at scrape time.
 
-The families are defined in :mod:`bridge.telemetry.families`; collection (a store
-snapshot into families) and rendering live here; exposition is the ``/metrics`` view.
-Nothing is kept in a worker's memory, so every worker and replica answers the same, and
-prometheus-client's multiprocess mode is not needed.
+The families are defined in :mod:`bridge.telemetry.families`; rendering and collection (a
+store snapshot into families) live here; exposition is the ``/metrics`` view. Each
+execution's samples are rendered when the store writes it (:class:`ExecutionRenderer`), so
+a scrape copies the texts the store keeps. Nothing is kept in a worker's memory, so every
+worker and replica answers the same, and prometheus-client's multiprocess mode is not needed.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -17,9 +18,9 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..core.declarations import DEFAULT_FAILURE_THRESHOLD
-from ..core.executions import STATUSES
+from ..core.executions import STATUSES, Execution
 from ..core.tasks import TASK_STATUSES, UNHEALTHY_STATUSES, effective_declaration, is_paused, status_at
-from ..store import ExecutionRow, Snapshot, Store
+from ..store import Snapshot, Store
 from . import families as f
 
 __all__ = ["INGEST_ENDPOINTS", "REJECTION_REASONS", "ExecutionRenderer", "Exposition"]
@@ -65,60 +66,55 @@ _TASK_GAUGES = (f.TASK_INFO, f.TASK_STATUS, f.TASK_LAST_START, f.TASK_LAST_SUCCE
 _TASK_COUNTERS = (f.TASK_MISSED, f.TASK_TOO_SHORT, f.TASK_UNEXPECTED)
 
 
-class ExecutionRenderer:
-    """Renders the per-execution families as exposition text, fast.
+#: Bumped when the per-execution text changes shape: a store rendered under another signature
+#: renders its executions again when it opens.
+_RENDERING_VERSION = 1
 
-    Prometheus text and OpenMetrics agree on gauges, so one rendering serves both. Each
-    execution's escaped label set is kept between scrapes and rebuilt only when its
-    identity changes; executions that left the store leave the cache with the next scrape.
+
+class ExecutionRenderer:
+    """Renders an execution's samples of the per-execution families when it is written.
+
+    The store keeps the text beside the record, so that a scrape concatenates bytes it
+    already holds (kube-state-metrics renders at write time the same way). Prometheus text
+    and OpenMetrics agree on gauges, so one rendering serves both.
     """
 
     def __init__(self, metric_labels: tuple[str, ...] = ()) -> None:
-        self._labels: dict[str, tuple[tuple, str, str]] = {}
         #: the execution ``labels`` keys exported as ``label_<key>`` on task_execution_info
         self.metric_labels = metric_labels
+        #: how many texts :meth:`__call__` returns: one per family, in exposition order
+        self.families = len(f.EXECUTION_FAMILIES)
+        #: what the text depends on beyond the record: the format and the exported label keys
+        self.signature = f"{_RENDERING_VERSION}:{','.join(metric_labels)}"
 
-    def render(self, rows: list[ExecutionRow]) -> str:
-        """Return the text of every per-execution family for ``rows``."""
-        families: list[list[str]] = [[] for _ in f.EXECUTION_FAMILIES]
-        info, status, last, interval, start, end, ratio, max_runtime = families
-        previous, labels = self._labels, {}
-        for row in rows:
-            identity = row[2:8] + (row.labels,) if self.metric_labels else row[2:8]
-            cached = previous.get(row.execution_id)
-            if cached is None or cached[0] != identity:
-                cached = _label_sets(row, identity, self.metric_labels)
-            labels[row.execution_id] = cached
-            _, key, info_line = cached
-            info.append(info_line)
-            for name in STATUSES:
-                status.append(f'{_STATUS}{{{key},status="{name}"}} {"1.0" if name == row.status else "0.0"}\n')
-            interval.append(f"{_INTERVAL}{{{key}}} {_number(row.interval_seconds)}\n")
-            start.append(f"{_START}{{{key}}} {_number(row.started_at)}\n")
-            if row.last_heartbeat_at is not None:
-                last.append(f"{_LAST}{{{key}}} {_number(row.last_heartbeat_at)}\n")
-            if row.ended_at is not None:
-                end.append(f"{_END}{{{key}}} {_number(row.ended_at)}\n")
-            if row.progress_ratio is not None:
-                ratio.append(f"{_RATIO}{{{key}}} {_number(row.progress_ratio)}\n")
-            if row.max_runtime_seconds is not None:
-                max_runtime.append(f"{_MAX_RUNTIME}{{{key}}} {_number(row.max_runtime_seconds)}\n")
-        self._labels = labels
-        parts = []
-        for family, lines in zip(f.EXECUTION_FAMILIES, families):
-            parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n")
-            parts.extend(lines)
-        return "".join(parts)
+    def __call__(self, record: Execution) -> tuple[str, ...]:
+        """Return the text of ``record``'s samples, one string per family of
+        :data:`~bridge.telemetry.families.EXECUTION_FAMILIES` (empty where it has none)."""
+        # Every write renders: the status lines come from a prefix and ready-made endings.
+        key = f'execution_id="{_escape(record.execution_id)}",task_name="{_escape(record.metric_task_name)}"'
+        labels = record.labels or {}
+        extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
+        info = (f'{_INFO}{{{key},container_id="{_escape(record.container_id or "")}",'
+                f'task_type="{_escape(record.task_type or "")}",trace_id="{record.trace_id}",'
+                f'container_name="{_escape(record.container_name or "")}",'
+                f'image="{_escape(record.image or "")}"{extra}}} 1.0\n')
+        status = f'{_STATUS}{{{key},status="'
+        key = f"{{{key}}} "
+        last, ratio, end, max_runtime = (record.last_heartbeat_at, record.progress_ratio, record.ended_at,
+                                         record.max_runtime_seconds)
+        return (info,
+                status + status.join(_STATUS_ENDINGS[record.status]),
+                "" if last is None else f"{_LAST}{key}{float(last)!r}\n",
+                f"{_INTERVAL}{key}{float(record.interval_seconds)!r}\n",
+                f"{_START}{key}{float(record.started_at)!r}\n",
+                "" if end is None else f"{_END}{key}{float(end)!r}\n",
+                "" if ratio is None else f"{_RATIO}{key}{float(ratio)!r}\n",
+                "" if max_runtime is None else f"{_MAX_RUNTIME}{key}{float(max_runtime)!r}\n")
 
 
-def _label_sets(row: ExecutionRow, identity: tuple, metric_labels: tuple[str, ...]) -> tuple[tuple, str, str]:
-    key = f'execution_id="{_escape(row.execution_id)}",task_name="{_escape(row.task_name)}"'
-    labels = row.labels or {}
-    extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in metric_labels)
-    info = (f'{_INFO}{{{key},container_id="{_escape(row.container_id or "")}",'
-            f'task_type="{_escape(row.task_type or "")}",trace_id="{row.trace_id}",'
-            f'container_name="{_escape(row.container_name or "")}",image="{_escape(row.image or "")}"{extra}}} 1.0\n')
-    return identity, key, info
+#: For each current status, the end of every status line after ``status="``, in order.
+_STATUS_ENDINGS = {current: [f'{name}"}} {"1.0" if name == current else "0.0"}\n' for name in STATUSES]
+                   for current in STATUSES}
 
 
 class Exposition:
@@ -130,10 +126,11 @@ class Exposition:
         self.clock = clock
         self.metric_labels = metric_labels
         self.version = version
-        self._renderer = ExecutionRenderer(metric_labels)
 
-    def render(self, accept: str) -> tuple[bytes, str]:
-        """Return (body, content type) for a scraper sending the ``Accept`` header ``accept``.
+    def render(self, accept: str) -> tuple[list[bytes], str]:
+        """Return (body, content type) for a scraper sending the ``Accept`` header ``accept``;
+        the body is a list of byte strings to send one after the other, never joined, since
+        the executions' part of it can be a hundred megabytes.
 
         Raises :class:`~bridge.store.StoreUnavailable`.
         """
@@ -142,21 +139,28 @@ class Exposition:
         bounded = encoder(_Families([*self._per_task(snapshot), *self._task_counters(snapshot),
                                      *self._bridge(snapshot)]))
         # The gauges first: OpenMetrics's "# EOF" closes the part prometheus-client encodes.
-        gauges = self._renderer.render(snapshot.rows) + self._task_gauges(snapshot)
-        return gauges.encode() + bounded, content_type
+        # Each execution's samples were rendered when it was written: here they are only copied.
+        parts = []
+        for family, samples in zip(f.EXECUTION_FAMILIES, snapshot.exposition):
+            parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
+                         .encode())
+            parts.append(samples)
+        parts.append(self._task_gauges(snapshot).encode())
+        parts.append(bounded)
+        return parts, content_type
 
     def _per_task(self, snapshot: Snapshot) -> Iterable[Metric]:
         counters = snapshot.counters
         # Every known task name gets zeros, so increase() sees the first event.
-        tasks = set(snapshot.task_names) | {r.task_name for r in snapshot.rows}
+        now = snapshot.executions
+        tasks = set(snapshot.task_names) | {task for task, _ in now}
         tasks |= {labels[0] for (name, labels) in counters if name.startswith("task_")}
-        now = Counter((r.task_name, r.status) for r in snapshot.rows)
         executions = _family(f.TASK_EXECUTIONS)
         per_task = [_family(family) for family in (f.TASK_HEARTBEATS, f.TASK_LOST, f.TASK_RECOVERIES)]
         completions = _family(f.TASK_COMPLETIONS)
         for task in sorted(tasks):
             for name in STATUSES:
-                executions.add_metric([task, name], now[(task, name)])
+                executions.add_metric([task, name], now.get((task, name), 0))
             for family, definition in zip(per_task, (f.TASK_HEARTBEATS, f.TASK_LOST, f.TASK_RECOVERIES)):
                 family.add_metric([task], counters.get((definition.name, (task,)), 0.0))
             for outcome in OUTCOMES:
@@ -232,7 +236,7 @@ class Exposition:
                                                (f.BRIDGE_TASKS_FILE_RELOADED, f.TASKS_FILE_RELOADED_AT))
                       if isinstance(snapshot.notes.get(note), (int, float))]
         return (rejected, telemetry, *tasks_file,
-                _family(f.BRIDGE_TRACKED, len(snapshot.rows)),
+                _family(f.BRIDGE_TRACKED, sum(snapshot.executions.values())),
                 _family(f.BRIDGE_TRACKED_LIMIT, self.store.max_executions),
                 _family(f.BRIDGE_TASK_NAMES, len(snapshot.task_names)),
                 _family(f.BRIDGE_TASK_NAMES_LIMIT, self.store.max_task_names),

@@ -15,7 +15,7 @@ from ..service.monitor import Monitor, rules_from
 from ..service.reaper import Reaper
 from ..service.tasks_file import TasksFile
 from ..store import open_store
-from ..telemetry.metrics import Exposition
+from ..telemetry.metrics import ExecutionRenderer, Exposition
 from . import errors, executions, fastpath, ingest, ops, pages, pings, sentry, tasks
 from .auth import Authorizer
 from .extension import EXTENSION_KEY, Bridge
@@ -51,7 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app.config.update(test_config)
 
-    store = open_store(settings)
+    store = open_store(settings, ExecutionRenderer(settings.metric_labels))
     monitor = Monitor(store, rules_from(settings), clock, monotonic=monotonic)
     if settings.tasks_file is not None:
         monitor.tasks_file = TasksFile(settings.tasks_file)
