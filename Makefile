@@ -3,7 +3,7 @@
 #                   tests start their own Redis, Prometheus, Alertmanager and Docker engine)
 # make test-fast  - the tests that start no server: seconds
 # make test-lowest - the tests (but the slow ones) on the lowest versions pyproject.toml allows
-# make lint       - ruff and mypy
+# make lint       - ruff's formatter (checked), ruff and mypy
 # make rules      - write alerts/heartbeat-bridge.rules.yml from bridge/server/alert_rules.yml.in
 # make demo       - the bridge with a simulated fleet, plus Prometheus and Alertmanager if installed
 #                   (DEMO_PORT=8000; refused when a bridge already listens there)
@@ -56,6 +56,7 @@ test-lowest: $(LOWEST)/.installed
 	$(LOWEST)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -72,7 +72,7 @@ def _task_text(value: Any) -> str | None:
     return None
 
 
-def _task_config(mounts: list[dict], config_path: str) -> dict[str, Any]:
+def _task_config(mounts: list[dict[str, Any]], config_path: str) -> dict[str, Any]:
     """Return the JSON config the container reads at ``config_path``, read on the host through
     the mount that holds it (the seed's ``docker run -v``); {} when it cannot be read."""
     for mount in sorted(mounts, key=lambda m: len(m.get("Destination") or ""), reverse=True):
@@ -113,7 +113,7 @@ class DockerAgent:
         self._running: dict[str, _TaskContainer] = {}   # container id -> task, while it runs
         self._oom: set[str] = set()
         self._dead: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
         self._since = self._load_since()
         self._stop = threading.Event()
         self._stream: Any = None  # the engine's event stream, closed by stop()
@@ -155,7 +155,7 @@ class DockerAgent:
             except Exception:  # closing a stream the engine already dropped
                 pass
 
-    def _close(self, client) -> None:
+    def _close(self, client: Any) -> None:
         self._stream = None
         if client is not None:
             try:
@@ -283,7 +283,7 @@ class DockerAgent:
     # -- bookkeeping ------------------------------------------------------------------
 
     @staticmethod
-    def _remember(seen: collections.OrderedDict, key: Any) -> None:
+    def _remember(seen: collections.OrderedDict[Any, None], key: Any) -> None:
         seen[key] = None
         while len(seen) > SEEN_EVENTS_KEPT:
             seen.popitem(last=False)

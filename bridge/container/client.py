@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from types import TracebackType
 from typing import Any, Literal
 
 __all__ = ["HeartbeatClient", "execution_traceparent"]
@@ -126,7 +127,8 @@ class HeartbeatClient:
         self.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         # A block that ends without a completion must still end the run: left alone, the
         # execution would go lost and page someone for a task that did its work.
         try:
@@ -134,7 +136,7 @@ class HeartbeatClient:
                 if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
                     self.send_completion(True)
                 else:
-                    self.send_completion(False, error_message=f"{exc_type.__name__}: {exc}")
+                    self.send_completion(False, error_message=f"{type(exc).__name__}: {exc}")
         finally:
             self.stop()
         return False
@@ -263,7 +265,7 @@ class HeartbeatClient:
         log.warning("heartbeat to %s failed (%s)", self.heartbeat_url, status or "no answer")
         return False
 
-    def _post(self, url: str, payload: dict[str, Any], timeout: float | None = None) -> tuple[int, dict]:
+    def _post(self, url: str, payload: dict[str, Any], timeout: float | None = None) -> tuple[int, dict[str, Any]]:
         """Return (HTTP status, decoded body); status 0 when no answer came within ``timeout``
         (default: the client's)."""
         headers = {"Content-Type": "application/json"}
@@ -279,13 +281,13 @@ class HeartbeatClient:
             log.debug("no answer from %s: %s", url, exc)
             return 0, {}
 
-    def _on_signal(self, signum: int, _frame) -> None:
+    def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         self.stop()
         sys.exit(128 + signum)
 
 
-def _json(raw: bytes) -> dict:
+def _json(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw or b"{}")
     except ValueError:

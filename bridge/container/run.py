@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pump_stderr(stream: IO[bytes], tail: collections.deque) -> None:
+def _pump_stderr(stream: IO[bytes], tail: collections.deque[int]) -> None:
     """Copy the command's stderr to ours, keeping its last bytes."""
     for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]  # a BufferedReader
         sys.stderr.buffer.write(chunk)
@@ -129,7 +129,7 @@ class _SignalRelay:
 
     def __init__(self, client: HeartbeatClient) -> None:
         self.client = client
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.held: list[int] = []
         self.exited = threading.Event()
 
@@ -142,7 +142,7 @@ class _SignalRelay:
         else:
             self.held.append(signum)
 
-    def started(self, child: subprocess.Popen) -> None:
+    def started(self, child: subprocess.Popen[bytes]) -> None:
         """Pass on to ``child`` the signals that came before it started, and the rest as they come."""
         self.child = child
         for signum in self.held:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_RUN
     os.close(write_fd)  # the command holds the only writer: its exit ends the progress stream
     relay.started(child)
-    tail: collections.deque = collections.deque(maxlen=max(0, args.stderr_tail))
+    tail: collections.deque[int] = collections.deque(maxlen=max(0, args.stderr_tail))
     pumps = [threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
              threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True)]
     for pump in pumps:

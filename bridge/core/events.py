@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .declarations import TaskDeclaration
 
@@ -21,13 +22,13 @@ class Heartbeat:
     execution_id: str
     container_id: str | None = None
     status: str = "running"
-    progress: dict | None = None
+    progress: dict[str, Any] | None = None
     timestamp: float | None = None
     task_name: str | None = None
     task_type: str | None = None
     interval_seconds: float | None = None
     max_runtime_seconds: float | None = None
-    labels: dict | None = None
+    labels: dict[str, Any] | None = None
     traceparent: str | None = None
     #: the task's declaration, which an execution's first heartbeat may carry
     task_schedule: TaskDeclaration | None = None
@@ -42,7 +43,7 @@ class Completion:
     execution_id: str
     success: bool
     container_id: str | None = None
-    result_data: dict | None = None
+    result_data: dict[str, Any] | None = None
     error_message: str | None = None
     exit_code: int | None = None
     task_name: str | None = None
@@ -74,7 +75,7 @@ class Announcement:
     execution_id: str
     task_name: str | None = None
     task_type: str | None = None
-    labels: dict | None = None
+    labels: dict[str, Any] | None = None
     interval_seconds: float | None = None
     max_runtime_seconds: float | None = None
 
@@ -98,7 +99,7 @@ class RunReport:
     #: the log line, or the failure's error message
     message: str | None = None
     exit_code: int | None = None
-    result_data: dict | None = None
+    result_data: dict[str, Any] | None = None
     run_field: str = "run_id"
     #: what of the report was cut to keep it (a long message)
     warnings: tuple[str, ...] = ()

@@ -111,9 +111,9 @@ class Execution:
     task_type: str | None = None
     reported_status: str | None = None
     status_reason: str | None = None
-    progress: dict = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
     progress_ratio: float | None = None
-    labels: dict = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
     last_heartbeat_at: float | None = None
     client_timestamp: float | None = None
     ended_at: float | None = None
@@ -122,12 +122,12 @@ class Execution:
     heartbeat_count: int = 0
     interval_seconds: float = 30.0
     interval_source: str = "default"
-    gaps: list = field(default_factory=list)
+    gaps: list[Any] = field(default_factory=list)
     max_runtime_seconds: float | None = None
     success: bool | None = None
     error_message: str | None = None
     exit_code: int | None = None
-    result_data: dict | None = None
+    result_data: dict[str, Any] | None = None
     completion_received: bool = False
     end_cause: str | None = None  # completion, reported (final status at the deadline), container
     lost_count: int = 0
@@ -136,8 +136,8 @@ class Execution:
     # The execution span, in segments: a loss ends one, the next event starts another.
     segment: int = 0
     segment_started_at: float | None = None
-    stages: list = field(default_factory=list)   # [stage, start, end or None]
-    events: list = field(default_factory=list)   # [time, status, reported status]
+    stages: list[Any] = field(default_factory=list)   # [stage, start, end or None]
+    events: list[Any] = field(default_factory=list)   # [time, status, reported status]
     version: int = 0
     #: the protocol that created it when that names tasks, not executions (``hc``, ``sentry``):
     #: only that protocol's reports for the same task may act on it
@@ -226,7 +226,7 @@ def tombstone(execution_id: str, status: Status) -> Execution:
     return Execution(execution_id, status, trace_id_for(execution_id), UNKNOWN_TASK, 0.0, 0.0)
 
 
-def progress_ratio(progress: dict | None) -> float | None:
+def progress_ratio(progress: dict[str, Any] | None) -> float | None:
     """Return progress in 0..1 from ``percentage`` or ``current_step/total_steps``.
 
     Returns None when neither is usable; out-of-range values are clamped.
@@ -294,7 +294,7 @@ def _note_status(record: Execution, now: float) -> None:
         record.events = list(record.events) + [[now, record.status, record.reported_status]]
 
 
-def _note_stage(record: Execution, progress: dict | None, now: float) -> None:
+def _note_stage(record: Execution, progress: dict[str, Any] | None, now: float) -> None:
     """Close the open stage and open the new one when ``progress.stage`` changed."""
     stage = progress.get("stage") if progress else None
     if not isinstance(stage, str) or not stage.strip():

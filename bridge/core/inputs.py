@@ -202,7 +202,7 @@ def labels(value: Any, field: str = "labels") -> dict[str, str] | None:
     return dict(sorted(value.items()))
 
 
-def object_of(value: Any, field: str) -> dict:
+def object_of(value: Any, field: str) -> dict[str, Any]:
     """Return ``value`` when it is a JSON object."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object", field)
@@ -233,7 +233,7 @@ class DocumentTooLarge(TooLarge):
     """A free-form object is larger, as JSON, than its limit."""
 
 
-def document(value: Any, field: str, max_bytes: int) -> dict | None:
+def document(value: Any, field: str, max_bytes: int) -> dict[str, Any] | None:
     """Return a free-form JSON object (``progress``, ``result_data``), checked for depth,
     size as JSON and encoding. Raises :class:`NestedTooDeep` and :class:`DocumentTooLarge`
     for the limits a caller may prefer to drop the value for."""

@@ -45,7 +45,7 @@ class Task:
     task_name: str
     task_type: str | None = None
     #: source ("file", "api", "inband") -> the declaration's fields
-    declarations: dict = field(default_factory=dict)
+    declarations: dict[str, Any] = field(default_factory=dict)
     #: when the current schedule was declared
     declared_at: float | None = None
     last_start_at: float | None = None
@@ -63,9 +63,9 @@ class Task:
     #: how many of its executions run now (overlapping runs are separate executions)
     running: int = 0
     #: the ids of the newest of those, at most RECENT_RUNS (a task may fan out to thousands)
-    running_ids: list = field(default_factory=list)
+    running_ids: list[Any] = field(default_factory=list)
     #: [execution id, status, started at, ended at or None], newest last
-    recent: list = field(default_factory=list)
+    recent: list[Any] = field(default_factory=list)
     version: int = 0
     #: the Healthchecks ping key whose ``?create=1`` ping created the task: its slug URLs reach it
     created_by_ping_key: str | None = None
@@ -230,7 +230,7 @@ def apply_declaration(current: Task | None, name: str, source: str, declaration:
     return TaskOutcome(task)
 
 
-def _scheduling(declaration: TaskDeclaration | None) -> tuple | None:
+def _scheduling(declaration: TaskDeclaration | None) -> tuple[Any, ...] | None:
     return None if declaration is None else tuple(getattr(declaration, name) for name in _SCHEDULING)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from ..service.config import ConfigError, parse_bind
 
@@ -20,7 +21,7 @@ DEFAULT_BIND = "127.0.0.1:5001"
 SUBJECT_LABELS = ("task_name", "execution_id", "container_name", "reason", "instance")
 
 
-def alert_line(alert: dict, receiver: str) -> str:
+def alert_line(alert: dict[str, Any], receiver: str) -> str:
     """Return the line printed for one alert of a notification to ``receiver``."""
     labels = alert.get("labels", {})
     subject = " ".join(f"{name}={labels[name]}" for name in SUBJECT_LABELS if labels.get(name))
@@ -43,7 +44,7 @@ class AlertLog(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, *args) -> None:
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

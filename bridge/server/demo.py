@@ -8,6 +8,7 @@ folder removed at the end; Ctrl-C or SIGTERM stops every process it started.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import urllib.request
 import uuid
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -119,7 +121,7 @@ def _first_page(base: str, paths: tuple[str, ...]) -> str:
     return base + paths[-1]
 
 
-def _post(url: str, body: dict) -> None:
+def _post(url: str, body: dict[str, Any]) -> None:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
@@ -128,7 +130,7 @@ def _post(url: str, body: dict) -> None:
         print(f"  post failed: {exc}", file=sys.stderr)
 
 
-def _wait_ready(url: str, process: subprocess.Popen) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -198,13 +200,13 @@ def _send(method: str, url: str, body: dict[str, object]) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def _start(argv: list[str], log: Path, env: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
 
 
-def _stop_all(processes: list[subprocess.Popen]) -> None:
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
     """Stop every process group started, newest first: SIGTERM, then SIGKILL after the grace."""
     for process in reversed(processes):
         try:
@@ -217,7 +219,7 @@ def _stop_all(processes: list[subprocess.Popen]) -> None:
             process.wait(STOP_GRACE_SECONDS)
 
 
-def _on_sigterm(_signum: int, _frame) -> None:
+def _on_sigterm(_signum: int, _frame: object) -> None:
     raise _Stop
 
 
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, port: int, work: Path) -> int:
+def _run(args: argparse.Namespace, port: int, work: Path) -> int:
     """Run the demo in ``work``; returns the exit status once stopped."""
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}

@@ -8,6 +8,9 @@ import ctypes
 import ctypes.util
 import os
 
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
+
 from bridge import __version__
 from bridge.service.config import describe, load_settings, unknown_variables
 from bridge.web.extension import EXTENSION_KEY
@@ -58,7 +61,7 @@ proc_name = "heartbeat-bridge"
 control_socket_disable = True
 
 
-def when_ready(server):
+def when_ready(server: Arbiter) -> None:
     """Say once, in gunicorn's log, what the bridge runs with."""
     from bridge.telemetry.tracing import exporter_names
 
@@ -69,14 +72,14 @@ def when_ready(server):
         server.log.warning("%s", warning)
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Worker) -> None:
     """Start this worker's tracing and reaper: after the fork, so nothing is inherited."""
     bridge = getattr(worker.wsgi, "extensions", {}).get(EXTENSION_KEY)
     if bridge is not None:  # the benchmark's bare app runs under this same configuration
         bridge.start()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Arbiter, worker: Worker) -> None:
     """Stop the reaper and flush the spans this worker still holds."""
     app = getattr(worker, "wsgi", None)
     if app is not None and EXTENSION_KEY in getattr(app, "extensions", {}):

@@ -150,7 +150,7 @@ class _CapturedError:
     def sendall(self, data: bytes) -> None:
         self.written += data
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
 
@@ -163,7 +163,7 @@ def _json_response(status: int, reason: str, message: str) -> bytes:
 class BridgeWorker(ThreadWorker):
     """gunicorn's gthread worker, reading each request whole before a thread takes it."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: deque[tuple[float, Any]] = deque()  # (deadline, connection), by deadline
 
@@ -176,7 +176,7 @@ class BridgeWorker(ThreadWorker):
 
     # -- reading requests in the main loop ---------------------------------------------
 
-    def enqueue_req(self, conn) -> None:
+    def enqueue_req(self, conn: Any) -> None:
         """Read the connection's next request into memory, then hand it to a thread."""
         sock = conn.sock
         if not isinstance(sock, _DeadlineSocket):
@@ -186,7 +186,7 @@ class BridgeWorker(ThreadWorker):
         self._read(conn)
 
     @staticmethod
-    def _take_read_ahead(conn) -> bytes:
+    def _take_read_ahead(conn: Any) -> bytes:
         """Return the bytes of the next request that gunicorn's parser already read, taken from it."""
         unreader = getattr(getattr(conn, "parser", None), "unreader", None)
         buffer = getattr(unreader, "buf", None)
@@ -195,7 +195,7 @@ class BridgeWorker(ThreadWorker):
         unreader.buf = io.BytesIO()
         return buffer.getvalue()
 
-    def _read(self, conn, _fileobj=None) -> None:
+    def _read(self, conn: Any, _fileobj: object = None) -> None:
         sock: _DeadlineSocket = conn.sock
         if sock.getblocking():
             sock.setblocking(False)
@@ -220,7 +220,7 @@ class BridgeWorker(ThreadWorker):
         conn.data_ready = True  # a gunicorn whose threads first wait for data: it is here already
         super().enqueue_req(conn)
 
-    def _stop_reading(self, conn) -> None:
+    def _stop_reading(self, conn: Any) -> None:
         sock = conn.sock
         if sock.reading:
             sock.reading = False
@@ -228,17 +228,17 @@ class BridgeWorker(ThreadWorker):
                 with contextlib.suppress(KeyError, ValueError, OSError):
                     self.poller.unregister(sock)
 
-    def _close(self, conn) -> None:
+    def _close(self, conn: Any) -> None:
         self._stop_reading(conn)
         self.nr_conns -= 1
         conn.close()
 
-    def _poller_lock(self):
+    def _poller_lock(self) -> contextlib.AbstractContextManager[Any]:
         # gunicorn 23 registers from request threads too, under this lock; later ones do not.
         lock = getattr(self, "_lock", None)
         return lock if lock is not None else contextlib.nullcontext()
 
-    def murder_keepalived(self, *args, **kwargs) -> None:
+    def murder_keepalived(self, *args: Any, **kwargs: Any) -> None:
         """Close idle kept-alive connections (gunicorn's), and requests past their deadline."""
         super().murder_keepalived(*args, **kwargs)
         force = bool(kwargs.get("force") or (args and args[0]))
@@ -257,7 +257,7 @@ class BridgeWorker(ThreadWorker):
 
     # -- gunicorn's refusals, in JSON -------------------------------------------------
 
-    def handle_error(self, req, client, addr, exc) -> None:
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         captured = _CapturedError(client)
         super().handle_error(req, captured, addr, exc)
         status_line = captured.written.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)

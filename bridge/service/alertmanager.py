@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ActiveAlert", "AlertmanagerView", "Alerts"]
 
@@ -83,7 +84,7 @@ class AlertmanagerView:
         return Alerts(self.url, tuple(sorted(alerts, key=lambda a: (a.state != "active", a.name))))
 
 
-def _alert(item: dict) -> ActiveAlert:
+def _alert(item: dict[str, Any]) -> ActiveAlert:
     status = item.get("status") or {}
     labels = {str(k): str(v) for k, v in (item.get("labels") or {}).items()}
     return ActiveAlert(name=labels.get("alertname", "?"), state=str(status.get("state", "active")), labels=labels,

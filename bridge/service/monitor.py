@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core import executions, tasks
 from ..core.declarations import DeclarationError, TaskDeclaration
@@ -411,7 +411,7 @@ class Monitor:
             except Conflict as exc:
                 log.error("BRIDGE_TASKS_FILE: task %r: %s; the task is not declared from the file", name, exc.message)
 
-        def declare(name: str, declaration: TaskDeclaration | None) -> tuple:
+        def declare(name: str, declaration: TaskDeclaration | None) -> tuple[Any, ...]:
             return name, lambda cur: tasks.apply_declaration(cur, name, "file", declaration, now)
 
         results = self.store.apply_tasks([*(declare(name, d) for name, d in applied.items()),

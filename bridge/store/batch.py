@@ -70,7 +70,7 @@ class Decided:
     #: the executions this batch adds (absent when read)
     new: list[str] = field(default_factory=list)
     #: (counter name, labels) -> [summed amount, latest exemplar]
-    increments: dict[tuple[str, tuple[str, ...]], list] = field(default_factory=dict)
+    increments: dict[tuple[str, tuple[str, ...]], list[Any]] = field(default_factory=dict)
     #: (task name, the execution before, after, a declaration it carried): what its task must
     #: see, in order; the store reads those tasks and calls :func:`decide_task_changes`
     task_changes: list[tuple[str, Execution | None, Execution, TaskDeclaration | None]] = \

@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote
 
 from ..core.executions import FINAL_STATUSES, Execution, Outcome, tombstone
@@ -119,6 +120,9 @@ _RELEASABLE = ("SELECT name FROM task_names WHERE coalesce(last_seen, 0) <= ? AN
 _INSERT_TASK = "INSERT INTO tasks VALUES (?, ?, ?, ?, ?)"
 _UPDATE_TASK = ("UPDATE tasks SET deadline_at = ?, declared = ?, version = ?, data = ?"
                 " WHERE task_name = ? AND version = ?")
+
+#: A row as sqlite3 reads it, or the parameters of one statement.
+_Row = tuple[Any, ...]
 
 #: Ids per ``IN (...)`` read, well below SQLite's smallest limit on bound variables (999).
 _READ_CHUNK = 500
@@ -309,7 +313,7 @@ def _read_tasks(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, Tas
     return found
 
 
-def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[list[_Row], list[_Row], list[_Row]]:
     """Return the rows to insert, to update (each naming the version read), and each changed
     task's ping uuid, for ``changed``."""
     inserts, updates = [], []
@@ -323,7 +327,7 @@ def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[lis
     return inserts, updates, uuids
 
 
-def _write_tasks(conn: sqlite3.Connection, inserts: list[tuple], updates: list[tuple], uuids: list[tuple]) -> bool:
+def _write_tasks(conn: sqlite3.Connection, inserts: list[_Row], updates: list[_Row], uuids: list[_Row]) -> bool:
     """Write the tasks and their ping uuids; returns False when an update found its task at
     another version."""
     if updates and conn.executemany(_UPDATE_TASK, updates).rowcount != len(updates):
@@ -559,7 +563,7 @@ class SQLiteStore(Store):
         except sqlite3.Error:
             self._drop_connection()
 
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[_Row]:
         conn = self._connection()
         self._check_files()
         try:

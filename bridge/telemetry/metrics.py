@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -246,8 +247,9 @@ class Exposition:
 _KINDS = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}
 
 
-def _family(definition: f.Family, value: float | None = None):
-    """Return an empty prometheus-client family for ``definition`` (with ``value``: its one sample)."""
+def _family(definition: f.Family, value: float | None = None) -> Any:
+    """Return an empty prometheus-client family for ``definition`` (with ``value``: its one sample):
+    a gauge, counter or histogram family, whose ``add_metric`` differ (hence ``Any``)."""
     kind = _KINDS[definition.type]
     if value is not None:
         return kind(definition.name, definition.documentation, value=value)

@@ -15,10 +15,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -157,7 +159,7 @@ class _CountingExporter(SpanExporter):
         self._inner = inner
         self._on_failure = on_failure
 
-    def export(self, spans: Sequence) -> SpanExportResult:
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self._inner.export(spans)
         except Exception:  # an exporter bug must not kill the export thread
@@ -181,7 +183,7 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def _parent(traceparent: str | None):
+def _parent(traceparent: str | None) -> Context | None:
     """Return the context of a W3C ``traceparent``, or None for a root span."""
     if not traceparent:
         return None
@@ -247,7 +249,7 @@ class ExecutionSpans:
         span.end(end_time=_ns(end))
 
 
-def _attributes(record: Execution) -> dict:
+def _attributes(record: Execution) -> dict[str, Any]:
     attributes = {
         "task.execution_id": record.execution_id,
         "task.name": record.task_name or "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from ..core.errors import Conflict, InvalidInput, NotFound
 from ..core.executions import STATUSES, Execution
@@ -40,7 +41,7 @@ def execution_json(record: Execution) -> dict[str, Any]:
 
 
 @bp.get("")
-def list_executions():
+def list_executions() -> ResponseReturnValue:
     """List executions by id, filtered by ``status`` and ``task_name``, paged with ``after``."""
     status = request.args.get("status")
     if status is not None and status not in STATUSES:
@@ -60,7 +61,7 @@ def list_executions():
 
 
 @bp.get("/<path:execution_id>")
-def get_execution(execution_id: str):
+def get_execution(execution_id: str) -> ResponseReturnValue:
     """Return one execution; 404 when the id is unknown (or cannot be an id)."""
     canonical = normalise_id(execution_id)
     record = current_bridge().monitor.store.get(canonical) if canonical else None
@@ -70,7 +71,7 @@ def get_execution(execution_id: str):
 
 
 @bp.put("/<path:execution_id>")
-def announce(execution_id: str):
+def announce(execution_id: str) -> ResponseReturnValue:
     """Announce an execution before its container starts: it is ``starting`` as a run of its
     task, and its heartbeats fill in the rest. Idempotent; after its end a duplicate."""
     bridge = current_bridge()
@@ -81,7 +82,7 @@ def announce(execution_id: str):
 
 
 @bp.delete("/<path:execution_id>")
-def forget(execution_id: str):
+def forget(execution_id: str) -> ResponseReturnValue:
     """Forget an ended or lost execution (one that will never come back) without waiting for
     its retention: its series leave /metrics, so its alerts resolve; nothing is counted.
     404 for an unknown one, 409 for one still running or starting."""

@@ -47,7 +47,7 @@ class HeartbeatFastPath:
         self.app = app
         self.wrapped = app.wsgi_app
 
-    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = self._plain_heartbeat_body(environ)
         if body is None:
             return self.wrapped(environ, start_response)
@@ -65,7 +65,7 @@ class HeartbeatFastPath:
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
         return [answer]
 
-    def _plain_heartbeat_body(self, environ: dict) -> bytes | None:
+    def _plain_heartbeat_body(self, environ: dict[str, Any]) -> bytes | None:
         """Return the body of a heartbeat the fast path takes; None leaves the request to Flask."""
         if (environ.get("PATH_INFO") != HEARTBEAT_PATH or environ.get("REQUEST_METHOD") != "POST"
                 or "HTTP_TRANSFER_ENCODING" in environ
@@ -87,7 +87,7 @@ class HeartbeatFastPath:
             return None
         return body
 
-    def _to_flask(self, environ: dict, start_response: StartResponse, body: bytes,
+    def _to_flask(self, environ: dict[str, Any], start_response: StartResponse, body: bytes,
                   error: Exception | None = None) -> Iterable[bytes]:
         environ["wsgi.input"] = io.BytesIO(body)
         if error is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..core.errors import BridgeError, InvalidInput, RequestTimeout, TooLarge, UnsupportedMediaType
@@ -74,7 +75,7 @@ def heartbeat_answer(execution_id: str, outcome: Outcome) -> dict[str, Any]:
 
 
 @bp.post("/heartbeat")
-def heartbeat():
+def heartbeat() -> ResponseReturnValue:
     """Record one heartbeat; 200 ``{"status": "ok"}`` once it is committed.
 
     Most heartbeats are answered by :mod:`bridge.web.fastpath` before they reach Flask; this
@@ -91,7 +92,7 @@ def heartbeat():
 
 
 @bp.post("/completion")
-def completion():
+def completion() -> ResponseReturnValue:
     """Record a completion; a repeat answers 200 with ``"duplicate": true`` and changes nothing."""
     bridge = current_bridge()
     grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
@@ -100,7 +101,7 @@ def completion():
     return event_answer(done.execution_id, bridge.monitor.complete(done), done.warnings)
 
 
-def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()):
+def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()) -> Response:
     """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did,
     ``warnings`` what of it was cut or dropped."""
     body: dict[str, Any] = {"status": "ok", "execution_id": execution_id,
@@ -113,7 +114,7 @@ def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] 
 
 
 @bp.post("/container-events")
-def container_event():
+def container_event() -> ResponseReturnValue:
     """Record a Docker agent's start, die or oom report; a repeat after the end is a duplicate."""
     bridge = current_bridge()
     grant = bridge.authorizer.ingest(request.headers.get("Authorization"))
@@ -129,7 +130,7 @@ _ITEM_REFUSALS = {"capacity": (429, "capacity", "the bridge tracks as many execu
 
 
 @bp.post("/heartbeats")
-def heartbeats():
+def heartbeats() -> ResponseReturnValue:
     """Record many heartbeats (a JSON array); 200 with one result per item, in order.
 
     A bad item is refused on its own (its result carries ``error``, ``field`` and the
@@ -144,9 +145,9 @@ def heartbeats():
         raise InvalidInput("body must be a JSON array of heartbeats", "body")
     if len(body) > settings.max_batch_items:
         raise TooLarge(f"at most {settings.max_batch_items} heartbeats per request", "body")
-    results: list[dict | None] = [None] * len(body)
+    results: list[dict[str, Any] | None] = [None] * len(body)
     valid: list[tuple[int, Heartbeat]] = []
-    refused: Counter = Counter()
+    refused: Counter[str] = Counter()
     for index, item in enumerate(body):
         hb = _batch_item(item, bridge, grant)
         if isinstance(hb, BridgeError):

@@ -36,21 +36,21 @@ _NO_CONTROL = "[^\\u0000-\\u001f\\u007f]"
 _TEXT_PATTERN = f"^{_NO_CONTROL}*[^\\s\\u0000-\\u001f\\u007f]{_NO_CONTROL}*$"
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable(schema: dict) -> dict:
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     # JSON Schema (OpenAPI 3.1): null is a type, and an enum admits it only when listed.
     extra = {"enum": [*schema["enum"], None]} if "enum" in schema else {}
     return {**schema, **extra, "type": [schema["type"], "null"]}
 
 
-def _text(max_length: int) -> dict:
+def _text(max_length: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": _TEXT_PATTERN}
 
 
-def _errors(*codes: int) -> dict:
+def _errors(*codes: int) -> dict[str, Any]:
     meaning = {400: "malformed JSON or a wrong field (named in `field`)", 401: "missing or wrong token",
                403: "the token does not grant this", 404: "no such execution or task",
                409: "the task is declared in BRIDGE_TASKS_FILE, its ping_uuid is another task's, or the "
@@ -61,15 +61,15 @@ def _errors(*codes: int) -> dict:
                         "content": {"application/json": {"schema": _ref("Error")}}} for code in codes}
 
 
-def _ok(schema: str, description: str) -> dict:
+def _ok(schema: str, description: str) -> dict[str, Any]:
     return {"200": {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}}
 
 
-def _sentry_answer(code: str, description: str) -> dict:
+def _sentry_answer(code: str, description: str) -> dict[str, Any]:
     return {code: {"description": description, "content": {"application/json": {"schema": _ref("SentryAnswer")}}}}
 
 
-def _sentry_errors(*codes: int) -> dict:
+def _sentry_errors(*codes: int) -> dict[str, Any]:
     meaning = {400: "not an envelope, or a wrong check-in", 401: "a missing or unknown public key",
                403: "the public key is bound to another project",
                404: "a project id that is not a number",
@@ -82,7 +82,7 @@ def _sentry_errors(*codes: int) -> dict:
         "schema": _ref("Error" if code == 404 else "SentryError")}}} for code in codes}
 
 
-def _post(summary: str, body: dict, answer: str, *codes: int) -> dict:
+def _post(summary: str, body: dict[str, Any], answer: str, *codes: int) -> dict[str, Any]:
     return {"post": {"summary": summary, "security": [{}, {"bearer": []}],
                      "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                      "responses": {**_ok(answer, "accepted"), **_errors(*codes)}}}
@@ -323,8 +323,8 @@ def document(settings: Settings) -> dict[str, Any]:
                      **({"requestBody": {"content": {"application/json": {"schema": {
                          "type": "object", "properties": {"monitor_config": {"type": ["object", "null"]}}}}}}}
                         if method == "post" else {}),
-                     "responses": {**_sentry_answer("202", "the check-in's id, to close it with"),
-                                   **_sentry_errors(400, 401, 403, 404, 409, 413, 415, 429, 503)}}
+                     "responses": _sentry_answer("202", "the check-in's id, to close it with")
+                     | _sentry_errors(400, 401, 403, 404, 409, 413, 415, 429, 503)}
             for method in ("get", "post")},
         **{path: {"get": {"summary": summary, "security": read_security, "parameters": parameters,
                            "responses": {code: {"description": text, "content": {"text/html": {

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed
@@ -209,7 +210,7 @@ def _order(records: list[Execution], now: float) -> list[Execution]:
 
 
 @bp.get("/")
-def index():
+def index() -> ResponseReturnValue:
     """The tasks, then the executions: filter with ``?status=`` and ``?task_name=``."""
     bridge = current_bridge()
     store = bridge.monitor.store
@@ -246,7 +247,7 @@ def _durations(task: dict[str, Any]) -> dict[str, float] | None:
 
 
 @bp.get("/tasks/<path:task_name>")
-def task_page(task_name: str):
+def task_page(task_name: str) -> ResponseReturnValue:
     """One task: declaration, status, next deadline, failure streak, last runs and their durations."""
     bridge = current_bridge()
     task: Task | None = bridge.monitor.store.get_task(task_name)
@@ -265,7 +266,7 @@ def task_page(task_name: str):
 
 
 @bp.post("/executions/<path:execution_id>/forget")
-def forget_execution(execution_id: str):
+def forget_execution(execution_id: str) -> ResponseReturnValue:
     """The execution page's form: forget an ended or lost execution (``DELETE`` of the API)."""
     canonical = normalise_id(execution_id)
     outcome = current_bridge().monitor.forget(canonical) if canonical else None
@@ -277,7 +278,7 @@ def forget_execution(execution_id: str):
 
 
 @bp.post("/tasks/<path:task_name>/pause")
-def pause_task(task_name: str):
+def pause_task(task_name: str) -> ResponseReturnValue:
     """The task page's form: pause the task, for ``seconds`` or until it is resumed."""
     bridge = current_bridge()
     raw = request.form.get("seconds") or None
@@ -289,14 +290,14 @@ def pause_task(task_name: str):
 
 
 @bp.post("/tasks/<path:task_name>/resume")
-def resume_task(task_name: str):
+def resume_task(task_name: str) -> ResponseReturnValue:
     """The task page's form: resume the task now."""
     current_bridge().monitor.resume(task_name)
     return redirect(url_for("pages.task_page", task_name=task_name), 303)
 
 
 @bp.get("/runbooks")
-def runbooks():
+def runbooks() -> ResponseReturnValue:
     """The runbooks: ``docs/runbooks.md`` as a page, each alert's section at ``#<alert in lower case>``."""
     return render_template("pages/runbooks.html", body=_runbooks_html(), now=current_bridge().monitor.clock(),
                            refresh=None)
@@ -317,7 +318,7 @@ def _runbooks_html() -> Markup:
 
 
 @bp.get("/executions/<path:execution_id>")
-def execution_page(execution_id: str):
+def execution_page(execution_id: str) -> ResponseReturnValue:
     """One execution: facts, progress, status timeline, stages, outcome, result data, trace."""
     bridge = current_bridge()
     canonical = normalise_id(execution_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, request
+from flask.typing import ResponseReturnValue
 
 from ..core import inputs, jsoncodec
 from ..core.errors import (
@@ -128,7 +129,7 @@ def _body(limit: int) -> bytes:
 
 
 @bp.route("/ping/<path:path>", methods=["GET", "HEAD", "POST"])
-def ping(path: str):
+def ping(path: str) -> ResponseReturnValue:
     """Record a ping as a run of its task: a start, a success, a failure, or a log line."""
     bridge = current_bridge()
     ping = _parse_path(path)

@@ -21,6 +21,7 @@ from typing import Any
 
 import brotli
 from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed
 
 from ..core import inputs
@@ -105,7 +106,7 @@ def _body(limit: int) -> bytes:
     return body
 
 
-def _items(body: bytes) -> tuple[dict, list[tuple[Any, bytes]]]:
+def _items(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]]:
     """Return an envelope's header and its items as (type, payload). Raises :class:`InvalidJSON`."""
     header_line, _, rest = body.partition(b"\n")
     header = _json_object(header_line, "envelope header")
@@ -131,7 +132,7 @@ def _items(body: bytes) -> tuple[dict, list[tuple[Any, bytes]]]:
     return header, items
 
 
-def _json_object(data: bytes, what: str) -> dict:
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
     """Return the JSON object in ``data``, read as every JSON body is (depth and number limits included)."""
     try:
         value = parse_json(data)
@@ -142,7 +143,7 @@ def _json_object(data: bytes, what: str) -> dict:
     return value
 
 
-def _minutes(config: dict, name: str, low: float, high: float) -> float | None:
+def _minutes(config: dict[str, Any], name: str, low: float, high: float) -> float | None:
     """Return a ``monitor_config`` field given in minutes, as seconds."""
     value = inputs.number(config.get(name), f"monitor_config.{name}", low / 60, high / 60)
     return value * 60 if value is not None else None
@@ -207,7 +208,7 @@ def _check_in(payload: Any) -> tuple[RunReport, TaskDeclaration | None]:
 
 
 @bp.post("/api/<int:project_id>/envelope/")
-def envelope(project_id: int):
+def envelope(project_id: int) -> ResponseReturnValue:
     """Take an envelope: apply its check-ins, whole or not at all; drop every other item."""
     bridge = current_bridge()
     bridge.authorizer.sentry(_key(), str(project_id))
@@ -222,7 +223,7 @@ def envelope(project_id: int):
 
 
 @bp.route("/api/<int:project_id>/cron/<monitor_slug>/<key>/", methods=["GET", "POST"])
-def cron(project_id: int, monitor_slug: str, key: str):
+def cron(project_id: int, monitor_slug: str, key: str) -> ResponseReturnValue:
     """A check-in by plain HTTP: the status (and check_in_id) in the query, a JSON body with a
     ``monitor_config`` allowed. Answers 202 with the check-in's id, to close it with."""
     if request.method == "HEAD":  # a probe of the URL is no check-in

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed
 
 from ..core import inputs
@@ -12,7 +13,7 @@ from ..core.declarations import TaskDeclaration, parse_declaration
 from ..core.errors import BridgeError, Conflict, Forbidden, InvalidInput, NotFound
 from ..core.tasks import Task, effective_declaration, is_paused, status_at
 from .errors import refusals
-from .extension import current_bridge
+from .extension import Bridge, current_bridge
 from .ingest import json_body
 
 __all__ = ["bp", "task_json"]
@@ -65,7 +66,7 @@ def _action_methods() -> None:
 
 
 @bp.get("")
-def list_tasks():
+def list_tasks() -> ResponseReturnValue:
     """List every task the bridge knows, declared or seen running, by name."""
     bridge = current_bridge()
     bridge.authorizer.read(request.headers.get("Authorization"))
@@ -74,7 +75,7 @@ def list_tasks():
 
 
 @bp.get("/<path:name>")
-def get_task(name: str):
+def get_task(name: str) -> ResponseReturnValue:
     """Return one task; 404 when the bridge knows no task of that name."""
     bridge = current_bridge()
     bridge.authorizer.read(request.headers.get("Authorization"))
@@ -84,7 +85,7 @@ def get_task(name: str):
     return jsonify(task_json(task, bridge.monitor.clock()))
 
 
-def _declare(name: str, withdraw: bool = False):
+def _declare(name: str, withdraw: bool = False) -> ResponseReturnValue:
     """Declare task ``name`` from the request's JSON body, or withdraw the API's declaration."""
     bridge = current_bridge()
     _fleet(bridge)
@@ -105,7 +106,7 @@ MAX_PAUSE_SECONDS = 366 * 86_400.0
 
 
 @bp.post("/<path:name>/pause")
-def pause_task(name: str):
+def pause_task(name: str) -> ResponseReturnValue:
     """Pause task ``name``: nothing is expected of it and nothing alerts. An optional JSON body
     ``{"seconds": N}`` or ``{"until": <unix seconds>}`` ends the pause by itself; without one
     it lasts until ``/resume`` or the task's next run."""
@@ -126,7 +127,7 @@ def pause_task(name: str):
 
 
 @bp.post("/<path:name>/resume")
-def resume_task(name: str):
+def resume_task(name: str) -> ResponseReturnValue:
     """Resume task ``name`` now; its runs are expected again from its next slot."""
     bridge = current_bridge()
     _fleet(bridge)
@@ -134,19 +135,19 @@ def resume_task(name: str):
     return jsonify(task_json(task, bridge.monitor.clock()))
 
 
-def _fleet(bridge) -> None:
+def _fleet(bridge: Bridge) -> None:
     """Raise unless the request's token may act on tasks: a fleet token, not an execution's."""
     if not bridge.authorizer.ingest(request.headers.get("Authorization")).any_execution:
         raise Forbidden("acting on tasks needs a fleet token, not an execution's", "Authorization")
 
 
 @bp.put("/<path:name>")
-def put_task(name: str):
+def put_task(name: str) -> ResponseReturnValue:
     """Declare task ``name`` (a JSON object of the declaration's fields); idempotent."""
     return _declare(name)
 
 
 @bp.delete("/<path:name>")
-def delete_task(name: str):
+def delete_task(name: str) -> ResponseReturnValue:
     """Withdraw the API's declaration of task ``name``; it stays known from its runs."""
     return _declare(name, withdraw=True)

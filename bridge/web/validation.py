@@ -73,21 +73,21 @@ def _parse_exactly(body: bytes) -> Any:
         raise InvalidJSON(f"body is not valid JSON: {exc}", "body") from None
 
 
-def _object(body: Any) -> dict:
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object", "body")
     return body
 
 
-def _text(body: dict, name: str, limit: int = inputs.MAX_TEXT) -> str | None:
+def _text(body: dict[str, Any], name: str, limit: int = inputs.MAX_TEXT) -> str | None:
     return inputs.text(body.get(name), name, limit)
 
 
-def _number(body: dict, name: str, low: float, high: float) -> float | None:
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
     return inputs.number(body.get(name), name, low, high)
 
 
-def _exit_code(body: dict) -> int | None:
+def _exit_code(body: dict[str, Any]) -> int | None:
     return inputs.integer(body.get("exit_code"), "exit_code", -2**31, 2**31 - 1)
 
 
