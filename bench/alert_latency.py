@@ -47,8 +47,14 @@ from bridge.server.demo import alertmanager_config, prometheus_config
 ROOT = Path(__file__).resolve().parent.parent
 NEEDED = ("prometheus", "prometheus-alertmanager")
 #: The contract's goals, in seconds from the event to the first notification.
-GOALS = {"failed completion": 30, "second failure of a task": 60, "docker kill": 30, "OOM kill": 30,
-         "silent execution": 30, "missed scheduled run": 30}
+GOALS = {
+    "failed completion": 30,
+    "second failure of a task": 60,
+    "docker kill": 30,
+    "OOM kill": 30,
+    "silent execution": 30,
+    "missed scheduled run": 30,
+}
 STORM_FAILURES = 100
 STORM_SECONDS = 60.0
 #: How long after the last event a run waits for notifications (a group's interval and more).
@@ -123,20 +129,43 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
         env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_BIND=f"127.0.0.1:{port}")
         self.bridge = f"http://127.0.0.1:{port}"
-        self.servers.append(Server([sys.executable, "-m", "bridge.server.cli", "serve"], self.bridge + "/healthz",
-                                   env, work / "bridge.log"))
+        self.servers.append(
+            Server(
+                [sys.executable, "-m", "bridge.server.cli", "serve"], self.bridge + "/healthz", env, work / "bridge.log"
+            )
+        )
         am = f"127.0.0.1:{_free_port()}"
         (work / "alertmanager.yml").write_text(alertmanager_config(self.receiver.url))
-        self.servers.append(Server(["prometheus-alertmanager", f"--config.file={work / 'alertmanager.yml'}",
-                                    f"--storage.path={work / 'am'}", f"--web.listen-address={am}",
-                                    "--cluster.listen-address="], f"http://{am}/-/ready", None,
-                                   work / "alertmanager.log"))
+        self.servers.append(
+            Server(
+                [
+                    "prometheus-alertmanager",
+                    f"--config.file={work / 'alertmanager.yml'}",
+                    f"--storage.path={work / 'am'}",
+                    f"--web.listen-address={am}",
+                    "--cluster.listen-address=",
+                ],
+                f"http://{am}/-/ready",
+                None,
+                work / "alertmanager.log",
+            )
+        )
         (work / "rules.yml").write_text(render())
         prometheus = f"127.0.0.1:{_free_port()}"
         (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{port}", work / "rules.yml", am))
-        self.servers.append(Server(["prometheus", f"--config.file={work / 'prometheus.yml'}",
-                                    f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address={prometheus}"],
-                                   f"http://{prometheus}/-/ready", None, work / "prometheus.log"))
+        self.servers.append(
+            Server(
+                [
+                    "prometheus",
+                    f"--config.file={work / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={work / 'tsdb'}",
+                    f"--web.listen-address={prometheus}",
+                ],
+                f"http://{prometheus}/-/ready",
+                None,
+                work / "prometheus.log",
+            )
+        )
         self.prometheus = f"http://{prometheus}"
         self.engine = self.docker = None
         if docker:
@@ -158,8 +187,14 @@ class Stack:
         self.docker = self.engine.client()
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         agent_log = self.work / "agent.log"
-        self.servers.append(Server([sys.executable, "-m", "bridge.agent", "--bridge-url", self.bridge,
-                                    "--docker-host", self.engine.host], self.bridge + "/healthz", env, agent_log))
+        self.servers.append(
+            Server(
+                [sys.executable, "-m", "bridge.agent", "--bridge-url", self.bridge, "--docker-host", self.engine.host],
+                self.bridge + "/healthz",
+                env,
+                agent_log,
+            )
+        )
         deadline = time.monotonic() + 30
         while b"following the engine's events" not in agent_log.read_bytes():
             if time.monotonic() > deadline:
@@ -202,8 +237,10 @@ class Stack:
         execution_id = str(uuid.uuid4())
         self.post("/api/v1/monitoring/heartbeat", {"execution_id": execution_id, "task_name": task})
         sent = time.time()
-        self.post("/api/v1/monitoring/completion", {"execution_id": execution_id, "success": False,
-                                                    "error_message": "the source answered 500"})
+        self.post(
+            "/api/v1/monitoring/completion",
+            {"execution_id": execution_id, "success": False, "error_message": "the source answered 500"},
+        )
         return execution_id, sent, self.execution(execution_id)["ended_at"]
 
     # -- Prometheus -----------------------------------------------------------------------
@@ -212,18 +249,19 @@ class Stack:
         """Return when Prometheus first saw the alert with ``labels`` active (``activeAt``), or None."""
         answer = requests.get(self.prometheus + "/api/v1/alerts", timeout=10).json()
         for alert in answer["data"]["alerts"]:
-            if all(alert["labels"].get(name) == labels.get(name) for name in ("alertname", "task_name",
-                                                                               "execution_id")):
+            if all(
+                alert["labels"].get(name) == labels.get(name) for name in ("alertname", "task_name", "execution_id")
+            ):
                 return _parse_time(alert["activeAt"])
         return None
 
     def first_sample(self, selector: str, value: str = "1") -> float | None:
         """Return the time of the first sample of ``selector`` equal to ``value`` (a range read
         of the raw samples), or None."""
-        answer = requests.get(self.prometheus + "/api/v1/query", params={"query": f"{selector}[30m]"},
-                              timeout=10).json()
-        times = [float(ts) for series in answer["data"]["result"] for ts, sample in series["values"]
-                 if sample == value]
+        answer = requests.get(
+            self.prometheus + "/api/v1/query", params={"query": f"{selector}[30m]"}, timeout=10
+        ).json()
+        times = [float(ts) for series in answer["data"]["result"] for ts, sample in series["values"] if sample == value]
         return min(times) if times else None
 
 
@@ -233,7 +271,7 @@ def _parse_time(text: str) -> float:
     if "." in text:
         head, _, rest = text.partition(".")
         digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits):]
+        zone = rest[len(digits) :]
         text = f"{head}.{digits[:6]}{zone}"
     return datetime.fromisoformat(text).timestamp()
 
@@ -255,8 +293,13 @@ def _failed(stack: Stack, run: int) -> list[Event]:
 
 def _docker_kill(stack: Stack, run: int) -> list[Event]:
     event = Event("docker kill", f"lat-killed-{run}", str(uuid.uuid4()))
-    container = stack.docker.containers.run(IMAGE, ["sleep", "600"], name=f"task-{event.execution_id}",
-                                            labels={"heartbeat.task_name": event.task}, detach=True)
+    container = stack.docker.containers.run(
+        IMAGE,
+        ["sleep", "600"],
+        name=f"task-{event.execution_id}",
+        labels={"heartbeat.task_name": event.task},
+        detach=True,
+    )
     stack.wait_execution(event.execution_id, "starting", 30)
     event.happened_at = time.time()
     container.kill()
@@ -267,10 +310,15 @@ def _docker_kill(stack: Stack, run: int) -> list[Event]:
 
 def _oom_kill(stack: Stack, run: int) -> list[Event]:
     event = Event("OOM kill", f"lat-oom-{run}", str(uuid.uuid4()))
-    container = stack.docker.containers.run(IMAGE, ["sh", "-c", 'sleep 2; x=a; while true; do x="$x$x"; done'],
-                                            name=f"task-{event.execution_id}", mem_limit="32m",
-                                            memswap_limit="32m", labels={"heartbeat.task_name": event.task},
-                                            detach=True)
+    container = stack.docker.containers.run(
+        IMAGE,
+        ["sh", "-c", 'sleep 2; x=a; while true; do x="$x$x"; done'],
+        name=f"task-{event.execution_id}",
+        mem_limit="32m",
+        memswap_limit="32m",
+        labels={"heartbeat.task_name": event.task},
+        detach=True,
+    )
     record = stack.wait_execution(event.execution_id, "failed", 120)
     container.reload()
     event.happened_at = _parse_time(container.attrs["State"]["FinishedAt"])
@@ -293,8 +341,9 @@ def _silent(stack: Stack, run: int) -> list[Event]:
 
 def _missed(stack: Stack, run: int) -> list[Event]:
     event = Event("missed scheduled run", f"lat-missed-{run}", alert="TaskRunMissed")
-    response = requests.put(f"{stack.bridge}/api/v1/tasks/{event.task}", timeout=10,
-                            json={"period_seconds": 20, "start_grace_seconds": 10})
+    response = requests.put(
+        f"{stack.bridge}/api/v1/tasks/{event.task}", timeout=10, json={"period_seconds": 20, "start_grace_seconds": 10}
+    )
     event.happened_at = response.json()["next_run_deadline_at"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -332,9 +381,15 @@ def _notifications(stack: Stack, event: Event) -> list[tuple[float, dict]]:
     seen: set[str] = set()
     found: list[tuple[float, dict]] = []
     for arrived, payload in stack.receiver.notifications():
-        new = [alert for alert in payload["alerts"] if alert["status"] == "firing"
-               and alert["fingerprint"] not in seen and event.matches(alert["labels"])
-               and event.happened_at is not None and _parse_time(alert["startsAt"]) >= event.happened_at - 5]
+        new = [
+            alert
+            for alert in payload["alerts"]
+            if alert["status"] == "firing"
+            and alert["fingerprint"] not in seen
+            and event.matches(alert["labels"])
+            and event.happened_at is not None
+            and _parse_time(alert["startsAt"]) >= event.happened_at - 5
+        ]
         seen |= {alert["fingerprint"] for alert in payload["alerts"]}
         if new:
             found.append((arrived, new[0]))
@@ -361,15 +416,27 @@ def _measure(stack: Stack, event: Event, run: int) -> Measured:
         scraped = stack.first_sample(f'task_status{{task_name="{event.task}", status="missed"}}')
     else:
         status = {"TaskExecutionLost": "lost"}.get(labels["alertname"], "failed")
-        scraped = stack.first_sample(f'task_execution_status{{execution_id="{labels.get("execution_id")}", '
-                                     f'status="{status}"}}')
+        scraped = stack.first_sample(
+            f'task_execution_status{{execution_id="{labels.get("execution_id")}", status="{status}"}}'
+        )
     fired = _parse_time(alert["startsAt"])  # Prometheus sends the time the alert fired
     active = stack.active_at(labels)
     changed = event.changed_at
-    parts = {"detection": _gap(event.happened_at, changed), "scrape": _gap(changed, scraped),
-             "evaluation": _gap(scraped, active), "for": _gap(active, fired), "grouping": _gap(fired, arrived)}
-    return Measured(event.name, run, arrived - event.happened_at, len(notified), parts,
-                    labels["alertname"] + (f"; {event.note}" if event.note else ""))
+    parts = {
+        "detection": _gap(event.happened_at, changed),
+        "scrape": _gap(changed, scraped),
+        "evaluation": _gap(scraped, active),
+        "for": _gap(active, fired),
+        "grouping": _gap(fired, arrived),
+    }
+    return Measured(
+        event.name,
+        run,
+        arrived - event.happened_at,
+        len(notified),
+        parts,
+        labels["alertname"] + (f"; {event.note}" if event.note else ""),
+    )
 
 
 def _gap(start: float | None, end: float | None) -> float | None:
@@ -379,8 +446,12 @@ def _gap(start: float | None, end: float | None) -> float | None:
 def one_run(stack: Stack, run: int, events: set[str], settle: float = SETTLE_SECONDS) -> list[Measured]:
     """Make every event of one run at once; return what each measured."""
     by_event: dict[str, list[Callable[[Stack, int], list[Event]]]] = {
-        "failed": [_failed], "docker": [_docker_kill, _oom_kill] if stack.docker is not None else [],
-        "silent": [_silent], "missed": [_missed], "storm": [_storm]}
+        "failed": [_failed],
+        "docker": [_docker_kill, _oom_kill] if stack.docker is not None else [],
+        "silent": [_silent],
+        "missed": [_missed],
+        "storm": [_storm],
+    }
     scenarios = [scenario for name, played in by_event.items() if name in events for scenario in played]
     results: list[list[Event]] = []
     errors: list[str] = []
@@ -412,9 +483,14 @@ def scrape_cost(work: Path) -> dict[str, float]:
     server = Server([sys.executable, "-m", "bridge.server.cli", "serve"], url + "/healthz", env, work / "cost.log")
     try:
         for first in range(0, SCRAPE_COST_EXECUTIONS, 1000):
-            requests.post(url + "/api/v1/monitoring/heartbeats", timeout=60, json=[
-                {"execution_id": f"live-{n}", "task_name": f"task-{n % 50}", "progress": {"percentage": n % 100}}
-                for n in range(first, first + 1000)]).raise_for_status()
+            requests.post(
+                url + "/api/v1/monitoring/heartbeats",
+                timeout=60,
+                json=[
+                    {"execution_id": f"live-{n}", "task_name": f"task-{n % 50}", "progress": {"percentage": n % 100}}
+                    for n in range(first, first + 1000)
+                ],
+            ).raise_for_status()
         requests.get(url + "/metrics", timeout=60)  # warm
         scrapes = 20
         cpu_before, started = _cpu_seconds(server), time.perf_counter()
@@ -446,15 +522,24 @@ def _seconds(value: float | None) -> str:
 
 
 def report(measured: list[Measured], cost: dict[str, float] | None) -> str:
-    lines = ["| event | run | first notification (s) | notifications | detection | scrape | evaluation | for "
-             "| grouping | alert |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| event | run | first notification (s) | notifications | detection | scrape | evaluation | for "
+        "| grouping | alert |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in sorted(measured, key=lambda m: (list(GOALS).index(m.event) if m.event in GOALS else 99, m.run)):
-        lines.append(f"| {m.event} | {m.run} | {_seconds(m.first)} | {m.count} | "
-                     + " | ".join(_seconds(m.parts.get(part)) for part in
-                                  ("detection", "scrape", "evaluation", "for", "grouping"))
-                     + f" | {m.note} |")
-    lines += ["", "| event | goal (s) | worst (s) | median (s) | one notification each | met |",
-              "| --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {m.event} | {m.run} | {_seconds(m.first)} | {m.count} | "
+            + " | ".join(
+                _seconds(m.parts.get(part)) for part in ("detection", "scrape", "evaluation", "for", "grouping")
+            )
+            + f" | {m.note} |"
+        )
+    lines += [
+        "",
+        "| event | goal (s) | worst (s) | median (s) | one notification each | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, goal in GOALS.items():
         firsts = [m.first for m in measured if m.event == name]
         if not firsts:
@@ -463,32 +548,52 @@ def report(measured: list[Measured], cost: dict[str, float] | None) -> str:
         worst = max(known) if len(known) == len(firsts) else None
         single = all(m.count == 1 for m in measured if m.event == name)
         met = worst is not None and worst <= goal and single
-        lines.append(f"| {name} | {goal} | {_seconds(worst)} | {_seconds(statistics.median(known) if known else None)}"
-                     f" | {'yes' if single else 'no'} | {'yes' if met else 'NO'} |")
+        lines.append(
+            f"| {name} | {goal} | {_seconds(worst)} | {_seconds(statistics.median(known) if known else None)}"
+            f" | {'yes' if single else 'no'} | {'yes' if met else 'NO'} |"
+        )
     storms = [m for m in measured if m.event.startswith("storm")]
     if storms:
-        lines += ["", f"A storm of {STORM_FAILURES} failures of one task in {STORM_SECONDS:.0f} s made "
-                  + ", ".join(f"{m.count} notifications (run {m.run})" for m in storms) + "."]
+        lines += [
+            "",
+            f"A storm of {STORM_FAILURES} failures of one task in {STORM_SECONDS:.0f} s made "
+            + ", ".join(f"{m.count} notifications (run {m.run})" for m in storms)
+            + ".",
+        ]
     if cost:
-        lines += ["", f"A scrape of {SCRAPE_COST_EXECUTIONS:,} executions costs the bridge {cost['cpu_ms']:.0f} ms "
-                  f"of CPU ({cost['wall_ms']:.0f} ms to answer): every 5 s that is {cost['cpu_ms'] / 50:.1f}% of one "
-                  f"core, every 15 s {cost['cpu_ms'] / 150:.1f}%."]
+        lines += [
+            "",
+            f"A scrape of {SCRAPE_COST_EXECUTIONS:,} executions costs the bridge {cost['cpu_ms']:.0f} ms "
+            f"of CPU ({cost['wall_ms']:.0f} ms to answer): every 5 s that is {cost['cpu_ms'] / 50:.1f}% of one "
+            f"core, every 15 s {cost['cpu_ms'] / 150:.1f}%.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alert-latency", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs of every event (default 2)")
-    parser.add_argument("--events", default="failed,docker,silent,missed,storm",
-                        help="which events, comma-separated (default: failed,docker,silent,missed,storm)")
-    parser.add_argument("--no-scrape-cost", action="store_true",
-                        help="leave out the CPU cost of a scrape of 10,000 executions")
-    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
-                        help=f"seconds a run waits for notifications after its last event (default {SETTLE_SECONDS:g}: "
-                             "a storm's last group interval and more)")
+    parser.add_argument(
+        "--events",
+        default="failed,docker,silent,missed,storm",
+        help="which events, comma-separated (default: failed,docker,silent,missed,storm)",
+    )
+    parser.add_argument(
+        "--no-scrape-cost", action="store_true", help="leave out the CPU cost of a scrape of 10,000 executions"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_SECONDS,
+        help=f"seconds a run waits for notifications after its last event (default {SETTLE_SECONDS:g}: "
+        "a storm's last group interval and more)",
+    )
     args = parser.parse_args(argv)
-    missing = [name for name in NEEDED if not any((Path(p) / name).exists()
-                                                  for p in os.environ.get("PATH", "").split(os.pathsep))]
+    missing = [
+        name
+        for name in NEEDED
+        if not any((Path(p) / name).exists() for p in os.environ.get("PATH", "").split(os.pathsep))
+    ]
     if missing:
         print(f"alert-latency: needs {', '.join(missing)} (Debian packages; see README)", file=sys.stderr)
         return 2
@@ -501,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.stop()
         cost = None if args.no_scrape_cost else scrape_cost(work)
-    print(f"Time to a human: {args.runs} runs, the bridge on its defaults, deploy/prometheus.yml, "
-          "heartbeat-bridge rules, alerts/alertmanager.yml\n")
+    print(
+        f"Time to a human: {args.runs} runs, the bridge on its defaults, deploy/prometheus.yml, "
+        "heartbeat-bridge rules, alerts/alertmanager.yml\n"
+    )
     print(report(measured, cost))
     return 0
 

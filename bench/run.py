@@ -58,8 +58,9 @@ class Server:
     def __init__(self, argv: list[str], ready: str, env: dict | None = None, log: Path | None = None):
         self.ready = ready
         out = open(log, "ab") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -112,29 +113,60 @@ class Server:
 def _bridge(store_url: str, work: Path, name: str, **extra: str) -> tuple[Server, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
-    env.update(BRIDGE_STORE_URL=store_url, BRIDGE_WORKERS=str(WORKERS), BRIDGE_LOG_LEVEL="WARNING",
-               BRIDGE_MAX_EXECUTIONS="200000", BRIDGE_BIND=f"127.0.0.1:{port}", GUNICORN_CMD_ARGS=GUNICORN_ARGS,
-               **extra)
-    server = Server([sys.executable, "-m", "bridge.server.cli", "serve"], f"http://127.0.0.1:{port}/healthz",
-                    env, work / f"{name}.log")
+    env.update(
+        BRIDGE_STORE_URL=store_url,
+        BRIDGE_WORKERS=str(WORKERS),
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_MAX_EXECUTIONS="200000",
+        BRIDGE_BIND=f"127.0.0.1:{port}",
+        GUNICORN_CMD_ARGS=GUNICORN_ARGS,
+        **extra,
+    )
+    server = Server(
+        [sys.executable, "-m", "bridge.server.cli", "serve"],
+        f"http://127.0.0.1:{port}/healthz",
+        env,
+        work / f"{name}.log",
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
 def _bare(work: Path) -> tuple[Server, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(BRIDGE_WORKERS=str(WORKERS), BRIDGE_BIND=f"127.0.0.1:{port}", BRIDGE_LOG_LEVEL="WARNING",
-               BRIDGE_STORE_URL=f"sqlite:///{work / 'unused.db'}", GUNICORN_CMD_ARGS=GUNICORN_ARGS)
-    server = Server([sys.executable, "-m", "gunicorn", "--config", "python:bridge.server.gunicorn_conf",
-                     "bench.bare_app:create_app()"], f"http://127.0.0.1:{port}/", env, work / "bare.log")
+    env.update(
+        BRIDGE_WORKERS=str(WORKERS),
+        BRIDGE_BIND=f"127.0.0.1:{port}",
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_STORE_URL=f"sqlite:///{work / 'unused.db'}",
+        GUNICORN_CMD_ARGS=GUNICORN_ARGS,
+    )
+    server = Server(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:bridge.server.gunicorn_conf",
+            "bench.bare_app:create_app()",
+        ],
+        f"http://127.0.0.1:{port}/",
+        env,
+        work / "bare.log",
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
 def _tasks_file(work: Path) -> Path:
     """Write a tasks file declaring DECLARED_TASKS tasks, ``bench-0`` and on, each hourly."""
     path = work / "tasks.yml"
-    path.write_text("tasks:\n" + "".join(f"  - name: bench-{n}\n    period_seconds: 3600\n"
-                                          f"    labels: {{team: team-{n % 10}}}\n" for n in range(DECLARED_TASKS)))
+    path.write_text(
+        "tasks:\n"
+        + "".join(
+            f"  - name: bench-{n}\n    period_seconds: 3600\n    labels: {{team: team-{n % 10}}}\n"
+            for n in range(DECLARED_TASKS)
+        )
+    )
     return path
 
 
@@ -142,9 +174,12 @@ def _declare_tasks(url: str) -> None:
     """Declare DECLARED_TASKS tasks through the API."""
     _say(f"bridge: declaring {DECLARED_TASKS} tasks")
     for n in range(DECLARED_TASKS):
-        request = urllib.request.Request(f"{url}/api/v1/tasks/bench-{n}", method="PUT",
-                                         data=json.dumps({"period_seconds": 3600}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}/api/v1/tasks/bench-{n}",
+            method="PUT",
+            data=json.dumps({"period_seconds": 3600}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=30).close()
 
 
@@ -159,10 +194,13 @@ def _wrk(url: str, script: str, seconds: float, **env: str) -> float:
     """Return requests per second after a short unmeasured warm-up; raises if any answer was not 2xx."""
     _say(f"wrk {script} {url} {env or ''}")
     for length in (WARMUP_SECONDS, seconds):
-        result = subprocess.run(["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{length:g}s", "-s",
-                                 str(BENCH / script), url], capture_output=True, text=True,
-                                env={**os.environ, "THREADS": str(WRK_THREADS), **env},
-                                timeout=length + 60)
+        result = subprocess.run(
+            ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{length:g}s", "-s", str(BENCH / script), url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "THREADS": str(WRK_THREADS), **env},
+            timeout=length + 60,
+        )
     rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
     if rate is None or errors:
@@ -174,11 +212,21 @@ def _populate_bridge(url: str, target: int, start: int) -> None:
     """Add executions until ``target`` are tracked (ids from ``start``)."""
     _say(f"bridge: {start:,} -> {target:,} live executions")
     for first in range(start, target, 1000):
-        body = json.dumps([{"execution_id": f"live-{n}", "status": "running", "task_name": f"bench-{n % 10}",
-                            "container_id": f"task-live-{n}", "progress": {"percentage": n % 100}}
-                           for n in range(first, min(first + 1000, target))]).encode()
-        request = urllib.request.Request(url + "/api/v1/monitoring/heartbeats", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            [
+                {
+                    "execution_id": f"live-{n}",
+                    "status": "running",
+                    "task_name": f"bench-{n % 10}",
+                    "container_id": f"task-live-{n}",
+                    "progress": {"percentage": n % 100},
+                }
+                for n in range(first, min(first + 1000, target))
+            ]
+        ).encode()
+        request = urllib.request.Request(
+            url + "/api/v1/monitoring/heartbeats", data=body, headers={"Content-Type": "application/json"}
+        )
         urllib.request.urlopen(request, timeout=60).close()
 
 
@@ -189,8 +237,11 @@ def _populate_pushgateway(address: str, start: int, target: int) -> None:
     def push(ids: range) -> None:
         connection = HTTPConnection(host, int(port), timeout=30)
         for n in ids:
-            body = (f"task_heartbeat_last_timestamp_seconds 1700000000\ntask_heartbeat_interval_seconds 30\n"
-                    f"task_progress_ratio {n % 100 / 100}\n" 'task_execution_status{status="running"} 1\n')
+            body = (
+                f"task_heartbeat_last_timestamp_seconds 1700000000\ntask_heartbeat_interval_seconds 30\n"
+                f"task_progress_ratio {n % 100 / 100}\n"
+                'task_execution_status{status="running"} 1\n'
+            )
             connection.request("PUT", f"/metrics/job/heartbeat/execution_id/live-{n}", body)
             connection.getresponse().read()
         connection.close()
@@ -218,14 +269,20 @@ def _growth(curve: list[tuple[int, float, int, float, float]]) -> list[tuple[str
     for low, high in ((1_000, 10_000), (10_000, 100_000)):
         if low in by_count and high in by_count:
             a, b = by_count[low], by_count[high]
-            rows.append((f"8. growth from {low:,} to {high:,} executions",
-                         f"scrape x{b[1] / a[1]:.1f}, size x{b[2] / a[2]:.1f}",
-                         f"memory above idle x{b[3] / max(a[3], 0.1):.1f}", f"ingest x{b[4] / a[4]:.2f}"))
+            rows.append(
+                (
+                    f"8. growth from {low:,} to {high:,} executions",
+                    f"scrape x{b[1] / a[1]:.1f}, size x{b[2] / a[2]:.1f}",
+                    f"memory above idle x{b[3] / max(a[3], 0.1):.1f}",
+                    f"ingest x{b[4] / a[4]:.2f}",
+                )
+            )
     return rows
 
 
-def _curve(fresh: Server, fresh_url: str, pushgateway: Server, push_address: str, bare_rate: float,
-           seconds: float) -> list[tuple[str, str, str, str]]:
+def _curve(
+    fresh: Server, fresh_url: str, pushgateway: Server, push_address: str, bare_rate: float, seconds: float
+) -> list[tuple[str, str, str, str]]:
     """Return the rows of the curve: scrape, size, memory and ingest at each of SCRAPE_COUNTS,
     on a bridge and a Pushgateway that start empty, and the growth per tenfold."""
     rows, memory, curve = [], [], []
@@ -245,22 +302,41 @@ def _curve(fresh: Server, fresh_url: str, pushgateway: Server, push_address: str
         if count == SCRAPE_COUNTS[1]:  # the same, with tasks declared (and kept for the rest)
             _declare_tasks(fresh_url)
             tasks_ms, tasks_bytes = _scrape(fresh_url + "/metrics")
-            with_tasks = (f"5. /metrics at {count:,} live executions, {DECLARED_TASKS} declared tasks",
-                          f"{tasks_ms:,.0f} ms, {tasks_bytes / 1e6:.1f} MB",
-                          f"without tasks {bridge_ms:,.0f} ms", f"{tasks_ms / bridge_ms:.2f}")
+            with_tasks = (
+                f"5. /metrics at {count:,} live executions, {DECLARED_TASKS} declared tasks",
+                f"{tasks_ms:,.0f} ms, {tasks_bytes / 1e6:.1f} MB",
+                f"without tasks {bridge_ms:,.0f} ms",
+                f"{tasks_ms / bridge_ms:.2f}",
+            )
         _populate_pushgateway(push_address, pushed, count)
         pushed = count
         push_ms, push_bytes = _scrape(f"http://{push_address}/metrics")
-        rows.append((f"5. /metrics at {count:,} live executions", f"{bridge_ms:,.0f} ms, "
-                     f"{bridge_bytes / 1e6:.1f} MB", f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
-                     f"{bridge_ms / push_ms:.2f}"))
+        rows.append(
+            (
+                f"5. /metrics at {count:,} live executions",
+                f"{bridge_ms:,.0f} ms, {bridge_bytes / 1e6:.1f} MB",
+                f"Pushgateway {push_ms:,.0f} ms, {push_bytes / 1e6:.1f} MB",
+                f"{bridge_ms / push_ms:.2f}",
+            )
+        )
         if with_tasks:
             rows.append(with_tasks)
-        memory.append((f"6. resident memory at {count:,} executions", f"{resident:,.0f} MiB",
-                       f"Pushgateway {pushgateway.rss_mb():,.0f} MiB",
-                       f"{(resident - idle_mb) * 1024 / count:.1f} KiB per execution above idle"))
-        rows.append((f"7. heartbeat ingest at {count:,} live executions", f"{ingest:,.0f} /s",
-                     f"bare Flask {bare_rate:,.0f} /s", f"{ingest / bare_rate:.2f}"))
+        memory.append(
+            (
+                f"6. resident memory at {count:,} executions",
+                f"{resident:,.0f} MiB",
+                f"Pushgateway {pushgateway.rss_mb():,.0f} MiB",
+                f"{(resident - idle_mb) * 1024 / count:.1f} KiB per execution above idle",
+            )
+        )
+        rows.append(
+            (
+                f"7. heartbeat ingest at {count:,} live executions",
+                f"{ingest:,.0f} /s",
+                f"bare Flask {bare_rate:,.0f} /s",
+                f"{ingest / bare_rate:.2f}",
+            )
+        )
         curve.append((count, bridge_ms, bridge_bytes, resident - idle_mb, ingest))
     return rows + memory + _growth(curve)
 
@@ -271,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [tool for tool in NEEDED if shutil.which(tool) is None]
     if missing:
-        print(f"bench: install {' '.join(missing)} (Debian: apt-get install wrk redis-server "
-              "prometheus-pushgateway)", file=sys.stderr)
+        print(
+            f"bench: install {' '.join(missing)} (Debian: apt-get install wrk redis-server prometheus-pushgateway)",
+            file=sys.stderr,
+        )
         return 2
     work = Path(tempfile.mkdtemp(prefix="heartbeat-bench-"))
     rows: list[tuple[str, str, str, str]] = []
@@ -285,13 +363,32 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(bare)
         sqlite, sqlite_url = _bridge(f"sqlite:///{work / 'bench.db'}", work, "bridge-sqlite")
         servers.append(sqlite)
-        tasked, tasked_url = _bridge(f"sqlite:///{work / 'tasks.db'}", work, "bridge-tasks",
-                                     BRIDGE_TASKS_FILE=str(_tasks_file(work)), BRIDGE_MAX_TASK_NAMES="1000",
-                                     BRIDGE_METRIC_LABELS="team")
+        tasked, tasked_url = _bridge(
+            f"sqlite:///{work / 'tasks.db'}",
+            work,
+            "bridge-tasks",
+            BRIDGE_TASKS_FILE=str(_tasks_file(work)),
+            BRIDGE_MAX_TASK_NAMES="1000",
+            BRIDGE_METRIC_LABELS="team",
+        )
         servers.append(tasked)
         redis_port = _free_port()
-        redis = Server(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--dir", str(work)], f"127.0.0.1:{redis_port}")
+        redis = Server(
+            [
+                "redis-server",
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work),
+            ],
+            f"127.0.0.1:{redis_port}",
+        )
         servers.append(redis)
         on_redis, redis_url = _bridge(f"redis://127.0.0.1:{redis_port}/0", work, "bridge-redis")
         servers.append(on_redis)
@@ -307,10 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         bare.stop()
         tasked.stop()
         bare_rate = statistics.median(runs["bare"])
-        for label, name in (("1. heartbeat ingest, SQLite store, 2 workers", "SQLite"),
-                            ("2. heartbeat ingest, Redis store, 2 workers", "Redis"),
-                            (f"1. heartbeat ingest, SQLite store, 2 workers, {DECLARED_TASKS} declared tasks",
-                             "tasks")):
+        for label, name in (
+            ("1. heartbeat ingest, SQLite store, 2 workers", "SQLite"),
+            ("2. heartbeat ingest, Redis store, 2 workers", "Redis"),
+            (f"1. heartbeat ingest, SQLite store, 2 workers, {DECLARED_TASKS} declared tasks", "tasks"),
+        ):
             rate = statistics.median(runs[name])
             rows.append((label, f"{rate:,.0f} /s", f"bare Flask {bare_rate:,.0f} /s", f"{rate / bare_rate:.2f}"))
 
@@ -319,35 +417,72 @@ def main(argv: list[str] | None = None) -> int:
         # would race, and one of them be decided again.
         batch_executions = 2 * CONNECTIONS * BATCH
         # at least 3 s: a batch of 500 takes a while, and a shorter run may complete none
-        batch_rate = _wrk(sqlite_url, "batch.lua", max(args.seconds, 3), BATCH=str(BATCH),
-                          EXECUTIONS=str(batch_executions)) * BATCH
-        rows.append(("4. batch ingest, SQLite store", f"{batch_rate:,.0f} heartbeats/s",
-                     f"{BATCH} per request, {batch_executions:,} executions", ""))
+        batch_rate = (
+            _wrk(sqlite_url, "batch.lua", max(args.seconds, 3), BATCH=str(BATCH), EXECUTIONS=str(batch_executions))
+            * BATCH
+        )
+        rows.append(
+            (
+                "4. batch ingest, SQLite store",
+                f"{batch_rate:,.0f} heartbeats/s",
+                f"{BATCH} per request, {batch_executions:,} executions",
+                "",
+            )
+        )
 
         # The Pushgateway's default consistency check serialises pushes (about 150 ms each
         # here): measure that once, then compare against its fast configuration.
         push_address = f"127.0.0.1:{_free_port()}"
-        checked = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
-                          "--persistence.file="], f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        checked = Server(
+            ["prometheus-pushgateway", f"--web.listen-address={push_address}", "--persistence.file="],
+            f"http://{push_address}/-/ready",
+            log=work / "pushgateway.log",
+        )
         push_rate = _wrk(f"http://{push_address}", "push.lua", min(args.seconds, 5), EXECUTIONS="1000")
-        rows.append(("3. Pushgateway push, default settings", f"{push_rate:,.1f} /s",
-                     f"bare Flask {bare_rate:,.0f} /s", f"{push_rate / bare_rate:.4f}"))
+        rows.append(
+            (
+                "3. Pushgateway push, default settings",
+                f"{push_rate:,.1f} /s",
+                f"bare Flask {bare_rate:,.0f} /s",
+                f"{push_rate / bare_rate:.4f}",
+            )
+        )
         checked.stop()
-        pushgateway = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
-                              "--persistence.file=", "--push.disable-consistency-check"],
-                             f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        pushgateway = Server(
+            [
+                "prometheus-pushgateway",
+                f"--web.listen-address={push_address}",
+                "--persistence.file=",
+                "--push.disable-consistency-check",
+            ],
+            f"http://{push_address}/-/ready",
+            log=work / "pushgateway.log",
+        )
         servers.append(pushgateway)
         for count in PUSH_COUNTS:
             push_rate = _wrk(f"http://{push_address}", "push.lua", args.seconds, EXECUTIONS=str(count))
-            rows.append((f"3. Pushgateway push, no consistency check, {count:,} executions", f"{push_rate:,.0f} /s",
-                         f"bare Flask {bare_rate:,.0f} /s", f"{push_rate / bare_rate:.2f}"))
+            rows.append(
+                (
+                    f"3. Pushgateway push, no consistency check, {count:,} executions",
+                    f"{push_rate:,.0f} /s",
+                    f"bare Flask {bare_rate:,.0f} /s",
+                    f"{push_rate / bare_rate:.2f}",
+                )
+            )
         pushgateway.stop()  # fresh servers below: only the live executions they are given
 
         _scrape(sqlite_url + "/metrics")
         sqlite.stop()
-        pushgateway = Server(["prometheus-pushgateway", f"--web.listen-address={push_address}",
-                              "--persistence.file=", "--push.disable-consistency-check"],
-                             f"http://{push_address}/-/ready", log=work / "pushgateway.log")
+        pushgateway = Server(
+            [
+                "prometheus-pushgateway",
+                f"--web.listen-address={push_address}",
+                "--persistence.file=",
+                "--push.disable-consistency-check",
+            ],
+            f"http://{push_address}/-/ready",
+            log=work / "pushgateway.log",
+        )
         servers.append(pushgateway)
         fresh, fresh_url = _bridge(f"sqlite:///{work / 'scrape.db'}", work, "bridge-scrape")
         servers.append(fresh)
@@ -357,9 +492,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{CONNECTIONS} for "
-          f"{args.seconds:g} s per run (ingest: the median of {ROUNDS} runs each), {WORKERS} gunicorn "
-          f"workers ({GUNICORN_ARGS})\n")
+    print(
+        f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{CONNECTIONS} for "
+        f"{args.seconds:g} s per run (ingest: the median of {ROUNDS} runs each), {WORKERS} gunicorn "
+        f"workers ({GUNICORN_ARGS})\n"
+    )
     print("| measure | bridge | baseline | ratio |")
     print("| --- | --- | --- | --- |")
     for row in sorted(rows, key=lambda r: int(r[0].split(".")[0])):  # by section, in the order measured

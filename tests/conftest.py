@@ -66,11 +66,21 @@ def monotonic():
 def app(tmp_path, clock, monotonic, settings_overrides, tracer_provider):
     # Reaper rounds here happen only when a test calls monitor.reap(): say so, or the
     # fake clock's jumps between them would read as the bridge's own outages.
-    overrides = {"reaper_interval_seconds": 3600, "store_url": f"sqlite:///{tmp_path / 'bridge.db'}",
-                 **settings_overrides}
+    overrides = {
+        "reaper_interval_seconds": 3600,
+        "store_url": f"sqlite:///{tmp_path / 'bridge.db'}",
+        **settings_overrides,
+    }
     settings = load_settings({}, sqlite_busy_timeout_seconds=0.2, **overrides)
-    app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True,
-                      "TRACER_PROVIDER": tracer_provider, **({"MONOTONIC": monotonic} if monotonic else {})})
+    app = create_app(
+        {
+            "SETTINGS": settings,
+            "CLOCK": clock,
+            "TESTING": True,
+            "TRACER_PROVIDER": tracer_provider,
+            **({"MONOTONIC": monotonic} if monotonic else {}),
+        }
+    )
     yield app
     app.extensions[EXTENSION_KEY].monitor.store.close()
 
@@ -90,8 +100,9 @@ def live_bridge(tmp_path):
     """Start bridges with ``live_bridge(workers=N, env={...})``; all are stopped afterwards."""
     started: list[LiveBridge] = []
 
-    def start(workers: int = 2, env: dict[str, str] | None = None, data_dir=None,
-              port: int | None = None) -> LiveBridge:
+    def start(
+        workers: int = 2, env: dict[str, str] | None = None, data_dir=None, port: int | None = None
+    ) -> LiveBridge:
         bridge = LiveBridge(data_dir or tmp_path, workers, env, port)
         started.append(bridge)
         return bridge.start()

@@ -81,8 +81,11 @@ def free_port() -> int:
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Return ``{(sample name, frozenset(labels.items())): value}`` of Prometheus text."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def total(parsed: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
@@ -94,8 +97,7 @@ def total(parsed: dict[tuple[str, frozenset], float], name: str, **labels: str) 
 class LiveBridge:
     """``heartbeat-bridge serve`` in its own process group, on a free loopback port."""
 
-    def __init__(self, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None,
-                 port: int | None = None):
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None, port: int | None = None):
         self.data_dir = data_dir
         self.workers = workers
         self.extra_env = env or {}
@@ -112,13 +114,21 @@ class LiveBridge:
         """Start the server and return once ``/readyz`` answers 200."""
         self.port = self.fixed_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(BRIDGE_STORE_URL=f"sqlite:///{self.data_dir / 'bridge.db'}",
-                   BRIDGE_WORKERS=str(self.workers), BRIDGE_LOG_LEVEL="WARNING")
+        env.update(
+            BRIDGE_STORE_URL=f"sqlite:///{self.data_dir / 'bridge.db'}",
+            BRIDGE_WORKERS=str(self.workers),
+            BRIDGE_LOG_LEVEL="WARNING",
+        )
         env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -172,17 +182,26 @@ COMPLETION = "/api/v1/monitoring/completion"
 
 def seed_heartbeat(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", **extra) -> dict:
     """Return a heartbeat shaped exactly as the seed's HeartbeatClient sends it, plus ``extra``."""
-    body = {"execution_id": execution_id, "container_id": f"task-{execution_id}",
-            "status": "running", "progress": {}, "timestamp": 1_700_000_000}
+    body = {
+        "execution_id": execution_id,
+        "container_id": f"task-{execution_id}",
+        "status": "running",
+        "progress": {},
+        "timestamp": 1_700_000_000,
+    }
     body.update(extra)
     return body
 
 
-def seed_completion(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", success=True,
-                    **extra) -> dict:
+def seed_completion(execution_id: str = "550e8400-e29b-41d4-a716-446655440000", success=True, **extra) -> dict:
     """Return a completion shaped exactly as the seed's ``send_completion`` sends it."""
-    body = {"execution_id": execution_id, "container_id": f"task-{execution_id}",
-            "success": success, "result_data": {}, "error_message": None}
+    body = {
+        "execution_id": execution_id,
+        "container_id": f"task-{execution_id}",
+        "success": success,
+        "result_data": {},
+        "error_message": None,
+    }
     body.update(extra)
     return body
 
@@ -206,8 +225,7 @@ class LiveProcess:
     def start_until(self, ready) -> LiveProcess:
         """Start the process and return once ``ready()`` is true."""
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -230,9 +248,16 @@ def start_prometheus(workdir: Path, config_text: str) -> tuple[LiveProcess, str]
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "prometheus.yml").write_text(config_text)
     address = f"127.0.0.1:{free_port()}"
-    process = LiveProcess([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                           f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={address}"],
-                          workdir / "prometheus.log", f"http://{address}/-/ready")
+    process = LiveProcess(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={address}",
+        ],
+        workdir / "prometheus.log",
+        f"http://{address}/-/ready",
+    )
     return process.start(), f"http://{address}"
 
 
@@ -242,10 +267,17 @@ def start_alertmanager(workdir: Path, config_text: str) -> tuple[LiveProcess, st
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "alertmanager.yml").write_text(config_text)
     address = f"127.0.0.1:{free_port()}"
-    process = LiveProcess([binary, f"--config.file={workdir / 'alertmanager.yml'}",
-                           f"--storage.path={workdir / 'data'}", f"--web.listen-address={address}",
-                           "--cluster.listen-address="],
-                          workdir / "alertmanager.log", f"http://{address}/-/ready")
+    process = LiveProcess(
+        [
+            binary,
+            f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address={address}",
+            "--cluster.listen-address=",
+        ],
+        workdir / "alertmanager.log",
+        f"http://{address}/-/ready",
+    )
     return process.start(), f"http://{address}"
 
 
@@ -254,6 +286,7 @@ class DockerEngine:
 
     def __init__(self):
         import tempfile
+
         # A short path: a unix socket's path must fit in 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="hbdk", dir="/tmp"))
         self.host = f"unix://{self.root / 'docker.sock'}"
@@ -261,13 +294,26 @@ class DockerEngine:
 
     def start(self) -> DockerEngine:
         import docker
+
         binary = require_binary("dockerd")
         with open(self.root / "dockerd.log", "ab") as log:
             self.process = subprocess.Popen(
-                [binary, "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
-                 f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
-                 f"--pidfile={self.root / 'docker.pid'}", f"-H={self.host}", "--shutdown-timeout=2"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    binary,
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--bridge=none",
+                    "--storage-driver=vfs",
+                    f"--data-root={self.root / 'data'}",
+                    f"--exec-root={self.root / 'exec'}",
+                    f"--pidfile={self.root / 'docker.pid'}",
+                    f"-H={self.host}",
+                    "--shutdown-timeout=2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -285,12 +331,14 @@ class DockerEngine:
 
     def client(self):
         import docker
+
         return docker.DockerClient(base_url=self.host, timeout=60)
 
     def import_busybox(self, tag: str = "busybox:local") -> str:
         """Import an image holding only a static busybox (Debian's busybox-static)."""
         import io
         import tarfile
+
         busybox = require_binary("busybox")
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
@@ -338,9 +386,10 @@ def start_redis(workdir: Path, durable: bool = False) -> tuple[LiveProcess, str]
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
-    process = LiveProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           *persistence, "--dir", str(workdir)],
-                          workdir / "redis.log")
+    process = LiveProcess(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(workdir)],
+        workdir / "redis.log",
+    )
     process.ready = lambda: _redis_answers(port)
     return process.start_until(process.ready), f"redis://127.0.0.1:{port}/0"
 
@@ -373,18 +422,51 @@ class RedisCluster:
             for port, bus_port in zip(self.ports, self.bus_ports):
                 folder = self.workdir / str(port)
                 folder.mkdir(parents=True, exist_ok=True)
-                server = LiveProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--cluster-enabled", "yes",
-                                      "--cluster-port", str(bus_port),
-                                      "--cluster-config-file", str(folder / "nodes.conf"), "--dir", str(folder)],
-                                     folder / "redis.log")
+                server = LiveProcess(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(bus_port),
+                        "--cluster-config-file",
+                        str(folder / "nodes.conf"),
+                        "--dir",
+                        str(folder),
+                    ],
+                    folder / "redis.log",
+                )
                 self.servers.append(server.start_until(lambda port=port: _redis_answers(port)))
-            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
-                            "--cluster-replicas", "0", "--cluster-yes"],
-                           check=True, capture_output=True, timeout=60)
-            wait_for(lambda: all(b"cluster_state:ok" in subprocess.run(
-                [cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=10).stdout
-                for port in self.ports), "the cluster's slots to be served")
+            subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            wait_for(
+                lambda: all(
+                    b"cluster_state:ok"
+                    in subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=10).stdout
+                    for port in self.ports
+                ),
+                "the cluster's slots to be served",
+            )
         except BaseException:
             self.stop()
             raise
@@ -393,6 +475,7 @@ class RedisCluster:
     def flush(self) -> None:
         """Empty every master."""
         import redis
+
         for port in self.ports:
             with redis.Redis(port=port) as node:
                 node.flushall()
@@ -416,3 +499,19 @@ def empty_store(request, kind: str, tmp_path) -> str:
     url = request.getfixturevalue("redis_url")
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+def workers_holding(bridge: LiveBridge, path: Path) -> int:
+    """Return how many of the bridge's workers hold ``path`` open."""
+    master, held = str(bridge.process.pid), 0
+    for entry in os.scandir("/proc"):
+        try:
+            if (
+                not entry.name.isdigit()
+                or open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[1] != master
+            ):
+                continue
+            held += any(os.readlink(fd.path) == str(path) for fd in os.scandir(f"/proc/{entry.name}/fd"))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return held

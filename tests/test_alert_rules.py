@@ -30,8 +30,12 @@ def test_it_passes_promtool_check_rules():
 
 def test_it_passes_the_promtool_rule_unit_tests():
     promtool = require_binary("promtool")
-    result = subprocess.run([promtool, "test", "rules", str(ALERTS / "tests" / "heartbeat-bridge.test.yml")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [promtool, "test", "rules", str(ALERTS / "tests" / "heartbeat-bridge.test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -60,22 +64,30 @@ def test_it_gives_every_alert_the_mixin_fields(rule):
 
 def test_it_ships_an_alertmanager_config_that_amtool_accepts():
     amtool = require_binary("amtool")
-    result = subprocess.run([amtool, "check-config", str(ALERTS / "alertmanager.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [amtool, "check-config", str(ALERTS / "alertmanager.yml")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("labels, receiver", [
-    (["severity=critical", "alertname=TaskExecutionLost"], "critical"),
-    (["severity=warning", "alertname=TaskExecutionFailed"], "warning"),
-    (["alertname=Watchdog"], "default"),
-    (["severity=warning", "alertname=TaskFailing", "label_team=data"], "team-data"),
-    (["severity=critical", "alertname=TaskExecutionLost", "label_team=web"], "team-web"),
-])
+@pytest.mark.parametrize(
+    "labels, receiver",
+    [
+        (["severity=critical", "alertname=TaskExecutionLost"], "critical"),
+        (["severity=warning", "alertname=TaskExecutionFailed"], "warning"),
+        (["alertname=Watchdog"], "default"),
+        (["severity=warning", "alertname=TaskFailing", "label_team=data"], "team-data"),
+        (["severity=critical", "alertname=TaskExecutionLost", "label_team=web"], "team-web"),
+    ],
+)
 def test_it_routes_alerts_by_severity(labels, receiver):
     amtool = require_binary("amtool")
-    result = subprocess.run([amtool, "config", "routes", "test", f"--config.file={ALERTS / 'alertmanager.yml'}",
-                             *labels], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={ALERTS / 'alertmanager.yml'}", *labels],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == receiver
 
 
@@ -93,12 +105,14 @@ def test_it_links_execution_alerts_to_their_status_pages_given_the_external_url(
 
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(render(external_url="https://bridge.example/"))
-    rules = [rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"]
-             if "alert" in rule]
+    rules = [
+        rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"] if "alert" in rule
+    ]
     linked = {rule["alert"] for rule in rules if "status_page" in rule["annotations"]}
     assert linked == {rule["alert"] for rule in rules if "execution_id" in rule["annotations"]["description"]}
-    assert {rule["annotations"]["status_page"] for rule in rules if rule["alert"] in linked} == \
-        {"https://bridge.example/executions/{{ $labels.execution_id }}"}
+    assert {rule["annotations"]["status_page"] for rule in rules if rule["alert"] in linked} == {
+        "https://bridge.example/executions/{{ $labels.execution_id }}"
+    }
     assert not any("status_page" in rule["annotations"] for rule in alert_rules())  # none without the URL
     promtool = require_binary("promtool")
     result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
@@ -123,11 +137,16 @@ def test_it_runs_the_shipped_prometheus_config_with_only_its_addresses_rewritten
 def test_it_evaluates_the_event_alerts_as_often_as_the_bridge_is_scraped():
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"][0]["scrape_interval"]
     groups = {group["name"]: group for group in yaml.safe_load(RULES.read_text())["groups"]}
-    fast = {rule["alert"]: group.get("interval") for group in groups.values() for rule in group["rules"]
-            if rule.get("alert") in ("TaskExecutionFailed", "TaskExecutionLost", "TaskRunMissed")}
+    fast = {
+        rule["alert"]: group.get("interval")
+        for group in groups.values()
+        for rule in group["rules"]
+        if rule.get("alert") in ("TaskExecutionFailed", "TaskExecutionLost", "TaskRunMissed")
+    }
     assert fast == dict.fromkeys(("TaskExecutionFailed", "TaskExecutionLost", "TaskRunMissed"), scrape)
-    assert {rule["alert"]: rule["for"] for group in groups.values() for rule in group["rules"]
-            if rule.get("alert") in fast} == dict.fromkeys(fast, "0s")
+    assert {
+        rule["alert"]: rule["for"] for group in groups.values() for rule in group["rules"] if rule.get("alert") in fast
+    } == dict.fromkeys(fast, "0s")
 
 
 def test_it_takes_slower_timings_for_calm(tmp_path):
@@ -137,6 +156,8 @@ def test_it_takes_slower_timings_for_calm(tmp_path):
     [executions] = [group for group in rules["groups"] if group["name"] == "heartbeat-bridge.executions"]
     assert executions["interval"] == "15s"
     assert {rule["alert"]: rule["for"] for rule in executions["rules"] if "alert" in rule} == {
-        "TaskExecutionLost": "0s", "TaskExecutionFailed": "1m"}
+        "TaskExecutionLost": "0s",
+        "TaskExecutionFailed": "1m",
+    }
     with pytest.raises(RulesError, match="--failed-for"):
         render(timing=Timing(failed_for="soon"))

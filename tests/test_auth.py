@@ -67,8 +67,9 @@ def test_it_refuses_a_wrong_token_with_403_when_execution_tokens_are_on(client):
 
 def test_it_checks_every_item_of_a_batch_against_the_token(client):
     token = execution_token(SECRET, EID)
-    body = client.post("/api/v1/monitoring/heartbeats", json=[seed_heartbeat(EID), seed_heartbeat(OTHER)],
-                       headers=bearer(token)).json
+    body = client.post(
+        "/api/v1/monitoring/heartbeats", json=[seed_heartbeat(EID), seed_heartbeat(OTHER)], headers=bearer(token)
+    ).json
     assert [r.get("code", 200) for r in body["results"]] == [200, 403]
 
 
@@ -87,9 +88,14 @@ def test_it_counts_refused_tokens(client):
 
 
 def test_it_prints_an_execution_token_that_the_bridge_accepts(client):
-    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "token", EID.upper()], cwd=ROOT,
-                            env={"BRIDGE_EXECUTION_TOKEN_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.server.cli", "token", EID.upper()],
+        cwd=ROOT,
+        env={"BRIDGE_EXECUTION_TOKEN_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token == execution_token(SECRET, EID)
@@ -97,6 +103,12 @@ def test_it_prints_an_execution_token_that_the_bridge_accepts(client):
 
 
 def test_it_needs_the_secret_to_print_a_token():
-    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "token", EID], cwd=ROOT,
-                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.server.cli", "token", EID],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "BRIDGE_EXECUTION_TOKEN_SECRET" in result.stderr

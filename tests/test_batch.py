@@ -27,8 +27,15 @@ def test_it_applies_repeats_of_one_execution_in_order(client):
 
 
 def test_it_refuses_bad_items_alone_and_counts_them(client):
-    response = client.post(BATCH, json=[seed_heartbeat("good-1"), {"execution_id": "bad id"},
-                                        seed_heartbeat("good-2", status="nope"), seed_heartbeat("good-3")])
+    response = client.post(
+        BATCH,
+        json=[
+            seed_heartbeat("good-1"),
+            {"execution_id": "bad id"},
+            seed_heartbeat("good-2", status="nope"),
+            seed_heartbeat("good-3"),
+        ],
+    )
     body = response.json
     assert response.status_code == 200 and (body["accepted"], body["rejected"]) == (2, 2)
     assert [r["status"] for r in body["results"]] == ["ok", "error", "error", "ok"]
@@ -42,13 +49,18 @@ def test_it_refuses_bad_items_alone_and_counts_them(client):
 def test_it_refuses_items_beyond_capacity_and_keeps_the_rest(app, client):
     app.extensions["heartbeat_bridge"].monitor.store.max_executions = 2
     client.post(HEARTBEAT, json=seed_heartbeat("old", task_name="t0"))
-    body = client.post(BATCH, json=[seed_heartbeat("new-1", task_name="t1"), seed_heartbeat("old"),
-                                    seed_heartbeat("new-2", task_name="t2")]).json
+    body = client.post(
+        BATCH,
+        json=[seed_heartbeat("new-1", task_name="t1"), seed_heartbeat("old"), seed_heartbeat("new-2", task_name="t2")],
+    ).json
     assert [r.get("code", 200) for r in body["results"]] == [200, 200, 429]
     assert body["results"][2]["field"] == "execution_id"
     assert client.get("/api/v1/executions/new-2").status_code == 404
-    task_names = {labels for (name, labels) in samples(client.get("/metrics").data.decode())
-                  if name == "task_heartbeats_received_total"}
+    task_names = {
+        labels
+        for (name, labels) in samples(client.get("/metrics").data.decode())
+        if name == "task_heartbeats_received_total"
+    }
     assert frozenset({("task_name", "t2")}) not in task_names  # the refused item's name is rolled back
 
 

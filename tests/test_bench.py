@@ -45,11 +45,13 @@ ROWS = [
 def test_it_runs_to_the_end_and_prints_every_row():
     for tool in ("wrk", "redis-server", "prometheus-pushgateway"):
         require_binary(tool)
-    result = subprocess.run([sys.executable, "-m", "bench.run", "--seconds", "1"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--seconds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    table = [[cell.strip() for cell in line.split("|")[1:-1]]
-             for line in result.stdout.splitlines() if line.startswith("| ")]
+    table = [
+        [cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines() if line.startswith("| ")
+    ]
     assert table[0] == ["measure", "bridge", "baseline", "ratio"]
     rows = {cells[0]: cells[1:] for cells in table[2:]}
     assert list(rows) == ROWS
@@ -65,17 +67,36 @@ def test_it_runs_to_the_end_and_prints_every_row():
 def test_it_measures_the_time_to_a_human_and_says_where_it_went():
     for tool in ("prometheus", "prometheus-alertmanager"):
         require_binary(tool)
-    result = subprocess.run([sys.executable, "-m", "bench.alert_latency", "--runs", "1", "--events", "failed",
-                             "--no-scrape-cost", "--settle", "60"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.alert_latency",
+            "--runs",
+            "1",
+            "--events",
+            "failed",
+            "--no-scrape-cost",
+            "--settle",
+            "60",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
-            if line.startswith("| ") and "|" in line[2:]]
+    rows = [
+        [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and "|" in line[2:]
+    ]
     header = rows[0]
     assert header[:4] == ["event", "run", "first notification (s)", "notifications"]
     measured = {cells[0]: dict(zip(header, cells)) for cells in rows[2:] if cells[1] == "1"}
     assert set(measured) == {"failed completion", "second failure of a task"}
     for event, cells in measured.items():
         assert float(cells["first notification (s)"]) > 0 and cells["notifications"] == "1", (event, cells)
-        assert all(re.fullmatch(r"-?\d+\.\d", cells[part]) for part in ("detection", "scrape", "evaluation", "for",
-                                                                     "grouping")), cells
+        assert all(
+            re.fullmatch(r"-?\d+\.\d", cells[part]) for part in ("detection", "scrape", "evaluation", "for", "grouping")
+        ), cells

@@ -33,8 +33,9 @@ def bridge(live_bridge):
 
 def test_it_works_the_way_the_seed_client_is_used(bridge):
     execution_id = str(uuid.uuid4())
-    client = HeartbeatClient(api_base_url=bridge.url, execution_id=execution_id,
-                             container_id=f"task-{execution_id}", heartbeat_interval=1)
+    client = HeartbeatClient(
+        api_base_url=bridge.url, execution_id=execution_id, container_id=f"task-{execution_id}", heartbeat_interval=1
+    )
     client.start()
     client.update_status("running", {"stage": "配置加载完成"})
     for step in range(1, 4):
@@ -55,8 +56,9 @@ def test_it_sends_the_first_heartbeat_at_once_and_another_on_a_status_change(bri
         first = wait_for(lambda: execution(bridge, "prompt-1"), timeout=PROMPTLY)
         assert first["heartbeat_count"] == 1
         client.update_status("failed", {"error": "模拟错误"})
-        changed = wait_for(lambda: (r := execution(bridge, "prompt-1")) and r["reported_status"] == "failed"
-                           and r, timeout=PROMPTLY)
+        changed = wait_for(
+            lambda: (r := execution(bridge, "prompt-1")) and r["reported_status"] == "failed" and r, timeout=PROMPTLY
+        )
         assert changed["progress"] == {"error": "模拟错误"}
         started = time.monotonic()
     assert time.monotonic() - started < PROMPTLY, "stop() waited for the 30 s interval"
@@ -82,8 +84,10 @@ def test_it_completes_successfully_when_its_block_ends_normally_without_a_comple
     with pytest.raises(SystemExit):
         with HeartbeatClient(bridge.url, "quiet-3", "c", heartbeat_interval=30):
             sys.exit(2)
-    assert (execution(bridge, "quiet-3")["status"], execution(bridge, "quiet-3")["error_message"]) == \
-        ("failed", "SystemExit: 2")
+    assert (execution(bridge, "quiet-3")["status"], execution(bridge, "quiet-3")["error_message"]) == (
+        "failed",
+        "SystemExit: 2",
+    )
 
 
 def test_it_keeps_the_completion_its_block_sent(bridge):
@@ -95,13 +99,15 @@ def test_it_keeps_the_completion_its_block_sent(bridge):
 
 def test_it_retries_while_the_bridge_is_down_and_completes_exactly_once(live_bridge, tmp_path):
     port = free_port()
-    client = HeartbeatClient(f"http://127.0.0.1:{port}", "retry-1", "c", heartbeat_interval=1,
-                             completion_deadline=60)
+    client = HeartbeatClient(f"http://127.0.0.1:{port}", "retry-1", "c", heartbeat_interval=1, completion_deadline=60)
     client.start()
     time.sleep(1.5)  # heartbeats fail for a while: nobody listens
     bridge = live_bridge(workers=2, port=port)
-    wait_for(lambda: (r := execution(bridge, "retry-1")) and r["heartbeat_count"] >= 1,
-             "heartbeats once the bridge is up", timeout=PROMPTLY * 3)
+    wait_for(
+        lambda: (r := execution(bridge, "retry-1")) and r["heartbeat_count"] >= 1,
+        "heartbeats once the bridge is up",
+        timeout=PROMPTLY * 3,
+    )
     bridge.stop()
     acknowledged = []
     completer = threading.Thread(target=lambda: acknowledged.append(client.send_completion(True)))
@@ -129,11 +135,14 @@ def test_it_gives_up_on_a_completion_the_bridge_refuses(bridge):
     assert time.monotonic() - started < PROMPTLY, "a 400 was retried"
 
 
-@pytest.mark.parametrize("execution_id, traceparent", [
-    ("550E8400-E29B-41D4-A716-446655440000", None),
-    ("nightly-etl:42", None),
-    ("job-7", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-])
+@pytest.mark.parametrize(
+    "execution_id, traceparent",
+    [
+        ("550E8400-E29B-41D4-A716-446655440000", None),
+        ("nightly-etl:42", None),
+        ("job-7", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ],
+)
 def test_it_knows_the_execution_span_the_bridge_will_emit(execution_id, traceparent):
     canonical = ids.normalise_id(execution_id)
     expected = f"00-{ids.trace_id_for(canonical, traceparent)}-{ids.execution_span_id(canonical)}-01"
@@ -158,8 +167,9 @@ def test_it_sends_a_bearer_token_and_the_traceparent():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        with HeartbeatClient(f"http://127.0.0.1:{server.server_address[1]}", "tok-1", "c",
-                             token="s3cret", traceparent=parent):
+        with HeartbeatClient(
+            f"http://127.0.0.1:{server.server_address[1]}", "tok-1", "c", token="s3cret", traceparent=parent
+        ):
             wait_for(lambda: seen, timeout=PROMPTLY)
         authorization, body = seen[0]
         assert authorization == "Bearer s3cret"

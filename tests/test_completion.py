@@ -19,8 +19,7 @@ def test_it_completes_an_execution_with_the_seed_payload(client, clock):
     result = {"processed_records": 1000, "output_files": ["result.json", "summary.txt"]}
     response = client.post(COMPLETION, json=seed_completion(result_data=result))
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "execution_id": EID, "duplicate": False,
-                             "execution_status": "completed"}
+    assert response.json == {"status": "ok", "execution_id": EID, "duplicate": False, "execution_status": "completed"}
     record = get(client)
     assert (record["status"], record["success"], record["ended_at"]) == ("completed", True, clock.now)
     assert record["result_data"] == result
@@ -34,8 +33,7 @@ def test_it_completes_an_execution_with_the_seed_payload(client, clock):
 
 def test_it_fails_an_execution_with_its_error_and_exit_code(client):
     client.post(HEARTBEAT, json=seed_heartbeat())
-    client.post(COMPLETION, json=seed_completion(success=False, error_message="模拟任务执行错误",
-                                                 exit_code=3))
+    client.post(COMPLETION, json=seed_completion(success=False, error_message="模拟任务执行错误", exit_code=3))
     record = get(client)
     assert (record["status"], record["success"]) == ("failed", False)
     assert (record["error_message"], record["exit_code"]) == ("模拟任务执行错误", 3)
@@ -80,16 +78,19 @@ def test_it_cuts_an_overlong_error_message_instead_of_refusing_it(client):
     assert len(message) == 4096 and message.endswith("…")
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"execution_id": EID}, "success"),
-    ({"execution_id": EID, "success": "true"}, "success"),
-    ({"execution_id": EID, "success": 1}, "success"),
-    ({"success": True}, "execution_id"),
-    ({"execution_id": EID, "success": True, "result_data": "done"}, "result_data"),
-    ({"execution_id": EID, "success": False, "error_message": {"e": 1}}, "error_message"),
-    ({"execution_id": EID, "success": False, "exit_code": "3"}, "exit_code"),
-    ({"execution_id": EID, "success": False, "exit_code": 2 ** 40}, "exit_code"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"execution_id": EID}, "success"),
+        ({"execution_id": EID, "success": "true"}, "success"),
+        ({"execution_id": EID, "success": 1}, "success"),
+        ({"success": True}, "execution_id"),
+        ({"execution_id": EID, "success": True, "result_data": "done"}, "result_data"),
+        ({"execution_id": EID, "success": False, "error_message": {"e": 1}}, "error_message"),
+        ({"execution_id": EID, "success": False, "exit_code": "3"}, "exit_code"),
+        ({"execution_id": EID, "success": False, "exit_code": 2**40}, "exit_code"),
+    ],
+)
 def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     response = client.post(COMPLETION, json=body)
     assert response.status_code == 400
@@ -97,13 +98,17 @@ def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     assert client.get(f"/api/v1/executions/{EID}").status_code == 404
 
 
-@pytest.mark.parametrize("result_data, said", [
-    ({"x": "y" * 20_000}, "more than 16384"),
-    ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}, "nested deeper than 8"),
-])
+@pytest.mark.parametrize(
+    "result_data, said",
+    [
+        ({"x": "y" * 20_000}, "more than 16384"),
+        ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}, "nested deeper than 8"),
+    ],
+)
 def test_it_keeps_a_completion_whose_result_data_is_too_large_and_says_it_dropped_it(client, result_data, said):
-    response = client.post(COMPLETION, json=seed_completion(success=False, result_data=result_data,
-                                                            error_message="boom"))
+    response = client.post(
+        COMPLETION, json=seed_completion(success=False, result_data=result_data, error_message="boom")
+    )
     assert response.status_code == 200
     assert response.json["execution_status"] == "failed"
     [warning] = response.json["warnings"]

@@ -12,8 +12,13 @@ CONTAINER = "f" * 64
 
 
 def report(client, event, execution_id=EID, **extra):
-    body = {"execution_id": execution_id, "event": event, "container_id": CONTAINER,
-            "container_name": f"/task-{execution_id}", "image": "registry.local/crawler:1.4"}
+    body = {
+        "execution_id": execution_id,
+        "event": event,
+        "container_id": CONTAINER,
+        "container_name": f"/task-{execution_id}",
+        "image": "registry.local/crawler:1.4",
+    }
     body.update(extra)
     response = client.post(EVENTS, json=body)
     assert response.status_code == 200, response.json
@@ -36,8 +41,17 @@ def test_it_makes_an_unknown_execution_starting_and_running_on_its_first_heartbe
 def test_it_puts_image_and_container_name_on_the_info_metric(client):
     report(client, "start")
     parsed = samples(client.get("/metrics").data.decode())
-    assert total(parsed, "task_execution_info", execution_id=EID, container_name=f"task-{EID}",
-                 image="registry.local/crawler:1.4", container_id=CONTAINER) == 1
+    assert (
+        total(
+            parsed,
+            "task_execution_info",
+            execution_id=EID,
+            container_name=f"task-{EID}",
+            image="registry.local/crawler:1.4",
+            container_id=CONTAINER,
+        )
+        == 1
+    )
 
 
 def test_it_flags_a_container_that_never_reports_after_the_startup_grace(client, clock, monitor):
@@ -73,8 +87,11 @@ def test_it_says_out_of_memory_for_an_oom_kill(client, how):
     else:
         report(client, "die", exit_code=137, oom_killed=True)
     record = get(client)
-    assert (record["status"], record["error_message"], record["oom_killed"]) == \
-        ("failed", "killed: out of memory", True)
+    assert (record["status"], record["error_message"], record["oom_killed"]) == (
+        "failed",
+        "killed: out of memory",
+        True,
+    )
 
 
 def test_it_completes_an_execution_that_reported_completed_and_exited_0(client):
@@ -98,16 +115,18 @@ def test_it_keeps_the_status_of_a_running_execution_on_a_repeated_start(client):
     assert get(client)["image"] == "registry.local/crawler:1.4"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"event": "start"}, "execution_id"),
-    ({"execution_id": EID, "event": "restart"}, "event"),
-    ({"execution_id": EID, "event": "die", "exit_code": "3"}, "exit_code"),
-    ({"execution_id": EID, "event": "die", "oom_killed": "yes"}, "oom_killed"),
-    ({"execution_id": EID, "event": "start", "image": "a\nb"}, "image"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"event": "start"}, "execution_id"),
+        ({"execution_id": EID, "event": "restart"}, "event"),
+        ({"execution_id": EID, "event": "die", "exit_code": "3"}, "exit_code"),
+        ({"execution_id": EID, "event": "die", "oom_killed": "yes"}, "oom_killed"),
+        ({"execution_id": EID, "event": "start", "image": "a\nb"}, "image"),
+    ],
+)
 def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     response = client.post(EVENTS, json=body)
     assert response.status_code == 400 and response.json["field"] == field
     parsed = samples(client.get("/metrics").data.decode())
-    assert total(parsed, "bridge_requests_rejected_total", endpoint="container_event",
-                 reason="invalid_field") == 1
+    assert total(parsed, "bridge_requests_rejected_total", endpoint="container_event", reason="invalid_field") == 1

@@ -48,8 +48,9 @@ def test_it_gives_grafana_what_a_dashboard_needs(path):
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) for k in "xywh")
         assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= GRID_WIDTH
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                 for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"panel {panel['title']!r} overlaps another"
         occupied |= cells
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -64,8 +65,11 @@ def test_it_gives_grafana_what_a_dashboard_needs(path):
 def test_it_links_execution_rows_to_their_traces_through_a_datasource_variable():
     board = load(ROOT / "dashboards" / "heartbeat-bridge-fleet.json")
     table = next(p for p in board["panels"] if p["title"] == "Executions")
-    links = {o["matcher"]["options"]: o["properties"][0]["value"][0] for o in table["fieldConfig"]["overrides"]
-             if o["properties"][0]["id"] == "links"}
+    links = {
+        o["matcher"]["options"]: o["properties"][0]["value"][0]
+        for o in table["fieldConfig"]["overrides"]
+        if o["properties"][0]["id"] == "links"
+    }
     assert '"datasource":"${tracing}"' in links["trace_id"]["url"] and "${__value.raw}" in links["trace_id"]["url"]
     assert "/d/hb-execution/" in links["execution_id"]["url"]
     for path in DASHBOARDS:  # no trace backend is named by a fixed uid
@@ -84,10 +88,13 @@ def test_it_imports_through_the_ui_and_selects_the_bridge_by_a_job_variable(path
     if "tracing" in variables:
         assert inputs["DS_TEMPO"]["pluginId"] == variables["tracing"]["query"] == "tempo"
     assert variables["job"]["query"]["query"] == "label_values(bridge_build_info, job)"
-    metric = re.compile(r"(?<![\w:])((?:task_(?!name\b)[a-z_]+|bridge_[a-z_]+|up|scrape_[a-z_]+|ALERTS|"
-                        r"task:heartbeat_age_seconds))(?![\w:(])(\{[^}]*\})?")
-    queries = [t["expr"] for p in board["panels"] for t in p["targets"]] + \
-        [v["query"]["query"] for v in variables.values() if isinstance(v.get("query"), dict) and v["name"] != "job"]
+    metric = re.compile(
+        r"(?<![\w:])((?:task_(?!name\b)[a-z_]+|bridge_[a-z_]+|up|scrape_[a-z_]+|ALERTS|"
+        r"task:heartbeat_age_seconds))(?![\w:(])(\{[^}]*\})?"
+    )
+    queries = [t["expr"] for p in board["panels"] for t in p["targets"]] + [
+        v["query"]["query"] for v in variables.values() if isinstance(v.get("query"), dict) and v["name"] != "job"
+    ]
     for expr in queries:
         for name, selector in metric.findall(expr):
             if name not in ("task_type",):  # a label in a by () list
@@ -111,8 +118,9 @@ def test_it_colours_statuses_by_what_they_mean():
                         checked += 1
     assert checked == 3  # the executions tables of Fleet and Tasks, and the Tasks table
     status = panel(load(ROOT / "dashboards" / "heartbeat-bridge-execution.json"), "Status")
-    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
-               for o in status["fieldConfig"]["overrides"]}
+    colours = {
+        o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"] for o in status["fieldConfig"]["overrides"]
+    }
     assert "red" in colours["lost"] and "red" in colours["failed"] and colours["completed"] == "green"
 
 
@@ -141,8 +149,9 @@ def test_it_lists_live_executions_first_and_shows_the_firing_alerts():
 
 
 def test_it_offers_the_executions_of_the_chosen_task():
-    variables = {v["name"]: v for v in load(ROOT / "dashboards" / "heartbeat-bridge-execution.json")
-                 ["templating"]["list"]}
+    variables = {
+        v["name"]: v for v in load(ROOT / "dashboards" / "heartbeat-bridge-execution.json")["templating"]["list"]
+    }
     names = list(variables)
     assert names.index("task_name") < names.index("execution_id")
     assert 'task_name=~"$task_name"' in variables["execution_id"]["query"]["query"]
@@ -152,11 +161,14 @@ def test_it_provisions_the_dashboards_and_both_datasources():
     provisioning = ROOT / "dashboards" / "provisioning"
     providers = yaml.safe_load((provisioning / "dashboards" / "heartbeat-bridge.yml").read_text())["providers"]
     assert providers[0]["type"] == "file" and providers[0]["options"]["path"]
-    sources = {d["uid"]: d for d in yaml.safe_load(
-        (provisioning / "datasources" / "heartbeat-bridge.yml").read_text())["datasources"]}
+    sources = {
+        d["uid"]: d
+        for d in yaml.safe_load((provisioning / "datasources" / "heartbeat-bridge.yml").read_text())["datasources"]
+    }
     assert sources["prometheus"]["type"] == "prometheus"
     assert sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"] == [
-        {"name": "trace_id", "datasourceUid": "tempo"}]
+        {"name": "trace_id", "datasourceUid": "tempo"}
+    ]
     assert sources["tempo"]["type"] == "tempo"
 
 
@@ -166,11 +178,17 @@ def test_it_lists_every_task_from_task_info_with_its_status_last_success_deadlin
     assert variable["query"]["query"] == 'label_values(task_info{job=~"$job"}, task_name)'  # not from executions
     table = next(p for p in board["panels"] if p["title"] == "Tasks: one row each")
     queried = " ".join(t["expr"] for t in table["targets"])
-    for metric in ("task_status", "task_last_success_timestamp_seconds", "task_next_run_deadline_timestamp_seconds",
-                   "task_consecutive_failures", "task_execution_duration_seconds_bucket",
-                   # a failed run below the threshold, and the pause's end: what the status does not say
-                   "task_last_failure_timestamp_seconds", "task_failure_threshold",
-                   "task_paused_until_timestamp_seconds"):
+    for metric in (
+        "task_status",
+        "task_last_success_timestamp_seconds",
+        "task_next_run_deadline_timestamp_seconds",
+        "task_consecutive_failures",
+        "task_execution_duration_seconds_bucket",
+        # a failed run below the threshold, and the pause's end: what the status does not say
+        "task_last_failure_timestamp_seconds",
+        "task_failure_threshold",
+        "task_paused_until_timestamp_seconds",
+    ):
         assert metric in queried, metric
     held = next(p for p in board["panels"] if p["title"] == "Held back by upstream")
     assert any(t["expr"].startswith("max by (task_name, upstream) (task_upstream_blocking{") for t in held["targets"])

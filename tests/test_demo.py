@@ -24,9 +24,25 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
     require_binary("prometheus-alertmanager")  # the demo prints where its alerts are listed
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port), "--interval", "1",
-         "--spawn-every", "0.3", "--duration", str(DEMO_SECONDS)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bridge.server.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--interval",
+            "1",
+            "--spawn-every",
+            "0.3",
+            "--duration",
+            str(DEMO_SECONDS),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: set[str] = set()
     try:
         deadline = time.monotonic() + DEMO_SECONDS
@@ -38,17 +54,21 @@ def test_it_shows_executions_in_every_state_and_stops_on_ctrl_c():
                 pass
             time.sleep(0.5)
         assert {"completed", "failed", "lost", "running"} <= seen
-        statuses = lambda: {t["task_name"]: t["status"] for t in requests.get(
-            f"http://127.0.0.1:{port}/api/v1/tasks", timeout=5).json()["tasks"]}
+        statuses = lambda: {
+            t["task_name"]: t["status"]
+            for t in requests.get(f"http://127.0.0.1:{port}/api/v1/tasks", timeout=5).json()["tasks"]
+        }
         while time.monotonic() < deadline and statuses().get("nightly-report") != "missed":
             time.sleep(0.5)
         assert statuses()["nightly-report"] == "missed"  # declared to run every 6 s, it never does
-        tasks = {t["task_name"]: t for t in requests.get(f"http://127.0.0.1:{port}/api/v1/tasks",
-                                                             timeout=5).json()["tasks"]}
+        tasks = {
+            t["task_name"]: t for t in requests.get(f"http://127.0.0.1:{port}/api/v1/tasks", timeout=5).json()["tasks"]
+        }
         assert tasks["publish-report"]["depends_on"] == ["nightly-report"]
         assert tasks["archive-backups"]["status"] == "paused"
-        failures = lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/tasks/flaky-import",
-                                        timeout=5).json()["consecutive_failures"]
+        failures = lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/tasks/flaky-import", timeout=5).json()[
+            "consecutive_failures"
+        ]
         while time.monotonic() < deadline and failures() < 2:
             time.sleep(0.5)
         assert failures() >= 2  # every run of it fails: its streak only grows
@@ -79,8 +99,13 @@ def test_it_refuses_a_port_in_use_and_writes_nothing_there():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1 and f"127.0.0.1:{port} is in use" in result.stderr
     assert "--port" in result.stderr
 
@@ -89,9 +114,24 @@ def test_it_stops_every_process_and_removes_its_folder_on_sigterm():
     for binary in ("prometheus", "prometheus-alertmanager"):  # the demo starts both beside the bridge
         require_binary(binary)
     port = free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "bridge.server.cli", "demo", "--port", str(port),
-                             "--interval", "1", "--spawn-every", "0.5"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bridge.server.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--interval",
+            "1",
+            "--spawn-every",
+            "0.5",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in demo.stdout:
         lines.append(line)

@@ -26,8 +26,11 @@ def test_it_keeps_every_answered_heartbeat_through_a_sigkill(live_bridge, tmp_pa
             execution_id = f"kill-{sender}-{n}"
             n += 1
             try:
-                response = session.post(bridge.url + HEARTBEAT, timeout=5, json={
-                    "execution_id": execution_id, "container_id": "c", "status": "running"})
+                response = session.post(
+                    bridge.url + HEARTBEAT,
+                    timeout=5,
+                    json={"execution_id": execution_id, "container_id": "c", "status": "running"},
+                )
             except requests.RequestException:
                 session = requests.Session()
                 time.sleep(0.01)

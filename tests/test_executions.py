@@ -9,10 +9,24 @@ import pytest
 
 from support import COMPLETION, HEARTBEAT, seed_completion, seed_heartbeat
 
-CONTRACT_FIELDS = {"execution_id", "container_id", "task_name", "task_type", "status", "progress",
-                   "started_at", "last_heartbeat_at", "ended_at", "heartbeat_count",
-                   "interval_seconds", "success", "error_message", "exit_code", "result_data",
-                   "trace_id"}
+CONTRACT_FIELDS = {
+    "execution_id",
+    "container_id",
+    "task_name",
+    "task_type",
+    "status",
+    "progress",
+    "started_at",
+    "last_heartbeat_at",
+    "ended_at",
+    "heartbeat_count",
+    "interval_seconds",
+    "success",
+    "error_message",
+    "exit_code",
+    "result_data",
+    "trace_id",
+}
 
 
 def test_it_answers_404_with_a_json_error_for_an_unknown_id(client):

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from support import HEARTBEAT, start_redis, unavailable, wait_for
+from support import HEARTBEAT, start_redis, unavailable, wait_for, workers_holding
 
 EXECUTIONS = [f"fault-{n}" for n in range(20)]
 OUTAGE_SECONDS = 13  # past the 10 s that make a gap an outage, and the 6 s lost-window
@@ -28,8 +28,10 @@ def test_it_rides_out_redis_stopping_and_restarting_under_load(live_bridge, tmp_
 
 
 def _ride_out_redis_outage(live_bridge, redis, url):
-    bridge = live_bridge(workers=2, env={"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
-                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    bridge = live_bridge(
+        workers=2,
+        env={"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"},
+    )
     answers: list[tuple[float, int, float]] = []
     stop = threading.Event()
 
@@ -58,8 +60,10 @@ def _ride_out_redis_outage(live_bridge, redis, url):
         time.sleep(OUTAGE_SECONDS)
         redis.start_until(redis.ready)
         up_at = time.monotonic()
-        wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
-                 "readyz to recover without a restart")
+        wait_for(
+            lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+            "readyz to recover without a restart",
+        )
         time.sleep(3)  # several reaper rounds and heartbeats after the store came back
     finally:
         stop.set()
@@ -70,8 +74,12 @@ def _ride_out_redis_outage(live_bridge, redis, url):
     assert max(took for _, took in during) < PROMPTLY
     after = [code for started, code, _ in answers if started > up_at + 2]
     assert after and set(after) == {200}
-    records = {e["execution_id"]: e for e in requests.get(bridge.url + "/api/v1/executions",
-                                                           params={"limit": "1000"}, timeout=10).json()["executions"]}
+    records = {
+        e["execution_id"]: e
+        for e in requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()[
+            "executions"
+        ]
+    }
     assert set(records) == set(EXECUTIONS)  # everything accepted before the fault is there
     assert {(r["status"], r["lost_count"]) for r in records.values()} == {("running", 0)}
 
@@ -106,25 +114,14 @@ def _timed_heartbeat(session, bridge, execution_id, interval=5) -> tuple[int, fl
     """Post a heartbeat; return (status code, 0 when no answer came; seconds taken)."""
     started = time.monotonic()
     try:
-        code = session.post(bridge.url + HEARTBEAT, timeout=10, json={
-            "execution_id": execution_id, "status": "running", "interval_seconds": interval}).status_code
+        code = session.post(
+            bridge.url + HEARTBEAT,
+            timeout=10,
+            json={"execution_id": execution_id, "status": "running", "interval_seconds": interval},
+        ).status_code
     except requests.RequestException:
         code = 0
     return code, time.monotonic() - started
-
-
-def _workers_holding(bridge, path) -> int:
-    """Return how many of the bridge's workers hold ``path`` open."""
-    master, held = str(bridge.process.pid), 0
-    for entry in os.scandir("/proc"):
-        try:
-            if not entry.name.isdigit() or open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[1] \
-                    != master:
-                continue
-            held += any(os.readlink(fd.path) == str(path) for fd in os.scandir(f"/proc/{entry.name}/fd"))
-        except OSError:  # a process that ended meanwhile
-            continue
-    return held
 
 
 def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids, database) -> None:
@@ -133,7 +130,7 @@ def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids, database)
     # Every worker has opened the store (its write-ahead log) before the fault: one that boots
     # into it cannot, and gunicorn stops when a worker fails to boot.
     wal = database.with_name(database.name + "-wal")
-    wait_for(lambda: _workers_holding(bridge, wal) == bridge.workers, "every worker to open the store")
+    wait_for(lambda: workers_holding(bridge, wal) == bridge.workers, "every worker to open the store")
     session = requests.Session()
     assert {_timed_heartbeat(session, bridge, e)[0] for e in EXECUTIONS} == {200}
     make_fault()
@@ -144,20 +141,31 @@ def _survive_store_fault(bridge, make_fault, clear_fault, refused_ids, database)
         assert requests.get(bridge.url + "/readyz", timeout=5).status_code == 503
     finally:
         clear_fault()
-    wait_for(lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
-             "readyz to recover without a restart")
+    wait_for(
+        lambda: requests.get(bridge.url + "/readyz", timeout=5).status_code == 200,
+        "readyz to recover without a restart",
+    )
     assert {_timed_heartbeat(session, bridge, e)[0] for e in EXECUTIONS} == {200}
     records = requests.get(bridge.url + "/api/v1/executions", params={"limit": "1000"}, timeout=10).json()
-    assert {(e["execution_id"], e["status"], e["lost_count"], e["heartbeat_count"])
-            for e in records["executions"]} == {(e, "running", 0, 2) for e in EXECUTIONS}
+    assert {(e["execution_id"], e["status"], e["lost_count"], e["heartbeat_count"]) for e in records["executions"]} == {
+        (e, "running", 0, 2) for e in EXECUTIONS
+    }
 
 
 def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, tmp_path, small_disk):
-    bridge = live_bridge(workers=2, data_dir=tmp_path, env={
-        "BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    bridge = live_bridge(
+        workers=2,
+        data_dir=tmp_path,
+        env={"BRIDGE_STORE_URL": f"sqlite:///{small_disk / 'bridge.db'}", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"},
+    )
     try:  # new executions need new pages, which a full disk cannot give
-        _survive_store_fault(bridge, lambda: _fill(small_disk), (small_disk / "filler").unlink,
-                             [f"new-{e}" for e in EXECUTIONS], small_disk / "bridge.db")
+        _survive_store_fault(
+            bridge,
+            lambda: _fill(small_disk),
+            (small_disk / "filler").unlink,
+            [f"new-{e}" for e in EXECUTIONS],
+            small_disk / "bridge.db",
+        )
     finally:
         bridge.stop()  # before the small disk is unmounted
 
@@ -225,8 +233,9 @@ def test_it_acknowledges_nothing_after_the_database_files_are_removed(live_bridg
     assert refused and set(refused) == {503}
     bridge.stop()
     bridge.start()  # a new, empty database: whatever was acknowledged after the removal must be in it
-    missing = [e for e in after_removal
-               if requests.get(f"{bridge.url}/api/v1/executions/{e}", timeout=10).status_code != 200]
+    missing = [
+        e for e in after_removal if requests.get(f"{bridge.url}/api/v1/executions/{e}", timeout=10).status_code != 200
+    ]
     assert missing == []
     assert not database.with_name("bridge.db-journal").exists()
 
@@ -234,8 +243,11 @@ def test_it_acknowledges_nothing_after_the_database_files_are_removed(live_bridg
 def test_it_answers_503_everywhere_on_a_corrupted_database(live_bridge, tmp_path):
     bridge = live_bridge(workers=2)
     for n in range(300):  # enough rows for several pages
-        requests.post(bridge.url + HEARTBEAT, json={"execution_id": f"page-{n}", "task_name": f"t{n % 7}",
-                                                    "progress": {"note": "x" * 200}}, timeout=10)
+        requests.post(
+            bridge.url + HEARTBEAT,
+            json={"execution_id": f"page-{n}", "task_name": f"t{n % 7}", "progress": {"note": "x" * 200}},
+            timeout=10,
+        )
     database = tmp_path / "bridge.db"
     with sqlite3.connect(database) as conn:  # every page into the file; the log restarts, so
         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # caches are stale

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import sys
 import threading
-import time
 
 import pytest
 
@@ -28,8 +28,9 @@ def beat(execution_id, now=T0):
 
 @pytest.fixture
 def store(tmp_path):
-    return open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", max_executions=5),
-                      ExecutionRenderer())
+    return open_store(
+        load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", max_executions=5), ExecutionRenderer()
+    )
 
 
 class Recording:
@@ -49,6 +50,13 @@ class Recording:
 
     def apply(self, execution_id, decide):
         return self.store.apply(execution_id, decide)
+
+
+def _waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Return True when ``thread`` is stopped in ``function`` of the group commit (on a lock:
+    blocking in C, its innermost Python frame is that function's)."""
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code.co_name == function and frame.f_code.co_filename.endswith("group.py")
 
 
 def run_all(group, calls):
@@ -135,7 +143,10 @@ def test_it_lets_a_new_caller_lead_once_the_last_commit_is_done(store):
     for thread in threads:
         thread.join(30)
     assert group.apply("e0", beat("e0", T0 + 30)).record.heartbeat_count == 2
-    assert not group._leading and not group._queue
+    # and so does the caller after it, from another thread: no lead was left behind
+    again, results = run_all(group, [("e1", beat("e1", T0 + 30))])
+    again[0].join(30)
+    assert results["e1"].record.heartbeat_count == 2
 
 
 def test_it_runs_a_batch_only_once_the_running_commit_is_done(store):
@@ -144,10 +155,9 @@ def test_it_runs_a_batch_only_once_the_running_commit_is_done(store):
     first, results = run_all(group, [("a", beat("a"))])
     assert recording.entered.wait(30)
     batch = []
-    batch_thread = threading.Thread(target=lambda: batch.extend(group.apply_many([("b", beat("b")),
-                                                                                 ("c", beat("c"))])))
+    batch_thread = threading.Thread(target=lambda: batch.extend(group.apply_many([("b", beat("b")), ("c", beat("c"))])))
     batch_thread.start()
-    time.sleep(0.2)  # time enough for the batch to reach the store, were it not waiting
+    wait_for(lambda: _waiting_in(batch_thread, "apply_many"), "the batch to wait for its turn")
     assert recording.batches == [["a"]]
     recording.release.set()
     for thread in first + [batch_thread]:

@@ -24,19 +24,25 @@ def metric(client, name, **labels) -> float:
 
 
 def test_it_accepts_the_seed_troubleshooting_call(client):
-    response = client.post(HEARTBEAT, data='{"execution_id":"test","container_id":"test","status":"running"}',
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        HEARTBEAT,
+        data='{"execution_id":"test","container_id":"test","status":"running"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 200
     assert response.json["status"] == "ok"
     assert get(client, "test")["status"] == "running"
 
 
 def test_it_records_the_seed_payload(client, clock):
-    body = seed_heartbeat(progress={"stage": "数据处理中", "current_step": 3, "total_steps": 10,
-                                    "percentage": 30.0})
+    body = seed_heartbeat(progress={"stage": "数据处理中", "current_step": 3, "total_steps": 10, "percentage": 30.0})
     response = client.post(HEARTBEAT, json=body)
-    assert response.json == {"status": "ok", "execution_id": EID, "execution_status": "running",
-                             "interval_seconds": 30.0}
+    assert response.json == {
+        "status": "ok",
+        "execution_id": EID,
+        "execution_status": "running",
+        "interval_seconds": 30.0,
+    }
     record = get(client)
     assert record["container_id"] == f"task-{EID}"
     assert record["progress"]["stage"] == "数据处理中"
@@ -46,7 +52,7 @@ def test_it_records_the_seed_payload(client, clock):
     assert record["client_timestamp"] == 1_700_000_000
 
 
-@pytest.mark.parametrize("number", [2**53 + 1, 2**63 - 1, -2**63, 2**64, -2**63 - 1, 10**30, -10**40])
+@pytest.mark.parametrize("number", [2**53 + 1, 2**63 - 1, -(2**63), 2**64, -(2**63) - 1, 10**30, -(10**40)])
 def test_it_keeps_integers_of_any_size_exactly(client, number):
     # JSON numbers in a progress document come back as sent, however long: through the
     # request's parser, the stored record and the answer (orjson alone would round some).
@@ -64,10 +70,17 @@ def test_it_normalises_uuids_to_lower_case(client):
 
 
 def test_it_takes_the_optional_extensions(client):
-    client.post(HEARTBEAT, json=seed_heartbeat(
-        task_name="示例数据采集任务", task_type="crawler", interval_seconds=10,
-        max_runtime_seconds=600, labels={"team": "data"},
-        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
+    client.post(
+        HEARTBEAT,
+        json=seed_heartbeat(
+            task_name="示例数据采集任务",
+            task_type="crawler",
+            interval_seconds=10,
+            max_runtime_seconds=600,
+            labels={"team": "data"},
+            traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+    )
     record = get(client)
     assert record["task_name"] == "示例数据采集任务"
     assert record["task_type"] == "crawler"
@@ -167,8 +180,7 @@ def test_it_answers_ok_and_ignores_heartbeats_after_the_completion(client, clock
     client.post(COMPLETION, json=seed_completion())
     before = get(client)
     clock.advance(5)
-    response = client.post(HEARTBEAT, json=seed_heartbeat(status="completed",
-                                                          progress={"stage": "任务完成"}))
+    response = client.post(HEARTBEAT, json=seed_heartbeat(status="completed", progress={"stage": "任务完成"}))
     assert response.status_code == 200
     assert response.json["status"] == "ok" and response.json["ignored"] is True
     assert get(client) == before
@@ -192,8 +204,7 @@ def test_it_caps_task_names_in_labels_with_other(app, client):
         client.post(HEARTBEAT, json=seed_heartbeat(f"e{n}", task_name=f"task{n}"))
     parsed = samples(client.get("/metrics").data.decode())
     assert total(parsed, "task_heartbeats_received_total", task_name="_other") == 2
-    assert {dict(ls)["task_name"] for (n, ls) in parsed if n == "task_execution_info"} == \
-        {"task0", "task1", "_other"}
+    assert {dict(ls)["task_name"] for (n, ls) in parsed if n == "task_execution_info"} == {"task0", "task1", "_other"}
     assert get(client, "e3")["task_name"] == "task3"  # the JSON API keeps the real name
 
 
@@ -213,29 +224,32 @@ def test_it_drops_finished_executions_after_the_retention(client, clock, monitor
 DEEP = {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"container_id": "c"}, "execution_id"),
-    ({"execution_id": 7}, "execution_id"),
-    ({"execution_id": ""}, "execution_id"),
-    ({"execution_id": 'a"b'}, "execution_id"),
-    ({"execution_id": "a\nb"}, "execution_id"),
-    ({"execution_id": "a b"}, "execution_id"),
-    ({"execution_id": "x" * 129}, "execution_id"),
-    ({"execution_id": "ok", "container_id": ["c"]}, "container_id"),
-    ({"execution_id": "ok", "status": "done"}, "status"),
-    ({"execution_id": "ok", "progress": [1, 2]}, "progress"),
-    ({"execution_id": "ok", "progress": DEEP}, "progress"),
-    ({"execution_id": "ok", "progress": {"s": "\ud800"}}, "progress"),
-    ({"execution_id": "ok", "timestamp": "now"}, "timestamp"),
-    ({"execution_id": "ok", "timestamp": 1_700_000_000_000}, "timestamp"),
-    ({"execution_id": "ok", "timestamp": True}, "timestamp"),
-    ({"execution_id": "ok", "interval_seconds": 0}, "interval_seconds"),
-    ({"execution_id": "ok", "task_name": "a\u0000b"}, "task_name"),
-    ({"execution_id": "ok", "labels": {"bad-key": "v"}}, "labels"),
-    ({"execution_id": "ok", "labels": {"k": 1}}, "labels"),
-    ({"execution_id": "ok", "traceparent": "00-zz"}, "traceparent"),
-    ([seed_heartbeat()], "body"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"container_id": "c"}, "execution_id"),
+        ({"execution_id": 7}, "execution_id"),
+        ({"execution_id": ""}, "execution_id"),
+        ({"execution_id": 'a"b'}, "execution_id"),
+        ({"execution_id": "a\nb"}, "execution_id"),
+        ({"execution_id": "a b"}, "execution_id"),
+        ({"execution_id": "x" * 129}, "execution_id"),
+        ({"execution_id": "ok", "container_id": ["c"]}, "container_id"),
+        ({"execution_id": "ok", "status": "done"}, "status"),
+        ({"execution_id": "ok", "progress": [1, 2]}, "progress"),
+        ({"execution_id": "ok", "progress": DEEP}, "progress"),
+        ({"execution_id": "ok", "progress": {"s": "\ud800"}}, "progress"),
+        ({"execution_id": "ok", "timestamp": "now"}, "timestamp"),
+        ({"execution_id": "ok", "timestamp": 1_700_000_000_000}, "timestamp"),
+        ({"execution_id": "ok", "timestamp": True}, "timestamp"),
+        ({"execution_id": "ok", "interval_seconds": 0}, "interval_seconds"),
+        ({"execution_id": "ok", "task_name": "a\u0000b"}, "task_name"),
+        ({"execution_id": "ok", "labels": {"bad-key": "v"}}, "labels"),
+        ({"execution_id": "ok", "labels": {"k": 1}}, "labels"),
+        ({"execution_id": "ok", "traceparent": "00-zz"}, "traceparent"),
+        ([seed_heartbeat()], "body"),
+    ],
+)
 def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     response = client.post(HEARTBEAT, data=json.dumps(body), content_type="application/json")
     assert response.status_code == 400
@@ -243,11 +257,20 @@ def test_it_refuses_a_wrong_field_with_400_naming_it(client, body, field):
     assert response.json["error"]
 
 
-@pytest.mark.parametrize("raw", [b"{", b"", b"NaN", b'{"execution_id": "a", "progress": {"p": NaN}}',
-                                 b'{"execution_id": "a", "timestamp": Infinity}',
-                                 b'{"execution_id": "a", "timestamp": 1e999}',
-                                 b'{"execution_id": "\xff\xfe"}', b"[" * 100_00 + b"]" * 100_00,
-                                 b'{"execution_id": "a", "p": ' + b"1" * 5000 + b"}"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"",
+        b"NaN",
+        b'{"execution_id": "a", "progress": {"p": NaN}}',
+        b'{"execution_id": "a", "timestamp": Infinity}',
+        b'{"execution_id": "a", "timestamp": 1e999}',
+        b'{"execution_id": "\xff\xfe"}',
+        b"[" * 100_00 + b"]" * 100_00,
+        b'{"execution_id": "a", "p": ' + b"1" * 5000 + b"}",
+    ],
+)
 def test_it_refuses_malformed_json_with_400(client, raw):
     response = client.post(HEARTBEAT, data=raw, content_type="application/json")
     assert response.status_code == 400
@@ -294,6 +317,7 @@ def test_it_counts_each_refusal_by_reason(client):
 
 def test_it_answers_503_while_the_store_is_locked_and_recovers_by_itself(client, app, tmp_path):
     import sqlite3
+
     client.post(HEARTBEAT, json=seed_heartbeat())
     blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -312,14 +336,18 @@ def test_it_answers_503_while_the_store_is_locked_and_recovers_by_itself(client,
 
 # -- the fast path (bridge.web.fastpath) and the Flask view answer alike ------------------------
 
+
 def test_it_answers_on_the_fast_path_exactly_as_the_flask_view_does(app, client):
     from werkzeug.test import Client
+
     view = Client(app.wsgi_app.wrapped)  # the Flask app without the fast path in front
     traceparent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    for path, make, headers in [(HEARTBEAT, seed_heartbeat, {}),            # a new execution
-                                (HEARTBEAT, seed_heartbeat, traceparent),   # a running one
-                                (COMPLETION, seed_completion, {}),
-                                (HEARTBEAT, seed_heartbeat, {})]:           # ignored after the end
+    for path, make, headers in [
+        (HEARTBEAT, seed_heartbeat, {}),  # a new execution
+        (HEARTBEAT, seed_heartbeat, traceparent),  # a running one
+        (COMPLETION, seed_completion, {}),
+        (HEARTBEAT, seed_heartbeat, {}),
+    ]:  # ignored after the end
         fast = client.post(path, json=make("fast-1"), headers=headers)
         slow = view.post(path, json=make("flask1"), headers=headers)
         assert (fast.status, fast.headers.to_wsgi_list()) == (slow.status, slow.headers.to_wsgi_list())
@@ -329,11 +357,19 @@ def test_it_answers_on_the_fast_path_exactly_as_the_flask_view_does(app, client)
 
 def test_it_answers_a_plain_heartbeat_on_the_fast_path(app, client):
     from flask import request_started
+
     through_flask = []
     with request_started.connected_to(lambda sender, **extra: through_flask.append(1), app):
         assert client.post(HEARTBEAT, json=seed_heartbeat()).status_code == 200
-        assert client.post(HEARTBEAT, json=seed_heartbeat(), content_type="application/json; charset=utf-8",
-                           headers={"Authorization": "Bearer unused"}).status_code == 200
+        assert (
+            client.post(
+                HEARTBEAT,
+                json=seed_heartbeat(),
+                content_type="application/json; charset=utf-8",
+                headers={"Authorization": "Bearer unused"},
+            ).status_code
+            == 200
+        )
         assert through_flask == []
         assert client.post(HEARTBEAT, json={"execution_id": "a b"}).status_code == 400
         assert through_flask == [1]  # refused input is answered, and counted, by the view
@@ -372,8 +408,10 @@ def test_it_applies_a_heartbeat_once_when_its_commit_fails(app, client, monkeypa
 
 def test_it_refuses_a_body_shorter_than_its_content_length_with_400(client):
     import io
+
     body = json.dumps(seed_heartbeat()).encode()
-    response = client.post(HEARTBEAT, input_stream=io.BytesIO(body[:-5]), content_length=len(body),
-                           content_type="application/json")
+    response = client.post(
+        HEARTBEAT, input_stream=io.BytesIO(body[:-5]), content_length=len(body), content_type="application/json"
+    )
     assert response.status_code == 400
     assert client.get(f"/api/v1/executions/{EID}").status_code == 404

@@ -18,20 +18,36 @@ KEY = "0123456789abcdef0123456789abcdef"
 #: kind -> bad values; every door taking a field of that kind must refuse each.
 BAD = {
     "task_name": ["_other", "a" * 129, "\ud800", "", "   ", "tab\tname", 5, ["a"]],
-    "labels": [{"bad-key": "v"}, {"k": "\ud800"}, {"k": "x" * 257}, {"k": 5}, {f"k{n}": "v" for n in range(17)},
-               "team=a"],
+    "labels": [
+        {"bad-key": "v"},
+        {"k": "\ud800"},
+        {"k": "x" * 257},
+        {"k": 5},
+        {f"k{n}": "v" for n in range(17)},
+        "team=a",
+    ],
     "number": [10**400, -(10**400), -1, "5", True, [1]],
     "text": ["\ud800", "", "line\nbreak", 7, "x" * 5000],
-    "url": ["javascript:fetch('/metrics')", "data:text/html,<script>", "ftp://files.example/x", "//evil.example",
-            "\ud800"],
+    "url": [
+        "javascript:fetch('/metrics')",
+        "data:text/html,<script>",
+        "ftp://files.example/x",
+        "//evil.example",
+        "\ud800",
+    ],
     "uuid": ["not-a-uuid", 5, "5f6a3b2c-1d2e-4f5a-8b9c-0d1e2f3a4b5"],
 }
 
 
 def _json(client, method: str, path: str, body) -> tuple[int, str | None]:
     # ensure_ascii: a lone surrogate travels as the \ud800 escape, as a hostile client sends it
-    response = client.open(path, method=method, data=json.dumps(body), content_type="application/json",
-                           headers={"X-Sentry-Auth": f"Sentry sentry_key={KEY}"})
+    response = client.open(
+        path,
+        method=method,
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"X-Sentry-Auth": f"Sentry sentry_key={KEY}"},
+    )
     return response.status_code, (response.json or {}).get("field")
 
 
@@ -60,68 +76,139 @@ CHECK_IN = {"check_in_id": "a" * 32, "status": "ok"}
 #: kind -> door -> (send the value, the field the refusal must name)
 DOORS = {
     "task_name": {
-        "heartbeat": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", task_name=v)),
-                      "task_name"),
+        "heartbeat": (
+            lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", task_name=v)),
+            "task_name",
+        ),
         "batch": (lambda c, v: _batch(c, seed_heartbeat("e", task_name=v)), "task_name"),
-        "completion": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/completion",
-                                          seed_completion("e", task_name=v)), "task_name"),
-        "container event": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/container-events",
-                                               {"execution_id": "e", "event": "start", "task_name": v}), "task_name"),
+        "completion": (
+            lambda c, v: _json(c, "POST", "/api/v1/monitoring/completion", seed_completion("e", task_name=v)),
+            "task_name",
+        ),
+        "container event": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/container-events",
+                {"execution_id": "e", "event": "start", "task_name": v},
+            ),
+            "task_name",
+        ),
         "announcement": (lambda c, v: _json(c, "PUT", "/api/v1/executions/e", {"task_name": v}), "task_name"),
         "tasks file": (lambda c, v: _file({"name": v}), "name"),
         "sentry": (lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": v}), "monitor_slug"),
     },
     "labels": {
-        "heartbeat": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", labels=v)),
-                      "labels"),
+        "heartbeat": (
+            lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", labels=v)),
+            "labels",
+        ),
         "batch": (lambda c, v: _batch(c, seed_heartbeat("e", labels=v)), "labels"),
         "announcement": (lambda c, v: _json(c, "PUT", "/api/v1/executions/e", {"labels": v}), "labels"),
         "tasks API": (lambda c, v: _json(c, "PUT", "/api/v1/tasks/t", {"labels": v}), "labels"),
         "tasks file": (lambda c, v: _file({"name": "t", "labels": v}), "labels"),
-        "in band": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat(
-            "e", task_name="t", task_schedule={"labels": v})), "task_schedule.labels"),
+        "in band": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/heartbeat",
+                seed_heartbeat("e", task_name="t", task_schedule={"labels": v}),
+            ),
+            "task_schedule.labels",
+        ),
     },
     "number": {
-        "heartbeat": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat",
-                                         seed_heartbeat("e", interval_seconds=v)), "interval_seconds"),
-        "announcement": (lambda c, v: _json(c, "PUT", "/api/v1/executions/e", {"max_runtime_seconds": v}),
-                         "max_runtime_seconds"),
+        "heartbeat": (
+            lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", interval_seconds=v)),
+            "interval_seconds",
+        ),
+        "announcement": (
+            lambda c, v: _json(c, "PUT", "/api/v1/executions/e", {"max_runtime_seconds": v}),
+            "max_runtime_seconds",
+        ),
         "tasks API": (lambda c, v: _json(c, "PUT", "/api/v1/tasks/t", {"period_seconds": v}), "period_seconds"),
         "tasks file": (lambda c, v: _file({"name": "t", "start_grace_seconds": v}), "start_grace_seconds"),
-        "in band": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat(
-            "e", task_name="t", task_schedule={"max_runtime_seconds": v})), "task_schedule.max_runtime_seconds"),
-        "sentry": (lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": "t", "monitor_config": {
-            "checkin_margin": v}}), "monitor_config.checkin_margin"),
-        "sentry interval": (lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": "t", "monitor_config": {
-            "schedule": {"type": "interval", "value": v, "unit": "hour"}}}), "monitor_config.schedule.value"),
+        "in band": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/heartbeat",
+                seed_heartbeat("e", task_name="t", task_schedule={"max_runtime_seconds": v}),
+            ),
+            "task_schedule.max_runtime_seconds",
+        ),
+        "sentry": (
+            lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": "t", "monitor_config": {"checkin_margin": v}}),
+            "monitor_config.checkin_margin",
+        ),
+        "sentry interval": (
+            lambda c, v: _envelope(
+                c,
+                {
+                    **CHECK_IN,
+                    "monitor_slug": "t",
+                    "monitor_config": {"schedule": {"type": "interval", "value": v, "unit": "hour"}},
+                },
+            ),
+            "monitor_config.schedule.value",
+        ),
     },
     "text": {
-        "heartbeat": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", task_type=v)),
-                      "task_type"),
+        "heartbeat": (
+            lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat("e", task_type=v)),
+            "task_type",
+        ),
         "announcement": (lambda c, v: _json(c, "PUT", "/api/v1/executions/e", {"task_type": v}), "task_type"),
         "tasks API": (lambda c, v: _json(c, "PUT", "/api/v1/tasks/t", {"description": v}), "description"),
         "tasks file": (lambda c, v: _file({"name": "t", "description": v}), "description"),
-        "in band": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat(
-            "e", task_name="t", task_schedule={"description": v})), "task_schedule.description"),
-        "sentry": (lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": "t", "monitor_config": {"owner": v}}),
-                   "monitor_config.owner"),
+        "in band": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/heartbeat",
+                seed_heartbeat("e", task_name="t", task_schedule={"description": v}),
+            ),
+            "task_schedule.description",
+        ),
+        "sentry": (
+            lambda c, v: _envelope(c, {**CHECK_IN, "monitor_slug": "t", "monitor_config": {"owner": v}}),
+            "monitor_config.owner",
+        ),
     },
     "url": {
         "tasks API": (lambda c, v: _json(c, "PUT", "/api/v1/tasks/t", {"runbook_url": v}), "runbook_url"),
         "tasks file": (lambda c, v: _file({"name": "t", "runbook_url": v}), "runbook_url"),
-        "in band": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat(
-            "e", task_name="t", task_schedule={"runbook_url": v})), "task_schedule.runbook_url"),
+        "in band": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/heartbeat",
+                seed_heartbeat("e", task_name="t", task_schedule={"runbook_url": v}),
+            ),
+            "task_schedule.runbook_url",
+        ),
     },
     "uuid": {
         "tasks API": (lambda c, v: _json(c, "PUT", "/api/v1/tasks/t", {"ping_uuid": v}), "ping_uuid"),
         "tasks file": (lambda c, v: _file({"name": "t", "ping_uuid": v}), "ping_uuid"),
-        "in band": (lambda c, v: _json(c, "POST", "/api/v1/monitoring/heartbeat", seed_heartbeat(
-            "e", task_name="t", task_schedule={"ping_uuid": v})), "task_schedule.ping_uuid"),
+        "in band": (
+            lambda c, v: _json(
+                c,
+                "POST",
+                "/api/v1/monitoring/heartbeat",
+                seed_heartbeat("e", task_name="t", task_schedule={"ping_uuid": v}),
+            ),
+            "task_schedule.ping_uuid",
+        ),
     },
 }
 #: The ping URL's doors: only values a URL segment can carry.
-PING_DOORS = [("/ping/key-1/_other?create=1", "slug"), (f"/ping/key-1/{'a' * 129}?create=1", "slug"),
-              (f"/ping/{CHECK}?rid=not-a-uuid", "rid"), (f"/ping/{CHECK}?rid={CHECK[:-1]}", "rid")]
+PING_DOORS = [
+    ("/ping/key-1/_other?create=1", "slug"),
+    (f"/ping/key-1/{'a' * 129}?create=1", "slug"),
+    (f"/ping/{CHECK}?rid=not-a-uuid", "rid"),
+    (f"/ping/{CHECK}?rid={CHECK[:-1]}", "rid"),
+]
 
 
 def _batch(client, item: dict) -> tuple[int, str | None]:
@@ -138,8 +225,9 @@ def settings_overrides():
 CASES = [(kind, door, value) for kind, doors in DOORS.items() for door in doors for value in BAD[kind]]
 
 
-@pytest.mark.parametrize("kind, door, value", CASES,
-                         ids=[f"{kind}-{door}-{index}" for index, (kind, door, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "kind, door, value", CASES, ids=[f"{kind}-{door}-{index}" for index, (kind, door, _) in enumerate(CASES)]
+)
 def test_it_refuses_a_bad_value_at_every_door_naming_the_field(client, kind, door, value):
     send, field = DOORS[kind][door]
     status, named = send(client, value)

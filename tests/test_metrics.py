@@ -33,18 +33,29 @@ def settings_overrides(request, tmp_path):
 @pytest.fixture
 def fleet(client, clock, monitor):
     """A small fleet in every state, with label values that need escaping, and declared tasks."""
-    client.put("/api/v1/tasks/etl", json={"schedule": "0 2 * * *", "max_runtime_seconds": 600,
-                                          "labels": {"team": "data"}})
+    client.put(
+        "/api/v1/tasks/etl", json={"schedule": "0 2 * * *", "max_runtime_seconds": 600, "labels": {"team": "data"}}
+    )
     client.put("/api/v1/tasks/never-ran", json={"period_seconds": 60})
-    client.post(HEARTBEAT, json=seed_heartbeat("run-1", task_name='示例 "quoted" \\ task',
-                                               task_type="crawler",
-                                               progress={"current_step": 3, "total_steps": 10}))
+    client.post(
+        HEARTBEAT,
+        json=seed_heartbeat(
+            "run-1",
+            task_name='示例 "quoted" \\ task',
+            task_type="crawler",
+            progress={"current_step": 3, "total_steps": 10},
+        ),
+    )
     client.post(HEARTBEAT, json=seed_heartbeat("lost-1", task_name="etl", max_runtime_seconds=60))
     client.post(HEARTBEAT, json=seed_heartbeat("done-1", task_name="etl"))
     client.post(HEARTBEAT, json=seed_heartbeat("fail-1", task_name="etl", progress={"percentage": 40}))
     clock.advance(45)
-    client.post(HEARTBEAT, json=seed_heartbeat("run-1", task_name='示例 "quoted" \\ task',
-                                               progress={"current_step": 3, "total_steps": 10}))
+    client.post(
+        HEARTBEAT,
+        json=seed_heartbeat(
+            "run-1", task_name='示例 "quoted" \\ task', progress={"current_step": 3, "total_steps": 10}
+        ),
+    )
     client.post(COMPLETION, json=seed_completion("done-1"))
     client.post(COMPLETION, json=seed_completion("fail-1", success=False))
     clock.advance(50)
@@ -61,12 +72,25 @@ def scrape(client, accept=None) -> str:
 
 def test_it_exposes_one_gauge_sample_per_state_for_each_execution(fleet):
     parsed = samples(scrape(fleet))
-    states = {dict(ls)["status"]: v for (n, ls), v in parsed.items()
-              if n == "task_execution_status" and dict(ls)["execution_id"] == "lost-1"}
+    states = {
+        dict(ls)["status"]: v
+        for (n, ls), v in parsed.items()
+        if n == "task_execution_status" and dict(ls)["execution_id"] == "lost-1"
+    }
     assert states == {"starting": 0, "running": 0, "completed": 0, "failed": 0, "lost": 1}
     trace_id = fleet.get("/api/v1/executions/run-1").json["trace_id"]
-    assert total(parsed, "task_execution_info", execution_id="run-1", task_type="crawler",
-                 container_id="task-run-1", task_name='示例 "quoted" \\ task', trace_id=trace_id) == 1
+    assert (
+        total(
+            parsed,
+            "task_execution_info",
+            execution_id="run-1",
+            task_type="crawler",
+            container_id="task-run-1",
+            task_name='示例 "quoted" \\ task',
+            trace_id=trace_id,
+        )
+        == 1
+    )
 
 
 def test_it_exposes_heartbeat_times_intervals_and_progress(fleet, clock):
@@ -77,8 +101,9 @@ def test_it_exposes_heartbeat_times_intervals_and_progress(fleet, clock):
     assert total(parsed, "task_progress_ratio", execution_id="fail-1") == pytest.approx(0.4)
     assert total(parsed, "task_execution_max_runtime_seconds", execution_id="lost-1") == 60
     assert total(parsed, "task_execution_end_timestamp_seconds", execution_id="done-1") == clock.now - 50
-    assert not [k for k in parsed if k[0] == "task_execution_end_timestamp_seconds"
-                and dict(k[1])["execution_id"] == "run-1"]
+    assert not [
+        k for k in parsed if k[0] == "task_execution_end_timestamp_seconds" and dict(k[1])["execution_id"] == "run-1"
+    ]
 
 
 def test_it_counts_executions_by_task_and_status(fleet):
@@ -98,8 +123,9 @@ def test_it_counts_executions_by_task_and_status(fleet):
 
 def test_it_passes_promtool_check_metrics_with_nothing_reported(fleet):
     promtool = require_binary("promtool")
-    result = subprocess.run([promtool, "check", "metrics"], input=scrape(fleet).encode(),
-                            capture_output=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=scrape(fleet).encode(), capture_output=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
 
@@ -147,17 +173,30 @@ def test_it_renders_exactly_what_prometheus_client_would(fleet, app, client):
 
     from bridge.core.executions import STATUSES
 
-    client.post("/api/v1/monitoring/container-events", json={
-        "execution_id": "run-1", "event": "start", "container_name": 'odd\\name "x"', "image": "i:1"})
+    client.post(
+        "/api/v1/monitoring/container-events",
+        json={"execution_id": "run-1", "event": "start", "container_name": 'odd\\name "x"', "image": "i:1"},
+    )
     rows = app.extensions["heartbeat_bridge"].monitor.store.query()
     key = ["execution_id", "task_name"]
-    info = GaugeMetricFamily("task_execution_info", "", labels=key + [
-        "container_id", "task_type", "trace_id", "container_name", "image"])
+    info = GaugeMetricFamily(
+        "task_execution_info", "", labels=key + ["container_id", "task_type", "trace_id", "container_name", "image"]
+    )
     status = GaugeMetricFamily("task_execution_status", "", labels=key + ["status"])
     gauges = {name: GaugeMetricFamily(name, "", labels=key) for name, field in REFERENCE_GAUGES}
     for r in rows:
-        info.add_metric([r.execution_id, r.metric_task_name, r.container_id or "", r.task_type or "", r.trace_id,
-                         r.container_name or "", r.image or ""], 1)
+        info.add_metric(
+            [
+                r.execution_id,
+                r.metric_task_name,
+                r.container_id or "",
+                r.task_type or "",
+                r.trace_id,
+                r.container_name or "",
+                r.image or "",
+            ],
+            1,
+        )
         for name in STATUSES:
             status.add_metric([r.execution_id, r.metric_task_name, name], 1 if name == r.status else 0)
         for name, field in REFERENCE_GAUGES:

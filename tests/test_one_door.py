@@ -30,9 +30,14 @@ METRICS = "metrics-token-0123456789"
 KEY_A, KEY_B = "publickeyaaaa", "publickeybbbb"
 HEARTBEAT = "/api/v1/monitoring/heartbeat"
 HEARTBEATS = "/api/v1/monitoring/heartbeats"
-ENV = {"BRIDGE_AUTH_TOKENS": FLEET, "BRIDGE_EXECUTION_TOKEN_SECRET": SECRET, "BRIDGE_METRICS_TOKEN": METRICS,
-       "BRIDGE_PING_KEYS": "key-a,key-b", "BRIDGE_SENTRY_KEYS": f"{KEY_A}@1,{KEY_B}",
-       "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
+ENV = {
+    "BRIDGE_AUTH_TOKENS": FLEET,
+    "BRIDGE_EXECUTION_TOKEN_SECRET": SECRET,
+    "BRIDGE_METRICS_TOKEN": METRICS,
+    "BRIDGE_PING_KEYS": "key-a,key-b",
+    "BRIDGE_SENTRY_KEYS": f"{KEY_A}@1,{KEY_B}",
+    "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
+}
 _counter = iter(range(10**6))
 
 
@@ -74,8 +79,13 @@ class Door:
         return self.http.post(self.url + path, timeout=10, **kwargs)
 
     def fleet(self, method: str, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
-        return self.http.request(method, self.url + path, timeout=10,
-                                 headers={"Authorization": f"Bearer {FLEET}", **(headers or {})}, **kwargs)
+        return self.http.request(
+            method,
+            self.url + path,
+            timeout=10,
+            headers={"Authorization": f"Bearer {FLEET}", **(headers or {})},
+            **kwargs,
+        )
 
     def read(self, path: str) -> requests.Response:
         return self.http.get(self.url + path, headers={"Authorization": f"Bearer {METRICS}"}, timeout=10)
@@ -98,8 +108,11 @@ def envelope(*check_ins: dict) -> bytes:
 
 
 def sentry_post(door: Door, project: int, body: bytes, key: str = KEY_B, **headers) -> requests.Response:
-    return door.post(f"/api/{project}/envelope/", data=body,
-                     headers={"X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7", **headers})
+    return door.post(
+        f"/api/{project}/envelope/",
+        data=body,
+        headers={"X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7", **headers},
+    )
 
 
 @pytest.mark.e2e
@@ -148,12 +161,20 @@ class TestAuthority:
         taken = door.fleet("PUT", f"/api/v1/tasks/{thief}", json={"ping_uuid": check.upper()})
         assert (taken.status_code, taken.json()["field"]) == (409, "ping_uuid")
         token = execution_token(SECRET, "thief-run")
-        inband = door.post(HEARTBEAT, headers={"Authorization": f"Bearer {token}"},
-                           json=seed_heartbeat("thief-run", task_name=thief, task_schedule={"ping_uuid": check}))
+        inband = door.post(
+            HEARTBEAT,
+            headers={"Authorization": f"Bearer {token}"},
+            json=seed_heartbeat("thief-run", task_name=thief, task_schedule={"ping_uuid": check}),
+        )
         assert (inband.status_code, inband.json()["field"]) == (409, "task_schedule.ping_uuid")
-        batch = door.fleet("POST", HEARTBEATS, json=[
-            seed_heartbeat("thief-batch", task_name=thief, task_schedule={"ping_uuid": check}),
-            seed_heartbeat(fresh("honest"))]).json()
+        batch = door.fleet(
+            "POST",
+            HEARTBEATS,
+            json=[
+                seed_heartbeat("thief-batch", task_name=thief, task_schedule={"ping_uuid": check}),
+                seed_heartbeat(fresh("honest")),
+            ],
+        ).json()
         assert [item.get("code") for item in batch["results"]] == [409, None] and batch["rejected"] == 1
         assert door.get(f"/ping/{check}").status_code == 200
         assert door.task(holder)["runs"] == 1 and door.read(f"/api/v1/executions/{'thief-run'}").status_code == 404
@@ -226,37 +247,88 @@ class TestAuthority:
 
 @pytest.mark.e2e
 class TestInputRules:
-    @pytest.mark.parametrize("send", [
-        lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": ["ok"]})),
-        lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": {"ok": 1}})),
-        lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": "ok", "monitor_config": {
-            "schedule": {"type": "interval", "value": 1, "unit": ["hour"]}}})),
-        lambda door: door.fleet("PUT", "/api/v1/tasks/big", data='{"period_seconds": 1' + "0" * 400 + "}",
-                                headers={"Content-Type": "application/json"}),
-        lambda door: door.fleet("POST", HEARTBEAT, data=json.dumps(seed_heartbeat("big", task_name="big")).replace(
-            '"timestamp": 1700000000', '"timestamp": 1' + "0" * 400), headers={"Content-Type": "application/json"}),
-        lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": "ok", "monitor_config": {
-            "checkin_margin": 10**400}})),
-        lambda door: door.fleet("PUT", "/api/v1/tasks/lone", data='{"description": "\\ud800"}',
-                                headers={"Content-Type": "application/json"}),
-        lambda door: door.fleet("PUT", "/api/v1/tasks/lone", data='{"labels": {"team": "\\ud800"}}',
-                                headers={"Content-Type": "application/json"}),
-        lambda door: sentry_post(door, 9, b'{}\n{"type":"check_in"}\n{"monitor_slug": "\\ud800", "status": "ok"}\n'),
-        lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": "ok", "monitor_config": {
-            "owner": "team:\ud800"}})),
-        lambda door: sentry_post(door, 9, b"{}\n" + b'{"type":"check_in"}\n' + b"[" * 100_000 + b"]" * 100_000),
-        lambda door: sentry_post(door, 9, b"[" * 100_000 + b"]" * 100_000 + b"\n"),
-    ], ids=["status-list", "status-object", "unit-list", "period-401-digits", "timestamp-401-digits",
-            "sentry-margin-401-digits", "description-surrogate", "label-surrogate", "slug-surrogate",
-            "owner-surrogate", "deep-check-in", "deep-header"])
+    @pytest.mark.parametrize(
+        "send",
+        [
+            lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": ["ok"]})),
+            lambda door: sentry_post(door, 9, envelope({"monitor_slug": "s", "status": {"ok": 1}})),
+            lambda door: sentry_post(
+                door,
+                9,
+                envelope(
+                    {
+                        "monitor_slug": "s",
+                        "status": "ok",
+                        "monitor_config": {"schedule": {"type": "interval", "value": 1, "unit": ["hour"]}},
+                    }
+                ),
+            ),
+            lambda door: door.fleet(
+                "PUT",
+                "/api/v1/tasks/big",
+                data='{"period_seconds": 1' + "0" * 400 + "}",
+                headers={"Content-Type": "application/json"},
+            ),
+            lambda door: door.fleet(
+                "POST",
+                HEARTBEAT,
+                data=json.dumps(seed_heartbeat("big", task_name="big")).replace(
+                    '"timestamp": 1700000000', '"timestamp": 1' + "0" * 400
+                ),
+                headers={"Content-Type": "application/json"},
+            ),
+            lambda door: sentry_post(
+                door, 9, envelope({"monitor_slug": "s", "status": "ok", "monitor_config": {"checkin_margin": 10**400}})
+            ),
+            lambda door: door.fleet(
+                "PUT",
+                "/api/v1/tasks/lone",
+                data='{"description": "\\ud800"}',
+                headers={"Content-Type": "application/json"},
+            ),
+            lambda door: door.fleet(
+                "PUT",
+                "/api/v1/tasks/lone",
+                data='{"labels": {"team": "\\ud800"}}',
+                headers={"Content-Type": "application/json"},
+            ),
+            lambda door: sentry_post(
+                door, 9, b'{}\n{"type":"check_in"}\n{"monitor_slug": "\\ud800", "status": "ok"}\n'
+            ),
+            lambda door: sentry_post(
+                door, 9, envelope({"monitor_slug": "s", "status": "ok", "monitor_config": {"owner": "team:\ud800"}})
+            ),
+            lambda door: sentry_post(door, 9, b"{}\n" + b'{"type":"check_in"}\n' + b"[" * 100_000 + b"]" * 100_000),
+            lambda door: sentry_post(door, 9, b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+        ],
+        ids=[
+            "status-list",
+            "status-object",
+            "unit-list",
+            "period-401-digits",
+            "timestamp-401-digits",
+            "sentry-margin-401-digits",
+            "description-surrogate",
+            "label-surrogate",
+            "slug-surrogate",
+            "owner-surrogate",
+            "deep-check-in",
+            "deep-header",
+        ],
+    )
     def test_it_answers_the_eight_causes_of_500_with_a_4xx(self, door, send):
         response = send(door)
         assert 400 <= response.status_code < 500, response.text
 
     def test_it_refuses_a_javascript_link_and_guards_its_pages(self, door):
         token = execution_token(SECRET, "js-run")
-        response = door.post(HEARTBEAT, headers={"Authorization": f"Bearer {token}"}, json=seed_heartbeat(
-            "js-run", task_name="js", task_schedule={"runbook_url": "javascript:fetch('/metrics')"}))
+        response = door.post(
+            HEARTBEAT,
+            headers={"Authorization": f"Bearer {token}"},
+            json=seed_heartbeat(
+                "js-run", task_name="js", task_schedule={"runbook_url": "javascript:fetch('/metrics')"}
+            ),
+        )
         assert (response.status_code, response.json()["field"]) == (400, "task_schedule.runbook_url")
         door.fleet("PUT", "/api/v1/tasks/linked", json={"runbook_url": "https://runbooks.example/linked"})
         page = door.read("/tasks/linked")
@@ -296,8 +368,7 @@ def test_it_keeps_task_names_for_declarations_when_pings_make_tasks(store, tmp_p
         redis, env["BRIDGE_STORE_URL"] = start_redis(tmp_path / "redis")
     bridge = LiveBridge(tmp_path, workers=1, env=env).start()
     try:
-        made = [requests.get(f"{bridge.url}/ping/key-a/made-{n}?create=1", timeout=10).status_code
-                for n in range(25)]
+        made = [requests.get(f"{bridge.url}/ping/key-a/made-{n}?create=1", timeout=10).status_code for n in range(25)]
         assert made == [201] * 18 + [429] * 7  # the last tenth of the names stays for declarations
         assert requests.put(f"{bridge.url}/api/v1/tasks/declared", json={}, timeout=10).status_code == 200
         declared = requests.get(f"{bridge.url}/api/v1/tasks/declared", timeout=10).json()
@@ -317,21 +388,36 @@ class TestTasksFile:
     def test_it_keeps_monitoring_through_a_bad_rewrite_and_says_so(self, tmp_path):
         tasks_file = tmp_path / "tasks.yml"
         tasks_file.write_text("tasks:\n  - name: nightly\n    period_seconds: 3600\n")
-        bridge = LiveBridge(tmp_path, workers=2, env={"BRIDGE_TASKS_FILE": str(tasks_file),
-                                                      "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
-                                                      "BRIDGE_LOG_LEVEL": "INFO"}).start()
+        bridge = LiveBridge(
+            tmp_path,
+            workers=2,
+            env={
+                "BRIDGE_TASKS_FILE": str(tasks_file),
+                "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
+                "BRIDGE_LOG_LEVEL": "INFO",
+            },
+        ).start()
         try:
             metric = lambda name: total(bridge.metrics(), name)
             wait_for(lambda: metric("bridge_tasks_file_reload_success") == 1, "the file to be applied")
             loaded_at = metric("bridge_tasks_file_last_reload_timestamp_seconds")
-            for bad in ("tasks:\n  - name: caf\xe9\n".encode("latin-1"), b"tasks:\n  - name: nightly\n    1: x\n",
-                        b"tasks:\n  - name: nightly\n    period_seconds: 1" + b"0" * 400 + b"\n"):
+            for bad in (
+                "tasks:\n  - name: caf\xe9\n".encode("latin-1"),
+                b"tasks:\n  - name: nightly\n    1: x\n",
+                b"tasks:\n  - name: nightly\n    period_seconds: 1" + b"0" * 400 + b"\n",
+            ):
                 tasks_file.write_bytes(bad)
                 wait_for(lambda: metric("bridge_tasks_file_reload_success") == 0, "the bad file to show")
-                requests.post(bridge.url + HEARTBEAT, json=seed_heartbeat("kept-watching", interval_seconds=1),
-                              timeout=10)
-                wait_for(lambda: requests.get(f"{bridge.url}/api/v1/executions/kept-watching", timeout=10).json()[
-                    "status"] == "lost", "the reaper to find a silent execution")  # the reaper goes on
+                requests.post(
+                    bridge.url + HEARTBEAT, json=seed_heartbeat("kept-watching", interval_seconds=1), timeout=10
+                )
+                wait_for(
+                    lambda: (
+                        requests.get(f"{bridge.url}/api/v1/executions/kept-watching", timeout=10).json()["status"]
+                        == "lost"
+                    ),
+                    "the reaper to find a silent execution",
+                )  # the reaper goes on
                 assert requests.get(bridge.url + "/readyz", timeout=10).status_code == 200
                 nightly = requests.get(f"{bridge.url}/api/v1/tasks/nightly", timeout=10).json()
                 assert (nightly.get("declared_by"), nightly.get("period_seconds")) == ("file", 3600), nightly
@@ -356,12 +442,22 @@ class TestTasksFile:
         tasks_file.write_text("tasks:\n  - name: hourly\n    runbook_url: 'javascript:alert(1)'\n")
         result = subprocess.run(
             [sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{free_port()}"],
-            env={"PATH": "/usr/bin:/bin", "BRIDGE_TASKS_FILE": str(tasks_file),
-                 "BRIDGE_STORE_URL": f"sqlite:///{tmp_path / 'b.db'}"},
-            cwd=ROOT, capture_output=True, text=True, timeout=60)
+            env={
+                "PATH": "/usr/bin:/bin",
+                "BRIDGE_TASKS_FILE": str(tasks_file),
+                "BRIDGE_STORE_URL": f"sqlite:///{tmp_path / 'b.db'}",
+            },
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert re.fullmatch(r"heartbeat-bridge: BRIDGE_TASKS_FILE: .*: task 'hourly': runbook_url: must be an "
-                            r"http:// or https:// URL\n", result.stderr), result.stderr
+        assert re.fullmatch(
+            r"heartbeat-bridge: BRIDGE_TASKS_FILE: .*: task 'hourly': runbook_url: must be an "
+            r"http:// or https:// URL\n",
+            result.stderr,
+        ), result.stderr
 
 
 def _children(parent: int) -> list[int]:

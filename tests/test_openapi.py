@@ -15,13 +15,17 @@ from bridge.web import create_app
 def test_it_serves_an_openapi_3_document_with_every_route(client):
     spec = client.get("/api/v1/openapi.json").json
     assert spec["openapi"].startswith("3.")
-    served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-              for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    served = {
+        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for rule in client.application.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
     assert served == set(spec["paths"]) | {"/api/v1/openapi.json"}
 
 
 def _app():
     import tempfile
+
     folder = tempfile.mkdtemp(prefix="schemathesis-")
     return create_app({"SETTINGS": load_settings({}, store_url=f"sqlite:///{folder}/bridge.db")})
 
@@ -31,18 +35,29 @@ def _app():
 # A task declaration's cron expression and time zone are checked by cronsim and the time zone
 # database, which no JSON Schema can say: there a schema-valid body may still get 400. Nor
 # can it say what a Sentry envelope is: any bytes are schema-valid there.
-_CONFIG = SchemathesisConfig.from_dict({
-    "generation": {"codec": "utf-8"},
-    "checks": {"negative_data_rejection": {
-        "expected-statuses": ["400", "401", "403", "404", "413", "415", "422"]}},
-    "operations": [{
-        "include-path-regex": "^/api/v1/(tasks/|monitoring/heartbeat$)",
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404"]}}}, {
-        # a check-in id that names another monitor's run, or a monitor another project made, is a 409
-        "include-path-regex": "^/api/[^/]+/(envelope|cron)/",
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404", "409"]}}}, {
-        "include-path-regex": "^/ping/",
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "404", "409"]}}}]})
+_CONFIG = SchemathesisConfig.from_dict(
+    {
+        "generation": {"codec": "utf-8"},
+        "checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "403", "404", "413", "415", "422"]}},
+        "operations": [
+            {
+                "include-path-regex": "^/api/v1/(tasks/|monitoring/heartbeat$)",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404"]}},
+            },
+            {
+                # a check-in id that names another monitor's run, or a monitor another project made, is a 409
+                "include-path-regex": "^/api/[^/]+/(envelope|cron)/",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "400", "401", "403", "404", "409"]}
+                },
+            },
+            {
+                "include-path-regex": "^/ping/",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400", "404", "409"]}},
+            },
+        ],
+    }
+)
 # Sentry SDKs send envelopes as application/x-sentry-envelope: bytes, as octet-stream is.
 schemathesis.serializer.alias("application/x-sentry-envelope", "application/octet-stream")
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", _app(), config=_CONFIG)

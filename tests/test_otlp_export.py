@@ -73,9 +73,16 @@ def receiver():
 
 
 def test_it_exports_exactly_one_span_per_execution_across_4_workers(live_bridge, receiver):
-    bridge = live_bridge(workers=4, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "bridge-under-test",
-        "BRIDGE_LOST_AFTER_INTERVALS": "2", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2", **OTEL_FAST})
+    bridge = live_bridge(
+        workers=4,
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_SERVICE_NAME": "bridge-under-test",
+            "BRIDGE_LOST_AFTER_INTERVALS": "2",
+            "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
+            **OTEL_FAST,
+        },
+    )
     ids = [str(uuid.uuid4()) for _ in range(100)]
     succeed, fail, go_silent = ids[:40], ids[40:70], ids[70:]
     pool = ThreadPoolExecutor(16)
@@ -85,15 +92,29 @@ def test_it_exports_exactly_one_span_per_execution_across_4_workers(live_bridge,
         assert response.status_code == 200, response.text
 
     def beat(eid, stage):
-        post(HEARTBEAT, {"execution_id": eid, "container_id": "c", "status": "running",
-                         "interval_seconds": 1, "task_name": "otlp", "progress": {"stage": stage}})
+        post(
+            HEARTBEAT,
+            {
+                "execution_id": eid,
+                "container_id": "c",
+                "status": "running",
+                "interval_seconds": 1,
+                "task_name": "otlp",
+                "progress": {"stage": stage},
+            },
+        )
 
     list(pool.map(lambda eid: beat(eid, "extract"), ids))
     list(pool.map(lambda eid: beat(eid, "load"), ids))
     finishing = [(eid, True) for eid in succeed] + [(eid, False) for eid in fail]
-    list(pool.map(lambda item: post(COMPLETION, {"execution_id": item[0], "success": item[1],
-                                                 "error_message": None if item[1] else "boom"}),
-                  finishing * 2))  # every completion twice, racing through the workers
+    list(
+        pool.map(
+            lambda item: post(
+                COMPLETION, {"execution_id": item[0], "success": item[1], "error_message": None if item[1] else "boom"}
+            ),
+            finishing * 2,
+        )
+    )  # every completion twice, racing through the workers
 
     deadline = time.monotonic() + WAIT_SECONDS
     while len(receiver.execution_spans()) < 100 and time.monotonic() < deadline:
@@ -107,10 +128,11 @@ def test_it_exports_exactly_one_span_per_execution_across_4_workers(live_bridge,
     expected = {(eid.replace("-", ""), execution_span_id(eid)) for eid in ids}
     assert set(keys) == expected
     by_trace = {s.trace_id.hex(): s for s in spans}
-    assert all(by_trace[e.replace("-", "")].status.code == 1 for e in succeed)   # OK
+    assert all(by_trace[e.replace("-", "")].status.code == 1 for e in succeed)  # OK
     assert all(by_trace[e.replace("-", "")].status.code == 2 for e in fail + go_silent)  # ERROR
-    stage_parents = {(s.trace_id.hex(), s.parent_span_id.hex()) for s in receiver.spans
-                     if s.name in ("extract", "load")}
+    stage_parents = {
+        (s.trace_id.hex(), s.parent_span_id.hex()) for s in receiver.spans if s.name in ("extract", "load")
+    }
     assert stage_parents == expected
     pool.shutdown()
 
@@ -122,8 +144,7 @@ def test_it_answers_every_request_while_the_otlp_endpoint_is_down(live_bridge):
     for n in range(30):
         body = {"execution_id": f"down-{n}", "container_id": "c", "status": "running"}
         assert session.post(bridge.url + HEARTBEAT, json=body, timeout=5).status_code == 200
-        done = session.post(bridge.url + COMPLETION, json={"execution_id": f"down-{n}", "success": True},
-                            timeout=5)
+        done = session.post(bridge.url + COMPLETION, json={"execution_id": f"down-{n}", "success": True}, timeout=5)
         assert done.status_code == 200 and done.json()["status"] == "ok"
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:

@@ -27,20 +27,42 @@ def text(response) -> str:
 @pytest.fixture
 def fleet(client, clock):
     """A declared task with a running execution, a failed one with its output, and a lost one."""
-    client.put("/api/v1/tasks/nightly-crawl", json={"schedule": "0 2 * * *", "timezone": "Europe/Berlin",
-                                                    "failure_threshold": 2, "labels": {"team": "data"},
-                                                    "description": "Crawls the partner sites",
-                                                    "runbook_url": "https://wiki.example/crawl"})
-    client.post(HEARTBEAT, json=seed_heartbeat("crawl-1", task_name="nightly-crawl",
-                                               progress={"stage": "fetch", "current_step": 3, "total_steps": 4}))
+    client.put(
+        "/api/v1/tasks/nightly-crawl",
+        json={
+            "schedule": "0 2 * * *",
+            "timezone": "Europe/Berlin",
+            "failure_threshold": 2,
+            "labels": {"team": "data"},
+            "description": "Crawls the partner sites",
+            "runbook_url": "https://wiki.example/crawl",
+        },
+    )
+    client.post(
+        HEARTBEAT,
+        json=seed_heartbeat(
+            "crawl-1", task_name="nightly-crawl", progress={"stage": "fetch", "current_step": 3, "total_steps": 4}
+        ),
+    )
     client.post(HEARTBEAT, json=seed_heartbeat("crawl-0", task_name="nightly-crawl"))
     clock.advance(125)
-    client.post(COMPLETION, json={"execution_id": "crawl-0", "success": False, "exit_code": 3,
-                                  "error_message": "Traceback: <ConnectionError> on partner-2",
-                                  "result_data": {"pages": 1200}})
+    client.post(
+        COMPLETION,
+        json={
+            "execution_id": "crawl-0",
+            "success": False,
+            "exit_code": 3,
+            "error_message": "Traceback: <ConnectionError> on partner-2",
+            "result_data": {"pages": 1200},
+        },
+    )
     client.post(HEARTBEAT, json=seed_heartbeat("silent-1", task_name="import"))
-    client.post(HEARTBEAT, json=seed_heartbeat("crawl-1", task_name="nightly-crawl",
-                                               progress={"stage": "parse", "current_step": 3, "total_steps": 4}))
+    client.post(
+        HEARTBEAT,
+        json=seed_heartbeat(
+            "crawl-1", task_name="nightly-crawl", progress={"stage": "parse", "current_step": 3, "total_steps": 4}
+        ),
+    )
     clock.advance(95)
     client.application.extensions["heartbeat_bridge"].monitor.reap()
     return client
@@ -52,8 +74,11 @@ def test_it_shows_tasks_and_executions_live_ones_first(fleet):
     assert '<meta http-equiv="refresh"' in page.data.decode()
     shown = text(page)
     # health, what the status does not say (a failed run below the threshold), and activity apart
-    assert re.search(r"nightly-crawl up last run failed \(1 more failure makes it failing\) 0 2 \* \* \* Europe/Berlin "
-                     r".* 1 of 2 1 ", shown), shown
+    assert re.search(
+        r"nightly-crawl up last run failed \(1 more failure makes it failing\) 0 2 \* \* \* Europe/Berlin "
+        r".* 1 of 2 1 ",
+        shown,
+    ), shown
     rows = re.findall(r'href="/executions/([^"]+)"', page.data.decode())
     assert rows == ["crawl-1", "silent-1", "crawl-0"]  # running, lost (live first), then ended
     assert 'value="75.0"' in page.data.decode()  # crawl-1's progress bar: 3 of 4 steps
@@ -69,8 +94,15 @@ def test_it_filters_executions_by_status_and_task(fleet):
 
 def test_it_shows_a_tasks_schedule_deadline_streak_and_runs(fleet):
     page = text(fleet.get("/tasks/nightly-crawl"))
-    for expected in ("Crawls the partner sites", "0 2 * * * in Europe/Berlin", "team=data",
-                     "1 in a row (failing at 2)", "https://wiki.example/crawl", "crawl-0", "Declared by api"):
+    for expected in (
+        "Crawls the partner sites",
+        "0 2 * * * in Europe/Berlin",
+        "team=data",
+        "1 in a row (failing at 2)",
+        "https://wiki.example/crawl",
+        "crawl-0",
+        "Declared by api",
+    ):
         assert expected in page, expected
     assert re.search(r"Next deadline in \d+ h", page), page
 
@@ -125,9 +157,16 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -138,27 +177,56 @@ def browser(tmp_path):
 
 @pytest.fixture
 def live_fleet(live_bridge):
-    bridge = live_bridge(workers=1, env={"BRIDGE_METRICS_TOKEN": TOKEN, "BRIDGE_LOST_AFTER_INTERVALS": "1",
-                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
-                                         "BRIDGE_TRACE_URL": "https://tempo.example/trace/{trace_id}"})
+    bridge = live_bridge(
+        workers=1,
+        env={
+            "BRIDGE_METRICS_TOKEN": TOKEN,
+            "BRIDGE_LOST_AFTER_INTERVALS": "1",
+            "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2",
+            "BRIDGE_TRACE_URL": "https://tempo.example/trace/{trace_id}",
+        },
+    )
     post = lambda path, body: requests.post(bridge.url + path, json=body, timeout=10).raise_for_status()
-    requests.put(bridge.url + "/api/v1/tasks/nightly-crawl", timeout=10, json={
-        "schedule": "0 2 * * *", "timezone": "Europe/Berlin", "failure_threshold": 2,
-        "labels": {"team": "data"}, "description": "Crawls the partner sites"}).raise_for_status()
+    requests.put(
+        bridge.url + "/api/v1/tasks/nightly-crawl",
+        timeout=10,
+        json={
+            "schedule": "0 2 * * *",
+            "timezone": "Europe/Berlin",
+            "failure_threshold": 2,
+            "labels": {"team": "data"},
+            "description": "Crawls the partner sites",
+        },
+    ).raise_for_status()
     post(HEARTBEAT, seed_heartbeat("crawl-0", task_name="nightly-crawl"))
-    post(COMPLETION, {"execution_id": "crawl-0", "success": False, "exit_code": 3,
-                      "error_message": "ConnectionError: partner-2 refused\n  at fetch()",
-                      "result_data": {"pages": 1200}})
+    post(
+        COMPLETION,
+        {
+            "execution_id": "crawl-0",
+            "success": False,
+            "exit_code": 3,
+            "error_message": "ConnectionError: partner-2 refused\n  at fetch()",
+            "result_data": {"pages": 1200},
+        },
+    )
     post(HEARTBEAT, seed_heartbeat("silent-1", task_name="import", interval_seconds=1))
-    post(HEARTBEAT, seed_heartbeat("crawl-1-a-rather-long-execution-id-0123456789", task_name="nightly-crawl",
-                                   progress={"stage": "fetch", "percentage": 35}))
+    post(
+        HEARTBEAT,
+        seed_heartbeat(
+            "crawl-1-a-rather-long-execution-id-0123456789",
+            task_name="nightly-crawl",
+            progress={"stage": "fetch", "percentage": 35},
+        ),
+    )
     # what a status does not say: a task held back by its failing upstream, a paused one
     requests.put(bridge.url + "/api/v1/tasks/report", json={"depends_on": ["import"]}, timeout=10).raise_for_status()
     requests.put(bridge.url + "/api/v1/tasks/archive", json={"period_seconds": 3600}, timeout=10).raise_for_status()
     requests.post(bridge.url + "/api/v1/tasks/archive/pause", json={"seconds": 3600}, timeout=10).raise_for_status()
     deadline = time.monotonic() + 30
-    while requests.get(f"{bridge.url}/api/v1/executions/silent-1", headers=basic(TOKEN),
-                       timeout=10).json()["status"] != "lost":
+    while (
+        requests.get(f"{bridge.url}/api/v1/executions/silent-1", headers=basic(TOKEN), timeout=10).json()["status"]
+        != "lost"
+    ):
         assert time.monotonic() < deadline, "silent-1 never went lost"
         time.sleep(0.2)
     return bridge
@@ -169,14 +237,30 @@ def live_fleet(live_bridge):
 def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet, browser, tmp_path):
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": basic(TOKEN)})
-    pages = {"overview": ("/", ["nightly-crawl", "silent-1", "lost", "35%", "paused", "upstream import unhealthy",
-                                "last run failed (1 more failure makes it failing)"]),
-             "task": ("/tasks/nightly-crawl", ["Crawls the partner sites", "0 2 * * * in Europe/Berlin",
-                                               "1 in a row (failing at 2)", "1 running now"]),
-             "held task": ("/tasks/report", ["upstream import unhealthy: its alerts hold back", "Depends on"]),
-             "paused task": ("/tasks/archive", ["paused", "Paused", "until"]),
-             "execution": ("/executions/crawl-0", ["ConnectionError: partner-2 refused", "Exit code", "3",
-                                                   "open the trace", '"pages": 1200'])}
+    pages = {
+        "overview": (
+            "/",
+            [
+                "nightly-crawl",
+                "silent-1",
+                "lost",
+                "35%",
+                "paused",
+                "upstream import unhealthy",
+                "last run failed (1 more failure makes it failing)",
+            ],
+        ),
+        "task": (
+            "/tasks/nightly-crawl",
+            ["Crawls the partner sites", "0 2 * * * in Europe/Berlin", "1 in a row (failing at 2)", "1 running now"],
+        ),
+        "held task": ("/tasks/report", ["upstream import unhealthy: its alerts hold back", "Depends on"]),
+        "paused task": ("/tasks/archive", ["paused", "Paused", "until"]),
+        "execution": (
+            "/executions/crawl-0",
+            ["ConnectionError: partner-2 refused", "Exit code", "3", "open the trace", '"pages": 1200'],
+        ),
+    }
     shots: list[Path] = []
     for width_name, (width, height) in WIDTHS.items():
         browser.set_window_size(width, height)
@@ -189,12 +273,17 @@ def test_it_renders_every_page_in_chromium_at_desktop_and_phone_width(live_fleet
             assert browser.execute_script("return document.documentElement.lang") == "en"
             # every form control is labelled, and nothing but a table's own frame scrolls sideways
             assert browser.execute_script(
-                "return [...document.querySelectorAll('select, input')].every(e => e.labels.length > 0)")
-            assert browser.execute_script(
-                "return document.documentElement.scrollWidth <= window.innerWidth + 1"), (page_name, width_name)
+                "return [...document.querySelectorAll('select, input')].every(e => e.labels.length > 0)"
+            )
+            assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), (
+                page_name,
+                width_name,
+            )
             if width_name == "phone":  # and at 390 px no table scrolls either: its rows are stacked
-                assert browser.execute_script("return [...document.querySelectorAll('.table-wrap')]"
-                                              ".every(e => e.scrollWidth <= e.clientWidth + 1)"), page_name
+                assert browser.execute_script(
+                    "return [...document.querySelectorAll('.table-wrap')]"
+                    ".every(e => e.scrollWidth <= e.clientWidth + 1)"
+                ), page_name
             shot = tmp_path / f"{page_name}-{width_name}.png"
             browser.save_screenshot(str(shot))
             shots.append(shot)
@@ -259,7 +348,7 @@ def test_it_pages_through_any_number_of_executions_keeping_the_filters(client, m
     runs, url = [], "/tasks/batch"
     while url:
         page = client.get(url).data.decode()
-        tracked = page[page.index('aria-label="Tracked runs"'):]
+        tracked = page[page.index('aria-label="Tracked runs"') :]
         runs += re.findall(r'href="/executions/([^"]+)"', tracked)
         following = re.search(r'<a rel="next" href="([^"]+)"', tracked)
         url = following.group(1).replace("&amp;", "&").split("#")[0] if following else None
@@ -288,14 +377,24 @@ def test_it_lists_the_alerts_alertmanager_holds_for_a_task_and_an_execution(live
     try:
         bridge = live_bridge(workers=1, env={"BRIDGE_ALERTMANAGER_URL": am_url})
         requests.post(bridge.url + HEARTBEAT, json=seed_heartbeat("e-1", task_name="crawl"), timeout=10)
-        alerts = [{"labels": {"alertname": "TaskExecutionFailed", "task_name": "crawl", "execution_id": "e-1"},
-                   "annotations": {"summary": "A task execution failed."}},
-                  {"labels": {"alertname": "TaskRunMissed", "task_name": "crawl"},
-                   "annotations": {"summary": "A task's expected run did not start."}}]
+        alerts = [
+            {
+                "labels": {"alertname": "TaskExecutionFailed", "task_name": "crawl", "execution_id": "e-1"},
+                "annotations": {"summary": "A task execution failed."},
+            },
+            {
+                "labels": {"alertname": "TaskRunMissed", "task_name": "crawl"},
+                "annotations": {"summary": "A task's expected run did not start."},
+            },
+        ]
         assert requests.post(am_url + "/api/v2/alerts", json=alerts, timeout=10).status_code == 200
-        silence = {"matchers": [{"name": "alertname", "value": "TaskRunMissed", "isRegex": False}],
-                   "startsAt": "2020-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z", "createdBy": "test",
-                   "comment": "maintenance"}
+        silence = {
+            "matchers": [{"name": "alertname", "value": "TaskRunMissed", "isRegex": False}],
+            "startsAt": "2020-01-01T00:00:00Z",
+            "endsAt": "2099-01-01T00:00:00Z",
+            "createdBy": "test",
+            "comment": "maintenance",
+        }
         assert requests.post(am_url + "/api/v2/silences", json=silence, timeout=10).status_code == 200
         time.sleep(6)  # past the page's cache of Alertmanager's answer
         task_page = requests.get(bridge.url + "/tasks/crawl", timeout=10).text
@@ -303,13 +402,16 @@ def test_it_lists_the_alerts_alertmanager_holds_for_a_task_and_an_execution(live
         assert re.search(r"silenced</span> <strong>TaskRunMissed</strong>", task_page)
         execution_page = requests.get(bridge.url + "/executions/e-1", timeout=10).text
         assert "TaskExecutionFailed" in execution_page and "TaskRunMissed" not in execution_page
-        assert "1 alert firing</strong> in Alertmanager, 1 silenced or inhibited" in \
-            requests.get(bridge.url + "/", timeout=10).text
+        assert (
+            "1 alert firing</strong> in Alertmanager, 1 silenced or inhibited"
+            in requests.get(bridge.url + "/", timeout=10).text
+        )
     finally:
         alertmanager.stop()
     (tmp_path / "gone").mkdir()
-    gone = live_bridge(workers=1, env={"BRIDGE_ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}"},
-                       data_dir=tmp_path / "gone")
+    gone = live_bridge(
+        workers=1, env={"BRIDGE_ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}"}, data_dir=tmp_path / "gone"
+    )
     page = requests.get(gone.url + "/tasks/crawl", timeout=10)
     assert page.status_code in (200, 404)
     overview = requests.get(gone.url + "/", timeout=10)
@@ -325,8 +427,11 @@ def test_it_pauses_resumes_and_forgets_from_the_pages_and_refuses_another_sites_
     assert cross.status_code == 403 and client.get("/api/v1/tasks/hourly").json["status"] != "paused"
     other = client.post("/tasks/hourly/pause", data={"seconds": "3600"}, headers={"Origin": "https://evil.example"})
     assert other.status_code == 403
-    paused = client.post("/tasks/hourly/pause", data={"seconds": "3600"}, headers={"Sec-Fetch-Site": "same-origin",
-                                                                                     "Origin": "http://localhost"})
+    paused = client.post(
+        "/tasks/hourly/pause",
+        data={"seconds": "3600"},
+        headers={"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"},
+    )
     assert paused.status_code == 303 and client.get("/api/v1/tasks/hourly").json["status"] == "paused"
     assert 'action="/tasks/hourly/resume"' in client.get("/tasks/hourly").data.decode()
     assert client.post("/tasks/hourly/resume").status_code == 303

@@ -22,8 +22,12 @@ def settings_overrides():
 
 @pytest.fixture
 def declared(client):
-    assert client.put("/api/v1/tasks/backup", json={"ping_uuid": CHECK.upper(), "period_seconds": 3600,
-                                                    "failure_threshold": 2}).status_code == 200
+    assert (
+        client.put(
+            "/api/v1/tasks/backup", json={"ping_uuid": CHECK.upper(), "period_seconds": 3600, "failure_threshold": 2}
+        ).status_code
+        == 200
+    )
     return client
 
 
@@ -36,8 +40,9 @@ def execution(client, execution_id) -> dict:
 
 
 def rejected(client, reason) -> float:
-    return total(samples(client.get("/metrics").data.decode()), "bridge_requests_rejected_total",
-                 endpoint="ping", reason=reason)
+    return total(
+        samples(client.get("/metrics").data.decode()), "bridge_requests_rejected_total", endpoint="ping", reason=reason
+    )
 
 
 def test_it_answers_ok_in_plain_text_with_the_body_limit(declared):
@@ -48,16 +53,23 @@ def test_it_answers_ok_in_plain_text_with_the_body_limit(declared):
     assert task(declared)["runs"] == 3 and task(declared)["status"] == "up"
 
 
-@pytest.mark.parametrize("url, status, text, reason", [
-    ("/ping/00000000-0000-4000-8000-000000000000", 404, b"not found", "not_found"),
-    (f"/ping/{CHECK}/256", 400, b"invalid url format", "invalid_field"),
-    (f"/ping/{CHECK}/restart", 404, b"not found", "not_found"),
-    (f"/ping/{CHECK}?rid=not-a-uuid", 400, b"invalid uuid format: rid must be a UUID (8-4-4-4-12 hex digits)",
-     "invalid_field"),
-    ("/ping/key-1/no-such-task", 404, b"not found", "not_found"),  # a slug with no task
-    ("/ping/key-2/backup?create=1", 404, b"not found", "not_found"),  # not a ping key
-    ("/ping/key-1/Backup", 400, b"invalid url format", "invalid_field"),
-])
+@pytest.mark.parametrize(
+    "url, status, text, reason",
+    [
+        ("/ping/00000000-0000-4000-8000-000000000000", 404, b"not found", "not_found"),
+        (f"/ping/{CHECK}/256", 400, b"invalid url format", "invalid_field"),
+        (f"/ping/{CHECK}/restart", 404, b"not found", "not_found"),
+        (
+            f"/ping/{CHECK}?rid=not-a-uuid",
+            400,
+            b"invalid uuid format: rid must be a UUID (8-4-4-4-12 hex digits)",
+            "invalid_field",
+        ),
+        ("/ping/key-1/no-such-task", 404, b"not found", "not_found"),  # a slug with no task
+        ("/ping/key-2/backup?create=1", 404, b"not found", "not_found"),  # not a ping key
+        ("/ping/key-1/Backup", 400, b"invalid url format", "invalid_field"),
+    ],
+)
 def test_it_refuses_as_healthchecks_does_and_counts_it(declared, url, status, text, reason):
     response = declared.get(url)
     assert (response.status_code, response.data) == (status, text)
@@ -133,14 +145,21 @@ def test_it_finds_a_pings_task_by_an_index_not_by_reading_every_task(declared, m
     assert declared.get(f"/ping/{CHECK}").status_code == 200
 
 
-@given(path=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"),
-                             max_size=40), min_size=1, max_size=4),
-       query=st.dictionaries(st.sampled_from(["rid", "create", "x"]), st.text(max_size=40), max_size=3),
-       body=st.binary(max_size=300), method=st.sampled_from(["get", "post", "head"]))
+@given(
+    path=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"), max_size=40),
+        min_size=1,
+        max_size=4,
+    ),
+    query=st.dictionaries(st.sampled_from(["rid", "create", "x"]), st.text(max_size=40), max_size=3),
+    body=st.binary(max_size=300),
+    method=st.sampled_from(["get", "post", "head"]),
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_it_never_answers_500_to_any_ping(declared, path, query, body, method):
-    response = getattr(declared, method)("/ping/" + "/".join(path), query_string=query,
-                                          **({"data": body} if method == "post" else {}))
+    response = getattr(declared, method)(
+        "/ping/" + "/".join(path), query_string=query, **({"data": body} if method == "post" else {})
+    )
     assert response.status_code < 500, (path, query, response.data)
 
 
@@ -158,7 +177,7 @@ class TestLive:
         start = requests.post(f"{bridge.url}/ping/{CHECK}/start?rid={RID}", headers=headers, timeout=10)
         assert (start.status_code, start.text, start.headers["Ping-Body-Limit"]) == (200, "OK", "64")
         output = "".join(f"line {n}\n" for n in range(100))
-        tail = output.encode()[-int(start.headers["Ping-Body-Limit"]):]
+        tail = output.encode()[-int(start.headers["Ping-Body-Limit"]) :]
         end = requests.post(f"{bridge.url}/ping/{CHECK}/3?rid={RID}", data=tail, headers=headers, timeout=10)
         assert (end.status_code, end.text) == (200, "OK")
         run = requests.get(f"{bridge.url}/api/v1/executions/{RID}", timeout=10).json()
@@ -168,12 +187,13 @@ class TestLive:
     def test_it_takes_the_curl_lines_of_the_healthchecks_docs(self, bridge):
         curl = require_binary("curl")
         url = f"{bridge.url}/ping/{CHECK}"
-        for argv in ([curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", url],
-                     [curl, "-fsS", "-m", "10", "--retry", "5", "-I", url],
-                     [curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", f"{url}/start"],
-                     [curl, "-fsS", "-m", "10", "--retry", "5", "--data-raw", "backed up 3 GB", f"{url}/log"],
-                     [curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", "--data-raw", "no space left",
-                      f"{url}/fail"]):
+        for argv in (
+            [curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", url],
+            [curl, "-fsS", "-m", "10", "--retry", "5", "-I", url],
+            [curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", f"{url}/start"],
+            [curl, "-fsS", "-m", "10", "--retry", "5", "--data-raw", "backed up 3 GB", f"{url}/log"],
+            [curl, "-fsS", "-m", "10", "--retry", "5", "-o", "/dev/null", "--data-raw", "no space left", f"{url}/fail"],
+        ):
             result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             assert result.returncode == 0, (argv, result.stderr)
         backup = requests.get(f"{bridge.url}/api/v1/tasks/backup", timeout=10).json()

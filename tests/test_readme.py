@@ -37,10 +37,14 @@ def test_it_runs_every_shell_example_of_the_readme_in_order_on_a_fresh_bridge(li
             continue
         # the address `make run` listens on is this bridge's; `.venv/bin/` is this interpreter's;
         # curl fails on an HTTP error, as a reader would notice one
-        script = (block.replace("http://127.0.0.1:8000", bridge.url).replace(".venv/bin/", f"{venv_bin}/")
-                  .replace("curl -X", "curl -fsS -X"))
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
-                                timeout=120)
+        script = (
+            block.replace("http://127.0.0.1:8000", bridge.url)
+            .replace(".venv/bin/", f"{venv_bin}/")
+            .replace("curl -X", "curl -fsS -X")
+        )
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, (block, result.stdout, result.stderr)
     tasks = {t["task_name"]: t for t in requests.get(bridge.url + "/api/v1/tasks", timeout=10).json()["tasks"]}
     assert tasks["nightly-backup"]["runs"] == 1  # the ping went to the task its uuid names

@@ -68,8 +68,9 @@ class TestClockSteps:
         monotonic.advance(seconds)
         monitor.reap()
 
-    def test_it_finds_a_loss_one_window_after_the_clock_went_back_an_hour(self, client, clock, monotonic,
-                                                                            monitor, caplog):
+    def test_it_finds_a_loss_one_window_after_the_clock_went_back_an_hour(
+        self, client, clock, monotonic, monitor, caplog
+    ):
         client.post(HEARTBEAT, json=seed_heartbeat())
         self.tick(clock, monotonic, monitor)
         clock.advance(-3600)
@@ -110,6 +111,7 @@ class TestClockSteps:
 
     def test_it_rebases_once_when_two_workers_see_the_same_step(self, app, client, clock, monotonic, monitor):
         from bridge.service.monitor import Monitor
+
         other = Monitor(monitor.store, monitor.rules, clock, monotonic=monotonic)
         client.post(HEARTBEAT, json=seed_heartbeat())
         monitor.reap()
@@ -144,8 +146,9 @@ def test_it_goes_on_past_a_task_whose_stored_declaration_no_rule_can_read(client
     from bridge.core.tasks import Task, TaskOutcome
 
     # A record written before the input rules (a period of 401 digits): its rules raise.
-    broken = Task("broken", declarations={"api": {"period_seconds": 10**400}}, next_run_at=clock() - 10,
-                  deadline_at=clock() - 5)
+    broken = Task(
+        "broken", declarations={"api": {"period_seconds": 10**400}}, next_run_at=clock() - 10, deadline_at=clock() - 5
+    )
     monitor.store.apply_tasks([("broken", lambda cur: TaskOutcome(broken))])
     client.put("/api/v1/tasks/minutely", json={"period_seconds": 60, "start_grace_seconds": 0})
     client.post(HEARTBEAT, json=seed_heartbeat())

@@ -25,8 +25,7 @@ def start_store(topology: str, folder):
 @pytest.mark.parametrize("topology", ["redis", "redis-cluster"])
 def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_bridge, tmp_path, topology):
     server, url = start_store(topology, tmp_path)
-    env = {"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2",
-           "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
+    env = {"BRIDGE_STORE_URL": url, "BRIDGE_LOST_AFTER_INTERVALS": "2", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"}
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     replicas = [live_bridge(workers=2, env=env, data_dir=tmp_path / name) for name in ("a", "b")]
@@ -37,14 +36,18 @@ def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_br
 
     def beat(execution_id):
         replica = replicas[next(rounds) % 2]  # alternate: no execution sticks to one replica
-        response = requests.post(replica.url + HEARTBEAT, timeout=10, json={
-            "execution_id": execution_id, "status": "running", "task_name": "replicated", "interval_seconds": 1})
+        response = requests.post(
+            replica.url + HEARTBEAT,
+            timeout=10,
+            json={"execution_id": execution_id, "status": "running", "task_name": "replicated", "interval_seconds": 1},
+        )
         assert response.status_code == 200, response.text
 
     def complete(pair):
         replica, execution_id = pair
-        response = requests.post(replica.url + COMPLETION, timeout=10,
-                                 json={"execution_id": execution_id, "success": True})
+        response = requests.post(
+            replica.url + COMPLETION, timeout=10, json={"execution_id": execution_id, "success": True}
+        )
         assert response.status_code == 200, response.text
         return response.json()["duplicate"]
 
@@ -55,8 +58,9 @@ def test_it_counts_exactly_once_across_replicas_and_both_answer_the_same(live_br
         duplicates = list(pool.map(complete, [(r, e) for e in finishing for r in replicas]))
         assert sorted(duplicates) == [False] * 20 + [True] * 20
         deadline = time.monotonic() + WAIT_SECONDS
-        lost = lambda: requests.get(replicas[0].url + "/api/v1/executions", timeout=10,
-                                    params={"status": "lost", "limit": "1000"}).json()["executions"]
+        lost = lambda: requests.get(
+            replicas[0].url + "/api/v1/executions", timeout=10, params={"status": "lost", "limit": "1000"}
+        ).json()["executions"]
         while len(lost()) < 20 and time.monotonic() < deadline:
             list(pool.map(beat, steady))
             time.sleep(0.3)
@@ -87,16 +91,22 @@ def test_it_counts_missed_slots_and_failure_streaks_once_across_replicas(live_br
     replicas = [live_bridge(workers=2, env=env, data_dir=tmp_path / name) for name in ("a", "b")]
     pool = ThreadPoolExecutor(16)
     try:
-        declared = requests.put(replicas[0].url + "/api/v1/tasks/periodic", timeout=10,
-                                json={"period_seconds": 2, "start_grace_seconds": 1}).json()
+        declared = requests.put(
+            replicas[0].url + "/api/v1/tasks/periodic", timeout=10, json={"period_seconds": 2, "start_grace_seconds": 1}
+        ).json()
         requests.put(replicas[1].url + "/api/v1/tasks/flaky", timeout=10, json={"failure_threshold": 3})
 
         def run(n):  # each run's events go to both replicas, each event to both at once
             execution_id = f"flaky-{n}"
-            for event, body in ((HEARTBEAT, {"execution_id": execution_id, "task_name": "flaky"}),
-                                (COMPLETION, {"execution_id": execution_id, "success": False})):
-                answers = list(pool.map(lambda r, event=event, body=body: requests.post(r.url + event, json=body,
-                                                                                       timeout=10), replicas))
+            for event, body in (
+                (HEARTBEAT, {"execution_id": execution_id, "task_name": "flaky"}),
+                (COMPLETION, {"execution_id": execution_id, "success": False}),
+            ):
+                answers = list(
+                    pool.map(
+                        lambda r, event=event, body=body: requests.post(r.url + event, json=body, timeout=10), replicas
+                    )
+                )
                 assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
 
         list(pool.map(run, range(6)))
@@ -115,8 +125,14 @@ def test_it_counts_missed_slots_and_failure_streaks_once_across_replicas(live_br
         assert counted[0] == counted[1] >= periodic["missed_runs"] >= 3
 
         requests.post(replicas[0].url + HEARTBEAT, json={"execution_id": "flaky-ok", "task_name": "flaky"}, timeout=10)
-        list(pool.map(lambda r: requests.post(r.url + COMPLETION, json={"execution_id": "flaky-ok", "success": True},
-                                              timeout=10), replicas))
+        list(
+            pool.map(
+                lambda r: requests.post(
+                    r.url + COMPLETION, json={"execution_id": "flaky-ok", "success": True}, timeout=10
+                ),
+                replicas,
+            )
+        )
         flaky = requests.get(replicas[0].url + "/api/v1/tasks/flaky", timeout=10).json()
         assert (flaky["consecutive_failures"], flaky["runs"]) == (0, 7)
     finally:

@@ -28,8 +28,14 @@ def run(bridge, execution_id, *command, extra_env=None, options=(), url=None, **
     env = {k: v for k, v in os.environ.items() if k not in ("TASK_EXECUTION_ID", "TRACEPARENT")}
     env.update(TASK_EXECUTION_ID=execution_id, API_BASE_URL=url or bridge.url, HOSTNAME=f"host-{execution_id}")
     env.update(extra_env or {})
-    return subprocess.Popen([sys.executable, "-m", "bridge.container.run", "--interval", "1", *options, "--",
-                             *command], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.container.run", "--interval", "1", *options, "--", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def read_until(wrapper: subprocess.Popen, text: bytes) -> None:
@@ -65,10 +71,12 @@ def test_it_passes_the_exit_code_through_and_reports_it(bridge, code):
 
 
 def test_it_forwards_sigterm_and_exits_with_the_commands_code(bridge):
-    script = ("import signal, sys, time\n"
-              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
-              "print('ready', flush=True)\n"
-              "time.sleep(30)\n")
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
     wrapper = run(bridge, "term-1", sys.executable, "-c", script)
     assert wrapper.stdout.readline() == b"ready\n"
     started = time.monotonic()
@@ -91,10 +99,12 @@ def test_it_reports_a_command_killed_by_a_signal_as_128_plus_n(bridge):
 
 
 def test_it_takes_progress_from_json_lines_on_fd_3(bridge):
-    script = ('echo \'{"stage": "download", "percentage": 20}\' >&3; sleep 1.5; '
-              'echo \'not json\' >&3; '
-              'echo \'{"stage": "load", "percentage": 80, "rows": 5}\' >&3; '
-              'echo "fd=$HEARTBEAT_PROGRESS_FD"')
+    script = (
+        'echo \'{"stage": "download", "percentage": 20}\' >&3; sleep 1.5; '
+        "echo 'not json' >&3; "
+        'echo \'{"stage": "load", "percentage": 80, "rows": 5}\' >&3; '
+        'echo "fd=$HEARTBEAT_PROGRESS_FD"'
+    )
     wrapper = run(bridge, "progress-1", "sh", "-c", script)
     out, _ = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 0 and b"fd=3" in out
@@ -113,8 +123,14 @@ def test_it_hands_the_command_the_execution_spans_traceparent(bridge):
 
 def test_it_refuses_to_run_without_an_execution_id(bridge):
     env = {k: v for k, v in os.environ.items() if k != "TASK_EXECUTION_ID"}
-    result = subprocess.run([sys.executable, "-m", "bridge.container.run", "--", "true"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.container.run", "--", "true"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "TASK_EXECUTION_ID" in result.stderr
 
 
@@ -126,12 +142,17 @@ def test_it_reports_a_command_that_cannot_start(bridge):
     assert record["status"] == "failed" and "cannot run /nonexistent/tool" in record["error_message"]
 
 
-
 @pytest.mark.parametrize("option, shown", [("--help", "--completion-timeout"), ("--version", "heartbeat-run 0.")])
 def test_it_answers_help_and_version_without_a_command(option, shown):
     env = {k: v for k, v in os.environ.items() if k != "TASK_EXECUTION_ID"}
-    result = subprocess.run([sys.executable, "-m", "bridge.container.run", option], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.container.run", option],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and shown in result.stdout
 
 
@@ -153,9 +174,11 @@ def test_it_stops_waiting_for_the_bridge_on_sigterm_once_the_command_exited(brid
 
 def test_it_skips_a_bad_progress_line_and_keeps_reporting(live_bridge):
     bridge = live_bridge(workers=1, env={"BRIDGE_MAX_FIELD_BYTES": "1024"})
-    script = ('echo \'{"status": "done"}\' >&3; '  # not a status: skipped where it is read
-              f'echo \'{{"blob": "{"x" * 2000}"}}\' >&3; sleep 2.5; '  # too large: refused once, then dropped
-              'echo \'{"stage": "load", "percentage": 50}\' >&3; sleep 2.5')
+    script = (
+        'echo \'{"status": "done"}\' >&3; '  # not a status: skipped where it is read
+        f'echo \'{{"blob": "{"x" * 2000}"}}\' >&3; sleep 2.5; '  # too large: refused once, then dropped
+        'echo \'{"stage": "load", "percentage": 50}\' >&3; sleep 2.5'
+    )
     wrapper = run(bridge, "bad-line-1", "sh", "-c", script)
     _, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 0, err
@@ -166,8 +189,14 @@ def test_it_skips_a_bad_progress_line_and_keeps_reporting(live_bridge):
 
 def test_it_says_when_heartbeats_recover_after_an_outage(live_bridge, tmp_path):
     port, up = free_port(), tmp_path / "bridge-is-up"
-    wrapper = run(None, "outage-1", "sh", "-c", f"until [ -e {up} ]; do sleep 0.2; done; sleep 2.5",
-                  url=f"http://127.0.0.1:{port}")
+    wrapper = run(
+        None,
+        "outage-1",
+        "sh",
+        "-c",
+        f"until [ -e {up} ]; do sleep 0.2; done; sleep 2.5",
+        url=f"http://127.0.0.1:{port}",
+    )
     read_until(wrapper, b"failed (no answer)")
     bridge = live_bridge(workers=1, port=port)
     up.touch()

@@ -72,8 +72,20 @@ def test_it_accepts_the_seed_troubleshooting_curl_call(live_bridge):
     bridge = live_bridge()
     curl = require_binary("curl")
     result = subprocess.run(
-        [curl, "-sS", "-X", "POST", bridge.url + HEARTBEAT, "-H", "Content-Type: application/json",
-         "-d", '{"execution_id":"test","container_id":"test","status":"running"}'],
-        capture_output=True, text=True, timeout=30)
+        [
+            curl,
+            "-sS",
+            "-X",
+            "POST",
+            bridge.url + HEARTBEAT,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"execution_id":"test","container_id":"test","status":"running"}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "ok"

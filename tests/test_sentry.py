@@ -20,8 +20,14 @@ from support import samples, total
 KEY = "0123456789abcdef0123456789abcdef"
 ENVELOPE = "/api/42/envelope/"
 AUTH = {"X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client=sentry.python/2.75.0"}
-CONFIG = {"schedule": {"type": "crontab", "value": "0 3 * * *"}, "timezone": "Europe/Berlin",
-          "checkin_margin": 5, "max_runtime": 30, "failure_issue_threshold": 2, "owner": "team:data"}
+CONFIG = {
+    "schedule": {"type": "crontab", "value": "0 3 * * *"},
+    "timezone": "Europe/Berlin",
+    "checkin_margin": 5,
+    "max_runtime": 30,
+    "failure_issue_threshold": 2,
+    "owner": "team:data",
+}
 
 
 @pytest.fixture
@@ -43,8 +49,12 @@ def check_in(status: str, check_in_id: str = "a" * 32, slug: str = "nightly-craw
 
 
 def post(client, body: bytes, headers: dict | None = None, **kwargs):
-    return client.post(ENVELOPE, data=body, headers={**AUTH, "Content-Type": "application/x-sentry-envelope",
-                                                     **(headers or {})}, **kwargs)
+    return client.post(
+        ENVELOPE,
+        data=body,
+        headers={**AUTH, "Content-Type": "application/x-sentry-envelope", **(headers or {})},
+        **kwargs,
+    )
 
 
 def task(client, name="nightly-crawl") -> dict:
@@ -52,17 +62,26 @@ def task(client, name="nightly-crawl") -> dict:
 
 
 def rejected(client, reason) -> float:
-    return total(samples(client.get("/metrics").data.decode()), "bridge_requests_rejected_total",
-                 endpoint="sentry", reason=reason)
+    return total(
+        samples(client.get("/metrics").data.decode()),
+        "bridge_requests_rejected_total",
+        endpoint="sentry",
+        reason=reason,
+    )
 
 
 def test_it_makes_a_task_of_a_monitor_config_and_a_run_of_its_check_ins(client):
     response = post(client, envelope(check_in("in_progress", monitor_config=CONFIG)))
     assert (response.status_code, response.json) == (200, {"id": "9ec79c33ec9942ab8353589fcb2e04dc"})
     crawl = task(client)
-    assert (crawl["schedule"], crawl["timezone"], crawl["start_grace_seconds"], crawl["max_runtime_seconds"],
-            crawl["failure_threshold"], crawl["labels"]) == ("0 3 * * *", "Europe/Berlin", 300, 1800, 2,
-                                                             {"team": "data"})
+    assert (
+        crawl["schedule"],
+        crawl["timezone"],
+        crawl["start_grace_seconds"],
+        crawl["max_runtime_seconds"],
+        crawl["failure_threshold"],
+        crawl["labels"],
+    ) == ("0 3 * * *", "Europe/Berlin", 300, 1800, 2, {"team": "data"})
     assert crawl["status"] == "new" and crawl["running"] == ["a" * 32]
     post(client, envelope(check_in("error", duration=12.5, monitor_config=CONFIG)))
     run = client.get(f"/api/v1/executions/{'a' * 32}").json
@@ -79,43 +98,71 @@ def test_it_reads_an_interval_schedule_in_sentrys_units(client):
 
 def test_it_takes_other_items_and_drops_them(client):
     attachment = b"line one\nline two\n\x00binary"
-    body = envelope(({"type": "event"}, {"exception": {"values": [{"type": "ValueError"}]}}),
-                    ({"type": "attachment", "length": len(attachment), "filename": "log.txt"}, attachment),
-                    check_in("ok"),
-                    ({"type": "client_report"}, {"discarded_events": []}))
+    body = envelope(
+        ({"type": "event"}, {"exception": {"values": [{"type": "ValueError"}]}}),
+        ({"type": "attachment", "length": len(attachment), "filename": "log.txt"}, attachment),
+        check_in("ok"),
+        ({"type": "client_report"}, {"discarded_events": []}),
+    )
     assert post(client, body).status_code == 200
-    assert task(client)["runs"] == 1 and [t["task_name"] for t in client.get("/api/v1/tasks").json["tasks"]] == \
-        ["nightly-crawl"]
+    assert task(client)["runs"] == 1 and [t["task_name"] for t in client.get("/api/v1/tasks").json["tasks"]] == [
+        "nightly-crawl"
+    ]
 
 
-@pytest.mark.parametrize("encoding, compress", [
-    ("gzip", gzip.compress),
-    ("deflate", zlib.compress),
-    ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),  # raw deflate, as some clients send
-    ("br", brotli.compress),
-])
+@pytest.mark.parametrize(
+    "encoding, compress",
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),  # raw deflate, as some clients send
+        ("br", brotli.compress),
+    ],
+)
 def test_it_decodes_compressed_envelopes(client, encoding, compress):
     response = post(client, compress(envelope(check_in("ok"))), {"Content-Encoding": encoding})
     assert response.status_code == 200 and task(client)["runs"] == 1
 
 
-@pytest.mark.parametrize("body, headers, url, status, reason", [
-    (envelope(check_in("ok")), {"X-Sentry-Auth": "Sentry sentry_key=wrong"}, ENVELOPE, 401, "unauthorized"),
-    (envelope(check_in("ok")), {"X-Sentry-Auth": ""}, ENVELOPE, 401, "unauthorized"),
-    (envelope(check_in("timeout")), {}, ENVELOPE, 400, "invalid_field"),
-    (envelope(check_in("ok", slug="")), {}, ENVELOPE, 400, "invalid_field"),
-    (envelope(check_in("ok", monitor_config={"schedule": {"type": "crontab", "value": "every day"}})), {},
-     ENVELOPE, 400, "invalid_field"),
-    (envelope(check_in("ok", monitor_config={"schedule": {"type": "interval", "value": 1, "unit": "fortnight"}})),
-     {}, ENVELOPE, 400, "invalid_field"),
-    (b"not json\n", {}, ENVELOPE, 400, "invalid_json"),
-    (b"{}\n" + json.dumps({"type": "check_in", "length": 999}).encode() + b"\n{}", {}, ENVELOPE, 400, "invalid_json"),
-    (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"}, ENVELOPE, 400, "invalid_json"),
-    (envelope(check_in("ok")), {"Content-Encoding": "zstd"}, ENVELOPE, 415, "unsupported_media_type"),
-    (envelope(check_in("ok")), {"X-Sentry-Auth": ""}, f"{ENVELOPE}?sentry_key=wrong", 401, "unauthorized"),
-])
-def test_it_refuses_a_bad_envelope_with_sentrys_detail_and_keeps_nothing_of_it(client, body, headers, url,
-                                                                                 status, reason):
+@pytest.mark.parametrize(
+    "body, headers, url, status, reason",
+    [
+        (envelope(check_in("ok")), {"X-Sentry-Auth": "Sentry sentry_key=wrong"}, ENVELOPE, 401, "unauthorized"),
+        (envelope(check_in("ok")), {"X-Sentry-Auth": ""}, ENVELOPE, 401, "unauthorized"),
+        (envelope(check_in("timeout")), {}, ENVELOPE, 400, "invalid_field"),
+        (envelope(check_in("ok", slug="")), {}, ENVELOPE, 400, "invalid_field"),
+        (
+            envelope(check_in("ok", monitor_config={"schedule": {"type": "crontab", "value": "every day"}})),
+            {},
+            ENVELOPE,
+            400,
+            "invalid_field",
+        ),
+        (
+            envelope(
+                check_in("ok", monitor_config={"schedule": {"type": "interval", "value": 1, "unit": "fortnight"}})
+            ),
+            {},
+            ENVELOPE,
+            400,
+            "invalid_field",
+        ),
+        (b"not json\n", {}, ENVELOPE, 400, "invalid_json"),
+        (
+            b"{}\n" + json.dumps({"type": "check_in", "length": 999}).encode() + b"\n{}",
+            {},
+            ENVELOPE,
+            400,
+            "invalid_json",
+        ),
+        (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"}, ENVELOPE, 400, "invalid_json"),
+        (envelope(check_in("ok")), {"Content-Encoding": "zstd"}, ENVELOPE, 415, "unsupported_media_type"),
+        (envelope(check_in("ok")), {"X-Sentry-Auth": ""}, f"{ENVELOPE}?sentry_key=wrong", 401, "unauthorized"),
+    ],
+)
+def test_it_refuses_a_bad_envelope_with_sentrys_detail_and_keeps_nothing_of_it(
+    client, body, headers, url, status, reason
+):
     assert post(client, envelope(check_in("ok", check_in_id="b" * 32, slug="earlier"))).status_code == 200
     response = client.post(url, data=body, headers={**AUTH, **headers})
     assert response.status_code == status and response.json["detail"]
@@ -163,24 +210,47 @@ def test_it_takes_the_plain_http_check_ins_of_sentrys_docs(client):
 
 #: What broke the first doors: numbers past a float, lone surrogates, lists and objects where text goes.
 _odd = st.sampled_from([10**400, -(10**400), 1e308, "\ud800", "team:\ud800", ["ok"], {"ok": 1}, "latest"])
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-                     | _odd,
-                     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10),
-                                                                                        children, max_size=3),
-                     max_leaves=8)
-_check_in = st.fixed_dictionaries({}, optional={
-    "monitor_slug": st.one_of(st.text(max_size=140), _json),
-    "status": st.sampled_from(["in_progress", "ok", "error", "x"]),
-    "check_in_id": st.one_of(st.text(max_size=140), _json), "duration": _json,
-    "monitor_config": st.one_of(_json, st.fixed_dictionaries({}, optional={
-        "schedule": st.one_of(_json, st.fixed_dictionaries({"type": st.sampled_from(["crontab", "interval"]),
-                                                            "value": _json, "unit": _json})),
-        "checkin_margin": _json, "max_runtime": _json, "failure_issue_threshold": _json, "timezone": _json,
-        "owner": _json}))})
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20) | _odd,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=8,
+)
+_check_in = st.fixed_dictionaries(
+    {},
+    optional={
+        "monitor_slug": st.one_of(st.text(max_size=140), _json),
+        "status": st.sampled_from(["in_progress", "ok", "error", "x"]),
+        "check_in_id": st.one_of(st.text(max_size=140), _json),
+        "duration": _json,
+        "monitor_config": st.one_of(
+            _json,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "schedule": st.one_of(
+                        _json,
+                        st.fixed_dictionaries(
+                            {"type": st.sampled_from(["crontab", "interval"]), "value": _json, "unit": _json}
+                        ),
+                    ),
+                    "checkin_margin": _json,
+                    "max_runtime": _json,
+                    "failure_issue_threshold": _json,
+                    "timezone": _json,
+                    "owner": _json,
+                },
+            ),
+        ),
+    },
+)
 
 
-@given(payload=_check_in, raw=st.binary(max_size=200), encoding=st.sampled_from(["", "gzip", "br", "deflate"]),
-       use_raw=st.booleans())
+@given(
+    payload=_check_in,
+    raw=st.binary(max_size=200),
+    encoding=st.sampled_from(["", "gzip", "br", "deflate"]),
+    use_raw=st.booleans(),
+)
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_it_never_answers_500_to_any_envelope(client, payload, raw, encoding, use_raw):
     body = raw if use_raw else envelope(({"type": "check_in"}, payload))
@@ -188,26 +258,39 @@ def test_it_never_answers_500_to_any_envelope(client, payload, raw, encoding, us
     assert response.status_code < 500, (payload, response.json)
 
 
-@given(slug=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"),
-                   min_size=1, max_size=140),
-       query=st.dictionaries(st.sampled_from(["status", "check_in_id", "sentry_key"]),
-                             st.one_of(st.sampled_from(["in_progress", "ok", "error", "latest"]), st.text(max_size=40)),
-                             max_size=3),
-       config=st.one_of(st.none(), _json), method=st.sampled_from(["get", "post", "head"]))
+@given(
+    slug=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/?#%"), min_size=1, max_size=140
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["status", "check_in_id", "sentry_key"]),
+        st.one_of(st.sampled_from(["in_progress", "ok", "error", "latest"]), st.text(max_size=40)),
+        max_size=3,
+    ),
+    config=st.one_of(st.none(), _json),
+    method=st.sampled_from(["get", "post", "head"]),
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_it_never_answers_500_to_any_http_check_in(client, slug, query, config, method):
-    kwargs = {"data": json.dumps({"monitor_config": config}), "content_type": "application/json"} \
-        if method == "post" else {}
+    kwargs = (
+        {"data": json.dumps({"monitor_config": config}), "content_type": "application/json"} if method == "post" else {}
+    )
     response = getattr(client, method)(f"/api/42/cron/{slug}/{KEY}/", query_string=query, **kwargs)
     assert response.status_code < 500, (slug, query, response.data)
 
 
-@pytest.mark.parametrize("body, field", [
-    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
-    (b'{}\n{"type":"check_in"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
-    (b'{}\n{"type":"check_in"}\n{"monitor_slug": "s", "status": "ok", "duration": 1' + b"0" * 400 + b"}\n",
-     "duration"),
-], ids=["deep-header", "deep-check-in", "duration-401-digits"])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
+        (b'{}\n{"type":"check_in"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "body"),
+        (
+            b'{}\n{"type":"check_in"}\n{"monitor_slug": "s", "status": "ok", "duration": 1' + b"0" * 400 + b"}\n",
+            "duration",
+        ),
+    ],
+    ids=["deep-header", "deep-check-in", "duration-401-digits"],
+)
 def test_it_refuses_a_deep_or_huge_envelope_naming_the_field(client, body, field):
     response = post(client, body)
     assert (response.status_code, response.json["field"]) == (400, field)
@@ -226,8 +309,9 @@ class TestSentrySdk:
     def sdk_errors(self, caplog):
         """Return what the SDK logged as errors (with ``debug``: a refused envelope is one)."""
         caplog.set_level(logging.WARNING, logger="sentry_sdk.errors")
-        yield lambda: [r.getMessage() for r in caplog.records if r.name == "sentry_sdk.errors"
-                       and r.levelno >= logging.WARNING]
+        yield lambda: [
+            r.getMessage() for r in caplog.records if r.name == "sentry_sdk.errors" and r.levelno >= logging.WARNING
+        ]
         sentry_sdk.get_client().close()
         sentry_sdk.init(dsn=None, default_integrations=False)  # leave no client behind
 
@@ -240,11 +324,14 @@ class TestSentrySdk:
         transport = sentry_sdk.get_client().transport
         return transport._compression_algo if transport._compression_level else None
 
-    @pytest.mark.parametrize("algo, options", [
-        ("gzip", {"transport_compression_algo": "gzip"}),
-        ("br", {"transport_compression_algo": "br"}),
-        (None, {"transport_compression_level": 0}),
-    ])
+    @pytest.mark.parametrize(
+        "algo, options",
+        [
+            ("gzip", {"transport_compression_algo": "gzip"}),
+            ("br", {"transport_compression_algo": "br"}),
+            (None, {"transport_compression_level": 0}),
+        ],
+    )
     def test_it_takes_the_monitor_decorator_and_context_manager(self, dsn, sdk_errors, algo, options):
         self.sdk(dsn, _experiments=options)
         assert self.sent_encoding() == algo
@@ -272,8 +359,11 @@ class TestSentrySdk:
 
     def test_it_takes_capture_checkin_with_its_own_duration(self, dsn, sdk_errors):
         self.sdk(dsn)
-        check_in_id = capture_checkin(monitor_slug="import-job", status="in_progress",
-                                      monitor_config={"schedule": {"type": "interval", "value": 15, "unit": "minute"}})
+        check_in_id = capture_checkin(
+            monitor_slug="import-job",
+            status="in_progress",
+            monitor_config={"schedule": {"type": "interval", "value": 15, "unit": "minute"}},
+        )
         sentry_sdk.flush(timeout=10)
         running = requests.get(f"{self.url}/api/v1/tasks/import-job", timeout=10).json()
         assert running["running_count"] == 1 and running["running"] == [check_in_id]

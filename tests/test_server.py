@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from support import COMPLETION, HEARTBEAT, samples, total, wait_for
+from support import COMPLETION, HEARTBEAT, samples, total, wait_for, workers_holding
 
 WAIT_SECONDS = 30.0
 
@@ -31,18 +31,35 @@ class Fleet:
         return self.local.session
 
     def heartbeat(self, execution_id: str) -> dict:
-        response = self.session().post(self.url + HEARTBEAT, timeout=10, json={
-            "execution_id": execution_id, "container_id": f"task-{execution_id}",
-            "status": "running", "progress": {"percentage": 50}, "timestamp": int(time.time()),
-            "task_name": "e2e", "interval_seconds": 1})
+        response = self.session().post(
+            self.url + HEARTBEAT,
+            timeout=10,
+            json={
+                "execution_id": execution_id,
+                "container_id": f"task-{execution_id}",
+                "status": "running",
+                "progress": {"percentage": 50},
+                "timestamp": int(time.time()),
+                "task_name": "e2e",
+                "interval_seconds": 1,
+            },
+        )
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "ok"
         return response.json()
 
     def complete(self, execution_id: str, success: bool) -> dict:
-        response = self.session().post(self.url + COMPLETION, timeout=10, json={
-            "execution_id": execution_id, "container_id": f"task-{execution_id}",
-            "success": success, "result_data": {}, "error_message": None if success else "boom"})
+        response = self.session().post(
+            self.url + COMPLETION,
+            timeout=10,
+            json={
+                "execution_id": execution_id,
+                "container_id": f"task-{execution_id}",
+                "success": success,
+                "result_data": {},
+                "error_message": None if success else "boom",
+            },
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -51,8 +68,7 @@ class Fleet:
 
 
 def test_it_tracks_200_concurrent_executions_exactly_once_across_4_workers(live_bridge):
-    bridge = live_bridge(workers=4, env={"BRIDGE_LOST_AFTER_INTERVALS": "2",
-                                         "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
+    bridge = live_bridge(workers=4, env={"BRIDGE_LOST_AFTER_INTERVALS": "2", "BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
     fleet = Fleet(bridge.url)
     ids = [str(uuid.uuid4()) for _ in range(200)]
     silent, finishing, steady = ids[:50], ids[50:100], ids[100:]
@@ -61,8 +77,9 @@ def test_it_tracks_200_concurrent_executions_exactly_once_across_4_workers(live_
     assert len(bridge.executions(status="running")) == 200
 
     # Each completion twice, concurrently, so the copies race through different workers.
-    outcomes = list(fleet.pool.map(lambda pair: fleet.complete(*pair),
-                                   [(eid, n % 2 == 0) for n, eid in enumerate(finishing)] * 2))
+    outcomes = list(
+        fleet.pool.map(lambda pair: fleet.complete(*pair), [(eid, n % 2 == 0) for n, eid in enumerate(finishing)] * 2)
+    )
     assert sorted(o["duplicate"] for o in outcomes) == [False] * 50 + [True] * 50
 
     # The steady half keeps beating; the silent half must become lost, each once.
@@ -156,11 +173,12 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 def test_it_answers_probes_and_heartbeats_at_once_while_200_clients_trickle(live_bridge):
     bridge = live_bridge(workers=2, env={"BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": "4"})
     stop, opened = threading.Event(), []
-    heads = [b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-             b"Content-Length: 40\r\n\r\n{\"execution_id\": ",  # declares a body, then stalls in it
-             b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100]  # headers, a byte at a time
-    threads = [threading.Thread(target=_trickle, args=(bridge.url, heads[n % 2], stop, opened))
-               for n in range(200)]
+    heads = [
+        b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 40\r\n\r\n{"execution_id": ',  # declares a body, then stalls in it
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100,
+    ]  # headers, a byte at a time
+    threads = [threading.Thread(target=_trickle, args=(bridge.url, heads[n % 2], stop, opened)) for n in range(200)]
     for thread in threads:
         thread.start()
     try:
@@ -189,8 +207,10 @@ def test_it_answers_408_to_a_chunked_body_that_stalls(live_bridge):
     bridge = live_bridge(workers=1, env={"BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": "1"})
     host, port = bridge.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"execution_id\":")  # then nothing
+        sock.sendall(
+            b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"execution_id":'
+        )  # then nothing
         answer = sock.recv(65536)
         head, _, body = answer.partition(b"\r\n\r\n")
         length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
@@ -217,12 +237,17 @@ def _raw(url: str, request: bytes) -> tuple[int, dict, bytes]:
 
 
 MALFORMED = {
-    "duplicate Content-Length": (b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\n"
-                                 b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n"
-                                 b"\r\n{}", 400),
+    "duplicate Content-Length": (
+        b"POST /api/v1/monitoring/heartbeat HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n"
+        b"\r\n{}",
+        400,
+    ),
     "NUL in a header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n", 400),
-    "too many headers": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-                         + b"".join(b"X-H%d: v\r\n" % n for n in range(200)) + b"\r\n", 431),
+    "too many headers": (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(200)) + b"\r\n",
+        431,
+    ),
     "an over-long URI": (b"GET /healthz?" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
 }
 
@@ -239,8 +264,9 @@ def test_it_refuses_malformed_requests_in_json_and_counts_them(live_bridge):
 
 def test_it_answers_a_doubled_slash_with_a_json_404_not_a_redirect(live_bridge):
     bridge = live_bridge(workers=1)
-    response = requests.post(bridge.url + "/api/v1//monitoring/heartbeat", json={"execution_id": "x"},
-                             timeout=10, allow_redirects=False)
+    response = requests.post(
+        bridge.url + "/api/v1//monitoring/heartbeat", json={"execution_id": "x"}, timeout=10, allow_redirects=False
+    )
     assert response.status_code == 404 and "base URL" in response.json()["error"]
     assert requests.get(bridge.url + "/api/v1/executions/x", timeout=10).status_code == 404
     parsed = samples(requests.get(bridge.url + "/metrics", timeout=10).text)
@@ -248,19 +274,33 @@ def test_it_answers_a_doubled_slash_with_a_json_404_not_a_redirect(live_bridge):
 
 
 def test_it_says_once_what_it_runs_with_and_which_variables_it_ignores(live_bridge):
-    bridge = live_bridge(workers=3, env={"BRIDGE_WORKRES": "4", "BRIDGE_METRICS_TOKEN": "metrics-token-0123456789",
-                                         "OTEL_TRACES_EXPORTER": "none", "BRIDGE_LOG_LEVEL": "INFO"})
-    wait_for(lambda: bridge.log().count("Booting worker") >= 3, "three workers")
-    time.sleep(1)  # and their apps built: a worker that warned would have done so by now
+    bridge = live_bridge(
+        workers=3,
+        env={
+            "BRIDGE_WORKRES": "4",
+            "BRIDGE_METRICS_TOKEN": "metrics-token-0123456789",
+            "OTEL_TRACES_EXPORTER": "none",
+            "BRIDGE_LOG_LEVEL": "INFO",
+        },
+    )
+    # Each worker reads its settings, then opens the store: once all three hold the file, a
+    # worker that warned would have done so.
+    database = bridge.data_dir / "bridge.db"
+    wait_for(lambda: workers_holding(bridge, database) == 3, "three workers to build their apps")
     log = bridge.log()
     [ready] = [line for line in log.splitlines() if "Heartbeat Bridge" in line]
     # gunicorn's own format: [time] [pid] [LEVEL] message
-    assert re.fullmatch(r"\[[^]]+\] \[\d+\] \[INFO\] Heartbeat Bridge \S+: store sqlite:///\S+bridge\.db, "
-                        r"3 workers x \d+ threads, auth on \(metrics token\), tracing off", ready), ready
+    assert re.fullmatch(
+        r"\[[^]]+\] \[\d+\] \[INFO\] Heartbeat Bridge \S+: store sqlite:///\S+bridge\.db, "
+        r"3 workers x \d+ threads, auth on \(metrics token\), tracing off",
+        ready,
+    ), ready
     assert "metrics-token-0123456789" not in log
     warnings = [line for line in log.splitlines() if "unknown variable" in line]
-    assert len(warnings) == 1 and "[WARNING] ignoring unknown variable BRIDGE_WORKRES (did you mean BRIDGE_WORKERS?)" \
-        in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "[WARNING] ignoring unknown variable BRIDGE_WORKRES (did you mean BRIDGE_WORKERS?)" in warnings[0]
+    )
 
 
 def test_it_relies_only_on_gunicorn_internals_that_are_there():
@@ -280,11 +320,13 @@ def test_it_relies_only_on_gunicorn_internals_that_are_there():
     for attribute in ("self.nr_conns", "self.poller", "self.tpool"):  # read or counted down by BridgeWorker
         assert attribute in worker_init, f"gthread.ThreadWorker no longer sets {attribute}"
     assert parameters(gthread.ThreadWorker.enqueue_req) == ["self", "conn"], "enqueue_req(conn) changed"
-    assert "self.tpool.submit(self.handle" in inspect.getsource(gthread.ThreadWorker.enqueue_req), \
+    assert "self.tpool.submit(self.handle" in inspect.getsource(gthread.ThreadWorker.enqueue_req), (
         "enqueue_req no longer hands the connection to a thread"
+    )
     assert parameters(gthread.ThreadWorker.murder_keepalived)[:1] == ["self"], "murder_keepalived changed"
-    assert set(parameters(gthread.ThreadWorker.murder_keepalived)) <= {"self", "force"}, \
+    assert set(parameters(gthread.ThreadWorker.murder_keepalived)) <= {"self", "force"}, (
         "murder_keepalived takes arguments BridgeWorker does not pass on"
+    )
     assert parameters(base.Worker.handle_error) == ["self", "req", "client", "addr", "exc"], "handle_error changed"
     connection_init = inspect.getsource(gthread.TConn.__init__)
     for attribute in ("self.sock", "self.parser"):  # replaced, and its read-ahead taken, by BridgeWorker
@@ -292,8 +334,9 @@ def test_it_relies_only_on_gunicorn_internals_that_are_there():
     handle = inspect.getsource(gthread.ThreadWorker.handle)
     # A thread that waits for data would wait on a request BridgeWorker already read whole:
     # data_ready (in the gunicorns that wait) must be what tells it not to.
-    assert "wait_for_data" not in handle or "data_ready" in handle, \
+    assert "wait_for_data" not in handle or "data_ready" in handle, (
         "the request thread waits for data without asking conn.data_ready"
+    )
     if "_lock" in worker_init:  # gunicorn 23 registers with the poller from threads, under it
         assert "with self._lock" in inspect.getsource(gthread.ThreadWorker), "the poller's lock changed"
     left, right = socket.socketpair()

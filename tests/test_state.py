@@ -62,22 +62,28 @@ def losses(times, **fields):
     return record, lost
 
 
-@pytest.mark.parametrize("steps", [
-    ((4, 2), (60, 10)),          # five heartbeats 2 s apart, then one every 10 s
-    ((6, 0.1), (60, 30)),        # a start-up burst, then the seed's 30 s
-    ((10, 30), (30, 80)),        # slower, still inside the lost-window
-])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ((4, 2), (60, 10)),  # five heartbeats 2 s apart, then one every 10 s
+        ((6, 0.1), (60, 30)),  # a start-up burst, then the seed's 30 s
+        ((10, 30), (30, 80)),  # slower, still inside the lost-window
+    ],
+)
 def test_it_is_never_lost_by_a_cadence_that_fits_the_default_window(steps):
     record, lost = losses(cadence(*steps))
     assert lost == 0
     assert record.interval_seconds >= RULES.default_interval
 
 
-@pytest.mark.parametrize("steps, expected", [
-    (((10, 30), (20, 120)), 1),       # slows down past three default intervals
-    (((5, 2), (20, 200)), 1),         # a burst, then a slow cadence
-    (((10, 120), (20, 500)), 2),      # slow from the start, then slower again past that window
-])
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        (((10, 30), (20, 120)), 1),  # slows down past three default intervals
+        (((5, 2), (20, 200)), 1),  # a burst, then a slow cadence
+        (((10, 120), (20, 500)), 2),  # slow from the start, then slower again past that window
+    ],
+)
 def test_it_is_lost_at_most_once_for_each_slower_cadence_it_settles_on(steps, expected):
     record, lost = losses(cadence(*steps))
     assert lost == expected
@@ -104,7 +110,7 @@ def test_it_takes_the_median_gap_so_one_extra_heartbeat_does_not_shrink_the_inte
 def test_it_ignores_negative_and_absurd_gaps():
     record, _ = beat(None, T0)
     record, _ = beat(record, T0 + 50)
-    record, _ = beat(record, T0 - 3600)               # the clock went back an hour
+    record, _ = beat(record, T0 - 3600)  # the clock went back an hour
     record, _ = beat(record, T0 - 3600 + 2 * 86_400)  # then forward two days
     assert record.gaps == [50]
     assert record.interval_seconds == 50
@@ -114,10 +120,10 @@ def test_it_ignores_negative_and_absurd_gaps():
 def test_it_rebases_a_deadline_set_on_another_time_line_to_one_window_from_now():
     record, _ = beat(None, T0, interval_seconds=2)
     assert record.deadline_at == T0 + 6
-    back = executions.apply_rebase(record, T0 - 3600, RULES)      # the clock went back an hour
+    back = executions.apply_rebase(record, T0 - 3600, RULES)  # the clock went back an hour
     assert back.record.deadline_at == T0 - 3600 + 6
     assert back.transition is None and back.increments == ()
-    forward = executions.apply_rebase(record, T0 + 12, RULES)     # or forward past the deadline
+    forward = executions.apply_rebase(record, T0 + 12, RULES)  # or forward past the deadline
     assert forward.record.deadline_at == T0 + 18
     assert executions.apply_rebase(forward.record, T0 + 12, RULES).record is None
 
@@ -163,17 +169,20 @@ def test_it_ignores_a_heartbeat_for_a_finished_execution():
     assert executions.apply_heartbeat(done, Heartbeat("e1"), T0 + 1, RULES, label).result == "ignored"
 
 
-@pytest.mark.parametrize("progress, ratio", [
-    ({"percentage": 55.5}, 0.555),
-    ({"current_step": 3, "total_steps": 4}, 0.75),
-    ({"percentage": 250}, 1.0),
-    ({"percentage": "50%"}, None),
-    ({"percentage": True}, None),
-    ({"current_step": 1, "total_steps": 0}, None),
-    ({"current_step": 10 ** 400, "total_steps": 1}, None),
-    ({"stage": "x"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "progress, ratio",
+    [
+        ({"percentage": 55.5}, 0.555),
+        ({"current_step": 3, "total_steps": 4}, 0.75),
+        ({"percentage": 250}, 1.0),
+        ({"percentage": "50%"}, None),
+        ({"percentage": True}, None),
+        ({"current_step": 1, "total_steps": 0}, None),
+        ({"current_step": 10**400, "total_steps": 1}, None),
+        ({"stage": "x"}, None),
+        ({}, None),
+    ],
+)
 def test_it_reads_progress_ratio_from_percentage_or_steps(progress, ratio):
     assert executions.progress_ratio(progress) == (pytest.approx(ratio) if ratio is not None else None)
 
@@ -188,16 +197,52 @@ def test_it_resolves_a_task_name_first_sent_later():
 
 # Stored records are arrays in this order; a field may only ever be appended.
 STORED_ORDER = (
-    "execution_id", "status", "trace_id", "metric_task_name", "started_at", "updated_at", "container_id",
-    "container_name", "image", "oom_killed", "task_name", "task_type", "reported_status", "status_reason",
-    "progress", "progress_ratio", "labels", "last_heartbeat_at", "client_timestamp", "ended_at", "deadline_at",
-    "expires_at", "heartbeat_count", "interval_seconds", "interval_source", "gaps", "max_runtime_seconds",
-    "success", "error_message", "exit_code", "result_data", "completion_received", "end_cause", "lost_count",
-    "recoveries", "traceparent", "segment", "segment_started_at", "stages", "events", "version")
+    "execution_id",
+    "status",
+    "trace_id",
+    "metric_task_name",
+    "started_at",
+    "updated_at",
+    "container_id",
+    "container_name",
+    "image",
+    "oom_killed",
+    "task_name",
+    "task_type",
+    "reported_status",
+    "status_reason",
+    "progress",
+    "progress_ratio",
+    "labels",
+    "last_heartbeat_at",
+    "client_timestamp",
+    "ended_at",
+    "deadline_at",
+    "expires_at",
+    "heartbeat_count",
+    "interval_seconds",
+    "interval_source",
+    "gaps",
+    "max_runtime_seconds",
+    "success",
+    "error_message",
+    "exit_code",
+    "result_data",
+    "completion_received",
+    "end_cause",
+    "lost_count",
+    "recoveries",
+    "traceparent",
+    "segment",
+    "segment_started_at",
+    "stages",
+    "events",
+    "version",
+)
 
 
 def test_it_only_appends_to_the_stored_field_order():
-    assert executions.RECORD_FIELDS[:len(STORED_ORDER)] == STORED_ORDER
+    assert executions.RECORD_FIELDS[: len(STORED_ORDER)] == STORED_ORDER
 
 
 def test_it_reads_values_written_by_older_and_newer_versions():

@@ -30,11 +30,16 @@ def store_url(request, tmp_path):
 
 
 def connect(url, render=None, **limits):
-    return open_store(load_settings({}, store_url=url, max_executions=limits.get("max_executions", 10_000),
-                                    max_task_names=limits.get("max_task_names", 100),
-                                    **{k: v for k, v in limits.items() if k in ("dedup_seconds",
-                                                                                 "task_retention_seconds")}),
-                      render or ExecutionRenderer())
+    return open_store(
+        load_settings(
+            {},
+            store_url=url,
+            max_executions=limits.get("max_executions", 10_000),
+            max_task_names=limits.get("max_task_names", 100),
+            **{k: v for k, v in limits.items() if k in ("dedup_seconds", "task_retention_seconds")},
+        ),
+        render or ExecutionRenderer(),
+    )
 
 
 def exposed(store):
@@ -44,8 +49,10 @@ def exposed(store):
     from prometheus_client.parser import text_string_to_metric_families
 
     snapshot = store.snapshot()
-    text = "".join(f"# TYPE {family.name} gauge\n" + texts.decode()
-                   for family, texts in zip(families.EXECUTION_FAMILIES, snapshot.exposition))
+    text = "".join(
+        f"# TYPE {family.name} gauge\n" + texts.decode()
+        for family, texts in zip(families.EXECUTION_FAMILIES, snapshot.exposition)
+    )
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -137,6 +144,7 @@ def test_it_refuses_a_new_execution_beyond_the_limit_when_decided_before_the_loc
 
 def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
     import redis
+
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     store = connect(redis_url)
@@ -157,6 +165,7 @@ def test_it_writes_a_redis_batch_after_one_read_in_one_script_call(redis_url):
 
 def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redis_url):
     import redis
+
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     store = connect(redis_url)
@@ -181,6 +190,7 @@ def test_it_writes_a_batch_too_large_for_one_lua_command_in_one_script_call(redi
 
 def test_it_loads_the_write_script_again_when_redis_has_lost_it(redis_url):
     import redis
+
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     store = connect(redis_url)
@@ -197,6 +207,7 @@ def test_it_says_unavailable_while_redis_is_stuck_and_writes_again_after(redis_u
     import redis
 
     from bridge.store import redis as redis_store
+
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     monkeypatch.setattr(redis_store, "SOCKET_TIMEOUT_SECONDS", 0.2)
@@ -216,8 +227,9 @@ def test_it_caps_task_names(store_url):
     store = connect(store_url, max_task_names=2)
     for n in range(4):
         heartbeat(store, f"e{n}", T0, task_name=f"t{n}")
-    labels = {execution_id: samples["task_execution_info"][0]["task_name"]
-              for execution_id, samples in exposed(store).items()}
+    labels = {
+        execution_id: samples["task_execution_info"][0]["task_name"] for execution_id, samples in exposed(store).items()
+    }
     assert labels == {"e0": "t0", "e1": "t1", "e2": "_other", "e3": "_other"}
 
 
@@ -260,8 +272,10 @@ def test_it_keeps_counters_and_exemplars(store_url):
     complete(store, "a", T0 + 45)
     snapshot = store.snapshot()
     assert snapshot.counters[(families.COMPLETIONS, ("etl", "success"))] == 1
-    assert snapshot.exemplars[(families.DURATION + "_bucket", ("etl", "success", "60"))] == \
-        (store.get("a").trace_id, 45.0)
+    assert snapshot.exemplars[(families.DURATION + "_bucket", ("etl", "success", "60"))] == (
+        store.get("a").trace_id,
+        45.0,
+    )
     store.count("bridge_requests_rejected_total", ("heartbeat", "invalid_json"), 2)
     assert store.snapshot().counters[("bridge_requests_rejected_total", ("heartbeat", "invalid_json"))] == 2
 
@@ -297,19 +311,32 @@ def test_it_keeps_each_executions_exposition_in_step_with_its_record(store_url):
     record = store.get("a")
     status, _ = samples["task_execution_status"]
     assert (status["status"], status["task_name"]) == (record.status, record.metric_task_name) == ("completed", "etl")
-    assert [samples[name][1] for name in ("task_progress_ratio", "task_execution_end_timestamp_seconds",
-                                          "task_execution_max_runtime_seconds")] == [0.4, T0 + 5, 60]
+    assert [
+        samples[name][1]
+        for name in (
+            "task_progress_ratio",
+            "task_execution_end_timestamp_seconds",
+            "task_execution_max_runtime_seconds",
+        )
+    ] == [0.4, T0 + 5, 60]
     assert store.snapshot().executions == {("etl", "completed"): 1}
 
 
 def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_url):
     store = connect(store_url, max_executions=1)
-    beat = lambda execution_id, now: (execution_id, lambda cur, label: executions.apply_heartbeat(
-        cur, Heartbeat(execution_id, task_name="etl"), now, RULES, label))
+    beat = lambda execution_id, now: (
+        execution_id,
+        lambda cur, label: executions.apply_heartbeat(cur, Heartbeat(execution_id, task_name="etl"), now, RULES, label),
+    )
     done = Completion("a", success=True)
-    results = store.apply_many([beat("a", T0), beat("a", T0 + 30), beat("b", T0 + 31),
-                                ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES,
-                                                                                     label))])
+    results = store.apply_many(
+        [
+            beat("a", T0),
+            beat("a", T0 + 30),
+            beat("b", T0 + 31),
+            ("a", lambda cur, label: executions.apply_completion(cur, done, T0 + 40, RULES, label)),
+        ]
+    )
     assert [r.result for r in results] == ["accepted", "accepted", "capacity", "accepted"]
     record = store.get("a")
     assert (record.status, record.heartbeat_count, record.last_heartbeat_at) == ("completed", 2, T0 + 30)
@@ -393,16 +420,28 @@ def test_it_renders_the_executions_of_a_store_written_before_scrapes_copied_text
                 WITHOUT ROWID;
             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
             INSERT INTO meta VALUES ('tracked', 1);""")
-        conn.execute("INSERT INTO executions VALUES ('a', 'running', 'etl', ?, ?, 1, ?, '[]')",
-                     (record.deadline_at, record.expires_at, encode_record(record)))
+        conn.execute(
+            "INSERT INTO executions VALUES ('a', 'running', 'etl', ?, ?, 1, ?, '[]')",
+            (record.deadline_at, record.expires_at, encode_record(record)),
+        )
     store = connect(f"sqlite:///{tmp_path / 'b.db'}")
     assert exposed(store)["a"]["task_execution_status"][0]["status"] == "running"
     with sqlite3.connect(tmp_path / "b.db") as conn:
         assert "metric_row" not in {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
-        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'executions'"
-                                                    " AND type = 'index' AND name LIKE 'executions_%'")}
-    assert indexes == {"executions_deadline", "executions_expiry", "executions_status", "executions_task",
-                       "executions_kind"}
+        indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE tbl_name = 'executions'"
+                " AND type = 'index' AND name LIKE 'executions_%'"
+            )
+        }
+    assert indexes == {
+        "executions_deadline",
+        "executions_expiry",
+        "executions_status",
+        "executions_task",
+        "executions_kind",
+    }
     assert store.due(record.deadline_at, 10) == ["a"]
     assert [r.execution_id for r in store.query(task_name="etl")] == ["a"]
     complete(store, "a", T0 + 5)
@@ -461,8 +500,10 @@ def test_it_reads_records_stored_as_objects_by_earlier_versions(tmp_path):
 def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_path):
     import fcntl
 
-    store = open_store(load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}",
-                                     sqlite_busy_timeout_seconds=0.2), ExecutionRenderer())
+    store = open_store(
+        load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", sqlite_busy_timeout_seconds=0.2),
+        ExecutionRenderer(),
+    )
     heartbeat(store, "a", T0)
     with open(tmp_path / "b.db-writer", "w") as hung_writer:
         fcntl.flock(hung_writer, fcntl.LOCK_EX)
@@ -490,6 +531,7 @@ def test_it_answers_a_late_repeat_after_retention_as_a_duplicate_within_the_dedu
     assert counted[(families.COMPLETIONS, ("unknown", "success"))] == 1
     if store_url.startswith("redis"):  # Redis forgets it by itself, a window of real time from now
         import redis
+
         assert 590_000 < redis.Redis.from_url(store_url).pttl("{hb}:t:late") <= 600_000
     else:
         store.expire(T0 + 10 + RULES.retention + 600)  # past the window: the id is forgotten
@@ -529,6 +571,7 @@ def test_it_releases_a_task_name_nothing_tracked_carried_for_the_task_retention(
 
 def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
     import redis
+
     server = redis.Redis.from_url(redis_url)
     server.flushdb()
     store = connect(redis_url)
@@ -539,8 +582,11 @@ def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
     found = store.query(task_name="rare", limit=100)
     assert [r.execution_id for r in found] == [f"e{n:05}" for n in range(0, 2500, 500)]
     assert [r.execution_id for r in store.query(status="completed")] == ["e00500"]
-    assert [r.execution_id for r in store.query(status="running", task_name="rare", after="e00000")] == \
-        ["e01000", "e01500", "e02000"]
+    assert [r.execution_id for r in store.query(status="running", task_name="rare", after="e00000")] == [
+        "e01000",
+        "e01500",
+        "e02000",
+    ]
     assert command_calls(server)["mget"] == 3  # one small read each, not every record
     store.expire(T0 + RULES.retention)
     assert store.query(status="completed") == []
@@ -549,6 +595,7 @@ def test_it_answers_filtered_queries_from_an_index_on_redis(redis_url):
 
 def test_it_keeps_every_key_in_one_hash_slot_of_a_redis_cluster(redis_cluster):
     import redis
+
     redis_cluster.flush()
     store = connect(redis_cluster.url)
     assert isinstance(store._redis, redis.RedisCluster)
@@ -583,8 +630,9 @@ def test_it_counts_each_missed_slot_once_when_processes_reap_at_the_same_moment(
         declare(store, f"t{n}", T0, period_seconds=60, start_grace_seconds=10)
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(4)
-    workers = [context.Process(target=_reap_tasks_in_child, args=(store_url, T0 + 60 * 5 + 20, barrier))
-               for _ in range(4)]
+    workers = [
+        context.Process(target=_reap_tasks_in_child, args=(store_url, T0 + 60 * 5 + 20, barrier)) for _ in range(4)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -612,6 +660,7 @@ def test_it_writes_a_run_to_its_task_with_the_execution(store_url):
 
 def test_it_decides_a_run_again_when_another_writer_changed_its_task_first(store_url, monkeypatch):
     from bridge.store import batch
+
     store, other = connect(store_url), connect(store_url)
     declare(store, "etl", T0, period_seconds=3600)
     decided = []
@@ -662,8 +711,12 @@ def test_it_forgets_an_ended_or_lost_execution_at_once_and_counts_nothing(store_
     heartbeat(store, "busy", T0 + 50)
     monitor.reap()  # silent is lost
     before = store.snapshot().counters
-    assert [monitor.forget(e).result for e in ("silent", "done", "busy", "nobody")] == \
-        ["accepted", "accepted", "live", "missing"]
+    assert [monitor.forget(e).result for e in ("silent", "done", "busy", "nobody")] == [
+        "accepted",
+        "accepted",
+        "live",
+        "missing",
+    ]
     assert list(exposed(store)) == ["busy"]
     assert store.get("silent") is None and store.get("done") is None and store.get("busy").status == "running"
     assert store.snapshot().counters == before
@@ -693,8 +746,9 @@ def test_it_indexes_each_ping_uuid_to_the_one_task_that_holds_it(store_url):
 
 def test_it_keeps_the_last_task_names_for_declarations(store_url):
     store = connect(store_url, max_task_names=3)
-    claim = lambda name: store.apply_tasks([(name, lambda cur: tasks.apply_claim(cur, name, ping_key="k"))],
-                                           headroom=1)[0]
+    claim = lambda name: store.apply_tasks(
+        [(name, lambda cur: tasks.apply_claim(cur, name, ping_key="k"))], headroom=1
+    )[0]
     assert [claim(name).result for name in ("a", "b", "c")] == ["accepted", "accepted", "capacity"]
     assert declare(store, "declared", T0).result == "accepted"
     assert store.get_task("a").created_by_ping_key == "k" and store.get_task("c") is None

@@ -17,8 +17,13 @@ from bridge.web import create_app
 from support import COMPLETION, HEARTBEAT, FakeClock, samples, seed_heartbeat, start_redis, total
 
 T0 = 1_800_000_000.0
-HEALTH = {"min_runtime_seconds": 30, "early_grace_seconds": 120, "max_concurrency": 2, "recovery_threshold": 2,
-          "depends_on": ["upstream"]}
+HEALTH = {
+    "min_runtime_seconds": 30,
+    "early_grace_seconds": 120,
+    "max_concurrency": 2,
+    "recovery_threshold": 2,
+    "depends_on": ["upstream"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,9 @@ def bridge(store_url, tmp_path):
     clock = FakeClock(T0)
     tasks_file = tmp_path / "tasks.yml"
     tasks_file.write_text("tasks: []\n")
-    settings = load_settings({}, store_url=store_url, reaper_interval_seconds=3600, tasks_file=str(tasks_file),
-                             sentry_keys=())
+    settings = load_settings(
+        {}, store_url=store_url, reaper_interval_seconds=3600, tasks_file=str(tasks_file), sentry_keys=()
+    )
     app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True})
     monitor = app.extensions["heartbeat_bridge"].monitor
     yield app.test_client(), clock, monitor, tasks_file
@@ -107,8 +113,9 @@ def test_it_refuses_a_task_that_depends_on_itself_at_every_door(bridge, door):
         response = client.put("/api/v1/tasks/loop", json={"depends_on": ["loop"]})
         assert (response.status_code, response.json["field"]) == (400, "depends_on")
     else:
-        response = client.post(HEARTBEAT, json=seed_heartbeat("loop-1", task_name="loop",
-                                                              task_schedule={"depends_on": ["loop"]}))
+        response = client.post(
+            HEARTBEAT, json=seed_heartbeat("loop-1", task_name="loop", task_schedule={"depends_on": ["loop"]})
+        )
         assert (response.status_code, response.json["field"]) == (400, "task_schedule.depends_on")
     assert client.get("/api/v1/tasks/loop").status_code == 404
 
@@ -141,8 +148,7 @@ def test_it_clears_failing_after_the_recovery_threshold(bridge):
 
 def test_it_counts_too_short_and_unexpected_runs_and_shows_the_allowed_overlap(bridge):
     client, clock, _, _ = bridge
-    client.put("/api/v1/tasks/crawl", json={"period_seconds": 3600, "min_runtime_seconds": 30,
-                                             "max_concurrency": 1})
+    client.put("/api/v1/tasks/crawl", json={"period_seconds": 3600, "min_runtime_seconds": 30, "max_concurrency": 1})
     run(client, clock, "quick", "crawl", seconds=2)
     run(client, clock, "double", "crawl", seconds=60)  # started 2 s after the first: a double start
     parsed = metrics(client)
@@ -202,9 +208,16 @@ def test_it_pauses_until_resumed_or_the_next_run(bridge):
     assert resumed.json["status"] in ("up", "new") and not resumed.json["paused"]
 
 
-@pytest.mark.parametrize("body, field", [({"seconds": 0}, "seconds"), ({"seconds": "soon"}, "seconds"),
-                                         ({"until": T0 - 10}, "until"), ({"seconds": 60, "until": T0 + 60}, "until"),
-                                         ({"for": 60}, "for")])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"seconds": 0}, "seconds"),
+        ({"seconds": "soon"}, "seconds"),
+        ({"until": T0 - 10}, "until"),
+        ({"seconds": 60, "until": T0 + 60}, "until"),
+        ({"for": 60}, "for"),
+    ],
+)
 def test_it_refuses_a_bad_pause_naming_the_field(bridge, body, field):
     client, *_ = bridge
     client.put("/api/v1/tasks/hourly", json={})
@@ -228,11 +241,11 @@ def test_it_counts_too_short_runs_and_resumes_a_pause_once_across_replicas(live_
         def quick_run(pair):
             index, execution_id = pair
             replica = replicas[index % 2]
-            requests.post(replica.url + HEARTBEAT, timeout=10, json={"execution_id": execution_id,
-                                                                     "task_name": "quick"})
+            requests.post(
+                replica.url + HEARTBEAT, timeout=10, json={"execution_id": execution_id, "task_name": "quick"}
+            )
             for other in replicas:  # the completion reaches both replicas: one run, counted once
-                requests.post(other.url + COMPLETION, timeout=10, json={"execution_id": execution_id,
-                                                                        "success": True})
+                requests.post(other.url + COMPLETION, timeout=10, json={"execution_id": execution_id, "success": True})
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(quick_run, enumerate(ids)))
@@ -241,8 +254,10 @@ def test_it_counts_too_short_runs_and_resumes_a_pause_once_across_replicas(live_
         paused = requests.post(replicas[1].url + "/api/v1/tasks/quick/pause", json={"seconds": 1}, timeout=10)
         assert paused.json()["status"] == "paused"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and requests.get(replicas[0].url + "/api/v1/tasks/quick",
-                                                           timeout=10).json()["status"] == "paused":
+        while (
+            time.monotonic() < deadline
+            and requests.get(replicas[0].url + "/api/v1/tasks/quick", timeout=10).json()["status"] == "paused"
+        ):
             time.sleep(0.2)
         task = requests.get(replicas[0].url + "/api/v1/tasks/quick", timeout=10).json()
         assert (task["status"], task["paused"], task["missed_runs"]) == ("up", False, 0)

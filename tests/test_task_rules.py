@@ -21,10 +21,24 @@ def at(text: str, zone: str = "UTC") -> float:
     return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp()
 
 
-def execution(execution_id: str, status: str, now: float, started_at: float | None = None, task: str = "etl",
-              ended_at: float | None = None) -> Execution:
-    return Execution(execution_id, status, "0" * 32, task, started_at if started_at is not None else now, now,
-                     task_name=task, ended_at=ended_at)
+def execution(
+    execution_id: str,
+    status: str,
+    now: float,
+    started_at: float | None = None,
+    task: str = "etl",
+    ended_at: float | None = None,
+) -> Execution:
+    return Execution(
+        execution_id,
+        status,
+        "0" * 32,
+        task,
+        started_at if started_at is not None else now,
+        now,
+        task_name=task,
+        ended_at=ended_at,
+    )
 
 
 def declared(now: float, **fields) -> tasks.Task:
@@ -37,8 +51,9 @@ def start(task: tasks.Task | None, execution_id: str, now: float) -> tasks.Task:
 
 def end(task: tasks.Task, execution_id: str, now: float, status: str = "completed", was: str = "running") -> tasks.Task:
     before = execution(execution_id, was, now - 1, started_at=task.last_start_at)
-    after = execution(execution_id, status, now, started_at=task.last_start_at,
-                      ended_at=now if status != "lost" else None)
+    after = execution(
+        execution_id, status, now, started_at=task.last_start_at, ended_at=now if status != "lost" else None
+    )
     return tasks.apply_run_change(task, "etl", before, after).record
 
 
@@ -52,11 +67,14 @@ def reap(task: tasks.Task, now: float) -> tuple[tasks.Task, float]:
     return outcome.record, increment.amount
 
 
-@pytest.mark.parametrize("zone, before, skipped_to, after", [
-    # Spring forward: 02:30 does not exist that night, and runs at the change.
-    ("Europe/Berlin", "2026-03-28 02:30", "2026-03-29 03:00", "2026-03-30 02:30"),
-    ("America/New_York", "2026-03-07 02:30", "2026-03-08 03:00", "2026-03-09 02:30"),
-])
+@pytest.mark.parametrize(
+    "zone, before, skipped_to, after",
+    [
+        # Spring forward: 02:30 does not exist that night, and runs at the change.
+        ("Europe/Berlin", "2026-03-28 02:30", "2026-03-29 03:00", "2026-03-30 02:30"),
+        ("America/New_York", "2026-03-07 02:30", "2026-03-08 03:00", "2026-03-09 02:30"),
+    ],
+)
 def test_it_schedules_cron_in_its_time_zone_across_a_spring_change(zone, before, skipped_to, after):
     declaration = parse_declaration({"schedule": "30 2 * * *", "timezone": zone})
     first = next_slot(declaration, at(before, zone))
@@ -188,14 +206,17 @@ def test_it_is_failing_after_the_threshold_of_failures_until_a_success():
 def test_it_counts_a_lost_run_as_failed_and_its_later_completion_once():
     task = end(start(None, "a", T0), "a", T0 + 100, "lost")
     assert task.consecutive_failures == 1 and tasks.status_at(task, T0 + 100) == "failing"
-    recovered = tasks.apply_run_change(task, "etl", execution("a", "lost", T0 + 100, T0),
-                                       execution("a", "running", T0 + 150, T0)).record
+    recovered = tasks.apply_run_change(
+        task, "etl", execution("a", "lost", T0 + 100, T0), execution("a", "running", T0 + 150, T0)
+    ).record
     assert recovered.running_ids == ["a"] and recovered.runs == 1  # a recovery is no new run
-    failed = tasks.apply_run_change(task, "etl", execution("a", "lost", T0 + 100, T0),
-                                    execution("a", "failed", T0 + 160, T0, ended_at=T0 + 160)).record
+    failed = tasks.apply_run_change(
+        task, "etl", execution("a", "lost", T0 + 100, T0), execution("a", "failed", T0 + 160, T0, ended_at=T0 + 160)
+    ).record
     assert failed.consecutive_failures == 1  # not twice for one run
-    succeeded = tasks.apply_run_change(task, "etl", execution("a", "lost", T0 + 100, T0),
-                                       execution("a", "completed", T0 + 160, T0, ended_at=T0 + 160)).record
+    succeeded = tasks.apply_run_change(
+        task, "etl", execution("a", "lost", T0 + 100, T0), execution("a", "completed", T0 + 160, T0, ended_at=T0 + 160)
+    ).record
     assert succeeded.consecutive_failures == 0
 
 
@@ -215,17 +236,20 @@ def test_it_merges_declarations_the_file_over_the_api_over_a_heartbeat():
     assert tasks.apply_declaration(task, "etl", "api", TaskDeclaration(schedule="0 * * * *"), T0).record is None
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"schedule": "61 * * * *"}, "schedule"),
-    ({"schedule": "* * *"}, "schedule"),
-    ({"schedule": "0 2 * * *", "timezone": "Mars/Olympus"}, "timezone"),
-    ({"schedule": "0 2 * * *", "period_seconds": 60}, "period_seconds"),
-    ({"period_seconds": 0}, "period_seconds"),
-    ({"failure_threshold": 0}, "failure_threshold"),
-    ({"labels": {"team": 7}}, "labels"),
-    ({"ping_uuid": "not-a-uuid"}, "ping_uuid"),
-    ({"schedulle": "0 2 * * *"}, "schedulle"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"schedule": "61 * * * *"}, "schedule"),
+        ({"schedule": "* * *"}, "schedule"),
+        ({"schedule": "0 2 * * *", "timezone": "Mars/Olympus"}, "timezone"),
+        ({"schedule": "0 2 * * *", "period_seconds": 60}, "period_seconds"),
+        ({"period_seconds": 0}, "period_seconds"),
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"labels": {"team": 7}}, "labels"),
+        ({"ping_uuid": "not-a-uuid"}, "ping_uuid"),
+        ({"schedulle": "0 2 * * *"}, "schedulle"),
+    ],
+)
 def test_it_refuses_a_declaration_naming_the_task_and_the_field(body, field):
     with pytest.raises(DeclarationError) as refused:
         parse_declaration(body, "nightly-crawl")
@@ -233,16 +257,22 @@ def test_it_refuses_a_declaration_naming_the_task_and_the_field(body, field):
     assert str(refused.value).startswith(f"task 'nightly-crawl': {field}: ")
 
 
-@pytest.mark.parametrize("text, task, field", [
-    ("tasks:\n  - name: nightly\n    schedule: '0 2 * * *'\n  - name: hourly\n    period_seconds: -5\n",
-     "hourly", "period_seconds"),
-    ("tasks:\n  - name: nightly\n  - name: nightly\n", "nightly", "name"),
-    ("tasks:\n  - schedule: '0 2 * * *'\n", None, "name"),
-    ("tasks:\n  - name: nightly\n    labels: [team]\n", "nightly", "labels"),
-    ("tasks: {name: nightly}\n", None, "tasks"),
-    ("crons: []\n", None, "tasks"),
-    ("tasks: [\n", None, "file"),
-])
+@pytest.mark.parametrize(
+    "text, task, field",
+    [
+        (
+            "tasks:\n  - name: nightly\n    schedule: '0 2 * * *'\n  - name: hourly\n    period_seconds: -5\n",
+            "hourly",
+            "period_seconds",
+        ),
+        ("tasks:\n  - name: nightly\n  - name: nightly\n", "nightly", "name"),
+        ("tasks:\n  - schedule: '0 2 * * *'\n", None, "name"),
+        ("tasks:\n  - name: nightly\n    labels: [team]\n", "nightly", "labels"),
+        ("tasks: {name: nightly}\n", None, "tasks"),
+        ("crons: []\n", None, "tasks"),
+        ("tasks: [\n", None, "file"),
+    ],
+)
 def test_it_refuses_a_tasks_file_naming_the_task_and_the_field(text, task, field):
     with pytest.raises(DeclarationError) as refused:
         parse_tasks(text)
@@ -250,8 +280,10 @@ def test_it_refuses_a_tasks_file_naming_the_task_and_the_field(text, task, field
 
 
 def test_it_reads_a_tasks_file_in_its_order():
-    declarations = parse_tasks("tasks:\n  - name: b\n    period_seconds: 60\n  - name: a\n"
-                               "    schedule: '0 2 * * *'\n    timezone: Europe/Berlin\n    labels: {team: data}\n")
+    declarations = parse_tasks(
+        "tasks:\n  - name: b\n    period_seconds: 60\n  - name: a\n"
+        "    schedule: '0 2 * * *'\n    timezone: Europe/Berlin\n    labels: {team: data}\n"
+    )
     assert list(declarations) == ["b", "a"]
     assert declarations["a"] == TaskDeclaration(schedule="0 2 * * *", timezone="Europe/Berlin", labels={"team": "data"})
     assert parse_tasks("") == {} and parse_tasks("tasks: []\n") == {}
@@ -275,27 +307,33 @@ def test_it_clears_failing_only_after_the_recovery_threshold_of_successes():
 def test_it_counts_a_successful_run_shorter_than_its_min_runtime_as_too_short():
     task = start(declared(T0, min_runtime_seconds=60), "quick", T0)
     before = execution("quick", "running", T0 + 1, started_at=T0)
-    quick = tasks.apply_run_change(task, "etl", before, execution("quick", "completed", T0 + 2, started_at=T0,
-                                                                   ended_at=T0 + 2))
+    quick = tasks.apply_run_change(
+        task, "etl", before, execution("quick", "completed", T0 + 2, started_at=T0, ended_at=T0 + 2)
+    )
     assert increments(quick) == {families.TASK_RUNS_TOO_SHORT: 1}
     assert tasks.status_at(quick.record, T0 + 3) == "up" and "min_runtime_seconds" in quick.record.last_run_note
-    slow = tasks.apply_run_change(task, "etl", before, execution("quick", "completed", T0 + 61, started_at=T0,
-                                                                  ended_at=T0 + 61))
-    failed = tasks.apply_run_change(task, "etl", before, execution("quick", "failed", T0 + 2, started_at=T0,
-                                                                    ended_at=T0 + 2))
+    slow = tasks.apply_run_change(
+        task, "etl", before, execution("quick", "completed", T0 + 61, started_at=T0, ended_at=T0 + 61)
+    )
+    failed = tasks.apply_run_change(
+        task, "etl", before, execution("quick", "failed", T0 + 2, started_at=T0, ended_at=T0 + 2)
+    )
     assert increments(slow) == {} and increments(failed) == {}  # a short failure is a failure, not too short
 
 
-@pytest.mark.parametrize("fields, first, second, unexpected", [
-    # cron: more than early_grace_seconds before 02:00 is a double start or a wrong schedule
-    ({"schedule": "0 2 * * *"}, "2027-01-01 01:59", None, 0),
-    ({"schedule": "0 2 * * *"}, "2027-01-01 01:58:59", None, 1),
-    ({"schedule": "0 2 * * *"}, "2027-01-01 02:00", "2027-01-01 12:00", 1),
-    ({"schedule": "0 2 * * *", "early_grace_seconds": 3600}, "2027-01-01 01:30", None, 0),
-    # period: the first run is never early; a second one long before its time is a double start
-    ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 00:20", 1),
-    ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 01:09:30", 0),
-])
+@pytest.mark.parametrize(
+    "fields, first, second, unexpected",
+    [
+        # cron: more than early_grace_seconds before 02:00 is a double start or a wrong schedule
+        ({"schedule": "0 2 * * *"}, "2027-01-01 01:59", None, 0),
+        ({"schedule": "0 2 * * *"}, "2027-01-01 01:58:59", None, 1),
+        ({"schedule": "0 2 * * *"}, "2027-01-01 02:00", "2027-01-01 12:00", 1),
+        ({"schedule": "0 2 * * *", "early_grace_seconds": 3600}, "2027-01-01 01:30", None, 0),
+        # period: the first run is never early; a second one long before its time is a double start
+        ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 00:20", 1),
+        ({"period_seconds": 3600}, "2027-01-01 00:10", "2027-01-01 01:09:30", 0),
+    ],
+)
 def test_it_counts_a_run_that_starts_too_early_as_unexpected(fields, first, second, unexpected):
     task = declared(at("2027-01-01 00:00"), **fields)
     counted = 0
@@ -329,28 +367,39 @@ def test_it_resumes_an_open_ended_pause_on_the_next_run_and_keeps_a_timed_one():
     assert tasks.status_at(tasks.apply_resume(timed, T0 + 10_001).record, T0 + 10_001) == "failing"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"depends_on": ["nightly-crawl"]}, "depends_on"),
-    ({"depends_on": "upstream"}, "depends_on"),
-    ({"depends_on": ["_other"]}, "depends_on"),
-    ({"recovery_threshold": 0}, "recovery_threshold"),
-    ({"max_concurrency": 0}, "max_concurrency"),
-    ({"min_runtime_seconds": -1}, "min_runtime_seconds"),
-    ({"early_grace_seconds": 10**400}, "early_grace_seconds"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"depends_on": ["nightly-crawl"]}, "depends_on"),
+        ({"depends_on": "upstream"}, "depends_on"),
+        ({"depends_on": ["_other"]}, "depends_on"),
+        ({"recovery_threshold": 0}, "recovery_threshold"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"min_runtime_seconds": -1}, "min_runtime_seconds"),
+        ({"early_grace_seconds": 10**400}, "early_grace_seconds"),
+    ],
+)
 def test_it_refuses_a_bad_health_field_naming_it(body, field):
     with pytest.raises(DeclarationError) as refused:
         parse_declaration(body, "nightly-crawl")
     assert refused.value.field == field
 
 
-@pytest.mark.parametrize("zone, declared_at, missed_at, expected", [
-    ("Europe/Berlin", "2026-03-28 12:00", "2026-03-29 03:10", "2026-03-30 02:30"),
-    ("America/New_York", "2026-03-07 12:00", "2026-03-08 03:10", "2026-03-09 02:30"),
-])
+@pytest.mark.parametrize(
+    "zone, declared_at, missed_at, expected",
+    [
+        ("Europe/Berlin", "2026-03-28 12:00", "2026-03-29 03:10", "2026-03-30 02:30"),
+        ("America/New_York", "2026-03-07 12:00", "2026-03-08 03:10", "2026-03-09 02:30"),
+    ],
+)
 def test_it_misses_a_run_skipped_by_the_spring_change_once_at_the_change(zone, declared_at, missed_at, expected):
-    task = tasks.apply_declaration(None, "etl", "api", parse_declaration(
-        {"schedule": "30 2 * * *", "timezone": zone, "start_grace_seconds": 300}, "etl"), at(declared_at, zone)).record
+    task = tasks.apply_declaration(
+        None,
+        "etl",
+        "api",
+        parse_declaration({"schedule": "30 2 * * *", "timezone": zone, "start_grace_seconds": 300}, "etl"),
+        at(declared_at, zone),
+    ).record
     assert task.next_run_at == at(missed_at.replace("03:10", "03:00"), zone)  # 02:30 never was: at 03:00
     task, missed = reap(task, at(missed_at, zone))
     assert missed == 1 and task.next_run_at == at(expected, zone)

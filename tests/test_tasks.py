@@ -20,8 +20,11 @@ def metrics(client) -> dict:
 
 
 def status(client, name="nightly-crawl") -> str:
-    found = {dict(labels)["status"] for (metric, labels), value in metrics(client).items()
-             if metric == "task_status" and dict(labels)["task_name"] == name and value == 1}
+    found = {
+        dict(labels)["status"]
+        for (metric, labels), value in metrics(client).items()
+        if metric == "task_status" and dict(labels)["task_name"] == name and value == 1
+    }
     assert len(found) == 1, found
     return found.pop()
 
@@ -33,28 +36,53 @@ def run(client, clock, execution_id, task="nightly-crawl", success=True, seconds
 
 
 def test_it_declares_a_task_and_expects_its_first_run(client, clock):
-    response = client.put("/api/v1/tasks/nightly-crawl", json={
-        "schedule": "0 2 * * *", "timezone": "Europe/Berlin", "start_grace_seconds": 600,
-        "labels": {"team": "crawling"}, "description": "the news sites", "failure_threshold": 2})
+    response = client.put(
+        "/api/v1/tasks/nightly-crawl",
+        json={
+            "schedule": "0 2 * * *",
+            "timezone": "Europe/Berlin",
+            "start_grace_seconds": 600,
+            "labels": {"team": "crawling"},
+            "description": "the news sites",
+            "failure_threshold": 2,
+        },
+    )
     assert response.status_code == 200, response.json
     task = get_task(client)
-    assert (task["status"], task["declared_by"], task["schedule"], task["timezone"]) == \
-        ("new", "api", "0 2 * * *", "Europe/Berlin")
+    assert (task["status"], task["declared_by"], task["schedule"], task["timezone"]) == (
+        "new",
+        "api",
+        "0 2 * * *",
+        "Europe/Berlin",
+    )
     assert task["next_run_deadline_at"] == task["next_run_at"] + 600 > clock.now
     assert task["labels"] == {"team": "crawling"} and task["failure_threshold"] == 2
-    assert client.put("/api/v1/tasks/nightly-crawl", json={"schedule": "0 2 * * *", "timezone": "Europe/Berlin",
-                                                           "start_grace_seconds": 600, "labels": {"team": "crawling"},
-                                                           "description": "the news sites",
-                                                           "failure_threshold": 2}).json == task
+    assert (
+        client.put(
+            "/api/v1/tasks/nightly-crawl",
+            json={
+                "schedule": "0 2 * * *",
+                "timezone": "Europe/Berlin",
+                "start_grace_seconds": 600,
+                "labels": {"team": "crawling"},
+                "description": "the news sites",
+                "failure_threshold": 2,
+            },
+        ).json
+        == task
+    )
     assert [t["task_name"] for t in client.get("/api/v1/tasks").json["tasks"]] == ["nightly-crawl"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"schedule": "0 25 * * *"}, "schedule"),
-    ({"schedule": "0 2 * * *", "timezone": "Europe/Atlantis"}, "timezone"),
-    ({"period_seconds": "daily"}, "period_seconds"),
-    ({"owner": "me"}, "owner"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"schedule": "0 25 * * *"}, "schedule"),
+        ({"schedule": "0 2 * * *", "timezone": "Europe/Atlantis"}, "timezone"),
+        ({"period_seconds": "daily"}, "period_seconds"),
+        ({"owner": "me"}, "owner"),
+    ],
+)
 def test_it_refuses_a_bad_declaration_naming_the_field(client, body, field):
     response = client.put("/api/v1/tasks/nightly-crawl", json=body)
     assert response.status_code == 400 and response.json["field"] == field
@@ -122,8 +150,10 @@ def test_it_takes_a_declaration_from_a_first_heartbeat_but_the_api_wins(client, 
 
 
 def test_it_counts_an_announced_execution_as_a_run_and_its_silence_as_a_failure(client, clock, monitor):
-    response = client.put("/api/v1/executions/seed-run-1", json={
-        "task_name": "nightly-crawl", "task_type": "crawler", "labels": {"team": "crawling"}})
+    response = client.put(
+        "/api/v1/executions/seed-run-1",
+        json={"task_name": "nightly-crawl", "task_type": "crawler", "labels": {"team": "crawling"}},
+    )
     assert response.status_code == 200 and response.json["execution_status"] == "starting"
     task = get_task(client)
     assert (task["status"], task["running"], task["task_type"]) == ("new", ["seed-run-1"], "crawler")
@@ -140,10 +170,12 @@ def test_it_counts_an_announced_execution_as_a_run_and_its_silence_as_a_failure(
 def test_it_keeps_a_task_declared_in_the_file_from_the_api(tmp_path, clock):
     from bridge.service.config import load_settings
     from bridge.web import create_app
+
     tasks_file = tmp_path / "tasks.yml"
     tasks_file.write_text("tasks:\n  - name: nightly-crawl\n    schedule: '0 2 * * *'\n")
-    settings = load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", tasks_file=str(tasks_file),
-                             reaper_interval_seconds=3600)
+    settings = load_settings(
+        {}, store_url=f"sqlite:///{tmp_path / 'b.db'}", tasks_file=str(tasks_file), reaper_interval_seconds=3600
+    )
     app = create_app({"SETTINGS": settings, "CLOCK": clock, "TESTING": True})
     client = app.test_client()
     monitor = app.extensions["heartbeat_bridge"].monitor
@@ -163,20 +195,30 @@ def test_it_keeps_a_task_declared_in_the_file_from_the_api(tmp_path, clock):
 class TestWithTokens:
     @pytest.fixture
     def settings_overrides(self):
-        return {"auth_tokens": (TOKEN,), "execution_token_secret": "execution-secret-0123456789",
-                "metrics_token": "metrics-token-0123456789"}
+        return {
+            "auth_tokens": (TOKEN,),
+            "execution_token_secret": "execution-secret-0123456789",
+            "metrics_token": "metrics-token-0123456789",
+        }
 
     def test_it_declares_with_a_fleet_token_only(self, client):
         body = {"period_seconds": 60}
         assert client.put("/api/v1/tasks/t", json=body).status_code == 401
         from bridge.web.auth import execution_token
+
         execution = execution_token("execution-secret-0123456789", "t")
-        assert client.put("/api/v1/tasks/t", json=body,
-                          headers={"Authorization": f"Bearer {execution}"}).status_code == 403
+        assert (
+            client.put("/api/v1/tasks/t", json=body, headers={"Authorization": f"Bearer {execution}"}).status_code
+            == 403
+        )
         assert client.put("/api/v1/tasks/t", json=body, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert client.get("/api/v1/tasks/t").status_code == 401
-        assert client.get("/api/v1/tasks/t", headers={"Authorization": "Bearer metrics-token-0123456789"}).json[
-            "period_seconds"] == 60
+        assert (
+            client.get("/api/v1/tasks/t", headers={"Authorization": "Bearer metrics-token-0123456789"}).json[
+                "period_seconds"
+            ]
+            == 60
+        )
 
 
 class TestAtTheTaskNameLimit:

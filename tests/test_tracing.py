@@ -47,8 +47,9 @@ def only_execution_span(exporter):
 
 def test_it_emits_one_span_with_stage_children_when_an_execution_completes(client, clock, exporter):
     t0 = clock.now
-    client.post(HEARTBEAT, json=seed_heartbeat(task_name="crawl", task_type="crawler",
-                                               progress={"stage": "配置加载完成"}))
+    client.post(
+        HEARTBEAT, json=seed_heartbeat(task_name="crawl", task_type="crawler", progress={"stage": "配置加载完成"})
+    )
     clock.advance(10)
     client.post(HEARTBEAT, json=seed_heartbeat(progress={"stage": "数据处理中", "percentage": 50}))
     assert execution_spans(exporter) == []  # nothing until the execution ends
@@ -67,11 +68,13 @@ def test_it_emits_one_span_with_stage_children_when_an_execution_completes(clien
     assert attributes["task.progress.ratio"] == 0.5
     assert attributes["task.progress.stage"] == "数据处理中"
     assert "error.type" not in attributes
-    stages = sorted((s for s in exporter.get_finished_spans() if s.name != tracing.EXECUTION_SPAN),
-                    key=lambda s: s.start_time)
+    stages = sorted(
+        (s for s in exporter.get_finished_spans() if s.name != tracing.EXECUTION_SPAN), key=lambda s: s.start_time
+    )
     assert [(s.name, s.start_time, s.end_time) for s in stages] == [
         ("配置加载完成", int(t0 * NS), int((t0 + 10) * NS)),
-        ("数据处理中", int((t0 + 10) * NS), int((t0 + 30) * NS))]
+        ("数据处理中", int((t0 + 10) * NS), int((t0 + 30) * NS)),
+    ]
     assert {s.parent.span_id for s in stages} == {span.context.span_id}
     assert {s.context.trace_id for s in stages} == {span.context.trace_id}
 
@@ -82,10 +85,15 @@ def test_it_records_status_changes_as_span_events(client, clock, exporter):
     client.post(HEARTBEAT, json=seed_heartbeat(status="failed"))
     clock.advance(5)
     client.post(COMPLETION, json=seed_completion(success=False, error_message="模拟任务执行错误"))
-    events = [(e.name, e.attributes["task.status"], e.attributes["task.reported_status"])
-              for e in only_execution_span(exporter).events]
-    assert events == [("task.status", "running", "running"), ("task.status", "running", "failed"),
-                      ("task.status", "failed", "failed")]
+    events = [
+        (e.name, e.attributes["task.status"], e.attributes["task.reported_status"])
+        for e in only_execution_span(exporter).events
+    ]
+    assert events == [
+        ("task.status", "running", "running"),
+        ("task.status", "running", "failed"),
+        ("task.status", "failed", "failed"),
+    ]
 
 
 def test_it_derives_ids_from_a_uuid_execution_id(client, exporter):
@@ -138,8 +146,9 @@ def test_it_ends_a_lost_segment_and_links_the_recovered_one_to_it(client, clock,
     assert second.context.trace_id == first.context.trace_id
     assert [link.context.span_id for link in second.links] == [first.context.span_id]
     assert dict(second.attributes)["task.recoveries"] == 1
-    recovered_stage = [s for s in exporter.get_finished_spans()
-                       if s.name == "load" and s.parent.span_id == second.context.span_id]
+    recovered_stage = [
+        s for s in exporter.get_finished_spans() if s.name == "load" and s.parent.span_id == second.context.span_id
+    ]
     assert [s.start_time for s in recovered_stage] == [int((t0 + 120) * NS)]
 
 
@@ -175,9 +184,16 @@ def test_it_answers_ok_and_counts_when_a_span_cannot_be_built(tracer_provider, c
 
 # -- configuration from OTEL_* only -----------------------------------------------------
 
-OTEL_VARIABLES = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                  "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_SERVICE_NAME",
-                  "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SDK_DISABLED")
+OTEL_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SDK_DISABLED",
+)
 
 
 @pytest.fixture
@@ -188,8 +204,11 @@ def otel_env(monkeypatch):
 
 
 def exporters_of(provider):
-    return [type(p.span_exporter._inner).__name__ for p in provider._active_span_processor._span_processors
-            if isinstance(p, BatchSpanProcessor)]
+    return [
+        type(p.span_exporter._inner).__name__
+        for p in provider._active_span_processor._span_processors
+        if isinstance(p, BatchSpanProcessor)
+    ]
 
 
 def test_it_traces_nothing_when_no_otel_variable_is_set(otel_env):
@@ -222,9 +241,14 @@ def test_it_takes_exporters_protocol_and_resource_from_otel_variables(otel_env):
     provider.shutdown()
 
 
-@pytest.mark.parametrize("name, value", [("OTEL_TRACES_EXPORTER", "zipkin"),
-                                         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-                                         ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+    ],
+)
 def test_it_refuses_an_otel_value_it_cannot_honour_naming_the_variable(otel_env, name, value):
     otel_env.setenv("OTEL_TRACES_EXPORTER", "otlp")
     otel_env.setenv(name, value)
@@ -233,20 +257,34 @@ def test_it_refuses_an_otel_value_it_cannot_honour_naming_the_variable(otel_env,
 
 
 def test_it_stops_serve_on_a_bad_otel_value(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bridge.server.cli", "serve"], cwd=tmp_path,
-                            env={"OTEL_TRACES_EXPORTER": "zipkin", "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.server.cli", "serve"],
+        cwd=tmp_path,
+        env={"OTEL_TRACES_EXPORTER": "zipkin", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "OTEL_TRACES_EXPORTER" in result.stderr
 
 
 def test_it_describes_a_container_death_with_semantic_attributes(client, exporter):
-    client.post("/api/v1/monitoring/container-events", json={
-        "execution_id": EID, "event": "start", "container_id": "c" * 64,
-        "container_name": "task-x", "image": "crawler:1.4"})
+    client.post(
+        "/api/v1/monitoring/container-events",
+        json={
+            "execution_id": EID,
+            "event": "start",
+            "container_id": "c" * 64,
+            "container_name": "task-x",
+            "image": "crawler:1.4",
+        },
+    )
     client.post(HEARTBEAT, json=seed_heartbeat(container_id=None))
-    client.post("/api/v1/monitoring/container-events", json={
-        "execution_id": EID, "event": "die", "exit_code": 137, "oom_killed": True})
+    client.post(
+        "/api/v1/monitoring/container-events",
+        json={"execution_id": EID, "event": "die", "exit_code": 137, "oom_killed": True},
+    )
     span = only_execution_span(exporter)
     attributes = dict(span.attributes)
     assert attributes["container.image.name"] == "crawler:1.4"

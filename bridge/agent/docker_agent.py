@@ -66,8 +66,12 @@ class _TaskContainer:
 
 def _task_text(value: Any) -> str | None:
     """Return ``value`` when the bridge takes it as a task name or type, else None."""
-    if isinstance(value, str) and value.strip() and len(value) <= MAX_TASK_TEXT \
-            and not any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if (
+        isinstance(value, str)
+        and value.strip()
+        and len(value) <= MAX_TASK_TEXT
+        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
         return value
     return None
 
@@ -82,7 +86,7 @@ def _task_config(mounts: list[dict[str, Any]], config_path: str) -> dict[str, An
         if config_path == destination:
             host_path = Path(source)
         elif config_path.startswith(destination + "/"):
-            host_path = Path(source) / config_path[len(destination) + 1:]
+            host_path = Path(source) / config_path[len(destination) + 1 :]
         else:
             continue
         try:
@@ -98,10 +102,16 @@ def _task_config(mounts: list[dict[str, Any]], config_path: str) -> dict[str, An
 class DockerAgent:
     """Follows one engine's events and posts task containers' start, die and oom to the bridge."""
 
-    def __init__(self, connect: Callable[[], docker.DockerClient], bridge_url: str, *,
-                 label: str = DEFAULT_LABEL, token: str | None = None,
-                 state_file: Path | None = None,
-                 reconnect_delay: float = DEFAULT_RECONNECT_DELAY_SECONDS):
+    def __init__(
+        self,
+        connect: Callable[[], docker.DockerClient],
+        bridge_url: str,
+        *,
+        label: str = DEFAULT_LABEL,
+        token: str | None = None,
+        state_file: Path | None = None,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY_SECONDS,
+    ):
         self._connect = connect
         self._events_url = bridge_url.rstrip("/") + EVENTS_URL_PATH
         self._label = label
@@ -110,7 +120,7 @@ class DockerAgent:
         self._http = requests.Session()
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
-        self._running: dict[str, _TaskContainer] = {}   # container id -> task, while it runs
+        self._running: dict[str, _TaskContainer] = {}  # container id -> task, while it runs
         self._oom: set[str] = set()
         self._dead: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
@@ -131,8 +141,9 @@ class DockerAgent:
                     self._since = time.time()
                 since = self._since
                 self._reconcile(client)
-                self._stream = client.events(since=f"{since:.9f}", decode=True,
-                                             filters={"type": "container", "event": list(EVENTS)})
+                self._stream = client.events(
+                    since=f"{since:.9f}", decode=True, filters={"type": "container", "event": list(EVENTS)}
+                )
                 log.info("following the engine's events since %.3f", since)
                 for event in self._stream:
                     self._handle(client, event)
@@ -193,8 +204,7 @@ class DockerAgent:
         if when:
             self._save_since(int(when) / 1e9)
 
-    def _report_death(self, client: docker.DockerClient, task: _TaskContainer,
-                      exit_code: int | None) -> None:
+    def _report_death(self, client: docker.DockerClient, task: _TaskContainer, exit_code: int | None) -> None:
         if task.container_id in self._dead:
             return
         oom = task.container_id in self._oom
@@ -220,14 +230,16 @@ class DockerAgent:
                 continue
             labels = summary.get("Labels") or {}
             names = summary.get("Names") or []
-            found = self._identify(client, container_id, {**labels, "name": names[0] if names else "",
-                                                          "image": summary.get("Image", "")})
+            found = self._identify(
+                client, container_id, {**labels, "name": names[0] if names else "", "image": summary.get("Image", "")}
+            )
             if found is not None:
                 self._running[container_id] = found
                 self._report(task, "start")
 
-    def _identify(self, client: docker.DockerClient, container_id: str,
-                  attributes: dict[str, str]) -> _TaskContainer | None:
+    def _identify(
+        self, client: docker.DockerClient, container_id: str, attributes: dict[str, str]
+    ) -> _TaskContainer | None:
         """Return the task a container runs, or None when it is not a task container.
 
         The execution comes from the label, the ``TASK_EXECUTION_ID`` variable or the seed's
@@ -261,9 +273,16 @@ class DockerAgent:
 
     def _report(self, task: _TaskContainer, event: str, **fields: Any) -> None:
         """Post one event, retrying until the bridge answers (or the agent stops)."""
-        body = {"execution_id": task.execution_id, "event": event, "container_id": task.container_id,
-                "container_name": task.name, "image": task.image, "task_name": task.task_name,
-                "task_type": task.task_type, **fields}
+        body = {
+            "execution_id": task.execution_id,
+            "event": event,
+            "container_id": task.container_id,
+            "container_name": task.name,
+            "image": task.image,
+            "task_name": task.task_name,
+            "task_type": task.task_type,
+            **fields,
+        }
         body = {k: v for k, v in body.items() if v is not None}
         failures = 0
         while not self._stop.is_set():
@@ -278,7 +297,7 @@ class DockerAgent:
             except requests.RequestException as exc:
                 log.debug("bridge unreachable: %s", exc)
             failures += 1
-            self._stop.wait(random.uniform(0.5, 1.0) * min(MAX_RETRY_DELAY_SECONDS, 2.0 ** failures))
+            self._stop.wait(random.uniform(0.5, 1.0) * min(MAX_RETRY_DELAY_SECONDS, 2.0**failures))
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -310,28 +329,48 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="heartbeat-docker-agent",
         description="Tell Heartbeat Bridge when task containers start, die or run out of memory: it follows "
-                    "the Docker engine's events and reports those of containers labelled "
-                    "heartbeat.execution_id, with a TASK_EXECUTION_ID variable, or named task-<execution id>.")
+        "the Docker engine's events and reports those of containers labelled "
+        "heartbeat.execution_id, with a TASK_EXECUTION_ID variable, or named task-<execution id>.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--bridge-url", default=os.environ.get("API_BASE_URL", "http://localhost:8000"),
-                        help="the bridge (default: $API_BASE_URL or %(default)s)")
-    parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST"),
-                        help="the engine (default: $DOCKER_HOST or the local socket)")
+    parser.add_argument(
+        "--bridge-url",
+        default=os.environ.get("API_BASE_URL", "http://localhost:8000"),
+        help="the bridge (default: $API_BASE_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--docker-host",
+        default=os.environ.get("DOCKER_HOST"),
+        help="the engine (default: $DOCKER_HOST or the local socket)",
+    )
     parser.add_argument("--label", default=DEFAULT_LABEL, help="label holding the execution id (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get("BRIDGE_TOKEN"), help="bearer token (default: $BRIDGE_TOKEN)")
-    parser.add_argument("--state-file", type=Path,
-                        help="remembers the last event across agent restarts (default: none, so events while "
-                             "the agent is down are not asked for)")
-    parser.add_argument("--reconnect-delay", type=float, default=DEFAULT_RECONNECT_DELAY_SECONDS,
-                        help="seconds between reconnection attempts (default: %(default)s)")
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="remembers the last event across agent restarts (default: none, so events while "
+        "the agent is down are not asked for)",
+    )
+    parser.add_argument(
+        "--reconnect-delay",
+        type=float,
+        default=DEFAULT_RECONNECT_DELAY_SECONDS,
+        help="seconds between reconnection attempts (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s heartbeat-docker-agent %(levelname)s %(message)s")
 
     def connect() -> docker.DockerClient:
         return docker.DockerClient(base_url=args.docker_host) if args.docker_host else docker.from_env()
 
-    agent = DockerAgent(connect, args.bridge_url, label=args.label, token=args.token,
-                        state_file=args.state_file, reconnect_delay=args.reconnect_delay)
+    agent = DockerAgent(
+        connect,
+        args.bridge_url,
+        label=args.label,
+        token=args.token,
+        state_file=args.state_file,
+        reconnect_delay=args.reconnect_delay,
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     agent.run()

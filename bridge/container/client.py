@@ -75,13 +75,22 @@ def _backoff(failures: int, cap: float) -> float:
 class HeartbeatClient:
     """Posts heartbeats from a background thread and the completion when asked."""
 
-    def __init__(self, api_base_url: str, execution_id: str, container_id: str,
-                 heartbeat_interval: float = DEFAULT_INTERVAL_SECONDS, *,
-                 token: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                 task_name: str | None = None, task_type: str | None = None,
-                 max_runtime_seconds: float | None = None, traceparent: str | None = None,
-                 handle_signals: bool = False,
-                 completion_deadline: float = DEFAULT_COMPLETION_DEADLINE_SECONDS):
+    def __init__(
+        self,
+        api_base_url: str,
+        execution_id: str,
+        container_id: str,
+        heartbeat_interval: float = DEFAULT_INTERVAL_SECONDS,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        task_name: str | None = None,
+        task_type: str | None = None,
+        max_runtime_seconds: float | None = None,
+        traceparent: str | None = None,
+        handle_signals: bool = False,
+        completion_deadline: float = DEFAULT_COMPLETION_DEADLINE_SECONDS,
+    ):
         """Prepare a client; nothing is sent before :meth:`start`.
 
         ``traceparent`` defaults to the ``TRACEPARENT`` environment variable; ``token`` is
@@ -98,8 +107,15 @@ class HeartbeatClient:
         self.timeout = timeout
         self.completion_deadline = completion_deadline
         self.traceparent = traceparent if traceparent is not None else os.environ.get("TRACEPARENT")
-        self._extras = {k: v for k, v in (("task_name", task_name), ("task_type", task_type),
-                                          ("max_runtime_seconds", max_runtime_seconds)) if v is not None}
+        self._extras = {
+            k: v
+            for k, v in (
+                ("task_name", task_name),
+                ("task_type", task_type),
+                ("max_runtime_seconds", max_runtime_seconds),
+            )
+            if v is not None
+        }
         self.task_status = "running"
         self.task_progress: dict[str, Any] = {}
         self.completed = False
@@ -127,8 +143,9 @@ class HeartbeatClient:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         # A block that ends without a completion must still end the run: left alone, the
         # execution would go lost and page someone for a task that did its work.
         try:
@@ -182,16 +199,26 @@ class HeartbeatClient:
         """Send a heartbeat now, with the current status and progress; returns True if accepted."""
         return self._send_heartbeat()
 
-    def send_completion(self, success: bool, result_data: dict[str, Any] | None = None,
-                        error_message: str | None = None, exit_code: int | None = None) -> bool:
+    def send_completion(
+        self,
+        success: bool,
+        result_data: dict[str, Any] | None = None,
+        error_message: str | None = None,
+        exit_code: int | None = None,
+    ) -> bool:
         """Report the end of the task; retries until acknowledged or ``completion_deadline``.
 
         Returns True once the bridge acknowledged it (a duplicate counts), False when it
         refused it (4xx), the deadline passed, or :meth:`abandon` was called. Heartbeats stop
         once it is acknowledged.
         """
-        payload = {"execution_id": self.execution_id, "container_id": self.container_id,
-                   "success": success, "result_data": result_data or {}, "error_message": error_message}
+        payload = {
+            "execution_id": self.execution_id,
+            "container_id": self.container_id,
+            "success": success,
+            "result_data": result_data or {},
+            "error_message": error_message,
+        }
         if exit_code is not None:
             payload["exit_code"] = exit_code
         if "task_name" in self._extras:
@@ -213,14 +240,23 @@ class HeartbeatClient:
             failures += 1
             wait = _backoff(failures, MAX_BACKOFF_SECONDS)
             if time.monotonic() + wait > deadline:
-                log.error("completion not acknowledged by %s after %d attempts in %.0fs; giving up",
-                          self.completion_url, failures, self.completion_deadline)
+                log.error(
+                    "completion not acknowledged by %s after %d attempts in %.0fs; giving up",
+                    self.completion_url,
+                    failures,
+                    self.completion_deadline,
+                )
                 return False
-            log.warning("completion not acknowledged by %s (%s); retrying in %.1fs",
-                        self.completion_url, status or "no answer", wait)
+            log.warning(
+                "completion not acknowledged by %s (%s); retrying in %.1fs",
+                self.completion_url,
+                status or "no answer",
+                wait,
+            )
             if self._abandoned.wait(wait):
-                log.error("completion abandoned after %d attempts: %s did not acknowledge it",
-                          failures, self.completion_url)
+                log.error(
+                    "completion abandoned after %d attempts: %s did not acknowledge it", failures, self.completion_url
+                )
                 return False
 
     def _loop(self) -> None:
@@ -228,8 +264,12 @@ class HeartbeatClient:
         while not self._stopping.is_set():
             if self._send_heartbeat():
                 if failures:
-                    log.info("heartbeats to %s recovered after %d failed in %.0fs", self.heartbeat_url,
-                             failures, time.monotonic() - failing_since)
+                    log.info(
+                        "heartbeats to %s recovered after %d failed in %.0fs",
+                        self.heartbeat_url,
+                        failures,
+                        time.monotonic() - failing_since,
+                    )
                 failures, wait = 0, self.heartbeat_interval
             else:
                 failures += 1
@@ -242,10 +282,15 @@ class HeartbeatClient:
         """Post one heartbeat; returns False when it should be retried soon."""
         with self._lock:
             sent = (self.task_status, dict(self.task_progress))
-            payload = {"execution_id": self.execution_id, "container_id": self.container_id,
-                       "status": sent[0], "progress": sent[1],
-                       "timestamp": int(time.time()), "interval_seconds": self.heartbeat_interval,
-                       **self._extras}
+            payload = {
+                "execution_id": self.execution_id,
+                "container_id": self.container_id,
+                "status": sent[0],
+                "progress": sent[1],
+                "timestamp": int(time.time()),
+                "interval_seconds": self.heartbeat_interval,
+                **self._extras,
+            }
         if self.traceparent:
             payload["traceparent"] = self.traceparent
         status, body = self._post(self.heartbeat_url, payload)
@@ -259,8 +304,13 @@ class HeartbeatClient:
             with self._lock:
                 dropped = (self.task_status, self.task_progress) != self._accepted
                 self.task_status, self.task_progress = self._accepted[0], dict(self._accepted[1])
-            log.error("heartbeat refused by %s with %s: %s%s", self.heartbeat_url, status, body,
-                      "; dropped the status and progress set since the last accepted one" if dropped else "")
+            log.error(
+                "heartbeat refused by %s with %s: %s%s",
+                self.heartbeat_url,
+                status,
+                body,
+                "; dropped the status and progress set since the last accepted one" if dropped else "",
+            )
             return True
         log.warning("heartbeat to %s failed (%s)", self.heartbeat_url, status or "no answer")
         return False

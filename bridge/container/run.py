@@ -50,8 +50,7 @@ DEFAULT_COMPLETION_TIMEOUT_SECONDS = 30.0
 REPORTED_STATUSES = ("running", "completed", "failed")
 #: Signals that, once the command has exited, end the wait for the completion's acknowledgement.
 ABANDON_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 127
 PUMP_JOIN_SECONDS = 5.0
@@ -60,29 +59,53 @@ PUMP_JOIN_SECONDS = 5.0
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="heartbeat-run", usage="heartbeat-run [options] -- CMD [ARGS...]",
+        prog="heartbeat-run",
+        usage="heartbeat-run [options] -- CMD [ARGS...]",
         description="Run a command with heartbeats to Heartbeat Bridge and a completion carrying "
-                    f"its exit code. Progress: JSON lines written to fd {PROGRESS_FD}.")
+        f"its exit code. Progress: JSON lines written to fd {PROGRESS_FD}.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--api-base-url", default=env("API_BASE_URL", DEFAULT_API_BASE_URL),
-                        help="the bridge (default: $API_BASE_URL or %(default)s)")
-    parser.add_argument("--execution-id", default=env("TASK_EXECUTION_ID"),
-                        help="execution id (default: $TASK_EXECUTION_ID)")
-    parser.add_argument("--container-id", default=env("HOSTNAME", "unknown-container"),
-                        help="container id (default: $HOSTNAME)")
-    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_SECONDS,
-                        help="seconds between heartbeats (default: %(default)s)")
-    parser.add_argument("--task-name", default=env("TASK_NAME"),
-                        help="the task this run is a run of (default: $TASK_NAME; none: shown as unknown)")
-    parser.add_argument("--task-type", default=env("TASK_TYPE"),
-                        help="the task's type, such as crawler or etl (default: $TASK_TYPE)")
-    parser.add_argument("--max-runtime", type=float,
-                        help="seconds this run may take, declared as max_runtime_seconds (default: none)")
+    parser.add_argument(
+        "--api-base-url",
+        default=env("API_BASE_URL", DEFAULT_API_BASE_URL),
+        help="the bridge (default: $API_BASE_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--execution-id", default=env("TASK_EXECUTION_ID"), help="execution id (default: $TASK_EXECUTION_ID)"
+    )
+    parser.add_argument(
+        "--container-id", default=env("HOSTNAME", "unknown-container"), help="container id (default: $HOSTNAME)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL_SECONDS,
+        help="seconds between heartbeats (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--task-name",
+        default=env("TASK_NAME"),
+        help="the task this run is a run of (default: $TASK_NAME; none: shown as unknown)",
+    )
+    parser.add_argument(
+        "--task-type", default=env("TASK_TYPE"), help="the task's type, such as crawler or etl (default: $TASK_TYPE)"
+    )
+    parser.add_argument(
+        "--max-runtime", type=float, help="seconds this run may take, declared as max_runtime_seconds (default: none)"
+    )
     parser.add_argument("--token", default=env("BRIDGE_TOKEN"), help="bearer token (default: $BRIDGE_TOKEN)")
-    parser.add_argument("--stderr-tail", type=int, default=DEFAULT_STDERR_TAIL_BYTES,
-                        help="bytes of stderr sent as the error message (default: %(default)s)")
-    parser.add_argument("--completion-timeout", type=float, default=DEFAULT_COMPLETION_TIMEOUT_SECONDS,
-                        help="once the command exited, seconds to retry the completion (default: %(default)s)")
+    parser.add_argument(
+        "--stderr-tail",
+        type=int,
+        default=DEFAULT_STDERR_TAIL_BYTES,
+        help="bytes of stderr sent as the error message (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--completion-timeout",
+        type=float,
+        default=DEFAULT_COMPLETION_TIMEOUT_SECONDS,
+        help="once the command exited, seconds to retry the completion (default: %(default)s)",
+    )
     return parser
 
 
@@ -108,8 +131,11 @@ def _read_progress(fd: int, client: HeartbeatClient) -> None:
                 continue
             status = update.pop("status", client.task_status)
             if status not in REPORTED_STATUSES:
-                log.warning("ignoring a progress line whose status is not one of %s: %r",
-                            ", ".join(REPORTED_STATUSES), line[:200])
+                log.warning(
+                    "ignoring a progress line whose status is not one of %s: %r",
+                    ", ".join(REPORTED_STATUSES),
+                    line[:200],
+                )
                 continue
             client.update_status(status, update)
 
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the wrapped command; returns its exit code (2 for a usage error, 127 if it cannot start)."""
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    args, command = _parser().parse_args(argv[:split]), argv[split + 1:]  # --help and --version exit here
+    args, command = _parser().parse_args(argv[:split]), argv[split + 1 :]  # --help and --version exit here
     if not command:
         _parser().print_usage(sys.stderr)
         print("heartbeat-run: give the command after --", file=sys.stderr)
@@ -163,35 +189,48 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="heartbeat-run: %(levelname)s %(message)s")
 
-    client = HeartbeatClient(args.api_base_url, args.execution_id, args.container_id, args.interval,
-                             token=args.token, task_name=args.task_name, task_type=args.task_type,
-                             max_runtime_seconds=args.max_runtime, completion_deadline=args.completion_timeout)
+    client = HeartbeatClient(
+        args.api_base_url,
+        args.execution_id,
+        args.container_id,
+        args.interval,
+        token=args.token,
+        task_name=args.task_name,
+        task_type=args.task_type,
+        max_runtime_seconds=args.max_runtime,
+        completion_deadline=args.completion_timeout,
+    )
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ, **{PROGRESS_FD_VARIABLE: str(PROGRESS_FD),
-                              "TRACEPARENT": client.execution_traceparent()})
+    env = dict(os.environ, **{PROGRESS_FD_VARIABLE: str(PROGRESS_FD), "TRACEPARENT": client.execution_traceparent()})
     # Handlers go in before the command starts: a signal in between is held, then passed on.
     relay = _SignalRelay(client)
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, relay.forward)
     try:
         # Its own session: a terminal's Ctrl-C reaches the command once, through us.
-        child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True,
-                                 pass_fds=(write_fd, PROGRESS_FD),
-                                 preexec_fn=lambda: os.dup2(write_fd, PROGRESS_FD))
+        child = subprocess.Popen(
+            command,
+            env=env,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(write_fd, PROGRESS_FD),
+            preexec_fn=lambda: os.dup2(write_fd, PROGRESS_FD),
+        )
     except OSError as exc:
         os.close(read_fd)
         os.close(write_fd)
         client.start()
-        client.send_completion(False, error_message=f"cannot run {command[0]}: {exc}",
-                               exit_code=EXIT_CANNOT_RUN)
+        client.send_completion(False, error_message=f"cannot run {command[0]}: {exc}", exit_code=EXIT_CANNOT_RUN)
         client.stop()
         print(f"heartbeat-run: cannot run {command[0]}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     os.close(write_fd)  # the command holds the only writer: its exit ends the progress stream
     relay.started(child)
     tail: collections.deque[int] = collections.deque(maxlen=max(0, args.stderr_tail))
-    pumps = [threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
-             threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True)]
+    pumps = [
+        threading.Thread(target=_pump_stderr, args=(child.stderr, tail), daemon=True),
+        threading.Thread(target=_read_progress, args=(read_fd, client), daemon=True),
+    ]
     for pump in pumps:
         pump.start()
     client.start()

@@ -165,21 +165,27 @@ def _parse(body: Any, prefix: str, task: str | None = None) -> TaskDeclaration:
         timezone=zone,
         period_seconds=period,
         start_grace_seconds=grace if grace is not None else DEFAULT_START_GRACE_SECONDS,
-        max_runtime_seconds=inputs.number(body.get("max_runtime_seconds"), prefix + "max_runtime_seconds", 1,
-                                          MAX_RUNTIME_SECONDS),
+        max_runtime_seconds=inputs.number(
+            body.get("max_runtime_seconds"), prefix + "max_runtime_seconds", 1, MAX_RUNTIME_SECONDS
+        ),
         failure_threshold=threshold if threshold is not None else DEFAULT_FAILURE_THRESHOLD,
         labels=labels or {},
         description=inputs.text(body.get("description"), prefix + "description", inputs.MAX_DESCRIPTION),
         runbook_url=inputs.url(body.get("runbook_url"), prefix + "runbook_url"),
         ping_uuid=inputs.uuid(body.get("ping_uuid"), prefix + "ping_uuid"),
         ping_key=inputs.ping_key(body.get("ping_key"), prefix + "ping_key"),
-        min_runtime_seconds=inputs.number(body.get("min_runtime_seconds"), prefix + "min_runtime_seconds", 0,
-                                          MAX_RUNTIME_SECONDS),
-        early_grace_seconds=_or(inputs.number(body.get("early_grace_seconds"), prefix + "early_grace_seconds", 0,
-                                              MAX_GRACE_SECONDS), DEFAULT_EARLY_GRACE_SECONDS),
+        min_runtime_seconds=inputs.number(
+            body.get("min_runtime_seconds"), prefix + "min_runtime_seconds", 0, MAX_RUNTIME_SECONDS
+        ),
+        early_grace_seconds=_or(
+            inputs.number(body.get("early_grace_seconds"), prefix + "early_grace_seconds", 0, MAX_GRACE_SECONDS),
+            DEFAULT_EARLY_GRACE_SECONDS,
+        ),
         max_concurrency=inputs.integer(body.get("max_concurrency"), prefix + "max_concurrency", 1, MAX_CONCURRENCY),
-        recovery_threshold=_or(inputs.integer(body.get("recovery_threshold"), prefix + "recovery_threshold", 1,
-                                              MAX_FAILURE_THRESHOLD), DEFAULT_RECOVERY_THRESHOLD),
+        recovery_threshold=_or(
+            inputs.integer(body.get("recovery_threshold"), prefix + "recovery_threshold", 1, MAX_FAILURE_THRESHOLD),
+            DEFAULT_RECOVERY_THRESHOLD,
+        ),
         depends_on=_upstreams(body.get("depends_on"), prefix + "depends_on", task),
     )
 

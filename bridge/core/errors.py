@@ -9,8 +9,21 @@ input at fault, ``reason`` is the label the refusal is counted under in
 
 from __future__ import annotations
 
-__all__ = ["BridgeError", "CapacityError", "ConfigError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON",
-           "NotFound", "RequestTimeout", "StoreUnavailable", "TooLarge", "Unauthorized", "UnsupportedMediaType"]
+__all__ = [
+    "BridgeError",
+    "CapacityError",
+    "ConfigError",
+    "Conflict",
+    "Forbidden",
+    "InvalidInput",
+    "InvalidJSON",
+    "NotFound",
+    "RequestTimeout",
+    "StoreUnavailable",
+    "TooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
 
 
 class BridgeError(Exception):

@@ -7,8 +7,15 @@ from typing import Any
 
 from .declarations import TaskDeclaration
 
-__all__ = ["CONTAINER_EVENTS", "REPORTED_STATUSES", "Announcement", "Completion", "ContainerEvent",
-           "Heartbeat", "RunReport"]
+__all__ = [
+    "CONTAINER_EVENTS",
+    "REPORTED_STATUSES",
+    "Announcement",
+    "Completion",
+    "ContainerEvent",
+    "Heartbeat",
+    "RunReport",
+]
 
 #: The statuses a heartbeat may report.
 REPORTED_STATUSES = ("running", "completed", "failed")

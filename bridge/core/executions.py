@@ -136,8 +136,8 @@ class Execution:
     # The execution span, in segments: a loss ends one, the next event starts another.
     segment: int = 0
     segment_started_at: float | None = None
-    stages: list[Any] = field(default_factory=list)   # [stage, start, end or None]
-    events: list[Any] = field(default_factory=list)   # [time, status, reported status]
+    stages: list[Any] = field(default_factory=list)  # [stage, start, end or None]
+    events: list[Any] = field(default_factory=list)  # [time, status, reported status]
     version: int = 0
     #: the protocol that created it when that names tasks, not executions (``hc``, ``sentry``):
     #: only that protocol's reports for the same task may act on it
@@ -163,7 +163,7 @@ class Execution:
         Fields are only ever appended, so a shorter list (an older version's) leaves the
         newer fields at their defaults and a longer one (a newer version's) is cut.
         """
-        return cls(*values[:len(RECORD_FIELDS)])
+        return cls(*values[: len(RECORD_FIELDS)])
 
     def clone(self) -> Execution:
         """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
@@ -252,8 +252,15 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _new_record(execution_id: str, now: float, status: Status, task_name: str | None,
-                task_label: TaskLabel, rules: Rules, traceparent: str | None = None) -> Execution:
+def _new_record(
+    execution_id: str,
+    now: float,
+    status: Status,
+    task_name: str | None,
+    task_label: TaskLabel,
+    rules: Rules,
+    traceparent: str | None = None,
+) -> Execution:
     return Execution(
         execution_id=execution_id,
         status=status,
@@ -334,8 +341,9 @@ def _learn_interval(record: Execution, gap: float | None, rules: Rules, recovere
     record.interval_source = "learned" if learned > rules.default_interval else "default"
 
 
-def _end(record: Execution, status: Status, ended_at: float, now: float, rules: Rules,
-         reason: str, cause: str) -> tuple[Increment, ...]:
+def _end(
+    record: Execution, status: Status, ended_at: float, now: float, rules: Rules, reason: str, cause: str
+) -> tuple[Increment, ...]:
     """Make ``record`` final because of ``cause``; return the counters every ending increments."""
     record.status = status
     record.end_cause = cause
@@ -346,17 +354,19 @@ def _end(record: Execution, status: Status, ended_at: float, now: float, rules: 
     record.status_reason = reason
     _note_status(record, now)
     outcome = "success" if record.success else "failure"
-    return (Increment(COMPLETIONS, (record.metric_task_name, outcome)),
-            *_observe_duration(record.metric_task_name, outcome,
-                               max(0.0, ended_at - record.started_at), record.trace_id))
+    return (
+        Increment(COMPLETIONS, (record.metric_task_name, outcome)),
+        *_observe_duration(record.metric_task_name, outcome, max(0.0, ended_at - record.started_at), record.trace_id),
+    )
 
 
-def _observe_duration(task: str, outcome: str, seconds: float,
-                      trace_id: str) -> tuple[Increment, ...]:
+def _observe_duration(task: str, outcome: str, seconds: float, trace_id: str) -> tuple[Increment, ...]:
     bucket = next((f"{b:g}" for b in DURATION_BUCKETS if seconds <= b), "+Inf")
-    return (Increment(DURATION + "_bucket", (task, outcome, bucket), 1.0, (trace_id, seconds)),
-            Increment(DURATION + "_sum", (task, outcome), seconds),
-            Increment(DURATION + "_count", (task, outcome)))
+    return (
+        Increment(DURATION + "_bucket", (task, outcome, bucket), 1.0, (trace_id, seconds)),
+        Increment(DURATION + "_sum", (task, outcome), seconds),
+        Increment(DURATION + "_count", (task, outcome)),
+    )
 
 
 def is_foreign(current: Execution | None, protocol: str | None, task_name: str | None) -> bool:
@@ -386,8 +396,9 @@ def _take_declared(record: Execution, event: Heartbeat | Announcement) -> None:
         record.max_runtime_seconds = event.max_runtime_seconds
 
 
-def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules: Rules,
-                    task_label: TaskLabel) -> Outcome:
+def apply_heartbeat(
+    current: Execution | None, hb: Heartbeat, now: float, rules: Rules, task_label: TaskLabel
+) -> Outcome:
     """Return what heartbeat ``hb``, received at ``now``, does to ``current``.
 
     A new execution starts ``running``; ``starting`` and ``lost`` ones become
@@ -400,16 +411,18 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         return Outcome(None, result="ignored")
     increments: list[Increment] = []
     if current is None:
-        record = _new_record(hb.execution_id, now, "running", hb.task_name, task_label,
-                             rules, hb.traceparent)
+        record = _new_record(hb.execution_id, now, "running", hb.task_name, task_label, rules, hb.traceparent)
         record.protocol = hb.protocol
         transition: tuple[Status | None, Status] | None = (None, "running")
         gap = None
     else:
         record = _copy(current, now)
         transition = None if current.status == "running" else (current.status, "running")
-        gap = (now - current.last_heartbeat_at
-               if current.last_heartbeat_at is not None and current.status in ("running", "lost") else None)
+        gap = (
+            now - current.last_heartbeat_at
+            if current.last_heartbeat_at is not None and current.status in ("running", "lost")
+            else None
+        )
         if current.status == "lost":
             record.recoveries += 1
             record.expires_at = None
@@ -417,8 +430,7 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
         _name_task(record, hb.task_name, task_label)
     record.status = "running"
     record.reported_status = hb.status
-    record.status_reason = (None if hb.status == "running"
-                            else f"reported {hb.status}; waiting for the completion")
+    record.status_reason = None if hb.status == "running" else f"reported {hb.status}; waiting for the completion"
     if hb.container_id is not None:
         record.container_id = hb.container_id
     if hb.progress is not None:
@@ -442,8 +454,9 @@ def apply_heartbeat(current: Execution | None, hb: Heartbeat, now: float, rules:
     return Outcome(record, tuple(increments), "accepted", transition, hb.task_schedule if first else None)
 
 
-def apply_completion(current: Execution | None, c: Completion, now: float, rules: Rules,
-                     task_label: TaskLabel) -> Outcome:
+def apply_completion(
+    current: Execution | None, c: Completion, now: float, rules: Rules, task_label: TaskLabel
+) -> Outcome:
     """Return what completion ``c`` does: the first one ends the execution, repeats are
     duplicates; a ``conflict`` as for :func:`apply_heartbeat`."""
     if is_foreign(current, c.protocol, c.task_name):
@@ -485,24 +498,31 @@ def apply_deadline(current: Execution, now: float, rules: Rules) -> Outcome:
     if current.status == "running" and current.reported_status in FINAL_STATUSES:
         ended_at = current.last_heartbeat_at if current.last_heartbeat_at is not None else now
         reported: Status = "completed" if current.reported_status == "completed" else "failed"
-        increments = _end(record, reported, ended_at, now, rules,
-                          f"reported {current.reported_status}; no completion received", "reported")
+        increments = _end(
+            record,
+            reported,
+            ended_at,
+            now,
+            rules,
+            f"reported {current.reported_status}; no completion received",
+            "reported",
+        )
         return Outcome(record, increments, "accepted", (current.status, record.status))
     if current.status == "starting":
         reason = "container started; no heartbeat within the startup grace"
     else:
         silent = now - (current.last_heartbeat_at or current.started_at)
-        reason = (f"no heartbeat for {silent:.0f}s "
-                  f"({rules.lost_after_intervals:g} intervals of {current.interval_seconds:g}s)")
+        reason = (
+            f"no heartbeat for {silent:.0f}s "
+            f"({rules.lost_after_intervals:g} intervals of {current.interval_seconds:g}s)"
+        )
     record.status = "lost"
     record.status_reason = reason
     record.lost_count += 1
     record.deadline_at = None
     record.expires_at = now + rules.retention
     _note_status(record, now)
-    return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted",
-                   (current.status, "lost"))
-
+    return Outcome(record, (Increment(LOST, (record.metric_task_name,)),), "accepted", (current.status, "lost"))
 
 
 def apply_forget(current: Execution | None, now: float) -> Outcome:
@@ -534,8 +554,9 @@ def apply_rebase(current: Execution, now: float, rules: Rules) -> Outcome:
     """
     if current.deadline_at is None or current.status not in ("running", "starting"):
         return _UNCHANGED
-    window = (rules.startup_grace if current.status == "starting"
-              else rules.lost_after_intervals * current.interval_seconds)
+    window = (
+        rules.startup_grace if current.status == "starting" else rules.lost_after_intervals * current.interval_seconds
+    )
     if current.deadline_at == now + window:
         return _UNCHANGED
     record = current.clone()
@@ -563,8 +584,9 @@ def _enrich(record: Execution, event: ContainerEvent) -> None:
         record.task_type = event.task_type
 
 
-def apply_container_event(current: Execution | None, event: ContainerEvent, now: float,
-                          rules: Rules, task_label: TaskLabel) -> Outcome:
+def apply_container_event(
+    current: Execution | None, event: ContainerEvent, now: float, rules: Rules, task_label: TaskLabel
+) -> Outcome:
     """Return what a container event does to ``current``.
 
     ``start`` makes an unknown execution ``starting`` (it must heartbeat within the
@@ -602,13 +624,13 @@ def apply_container_event(current: Execution | None, event: ContainerEvent, now:
     else:
         status, message = "failed", f"exited with code {event.exit_code}"
     record.error_message = message
-    increments = _end(record, status, now, now, rules, "container died without a completion",
-                      "container")
+    increments = _end(record, status, now, now, rules, "container died without a completion", "container")
     return Outcome(record, increments, "accepted", (old_status, status))
 
 
-def apply_announcement(current: Execution | None, announcement: Announcement, now: float, rules: Rules,
-                       task_label: TaskLabel) -> Outcome:
+def apply_announcement(
+    current: Execution | None, announcement: Announcement, now: float, rules: Rules, task_label: TaskLabel
+) -> Outcome:
     """Return what a launcher's announcement does: an unknown execution is ``starting`` as a
     run of its task (it must report within the startup grace); a known one takes the task,
     labels, interval and runtime budget it lacked; one that ended answers a duplicate."""

@@ -5,8 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["ID_PATTERN", "UUID", "execution_span_id", "is_traceparent", "normalise_id", "segment_span_id",
-           "trace_id_for"]
+__all__ = [
+    "ID_PATTERN",
+    "UUID",
+    "execution_span_id",
+    "is_traceparent",
+    "normalise_id",
+    "segment_span_id",
+    "trace_id_for",
+]
 
 #: ids are any ``[A-Za-z0-9._:-]{1,128}``
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")

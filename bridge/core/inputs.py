@@ -118,8 +118,12 @@ def execution_id(value: Any, field: str = "execution_id") -> str:
     return canonical
 
 
-def identifier(value: Any, field: str, pattern: re.Pattern[str] = CONTAINER_ID,
-               what: str = "1 to 256 characters of A-Z a-z 0-9 . _ : -") -> str | None:
+def identifier(
+    value: Any,
+    field: str,
+    pattern: re.Pattern[str] = CONTAINER_ID,
+    what: str = "1 to 256 characters of A-Z a-z 0-9 . _ : -",
+) -> str | None:
     """Return a value that must match ``pattern`` whole (a container id by default), said as ``what``."""
     if value is None:
         return None
@@ -257,4 +261,4 @@ def cut(value: str | None, field: str, limit: int = MAX_ERROR_MESSAGE) -> tuple[
     refusing it would lose the report it came with."""
     if value is None or len(value) <= limit:
         return value, None
-    return value[:limit - 1] + "…", f"{field} was {len(value)} characters: cut to {limit}"
+    return value[: limit - 1] + "…", f"{field} was {len(value)} characters: cut to {limit}"

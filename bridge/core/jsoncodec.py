@@ -23,8 +23,12 @@ __all__ = ["dumps", "encode_answer", "loads"]
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_RUN = b"0" * 19
 _stdlib_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_RESPONSE_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
-                     | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
+_RESPONSE_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 
 def dumps(value: Any) -> str:
@@ -40,8 +44,7 @@ def dumps(value: Any) -> str:
         return _stdlib_encode(value)
 
 
-def loads(data: str | bytes, fallback: Callable[[Any], Any] = json.loads, *,
-          long_integers: bool = True) -> Any:
+def loads(data: str | bytes, fallback: Callable[[Any], Any] = json.loads, *, long_integers: bool = True) -> Any:
     """Return the value of the JSON document ``data``: what ``fallback`` would return.
 
     ``fallback`` (the standard library's reader, or one configured from it) reads what

@@ -18,10 +18,28 @@ from .counters import TASK_RUNS_MISSED, TASK_RUNS_TOO_SHORT, TASK_RUNS_UNEXPECTE
 from .declarations import DEFAULT_FAILURE_THRESHOLD, DEFAULT_RECOVERY_THRESHOLD, TaskDeclaration, next_slot
 from .executions import Execution, Increment
 
-__all__ = ["DECLARATION_SOURCES", "TASK_RECORD_FIELDS", "TASK_STATUSES", "UNHEALTHY_STATUSES", "Task",
-           "TaskOutcome", "apply_claim", "apply_declaration", "apply_pause", "apply_resume", "apply_run_change",
-           "apply_task_deadline", "apply_task_rebase", "effective_declaration", "is_declared", "is_failing",
-           "is_paused", "ping_key_reaches", "ping_uuid_of", "status_at"]
+__all__ = [
+    "DECLARATION_SOURCES",
+    "TASK_RECORD_FIELDS",
+    "TASK_STATUSES",
+    "UNHEALTHY_STATUSES",
+    "Task",
+    "TaskOutcome",
+    "apply_claim",
+    "apply_declaration",
+    "apply_pause",
+    "apply_resume",
+    "apply_run_change",
+    "apply_task_deadline",
+    "apply_task_rebase",
+    "effective_declaration",
+    "is_declared",
+    "is_failing",
+    "is_paused",
+    "ping_key_reaches",
+    "ping_uuid_of",
+    "status_at",
+]
 
 #: A task's health, never its activity: how many of its runs are in progress is apart.
 TASK_STATUSES = ("new", "up", "late", "missed", "failing", "paused")
@@ -88,7 +106,7 @@ class Task:
     @classmethod
     def from_values(cls, values: list[Any]) -> Task:
         """Return the record :meth:`to_values` stored, by this version or a later one."""
-        return cls(*values[:len(TASK_RECORD_FIELDS)])
+        return cls(*values[: len(TASK_RECORD_FIELDS)])
 
     def clone(self) -> Task:
         """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
@@ -138,8 +156,9 @@ def ping_key_reaches(task: Task, key: str) -> bool:
     return key in (task.created_by_ping_key, declaration.ping_key if declaration is not None else None)
 
 
-def apply_claim(current: Task | None, name: str, ping_key: str | None = None,
-                sentry_project: str | None = None) -> TaskOutcome:
+def apply_claim(
+    current: Task | None, name: str, ping_key: str | None = None, sentry_project: str | None = None
+) -> TaskOutcome:
     """Return what a protocol that names tasks does when it first reports for ``name``: a new
     task remembers the ping key or Sentry project that created it, so that it stays theirs;
     a known one is left as it is (the caller checked it may report for it)."""
@@ -207,8 +226,9 @@ def _reschedule(task: Task, declaration: TaskDeclaration | None, now: float) -> 
     task.deadline_at = task.paused_until if task.paused else task.next_run_at + declaration.start_grace_seconds
 
 
-def apply_declaration(current: Task | None, name: str, source: str, declaration: TaskDeclaration | None,
-                      now: float) -> TaskOutcome:
+def apply_declaration(
+    current: Task | None, name: str, source: str, declaration: TaskDeclaration | None, now: float
+) -> TaskOutcome:
     """Return what declaring ``name`` from ``source`` (or, with None, withdrawing that
     source's declaration) does. A change to the schedule, time zone, period or grace
     restarts the expected runs from ``now``; nothing changes when nothing differs."""
@@ -270,15 +290,19 @@ def _record_start(task: Task, declaration: TaskDeclaration | None, started_at: f
 
 
 def _note_recent(task: Task, execution: Execution) -> None:
-    ended = execution.ended_at if execution.status in ("completed", "failed") else (
-        execution.updated_at if execution.status == "lost" else None)
+    ended = (
+        execution.ended_at
+        if execution.status in ("completed", "failed")
+        else (execution.updated_at if execution.status == "lost" else None)
+    )
     entry = [execution.execution_id, execution.status, execution.started_at, ended]
     recent = [run for run in task.recent if run[0] != execution.execution_id]
     task.recent = (recent + [entry])[-RECENT_RUNS:]
 
 
-def apply_run_change(current: Task | None, name: str, before: Execution | None, after: Execution,
-                     inband: TaskDeclaration | None = None) -> TaskOutcome:
+def apply_run_change(
+    current: Task | None, name: str, before: Execution | None, after: Execution, inband: TaskDeclaration | None = None
+) -> TaskOutcome:
     """Return what an execution of task ``name`` going from ``before`` to ``after`` does.
 
     A run starts when an execution is first seen as a run of the task (new, announced, or
@@ -379,8 +403,13 @@ def apply_task_rebase(current: Task, now: float) -> TaskOutcome:
     nobody could hear it: the slots of that time are skipped, not counted as missed.
     """
     declaration, _ = effective_declaration(current)
-    if declaration is None or not declaration.scheduled or current.next_run_at is None \
-            or current.next_run_at > now or current.paused:
+    if (
+        declaration is None
+        or not declaration.scheduled
+        or current.next_run_at is None
+        or current.next_run_at > now
+        or current.paused
+    ):
         return _UNCHANGED
     task = current.clone()
     task.next_run_at = next_slot(declaration, now)

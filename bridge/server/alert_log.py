@@ -25,8 +25,10 @@ def alert_line(alert: dict[str, Any], receiver: str) -> str:
     """Return the line printed for one alert of a notification to ``receiver``."""
     labels = alert.get("labels", {})
     subject = " ".join(f"{name}={labels[name]}" for name in SUBJECT_LABELS if labels.get(name))
-    return (f"ALERT {alert.get('status', '?'):8} {labels.get('alertname', '?')} "
-            f"{subject or '(the bridge)'} -> {receiver or 'default'}")
+    return (
+        f"ALERT {alert.get('status', '?'):8} {labels.get('alertname', '?')} "
+        f"{subject or '(the bridge)'} -> {receiver or 'default'}"
+    )
 
 
 class AlertLog(BaseHTTPRequestHandler):
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="heartbeat-bridge alert-log",
         description="A webhook receiver for Alertmanager: prints each notification's alerts, one line each, "
-                    "naming the task and execution.")
+        "naming the task and execution.",
+    )
     parser.add_argument("--bind", default=DEFAULT_BIND, help="HOST:PORT to listen on (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -66,20 +66,26 @@ def _check(job_selector: str, runbook_url: str, external_url: str | None, timing
     """Raise :class:`RulesError` for what :func:`render` refuses (see there)."""
     for name, value in asdict(timing).items():
         if not _DURATION.fullmatch(value):
-            raise RulesError(f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, "
-                             f"got {value!r}")
+            raise RulesError(
+                f"--{name.replace('_', '-')} must be a Prometheus duration such as 5s or 1m, got {value!r}"
+            )
     if timing.event_interval in ("0", "0s"):
         raise RulesError("--event-interval must be longer than 0s")
     if not _SELECTOR.fullmatch(job_selector):
-        raise RulesError(f'the job selector must be label matchers such as job="heartbeat-bridge", '
-                         f"got {job_selector!r}")
+        raise RulesError(
+            f'the job selector must be label matchers such as job="heartbeat-bridge", got {job_selector!r}'
+        )
     for name, url in (("runbook URL", runbook_url), ("external URL", external_url)):
         if url is not None and (not url.strip() or any(c in url for c in "\"'\n\r{}")):
             raise RulesError(f"the {name} must be one line without quotes or braces, got {url!r}")
 
 
-def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = None,
-           external_url: str | None = None, timing: Timing = DEFAULT_TIMING) -> str:
+def render(
+    job_selector: str = DEFAULT_JOB_SELECTOR,
+    runbook_url: str | None = None,
+    external_url: str | None = None,
+    timing: Timing = DEFAULT_TIMING,
+) -> str:
     """Return the rules file selecting the bridge's series by ``job_selector`` (label
     matchers such as ``job="heartbeat-bridge"``), with runbook links made from ``runbook_url``,
     given the bridge's ``external_url`` a ``status_page`` link on each execution alert, and the
@@ -94,7 +100,7 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = N
     _check(job_selector, runbook_url, external_url, timing)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     lines, alert = [], None
-    for line in template[template.index("groups:"):].splitlines():  # the template's own notes stay behind
+    for line in template[template.index("groups:") :].splitlines():  # the template's own notes stay behind
         match = _ALERT.match(line)
         alert = match.group(1) if match else alert
         if "%(runbook_url)s" in line:
@@ -106,10 +112,15 @@ def render(job_selector: str = DEFAULT_JOB_SELECTOR, runbook_url: str | None = N
             line = line.replace("%(execution_page)s", page)
         lines.append(line)
     external = f" --external-url '{external_url}'" if external_url else ""
-    timed = "".join(f" --{f.name.replace('_', '-')} {getattr(timing, f.name)}" for f in fields(Timing)
-                    if getattr(timing, f.name) != getattr(DEFAULT_TIMING, f.name))
-    header = (f"# Prometheus rules for Heartbeat Bridge, made by: heartbeat-bridge rules\n"
-              f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'{external}{timed}\n"
-              "# Scrape the bridge through one address: every replica and worker answers the same,\n"
-              "# so one target is the whole fleet.\n")
+    timed = "".join(
+        f" --{f.name.replace('_', '-')} {getattr(timing, f.name)}"
+        for f in fields(Timing)
+        if getattr(timing, f.name) != getattr(DEFAULT_TIMING, f.name)
+    )
+    header = (
+        f"# Prometheus rules for Heartbeat Bridge, made by: heartbeat-bridge rules\n"
+        f"#   --job-selector '{job_selector}' --runbook-url '{runbook_url}'{external}{timed}\n"
+        "# Scrape the bridge through one address: every replica and worker answers the same,\n"
+        "# so one target is the whole fleet.\n"
+    )
     return header + "\n".join(lines) % {"job_selector": job_selector.strip(), **asdict(timing)} + "\n"

@@ -19,55 +19,87 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad configuration)."""
-    parser = argparse.ArgumentParser(prog="heartbeat-bridge",
-                                     description="Heartbeat Bridge: task heartbeats to Prometheus.")
+    parser = argparse.ArgumentParser(
+        prog="heartbeat-bridge", description="Heartbeat Bridge: task heartbeats to Prometheus."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", help="run the service under gunicorn",
+        "serve",
+        help="run the service under gunicorn",
         description="Run Heartbeat Bridge under gunicorn. Everything else is configured by BRIDGE_* "
-                    "environment variables (the README's Configuration table): BRIDGE_STORE_URL, "
-                    "BRIDGE_WORKERS, tokens, limits.")
+        "environment variables (the README's Configuration table): BRIDGE_STORE_URL, "
+        "BRIDGE_WORKERS, tokens, limits.",
+    )
     serve.add_argument("--bind", help="HOST:PORT to listen on (default: BRIDGE_BIND or 127.0.0.1:8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BRIDGE_WORKERS or 2)")
     serve.set_defaults(run=_serve)
     token = commands.add_parser(
-        "token", help="print the per-execution token of an execution id",
+        "token",
+        help="print the per-execution token of an execution id",
         description="Print the bearer token that lets one container report for its own execution only: "
-                    "HMAC-SHA256(BRIDGE_EXECUTION_TOKEN_SECRET, execution id). A launcher hands it to the "
-                    "container it starts; BRIDGE_EXECUTION_TOKEN_SECRET must be set here as on the bridge.")
+        "HMAC-SHA256(BRIDGE_EXECUTION_TOKEN_SECRET, execution id). A launcher hands it to the "
+        "container it starts; BRIDGE_EXECUTION_TOKEN_SECRET must be set here as on the bridge.",
+    )
     token.add_argument("execution_id", help="the execution's id, as TASK_EXECUTION_ID (a UUID is lower-cased)")
     token.set_defaults(run=_token)
     rules = commands.add_parser("rules", help="print the Prometheus alerting and recording rules")
-    rules.add_argument("--job-selector", default=DEFAULT_JOB_SELECTOR,
-                       help=f"label matchers of the bridge's series (default: {DEFAULT_JOB_SELECTOR})")
-    rules.add_argument("--runbook-url", default=None,
-                       help="where the runbooks are: each alert links to URL#<alert name in lower case>, "
-                            "or to URL with {alert} replaced (default: the bridge's own /runbooks, at the "
-                            f"external URL when one is given, else {DEFAULT_RUNBOOK_URL})")
-    rules.add_argument("--external-url", default=None,
-                       help="the bridge's URL as people reach it: execution alerts link to their status "
-                            "pages there (default: BRIDGE_EXTERNAL_URL; none when unset)")
+    rules.add_argument(
+        "--job-selector",
+        default=DEFAULT_JOB_SELECTOR,
+        help=f"label matchers of the bridge's series (default: {DEFAULT_JOB_SELECTOR})",
+    )
+    rules.add_argument(
+        "--runbook-url",
+        default=None,
+        help="where the runbooks are: each alert links to URL#<alert name in lower case>, "
+        "or to URL with {alert} replaced (default: the bridge's own /runbooks, at the "
+        f"external URL when one is given, else {DEFAULT_RUNBOOK_URL})",
+    )
+    rules.add_argument(
+        "--external-url",
+        default=None,
+        help="the bridge's URL as people reach it: execution alerts link to their status "
+        "pages there (default: BRIDGE_EXTERNAL_URL; none when unset)",
+    )
     speed = rules.add_argument_group(
-        "speed", "how fast the alerts that page on events speak (Prometheus durations); slower is calmer")
-    speed.add_argument("--event-interval", default=DEFAULT_TIMING.event_interval,
-                       help="evaluation interval of the rule groups of the event alerts (default: "
-                            f"{DEFAULT_TIMING.event_interval}; scrape the bridge at least as often)")
-    speed.add_argument("--failed-for", default=DEFAULT_TIMING.failed_for,
-                       help=f"for of TaskExecutionFailed (default: {DEFAULT_TIMING.failed_for}: a failed run is final)")
-    speed.add_argument("--lost-for", default=DEFAULT_TIMING.lost_for,
-                       help=f"for of TaskExecutionLost (default: {DEFAULT_TIMING.lost_for}: the bridge already "
-                            "waited its lost window)")
-    speed.add_argument("--missed-for", default=DEFAULT_TIMING.missed_for,
-                       help=f"for of TaskRunMissed (default: {DEFAULT_TIMING.missed_for}: a missed run stays missed)")
-    speed.add_argument("--failing-for", default=DEFAULT_TIMING.failing_for,
-                       help=f"for of TaskFailing (default: {DEFAULT_TIMING.failing_for})")
+        "speed", "how fast the alerts that page on events speak (Prometheus durations); slower is calmer"
+    )
+    speed.add_argument(
+        "--event-interval",
+        default=DEFAULT_TIMING.event_interval,
+        help="evaluation interval of the rule groups of the event alerts (default: "
+        f"{DEFAULT_TIMING.event_interval}; scrape the bridge at least as often)",
+    )
+    speed.add_argument(
+        "--failed-for",
+        default=DEFAULT_TIMING.failed_for,
+        help=f"for of TaskExecutionFailed (default: {DEFAULT_TIMING.failed_for}: a failed run is final)",
+    )
+    speed.add_argument(
+        "--lost-for",
+        default=DEFAULT_TIMING.lost_for,
+        help=f"for of TaskExecutionLost (default: {DEFAULT_TIMING.lost_for}: the bridge already "
+        "waited its lost window)",
+    )
+    speed.add_argument(
+        "--missed-for",
+        default=DEFAULT_TIMING.missed_for,
+        help=f"for of TaskRunMissed (default: {DEFAULT_TIMING.missed_for}: a missed run stays missed)",
+    )
+    speed.add_argument(
+        "--failing-for",
+        default=DEFAULT_TIMING.failing_for,
+        help=f"for of TaskFailing (default: {DEFAULT_TIMING.failing_for})",
+    )
     rules.set_defaults(run=_rules)
-    demo = commands.add_parser("demo", add_help=False,
-                               help="the bridge with a simulated fleet (and Prometheus if installed)")
+    demo = commands.add_parser(
+        "demo", add_help=False, help="the bridge with a simulated fleet (and Prometheus if installed)"
+    )
     demo.set_defaults(run=_demo)
-    alert_log = commands.add_parser("alert-log", add_help=False,
-                                    help="print the notifications Alertmanager posts (the example's receivers)")
+    alert_log = commands.add_parser(
+        "alert-log", add_help=False, help="print the notifications Alertmanager posts (the example's receivers)"
+    )
     alert_log.set_defaults(run=_alert_log)
     args, rest = parser.parse_known_args(argv)
     if rest and args.run not in (_demo, _alert_log):
@@ -90,8 +122,7 @@ def _token(args: argparse.Namespace) -> int:
         return 2
     canonical = normalise_id(args.execution_id)
     if canonical is None:
-        print("heartbeat-bridge: not an execution id: 1 to 128 characters of A-Z a-z 0-9 . _ : -",
-              file=sys.stderr)
+        print("heartbeat-bridge: not an execution id: 1 to 128 characters of A-Z a-z 0-9 . _ : -", file=sys.stderr)
         return 2
     print(execution_token(secret, canonical))
     return 0
@@ -138,8 +169,14 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, StoreUnavailable) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2
-    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:bridge.server.gunicorn_conf",
-                "bridge.web:create_app()"]
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:bridge.server.gunicorn_conf",
+        "bridge.web:create_app()",
+    ]
     os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
     return 0
 
@@ -155,8 +192,10 @@ def _check_free(bind: str) -> None:
         try:
             probe.bind((host, int(port)))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {bind}: {exc.strerror} (is a bridge already running there? "
-                              "stop it, or choose another address with --bind HOST:PORT)") from None
+            raise ConfigError(
+                f"cannot listen on {bind}: {exc.strerror} (is a bridge already running there? "
+                "stop it, or choose another address with --bind HOST:PORT)"
+            ) from None
 
 
 def _check_tracing() -> None:

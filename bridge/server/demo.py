@@ -104,9 +104,11 @@ def _claim(port: int) -> int:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            raise _PortTaken(f"127.0.0.1:{port} is in use (is a bridge running there?): the demo would "
-                             f"write its simulated fleet into it. Stop it, or choose another port: "
-                             f"make demo DEMO_PORT=8001, or --port N (0: any free port)") from None
+            raise _PortTaken(
+                f"127.0.0.1:{port} is in use (is a bridge running there?): the demo would "
+                f"write its simulated fleet into it. Stop it, or choose another port: "
+                f"make demo DEMO_PORT=8001, or --port N (0: any free port)"
+            ) from None
     return port
 
 
@@ -122,8 +124,7 @@ def _first_page(base: str, paths: tuple[str, ...]) -> str:
 
 
 def _post(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         urllib.request.urlopen(request, timeout=5).close()
     except OSError as exc:  # the demo goes on; the bridge's refusal is the lesson
@@ -163,47 +164,69 @@ class _SimulatedTask(threading.Thread):
                 return
             if self.fate == "vanish" and step == steps // 2:
                 return  # the container died: no completion, no more heartbeats
-            _post(self.base + "/api/v1/monitoring/heartbeat", {
-                "execution_id": self.execution_id, "container_id": f"task-{self.execution_id}",
-                "status": "running", "task_name": self.task_name, "task_type": "demo",
-                "interval_seconds": self.interval, "timestamp": int(time.time()),
-                "progress": {"stage": STAGES[min(len(STAGES) - 1, step * len(STAGES) // steps)],
-                             "current_step": step, "total_steps": steps}})
+            _post(
+                self.base + "/api/v1/monitoring/heartbeat",
+                {
+                    "execution_id": self.execution_id,
+                    "container_id": f"task-{self.execution_id}",
+                    "status": "running",
+                    "task_name": self.task_name,
+                    "task_type": "demo",
+                    "interval_seconds": self.interval,
+                    "timestamp": int(time.time()),
+                    "progress": {
+                        "stage": STAGES[min(len(STAGES) - 1, step * len(STAGES) // steps)],
+                        "current_step": step,
+                        "total_steps": steps,
+                    },
+                },
+            )
             self.stop_event.wait(self.interval)
         success = self.fate == "complete"
-        _post(self.base + "/api/v1/monitoring/completion", {
-            "execution_id": self.execution_id, "container_id": f"task-{self.execution_id}",
-            "success": success, "result_data": {"records": random.randint(10, 1000)} if success else {},
-            "error_message": None if success else "simulated failure", "exit_code": 0 if success else 1})
+        _post(
+            self.base + "/api/v1/monitoring/completion",
+            {
+                "execution_id": self.execution_id,
+                "container_id": f"task-{self.execution_id}",
+                "success": success,
+                "result_data": {"records": random.randint(10, 1000)} if success else {},
+                "error_message": None if success else "simulated failure",
+                "exit_code": 0 if success else 1,
+            },
+        )
 
 
 def _declare_tasks(base: str, interval: float) -> None:
     """Declare the fleet's tasks: one that never runs and one that depends on it, one whose runs
     all fail, one whose runs are all too short, one paused, the others hourly."""
-    never: dict[str, object] = {"period_seconds": 6 * interval, "start_grace_seconds": interval,
-                                "labels": {"team": "data"}}
+    never: dict[str, object] = {
+        "period_seconds": 6 * interval,
+        "start_grace_seconds": interval,
+        "labels": {"team": "data"},
+    }
     declarations: list[tuple[str, dict[str, object]]] = [
         (NEVER_RUNS, never),
         (DEPENDENT, {**never, "depends_on": [NEVER_RUNS]}),
         (ALWAYS_FAILS, {"failure_threshold": 2, "labels": {"team": "web"}}),
         (TOO_SHORT, {"min_runtime_seconds": 20 * interval, "labels": {"team": "web"}}),
         (PAUSED, {"period_seconds": 2 * interval, "start_grace_seconds": interval}),
-        *((name, {"period_seconds": 3600, "labels": {"team": "data"}}) for name in FLEET_TASKS)]
+        *((name, {"period_seconds": 3600, "labels": {"team": "data"}}) for name in FLEET_TASKS),
+    ]
     for name, declaration in declarations:
         _send("PUT", f"{base}/api/v1/tasks/{name}", declaration)
     _send("POST", f"{base}/api/v1/tasks/{PAUSED}/pause", {"seconds": PAUSE_SECONDS})
 
 
 def _send(method: str, url: str, body: dict[str, object]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
-                                     method=method)
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method=method
+    )
     urllib.request.urlopen(request, timeout=5).close()
 
 
 def _start(argv: list[str], log: Path, env: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -230,17 +253,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="heartbeat-bridge demo",
         description="The bridge with a simulated fleet (some runs finish, some fail, some go silent), plus "
-                    "Prometheus with the alert rules and Alertmanager when they are installed.")
-    parser.add_argument("--port", type=int, default=8000,
-                        help="bridge port on 127.0.0.1 (default 8000; 0: any free port); refused when in use")
-    parser.add_argument("--interval", type=float, default=5.0,
-                        help="heartbeat interval of the fleet, seconds (default: %(default)s)")
-    parser.add_argument("--spawn-every", type=float, default=3.0,
-                        help="seconds between new executions (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=0.0,
-                        help="stop after this many seconds (default: 0, run until Ctrl-C)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary folder (logs, data) at the end (default: removed)")
+        "Prometheus with the alert rules and Alertmanager when they are installed.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="bridge port on 127.0.0.1 (default 8000; 0: any free port); refused when in use",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="heartbeat interval of the fleet, seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--spawn-every", type=float, default=3.0, help="seconds between new executions (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (default: 0, run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, data) at the end (default: removed)"
+    )
     args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # each line as it happens, also through a pipe or tee
         sys.stdout.reconfigure(line_buffering=True)
@@ -265,16 +297,26 @@ def _run(args: argparse.Namespace, port: int, work: Path) -> int:
     """Run the demo in ``work``; returns the exit status once stopped."""
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}", BRIDGE_REAPER_INTERVAL_SECONDS="1",
-               BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval), BRIDGE_RETENTION_SECONDS="600",
-               BRIDGE_LOG_LEVEL="WARNING", BRIDGE_METRIC_LABELS="team")
+    env.update(
+        BRIDGE_STORE_URL=f"sqlite:///{work / 'bridge.db'}",
+        BRIDGE_REAPER_INTERVAL_SECONDS="1",
+        BRIDGE_DEFAULT_INTERVAL_SECONDS=str(args.interval),
+        BRIDGE_RETENTION_SECONDS="600",
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_METRIC_LABELS="team",
+    )
     prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
     # Alertmanager's address is known before the bridge starts, so its pages show the alerts.
     am_address = f"127.0.0.1:{_free_port()}" if prometheus and alertmanager else None
     if am_address:
         env["BRIDGE_ALERTMANAGER_URL"] = f"http://{am_address}"
-    processes = [_start([sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{port}"],
-                        work / "bridge.log", env)]
+    processes = [
+        _start(
+            [sys.executable, "-m", "bridge.server.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+            work / "bridge.log",
+            env,
+        )
+    ]
     stop = threading.Event()
     webhook = None
     try:
@@ -286,31 +328,53 @@ def _run(args: argparse.Namespace, port: int, work: Path) -> int:
                 webhook = ThreadingHTTPServer(("127.0.0.1", 0), AlertLog)
                 threading.Thread(target=webhook.serve_forever, daemon=True).start()
                 (work / "alertmanager.yml").write_text(
-                    alertmanager_config(f"http://127.0.0.1:{webhook.server_address[1]}"))
-                processes.append(_start([alertmanager, f"--config.file={work / 'alertmanager.yml'}",
-                                         f"--storage.path={work / 'alertmanager'}",
-                                         f"--web.listen-address={am_address}", "--cluster.listen-address="],
-                                        work / "alertmanager.log"))
+                    alertmanager_config(f"http://127.0.0.1:{webhook.server_address[1]}")
+                )
+                processes.append(
+                    _start(
+                        [
+                            alertmanager,
+                            f"--config.file={work / 'alertmanager.yml'}",
+                            f"--storage.path={work / 'alertmanager'}",
+                            f"--web.listen-address={am_address}",
+                            "--cluster.listen-address=",
+                        ],
+                        work / "alertmanager.log",
+                    )
+                )
                 _wait_ready(f"http://{am_address}/-/ready", processes[-1])
                 # Debian's Alertmanager serves no web UI: its API's list, and the bridge's pages, do
-                print(f"alertmanager http://{am_address}/api/v2/alerts   (the firing alerts also show on the "
-                      f"bridge's pages; notifications print below)")
+                print(
+                    f"alertmanager http://{am_address}/api/v2/alerts   (the firing alerts also show on the "
+                    f"bridge's pages; notifications print below)"
+                )
             prom_address = f"127.0.0.1:{_free_port()}"
             (work / RULES_FILE).write_text(render_rules(external_url=base))
-            (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{port}", work / RULES_FILE,
-                                                                   am_address))
-            processes.append(_start([prometheus, f"--config.file={work / 'prometheus.yml'}",
-                                     f"--storage.tsdb.path={work / 'prometheus'}",
-                                     f"--web.listen-address={prom_address}"], work / "prometheus.log"))
+            (work / "prometheus.yml").write_text(prometheus_config(f"127.0.0.1:{port}", work / RULES_FILE, am_address))
+            processes.append(
+                _start(
+                    [
+                        prometheus,
+                        f"--config.file={work / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={work / 'prometheus'}",
+                        f"--web.listen-address={prom_address}",
+                    ],
+                    work / "prometheus.log",
+                )
+            )
             _wait_ready(f"http://{prom_address}/-/ready", processes[-1])
             print(f"prometheus  {_first_page(f'http://{prom_address}', PROMETHEUS_PAGES)}")
         else:
             print("prometheus  not installed: apt-get install prometheus prometheus-alertmanager to see alerts")
         _declare_tasks(base, args.interval)
-        print(f"declared    {DEPENDENT} (depends on {NEVER_RUNS}: missed too, its alert held back), {TOO_SHORT} "
-              f"(every run too short), {PAUSED} (paused for {PAUSE_SECONDS // 60} minutes: nothing alerts)")
-        print(f"declared    {NEVER_RUNS} (never runs: goes missed), {ALWAYS_FAILS} (every run fails: goes "
-              f"failing)   {base}/api/v1/tasks")
+        print(
+            f"declared    {DEPENDENT} (depends on {NEVER_RUNS}: missed too, its alert held back), {TOO_SHORT} "
+            f"(every run too short), {PAUSED} (paused for {PAUSE_SECONDS // 60} minutes: nothing alerts)"
+        )
+        print(
+            f"declared    {NEVER_RUNS} (never runs: goes missed), {ALWAYS_FAILS} (every run fails: goes "
+            f"failing)   {base}/api/v1/tasks"
+        )
         print("simulating a fleet: some executions complete, some fail, some go silent. Ctrl-C stops.")
         started = time.monotonic()
         while not args.duration or time.monotonic() - started < args.duration:

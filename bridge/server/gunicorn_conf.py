@@ -66,8 +66,12 @@ def when_ready(server: Arbiter) -> None:
     from bridge.telemetry.tracing import exporter_names
 
     exporters = exporter_names()
-    server.log.info("Heartbeat Bridge %s: %s, tracing %s", __version__, describe(_settings),
-                    f"on ({', '.join(exporters)})" if exporters else "off")
+    server.log.info(
+        "Heartbeat Bridge %s: %s, tracing %s",
+        __version__,
+        describe(_settings),
+        f"on ({', '.join(exporters)})" if exporters else "off",
+    )
     for warning in unknown_variables(os.environ):
         server.log.warning("%s", warning)
 

@@ -55,8 +55,15 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.I
 # A chunked body, or a client that waits for "100 Continue", is read by the thread.
 _READ_IN_THREAD = re.compile(rb"\r\n(?:transfer-encoding|expect)[ \t]*:", re.IGNORECASE)
 
-_REASONS = {400: "bad_request", 408: "timeout", 413: "too_large", 414: "too_large", 417: "bad_request",
-            431: "too_large", 501: "unsupported"}
+_REASONS = {
+    400: "bad_request",
+    408: "timeout",
+    413: "too_large",
+    414: "too_large",
+    417: "bad_request",
+    431: "too_large",
+    501: "unsupported",
+}
 
 
 class ReadDeadlineExceeded(ConnectionResetError):
@@ -76,7 +83,7 @@ class _DeadlineSocket(socket.socket):
 
     def buffered(self) -> bytes:
         """Return what was read and not yet handed out."""
-        return self.pending[self.offset:]
+        return self.pending[self.offset :]
 
     def keep(self, data: bytes) -> None:
         """Add ``data`` to what is handed out next."""
@@ -91,7 +98,7 @@ class _DeadlineSocket(socket.socket):
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.offset < len(self.pending):
-            data = self.pending[self.offset:self.offset + size]
+            data = self.pending[self.offset : self.offset + size]
             self.offset += len(data)
             if self.offset == len(self.pending):
                 self.pending, self.offset = b"", 0
@@ -121,7 +128,7 @@ def request_is_complete(data: bytes) -> bool:
     end = data.find(_HEAD_END)
     if end < 0:
         return len(data) > MAX_BUFFERED_HEAD_BYTES
-    head = data[:end + 2]
+    head = data[: end + 2]
     if _READ_IN_THREAD.search(head):
         return True
     lengths = _CONTENT_LENGTH.findall(head)
@@ -156,8 +163,10 @@ class _CapturedError:
 
 def _json_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message, "field": "request"}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
 
 
 class BridgeWorker(ThreadWorker):
@@ -170,8 +179,9 @@ class BridgeWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         bridge = getattr(self.wsgi, "extensions", {}).get(EXTENSION_KEY)
-        self.read_timeout = (bridge.settings.request_read_timeout_seconds if bridge is not None
-                             else DEFAULT_READ_TIMEOUT_SECONDS)
+        self.read_timeout = (
+            bridge.settings.request_read_timeout_seconds if bridge is not None else DEFAULT_READ_TIMEOUT_SECONDS
+        )
         self._monitor = bridge.monitor if bridge is not None else None
 
     # -- reading requests in the main loop ---------------------------------------------
@@ -249,8 +259,7 @@ class BridgeWorker(ThreadWorker):
             if not sock.reading or sock.deadline != deadline:
                 continue  # complete, or reading a later request, since
             with contextlib.suppress(OSError):
-                sock.send(_json_response(408, "Request Timeout",
-                                         f"request not received within {self.read_timeout:g}s"))
+                sock.send(_json_response(408, "Request Timeout", f"request not received within {self.read_timeout:g}s"))
             self._close(conn)
             if self._monitor is not None:  # the count writes to the store: not in this loop
                 self.tpool.submit(self._monitor.reject, "http", "timeout")

@@ -58,8 +58,9 @@ class Alerts:
 class AlertmanagerView:
     """Reads Alertmanager's alerts at ``url`` (its v2 API), keeping each answer for a few seconds."""
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic,
-                 fetch: Callable[[str], bytes] | None = None):
+    def __init__(
+        self, url: str, clock: Callable[[], float] = time.monotonic, fetch: Callable[[str], bytes] | None = None
+    ):
         self.url = url.rstrip("/")
         self._clock = clock
         self._fetch = fetch or _fetch
@@ -87,10 +88,15 @@ class AlertmanagerView:
 def _alert(item: dict[str, Any]) -> ActiveAlert:
     status = item.get("status") or {}
     labels = {str(k): str(v) for k, v in (item.get("labels") or {}).items()}
-    return ActiveAlert(name=labels.get("alertname", "?"), state=str(status.get("state", "active")), labels=labels,
-                       starts_at=str(item.get("startsAt", "")),
-                       summary=str((item.get("annotations") or {}).get("summary", "")),
-                       silenced=bool(status.get("silencedBy")), inhibited=bool(status.get("inhibitedBy")))
+    return ActiveAlert(
+        name=labels.get("alertname", "?"),
+        state=str(status.get("state", "active")),
+        labels=labels,
+        starts_at=str(item.get("startsAt", "")),
+        summary=str((item.get("annotations") or {}).get("summary", "")),
+        silenced=bool(status.get("silencedBy")),
+        inhibited=bool(status.get("inhibitedBy")),
+    )
 
 
 def _fetch(url: str) -> bytes:

@@ -26,8 +26,16 @@ from ..core.executions import (
 from ..store.base import DEFAULT_DEDUP_SECONDS, DEFAULT_TASK_RETENTION_SECONDS
 from ..store.sqlite import DEFAULT_BUSY_TIMEOUT_SECONDS
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "check_tasks_file", "describe", "load_settings", "parse_bind",
-           "unknown_variables"]
+__all__ = [
+    "VARIABLES",
+    "ConfigError",
+    "Settings",
+    "check_tasks_file",
+    "describe",
+    "load_settings",
+    "parse_bind",
+    "unknown_variables",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +121,13 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 
 def _store_url(name: str, raw: str) -> str:
     value = raw.strip()
-    path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else ""
+    path = value[len("sqlite:///") :] if value.startswith("sqlite:///") else ""
     if path and path != ":memory:":
         return value
     if value.startswith(("redis://", "rediss://", "unix://")) and len(value.split("://", 1)[1]) > 0:
         return value
     raise ConfigError(
-        f"{name} must be sqlite:///relative/path, sqlite:////absolute/path or "
-        f"redis://host:port/db, got {raw!r}"
+        f"{name} must be sqlite:///relative/path, sqlite:////absolute/path or redis://host:port/db, got {raw!r}"
     )
 
 
@@ -175,8 +182,9 @@ def check_tasks_file(settings: Settings) -> int:
     except DeclarationError as exc:
         raise ConfigError(f"BRIDGE_TASKS_FILE: {settings.tasks_file}: {exc}") from None
     if declared > settings.max_task_names:
-        raise ConfigError(f"BRIDGE_TASKS_FILE declares {declared} tasks, more than BRIDGE_MAX_TASK_NAMES "
-                          f"({settings.max_task_names})")
+        raise ConfigError(
+            f"BRIDGE_TASKS_FILE declares {declared} tasks, more than BRIDGE_MAX_TASK_NAMES ({settings.max_task_names})"
+        )
     return declared
 
 
@@ -208,8 +216,10 @@ def _public_keys(name: str, raw: str) -> tuple[str, ...]:
     for key in keys:
         public, _, project = key.partition("@")
         if not _PUBLIC_KEY.fullmatch(public) or (project and not _PROJECT.fullmatch(project)):
-            raise ConfigError(f"{name}: {key[:40]!r} is not a Sentry public key (8 to 64 letters and digits), "
-                              "optionally bound to a project as <key>@<project id>")
+            raise ConfigError(
+                f"{name}: {key[:40]!r} is not a Sentry public key (8 to 64 letters and digits), "
+                "optionally bound to a project as <key>@<project id>"
+            )
     return keys
 
 
@@ -233,51 +243,179 @@ def describe(settings: Settings) -> str:
     """Return one line saying what the bridge runs with: its store (without credentials),
     processes, authentication and exported labels; no secret appears in it."""
     store = re.sub(r"//[^/@]*@", "//***@", settings.store_url)
-    auth = ", ".join(part for part, on in (("ingest tokens", bool(settings.auth_tokens)),
-                                           ("execution tokens", settings.execution_token_secret is not None),
-                                           ("metrics token", settings.metrics_token is not None)) if on)
-    return (f"store {store}, {settings.workers} workers x {settings.threads} threads, "
-            f"auth {'on (' + auth + ')' if auth else 'off'}"
-            f"{', tasks file ' + settings.tasks_file if settings.tasks_file else ''}")
+    auth = ", ".join(
+        part
+        for part, on in (
+            ("ingest tokens", bool(settings.auth_tokens)),
+            ("execution tokens", settings.execution_token_secret is not None),
+            ("metrics token", settings.metrics_token is not None),
+        )
+        if on
+    )
+    return (
+        f"store {store}, {settings.workers} workers x {settings.threads} threads, "
+        f"auth {'on (' + auth + ')' if auth else 'off'}"
+        f"{', tasks file ' + settings.tasks_file if settings.tasks_file else ''}"
+    )
 
 
 _DAY = 86_400.0
 
 #: variable name -> (Settings field, parser, one line for the README table)
 VARIABLES: dict[str, tuple[str, Callable[[str, str], object], str]] = {
-    "BRIDGE_STORE_URL": ("store_url", _store_url, "Where state lives: `sqlite:///relative/path`, `sqlite:////absolute/path` or `redis://host:port/db`."),
+    "BRIDGE_STORE_URL": (
+        "store_url",
+        _store_url,
+        "Where state lives: `sqlite:///relative/path`, `sqlite:////absolute/path` or `redis://host:port/db`.",
+    ),
     "BRIDGE_BIND": ("bind", parse_bind, "Address `heartbeat-bridge serve` listens on (`--bind` wins)."),
     "BRIDGE_WORKERS": ("workers", _integer(1, 64), "gunicorn worker processes."),
     "BRIDGE_THREADS": ("threads", _integer(1, 256), "Request threads per worker (gunicorn gthread)."),
-    "BRIDGE_DEFAULT_INTERVAL_SECONDS": ("default_interval_seconds", _number(1, _DAY), "Heartbeat interval assumed until one is sent or learned."),
-    "BRIDGE_LOST_AFTER_INTERVALS": ("lost_after_intervals", _number(1, 100), "Silent intervals after which a running execution is `lost`."),
-    "BRIDGE_REAPER_INTERVAL_SECONDS": ("reaper_interval_seconds", _number(0.05, 3600), "How often each worker looks for overdue and expired executions."),
-    "BRIDGE_RETENTION_SECONDS": ("retention_seconds", _number(0, 90 * _DAY), "How long finished or lost executions stay visible."),
-    "BRIDGE_DEDUP_SECONDS": ("dedup_seconds", _number(0, 90 * _DAY), "How long the ids of finished executions are remembered after their retention, so that a late repeat (a retried completion, a replayed container death) is a duplicate, not a new execution."),
-    "BRIDGE_TASK_RETENTION_SECONDS": ("task_retention_seconds", _number(0, 366 * _DAY), "How long a task name keeps its slot (and its counters) after its last execution left; then a new name may take it."),
-    "BRIDGE_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", _number(1, _DAY), "How long a container the agent saw start may stay silent before it is `lost`."),
-    "BRIDGE_MAX_EXECUTIONS": ("max_executions", _integer(1, 10_000_000), "Executions tracked at most; new ones beyond get 429."),
-    "BRIDGE_MAX_TASK_NAMES": ("max_task_names", _integer(1, 100_000), "Distinct `task_name` label values; later names become `_other`."),
-    "BRIDGE_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024, 64 * 1024 * 1024), "Largest request body; larger gets 413."),
-    "BRIDGE_MAX_BATCH_ITEMS": ("max_batch_items", _integer(1, 100_000), "Most heartbeats in one `POST .../heartbeats`; more gets 413."),
-    "BRIDGE_MAX_BATCH_BODY_BYTES": ("max_batch_body_bytes", _integer(1024, 256 * 1024 * 1024), "Largest batch request body; larger gets 413."),
-    "BRIDGE_MAX_FIELD_BYTES": ("max_field_bytes", _integer(256, 16 * 1024 * 1024), "Largest `progress` or `result_data` as JSON; larger gets 413."),
-    "BRIDGE_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("NORMAL", "FULL"), "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut."),
-    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": ("sqlite_busy_timeout_seconds", _number(0.01, 600), "How long a write waits for the store's write lock before answering 503."),
-    "BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": ("request_read_timeout_seconds", _number(0.1, 600), "How long a client may take to send a whole request (head and body) before it gets 408 and its connection is closed; a stalled client holds no request thread meanwhile."),
-    "BRIDGE_AUTH_TOKENS": ("auth_tokens", _tokens, "Bearer tokens (comma-separated, 16+ characters) the ingest API accepts for any execution; unset: no token needed."),
-    "BRIDGE_AUTH_TOKENS_FILE": ("auth_tokens", _token_file, "A file of such tokens, one per line (added to `BRIDGE_AUTH_TOKENS`)."),
-    "BRIDGE_METRICS_TOKEN": ("metrics_token", _secret, "Bearer token `/metrics` and the query API require; unset: open."),
-    "BRIDGE_EXECUTION_TOKEN_SECRET": ("execution_token_secret", _secret, "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only."),
-    "BRIDGE_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of the `bridge` loggers."),
-    "BRIDGE_TASKS_FILE": ("tasks_file", _tasks_file, "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start (a bad one stops it) and re-read when it changes (a bad rewrite keeps the declarations in force: `bridge_tasks_file_reload_success` 0)."),
-    "BRIDGE_PING_KEYS": ("ping_keys", _ping_keys, "Ping keys of the Healthchecks slug URLs `/ping/<ping_key>/<slug>` (comma-separated); unset: only `/ping/<uuid>` URLs."),
-    "BRIDGE_PING_BODY_BYTES": ("ping_body_bytes", _integer(0, 1_048_576), "How much of a ping's body is kept as its log line or error message (`Ping-Body-Limit`)."),
-    "BRIDGE_SENTRY_KEYS": ("sentry_keys", _public_keys, "Public keys (of the DSN) Sentry check-ins must carry, comma-separated, each optionally bound to one project as `<key>@<project id>`; unset: any key, any project."),
-    "BRIDGE_TRACE_URL": ("trace_url", _trace_url, "A trace viewer's URL with `{trace_id}` in it (`https://tempo.example/trace/{trace_id}`): the status pages link each execution's trace there."),
-    "BRIDGE_EXTERNAL_URL": ("external_url", _url, "The bridge's URL as people reach it (`https://bridge.example`): `heartbeat-bridge rules` links each execution alert to its status page there."),
-    "BRIDGE_ALERTMANAGER_URL": ("alertmanager_url", _url, "Alertmanager's URL (`http://alertmanager:9093`): the status pages list the alerts firing or silenced for each task and execution, read from its v2 API."),
-    "BRIDGE_METRIC_LABELS": ("metric_labels", _label_keys, "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated)."),
+    "BRIDGE_DEFAULT_INTERVAL_SECONDS": (
+        "default_interval_seconds",
+        _number(1, _DAY),
+        "Heartbeat interval assumed until one is sent or learned.",
+    ),
+    "BRIDGE_LOST_AFTER_INTERVALS": (
+        "lost_after_intervals",
+        _number(1, 100),
+        "Silent intervals after which a running execution is `lost`.",
+    ),
+    "BRIDGE_REAPER_INTERVAL_SECONDS": (
+        "reaper_interval_seconds",
+        _number(0.05, 3600),
+        "How often each worker looks for overdue and expired executions.",
+    ),
+    "BRIDGE_RETENTION_SECONDS": (
+        "retention_seconds",
+        _number(0, 90 * _DAY),
+        "How long finished or lost executions stay visible.",
+    ),
+    "BRIDGE_DEDUP_SECONDS": (
+        "dedup_seconds",
+        _number(0, 90 * _DAY),
+        "How long the ids of finished executions are remembered after their retention, so that a late repeat (a retried completion, a replayed container death) is a duplicate, not a new execution.",
+    ),
+    "BRIDGE_TASK_RETENTION_SECONDS": (
+        "task_retention_seconds",
+        _number(0, 366 * _DAY),
+        "How long a task name keeps its slot (and its counters) after its last execution left; then a new name may take it.",
+    ),
+    "BRIDGE_STARTUP_GRACE_SECONDS": (
+        "startup_grace_seconds",
+        _number(1, _DAY),
+        "How long a container the agent saw start may stay silent before it is `lost`.",
+    ),
+    "BRIDGE_MAX_EXECUTIONS": (
+        "max_executions",
+        _integer(1, 10_000_000),
+        "Executions tracked at most; new ones beyond get 429.",
+    ),
+    "BRIDGE_MAX_TASK_NAMES": (
+        "max_task_names",
+        _integer(1, 100_000),
+        "Distinct `task_name` label values; later names become `_other`.",
+    ),
+    "BRIDGE_MAX_BODY_BYTES": (
+        "max_body_bytes",
+        _integer(1024, 64 * 1024 * 1024),
+        "Largest request body; larger gets 413.",
+    ),
+    "BRIDGE_MAX_BATCH_ITEMS": (
+        "max_batch_items",
+        _integer(1, 100_000),
+        "Most heartbeats in one `POST .../heartbeats`; more gets 413.",
+    ),
+    "BRIDGE_MAX_BATCH_BODY_BYTES": (
+        "max_batch_body_bytes",
+        _integer(1024, 256 * 1024 * 1024),
+        "Largest batch request body; larger gets 413.",
+    ),
+    "BRIDGE_MAX_FIELD_BYTES": (
+        "max_field_bytes",
+        _integer(256, 16 * 1024 * 1024),
+        "Largest `progress` or `result_data` as JSON; larger gets 413.",
+    ),
+    "BRIDGE_SQLITE_SYNCHRONOUS": (
+        "sqlite_synchronous",
+        _choice("NORMAL", "FULL"),
+        "SQLite `synchronous`: NORMAL survives a crash of the service, FULL also a power cut.",
+    ),
+    "BRIDGE_SQLITE_BUSY_TIMEOUT_SECONDS": (
+        "sqlite_busy_timeout_seconds",
+        _number(0.01, 600),
+        "How long a write waits for the store's write lock before answering 503.",
+    ),
+    "BRIDGE_REQUEST_READ_TIMEOUT_SECONDS": (
+        "request_read_timeout_seconds",
+        _number(0.1, 600),
+        "How long a client may take to send a whole request (head and body) before it gets 408 and its connection is closed; a stalled client holds no request thread meanwhile.",
+    ),
+    "BRIDGE_AUTH_TOKENS": (
+        "auth_tokens",
+        _tokens,
+        "Bearer tokens (comma-separated, 16+ characters) the ingest API accepts for any execution; unset: no token needed.",
+    ),
+    "BRIDGE_AUTH_TOKENS_FILE": (
+        "auth_tokens",
+        _token_file,
+        "A file of such tokens, one per line (added to `BRIDGE_AUTH_TOKENS`).",
+    ),
+    "BRIDGE_METRICS_TOKEN": (
+        "metrics_token",
+        _secret,
+        "Bearer token `/metrics` and the query API require; unset: open.",
+    ),
+    "BRIDGE_EXECUTION_TOKEN_SECRET": (
+        "execution_token_secret",
+        _secret,
+        "Secret of per-execution tokens, `HMAC-SHA256(secret, execution_id)`: such a token reports for its own execution only.",
+    ),
+    "BRIDGE_LOG_LEVEL": (
+        "log_level",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "Log level of the `bridge` loggers.",
+    ),
+    "BRIDGE_TASKS_FILE": (
+        "tasks_file",
+        _tasks_file,
+        "A YAML file of task declarations (`tasks: [{name: ..., schedule: ...}]`), checked at start (a bad one stops it) and re-read when it changes (a bad rewrite keeps the declarations in force: `bridge_tasks_file_reload_success` 0).",
+    ),
+    "BRIDGE_PING_KEYS": (
+        "ping_keys",
+        _ping_keys,
+        "Ping keys of the Healthchecks slug URLs `/ping/<ping_key>/<slug>` (comma-separated); unset: only `/ping/<uuid>` URLs.",
+    ),
+    "BRIDGE_PING_BODY_BYTES": (
+        "ping_body_bytes",
+        _integer(0, 1_048_576),
+        "How much of a ping's body is kept as its log line or error message (`Ping-Body-Limit`).",
+    ),
+    "BRIDGE_SENTRY_KEYS": (
+        "sentry_keys",
+        _public_keys,
+        "Public keys (of the DSN) Sentry check-ins must carry, comma-separated, each optionally bound to one project as `<key>@<project id>`; unset: any key, any project.",
+    ),
+    "BRIDGE_TRACE_URL": (
+        "trace_url",
+        _trace_url,
+        "A trace viewer's URL with `{trace_id}` in it (`https://tempo.example/trace/{trace_id}`): the status pages link each execution's trace there.",
+    ),
+    "BRIDGE_EXTERNAL_URL": (
+        "external_url",
+        _url,
+        "The bridge's URL as people reach it (`https://bridge.example`): `heartbeat-bridge rules` links each execution alert to its status page there.",
+    ),
+    "BRIDGE_ALERTMANAGER_URL": (
+        "alertmanager_url",
+        _url,
+        "Alertmanager's URL (`http://alertmanager:9093`): the status pages list the alerts firing or silenced for each task and execution, read from its v2 API.",
+    ),
+    "BRIDGE_METRIC_LABELS": (
+        "metric_labels",
+        _label_keys,
+        "Keys of task and execution `labels` exported as `label_<key>` on `task_info` and `task_execution_info` (comma-separated).",
+    ),
 }
 
 
@@ -297,8 +435,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True,
-                  **overrides: object) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True, **overrides: object
+) -> Settings:
     """Parse the ``BRIDGE_*`` variables of ``environ`` (default ``os.environ``).
 
     Returns the validated :class:`Settings`, with ``overrides`` (field names) applied last.

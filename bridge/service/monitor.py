@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 #: The events an execution receives, and the core rule that decides each.
 ExecutionEvent = Heartbeat | Completion | ContainerEvent | Announcement
 _RULES: dict[type, Callable[..., Outcome]] = {
-    Heartbeat: executions.apply_heartbeat, Completion: executions.apply_completion,
-    ContainerEvent: executions.apply_container_event, Announcement: executions.apply_announcement}
+    Heartbeat: executions.apply_heartbeat,
+    Completion: executions.apply_completion,
+    ContainerEvent: executions.apply_container_event,
+    Announcement: executions.apply_announcement,
+}
 
 REAP_BATCH = 500
 #: Reaper rounds that may go missing (jitter, a slow round) before a gap counts as an outage.
@@ -52,23 +55,27 @@ DECLARATION_HEADROOM = 0.1
 def _isolated(execution_id: str, decide: Decide) -> Decide:
     """Return ``decide``, made to leave its execution unchanged (and say so) when it raises:
     a record a rule cannot read must not stop the reaper's round for every other one."""
+
     def decision(current: Execution | None, label: executions.TaskLabel) -> Outcome:
         try:
             return decide(current, label)
         except Exception:
             log.exception("execution %s: its deadline could not be applied; left as it is", execution_id)
             return Outcome(None, result="unchanged")
+
     return decision
 
 
 def _isolated_task(name: str, decide: DecideTask) -> DecideTask:
     """As :func:`_isolated`, for a task's rules: one bad task never stops the round."""
+
     def decision(current: Task | None) -> TaskOutcome:
         try:
             return decide(current)
         except Exception:
             log.exception("task %r: its schedule could not be applied; left as it is", name)
             return TaskOutcome(None)
+
     return decision
 
 
@@ -80,12 +87,13 @@ class SpanSink(Protocol):
 
 def rules_from(settings: Settings) -> Rules:
     """Return the state-machine rules configured by ``settings``."""
-    return Rules(default_interval=settings.default_interval_seconds,
-                 lost_after_intervals=settings.lost_after_intervals,
-                 startup_grace=settings.startup_grace_seconds,
-                 outage_after=max(MIN_OUTAGE_SECONDS,
-                                  OUTAGE_ROUNDS * settings.reaper_interval_seconds + OUTAGE_SLACK_SECONDS),
-                 retention=settings.retention_seconds)
+    return Rules(
+        default_interval=settings.default_interval_seconds,
+        lost_after_intervals=settings.lost_after_intervals,
+        startup_grace=settings.startup_grace_seconds,
+        outage_after=max(MIN_OUTAGE_SECONDS, OUTAGE_ROUNDS * settings.reaper_interval_seconds + OUTAGE_SLACK_SECONDS),
+        retention=settings.retention_seconds,
+    )
 
 
 class Monitor:
@@ -98,8 +106,14 @@ class Monitor:
     times an execution records never run backwards however its events queue.
     """
 
-    def __init__(self, store: Store, rules: Rules, clock: Callable[[], float] = time.time,
-                 spans: SpanSink | None = None, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        clock: Callable[[], float] = time.time,
+        spans: SpanSink | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.store = store
         self._group_commit = GroupCommit(store)
         self.rules = rules
@@ -195,8 +209,7 @@ class Monitor:
             if guessed and outcome.result in ("duplicate", "ignored"):
                 continue  # the open run it went to ended meanwhile: look again
             return run_id, outcome
-        raise Conflict(f"the runs of task {report.task_name!r} kept ending under this report; retry",
-                       report.run_field)
+        raise Conflict(f"the runs of task {report.task_name!r} kept ending under this report; retry", report.run_field)
 
     def report_all(self, reports: list[RunReport]) -> list[str | None]:
         """Apply the runs of one client's report (an envelope) whole or not at all; returns
@@ -217,17 +230,22 @@ class Monitor:
     def _refusing_conflicts(self, report: RunReport, run_id: str, decide: Decide) -> Decide:
         """Return ``decide``, raising :class:`~bridge.core.errors.Conflict` (which takes the
         whole transaction down, writing nothing) where it decides a ``conflict``."""
+
         def decision(current: Execution | None, label: executions.TaskLabel) -> Outcome:
             outcome = decide(current, label)
             if outcome.result == "conflict":
                 raise self._conflict(report, run_id)
             return outcome
+
         return decision
 
     @staticmethod
     def _conflict(report: RunReport, run_id: str | None) -> Conflict:
-        return Conflict(f"{report.run_field} {run_id} names an execution that is not a run of task "
-                        f"{report.task_name!r} reported through this protocol", report.run_field)
+        return Conflict(
+            f"{report.run_field} {run_id} names an execution that is not a run of task "
+            f"{report.task_name!r} reported through this protocol",
+            report.run_field,
+        )
 
     def _record(self, event: ExecutionEvent) -> Outcome:
         """Apply ``event`` to its execution through the group commit; returns the committed outcome."""
@@ -244,32 +262,54 @@ class Monitor:
         task = self.store.get_task(report.task_name)
         open_run = None
         if report.run_id is None and task is not None:
-            open_run = next((run for run in reversed(task.running_ids) if run.startswith(report.protocol + ".")),
-                            None)
+            open_run = next((run for run in reversed(task.running_ids) if run.startswith(report.protocol + ".")), None)
         run_id = report.run_id or open_run
         declared = tasks.effective_declaration(task)[0] if task is not None else None
-        budget = (declared.max_runtime_seconds if declared is not None and declared.max_runtime_seconds
-                  else UNREPORTED_RUN_BUDGET_SECONDS)
+        budget = (
+            declared.max_runtime_seconds
+            if declared is not None and declared.max_runtime_seconds
+            else UNREPORTED_RUN_BUDGET_SECONDS
+        )
         if report.phase == "log":
             if run_id is None or self.store.get(run_id) is None:
                 return None, None, False  # a log line of no run the bridge knows: nothing to record it on
             progress = {"log": report.message} if report.message else None
-            return run_id, Heartbeat(run_id, task_name=report.task_name, progress=progress,
-                                     protocol=report.protocol), open_run is not None
+            return (
+                run_id,
+                Heartbeat(run_id, task_name=report.task_name, progress=progress, protocol=report.protocol),
+                open_run is not None,
+            )
         guessed = run_id is not None and run_id == open_run
         run_id = run_id or f"{report.protocol}.{uuid.uuid4().hex}"
         if report.phase == "start":
-            return run_id, Heartbeat(
-                run_id, task_name=report.task_name, interval_seconds=budget / self.rules.lost_after_intervals,
-                max_runtime_seconds=declared.max_runtime_seconds if declared is not None else None,
-                protocol=report.protocol), guessed
-        return run_id, Completion(run_id, success=report.phase == "success", task_name=report.task_name,
-                                  error_message=report.message if report.phase == "failure" else None,
-                                  exit_code=report.exit_code, result_data=report.result_data,
-                                  protocol=report.protocol), guessed
+            return (
+                run_id,
+                Heartbeat(
+                    run_id,
+                    task_name=report.task_name,
+                    interval_seconds=budget / self.rules.lost_after_intervals,
+                    max_runtime_seconds=declared.max_runtime_seconds if declared is not None else None,
+                    protocol=report.protocol,
+                ),
+                guessed,
+            )
+        return (
+            run_id,
+            Completion(
+                run_id,
+                success=report.phase == "success",
+                task_name=report.task_name,
+                error_message=report.message if report.phase == "failure" else None,
+                exit_code=report.exit_code,
+                result_data=report.result_data,
+                protocol=report.protocol,
+            ),
+            guessed,
+        )
 
-    def ping_task(self, *, ping_uuid: str | None = None, key: str | None = None, slug: str | None = None,
-                  create: bool = False) -> tuple[str, bool]:
+    def ping_task(
+        self, *, ping_uuid: str | None = None, key: str | None = None, slug: str | None = None, create: bool = False
+    ) -> tuple[str, bool]:
         """Return the task a Healthchecks ping reports for, and whether the ping created it.
 
         A uuid reaches the task that holds it; a ping key reaches the tasks created under it
@@ -311,8 +351,9 @@ class Monitor:
                 new.append(report.task_name)
             else:
                 self._check_project(report.task_name, task, project)
-            if report.run_id is not None and executions.is_foreign(self.store.get(report.run_id), "sentry",
-                                                                     report.task_name):
+            if report.run_id is not None and executions.is_foreign(
+                self.store.get(report.run_id), "sentry", report.task_name
+            ):
                 raise self._conflict(report, report.run_id)
         for name in dict.fromkeys(new):
             if not self._claim(name, sentry_project=project):  # another request made it first: whose?
@@ -326,8 +367,9 @@ class Monitor:
     def _check_project(name: str, task: Task | None, project: str) -> None:
         """Raise :class:`~bridge.core.errors.Conflict` unless ``task`` is a monitor of Sentry ``project``."""
         if task is None or task.sentry_project != project:
-            raise Conflict(f"monitor_slug {name!r} names a task that is not a monitor of project {project}",
-                           "monitor_slug")
+            raise Conflict(
+                f"monitor_slug {name!r} names a task that is not a monitor of project {project}", "monitor_slug"
+            )
 
     def _claim(self, name: str, **owner: str) -> bool:
         """Create task ``name`` for the owner a protocol gives; return True when this call did.
@@ -335,13 +377,15 @@ class Monitor:
         Protocols never take the last :data:`DECLARATION_HEADROOM` of the task names: those
         stay for the tasks file and the API. Raises :class:`~bridge.store.CapacityError`.
         """
-        headroom = max(1, int(self.store.max_task_names * DECLARATION_HEADROOM)) if self.store.max_task_names > 1 \
-            else 0
-        [result] = self.store.apply_tasks([(name, lambda cur: tasks.apply_claim(cur, name, **owner))],
-                                          headroom=headroom)
+        headroom = max(1, int(self.store.max_task_names * DECLARATION_HEADROOM)) if self.store.max_task_names > 1 else 0
+        [result] = self.store.apply_tasks(
+            [(name, lambda cur: tasks.apply_claim(cur, name, **owner))], headroom=headroom
+        )
         if result.result == "capacity":
-            raise CapacityError(f"tasks made by pings and check-ins use all the task names they may "
-                                f"({self.store.max_task_names - headroom} of BRIDGE_MAX_TASK_NAMES)")
+            raise CapacityError(
+                f"tasks made by pings and check-ins use all the task names they may "
+                f"({self.store.max_task_names - headroom} of BRIDGE_MAX_TASK_NAMES)"
+            )
         return result.record is not None
 
     def check_ping_uuid(self, name: str, declaration: TaskDeclaration | None, field: str = "ping_uuid") -> None:
@@ -349,8 +393,7 @@ class Monitor:
         a ping uuid another task holds: a uuid belongs to one task, whichever door declares it."""
         holder = self._ping_uuid_holder(name, declaration)
         if holder is not None:
-            raise Conflict(f"{field} {declaration.ping_uuid if declaration else ''} is held by task {holder!r}",
-                           field)
+            raise Conflict(f"{field} {declaration.ping_uuid if declaration else ''} is held by task {holder!r}", field)
 
     def _ping_uuid_holder(self, name: str, declaration: TaskDeclaration | None) -> str | None:
         """Return the other task that holds the ping uuid ``declaration`` gives task ``name``, if any."""
@@ -369,8 +412,9 @@ class Monitor:
         """
         self.check_ping_uuid(name, declaration)
         now = self.clock()
-        [result] = self.store.apply_tasks([(name, lambda cur: tasks.apply_declaration(cur, name, source, declaration,
-                                                                                     now))])
+        [result] = self.store.apply_tasks(
+            [(name, lambda cur: tasks.apply_declaration(cur, name, source, declaration, now))]
+        )
         if result.result == "capacity":
             raise CapacityError(f"{self.store.max_task_names} task names are known, the limit")
         return result
@@ -401,8 +445,11 @@ class Monitor:
         cannot be applied (a ping uuid another task holds, no room) is logged and left out.
         Raises :class:`~bridge.store.StoreUnavailable`."""
         now = self.clock()
-        withdrawn = [task.task_name for task in self.store.tasks()
-                     if task.declarations.get("file") is not None and task.task_name not in declarations]
+        withdrawn = [
+            task.task_name
+            for task in self.store.tasks()
+            if task.declarations.get("file") is not None and task.task_name not in declarations
+        ]
         applied: dict[str, TaskDeclaration] = {}
         for name, declaration in declarations.items():
             try:
@@ -414,15 +461,22 @@ class Monitor:
         def declare(name: str, declaration: TaskDeclaration | None) -> tuple[Any, ...]:
             return name, lambda cur: tasks.apply_declaration(cur, name, "file", declaration, now)
 
-        results = self.store.apply_tasks([*(declare(name, d) for name, d in applied.items()),
-                                          *(declare(name, None) for name in withdrawn)])
+        results = self.store.apply_tasks(
+            [*(declare(name, d) for name, d in applied.items()), *(declare(name, None) for name in withdrawn)]
+        )
         for name, result in zip([*applied, *withdrawn], results):
             if result.result == "capacity":
-                log.error("BRIDGE_TASKS_FILE: task %r is not declared: %d task names are known, the limit", name,
-                          self.store.max_task_names)
+                log.error(
+                    "BRIDGE_TASKS_FILE: task %r is not declared: %d task names are known, the limit",
+                    name,
+                    self.store.max_task_names,
+                )
             elif result.record is not None:
-                log.info("task %r: declaration from BRIDGE_TASKS_FILE %s", name,
-                         "applied" if name in declarations else "withdrawn")
+                log.info(
+                    "task %r: declaration from BRIDGE_TASKS_FILE %s",
+                    name,
+                    "applied" if name in declarations else "withdrawn",
+                )
 
     def refresh_tasks_file(self) -> None:
         """Apply the tasks file's declarations when it changed since it was last read (or never
@@ -454,8 +508,11 @@ class Monitor:
             store.note(TASKS_FILE_RELOADED_AT, self.clock())
         previous = store.note(TASKS_FILE_ERROR, error or "")
         if error and previous != error:
-            log.error("BRIDGE_TASKS_FILE %s: %s; the declarations read before stay in force",
-                      self.tasks_file.path if self.tasks_file else "", error)
+            log.error(
+                "BRIDGE_TASKS_FILE %s: %s; the declarations read before stay in force",
+                self.tasks_file.path if self.tasks_file else "",
+                error,
+            )
         elif not error and previous:
             log.info("BRIDGE_TASKS_FILE reads again: its declarations are applied")
 
@@ -471,12 +528,17 @@ class Monitor:
         """
         self.refresh_tasks_file()
         now = self.clock()
-        mark = self.store.mark_reaped(now, self.rules.outage_after, self.rules.outage_hold,
-                                      clock_stepped=self._clock_stepped(now))
+        mark = self.store.mark_reaped(
+            now, self.rules.outage_after, self.rules.outage_hold, clock_stepped=self._clock_stepped(now)
+        )
         if mark.anomaly and mark.previous is not None and abs(now - mark.previous) > self.rules.outage_after:
-            log.warning("the last reaper round was at %.0f, %+.0fs from now: the bridge or its store was "
-                        "down, or the clock stepped; deadlines wait until %.0f", mark.previous,
-                        mark.previous - now, mark.hold_until)
+            log.warning(
+                "the last reaper round was at %.0f, %+.0fs from now: the bridge or its store was "
+                "down, or the clock stepped; deadlines wait until %.0f",
+                mark.previous,
+                mark.previous - now,
+                mark.hold_until,
+            )
         if mark.rebase:
             log.warning("re-based %d deadlines to one window from now", self._rebase(now))
         if now < mark.hold_until:
@@ -488,9 +550,19 @@ class Monitor:
             due = self.store.due(now, REAP_BATCH)
             changed = 0
             for execution_id in due:
-                outcome = self._committed(self.store.apply(execution_id, _isolated(execution_id, lambda cur, _label: (
-                    executions.apply_deadline(cur, now, self.rules) if cur is not None
-                    else Outcome(None, result="unchanged")))))
+                outcome = self._committed(
+                    self.store.apply(
+                        execution_id,
+                        _isolated(
+                            execution_id,
+                            lambda cur, _label: (
+                                executions.apply_deadline(cur, now, self.rules)
+                                if cur is not None
+                                else Outcome(None, result="unchanged")
+                            ),
+                        ),
+                    )
+                )
                 if outcome.transition is not None:
                     changed += 1
                     log.info("execution %s: %s -> %s", execution_id, *outcome.transition)
@@ -504,14 +576,23 @@ class Monitor:
     def _reap_tasks(self, now: float) -> None:
         """Count the expected runs whose grace passed with no run started, each once."""
         while due := self.store.due_tasks(now, REAP_BATCH):
-            results = self.store.apply_tasks([
-                (name, _isolated_task(name, lambda cur: tasks.apply_task_deadline(cur, now) if cur is not None
-                                      else TaskOutcome(None)))
-                for name in due])
+            results = self.store.apply_tasks(
+                [
+                    (
+                        name,
+                        _isolated_task(
+                            name,
+                            lambda cur: tasks.apply_task_deadline(cur, now) if cur is not None else TaskOutcome(None),
+                        ),
+                    )
+                    for name in due
+                ]
+            )
             for name, result in zip(due, results):
                 if result.record is not None:
-                    log.info("task %s: an expected run did not start in time (%d missed)", name,
-                             result.record.missed_runs)
+                    log.info(
+                        "task %s: an expected run did not start in time (%d missed)", name, result.record.missed_runs
+                    )
             if len(due) < REAP_BATCH or not any(r.record for r in results):
                 break
 
@@ -532,10 +613,22 @@ class Monitor:
         """Give every execution with a deadline one full window from ``now``, and every task
         whose expected run is due its next slot after ``now``; return how many changed."""
         due = self.store.due_tasks(math.inf, self.store.max_task_names)  # every scheduled task: few
-        results = self.store.apply_tasks([
-            (name, _isolated_task(name, lambda cur: tasks.apply_task_rebase(cur, now) if cur is not None
-                                  else TaskOutcome(None)))
-            for name in due]) if due else []
+        results = (
+            self.store.apply_tasks(
+                [
+                    (
+                        name,
+                        _isolated_task(
+                            name,
+                            lambda cur: tasks.apply_task_rebase(cur, now) if cur is not None else TaskOutcome(None),
+                        ),
+                    )
+                    for name in due
+                ]
+            )
+            if due
+            else []
+        )
         changed = sum(1 for result in results if result.record is not None)
         return changed + self._rebase_executions(now)
 
@@ -543,10 +636,19 @@ class Monitor:
         ids = self.store.due(math.inf, self.store.max_executions)
         changed = 0
         for first in range(0, len(ids), REAP_BATCH):
-            results = self.store.apply_many([
-                (execution_id, lambda cur, _label: (executions.apply_rebase(cur, now, self.rules) if cur is not None
-                                                     else Outcome(None, result="unchanged")))
-                for execution_id in ids[first:first + REAP_BATCH]])
+            results = self.store.apply_many(
+                [
+                    (
+                        execution_id,
+                        lambda cur, _label: (
+                            executions.apply_rebase(cur, now, self.rules)
+                            if cur is not None
+                            else Outcome(None, result="unchanged")
+                        ),
+                    )
+                    for execution_id in ids[first : first + REAP_BATCH]
+                ]
+            )
             changed += sum(1 for result in results if result.record is not None)
         return changed
 

@@ -1,13 +1,13 @@
 """``BRIDGE_TASKS_FILE``: task declarations in YAML, checked strictly, re-read when it changes.
 
-    tasks:
-      - name: nightly-crawl
-        schedule: "0 2 * * *"
-        timezone: Europe/Berlin
-        start_grace_seconds: 900
-        labels: {team: crawling}
-      - name: hourly-etl
-        period_seconds: 3600
+tasks:
+  - name: nightly-crawl
+    schedule: "0 2 * * *"
+    timezone: Europe/Berlin
+    start_grace_seconds: 900
+    labels: {team: crawling}
+  - name: hourly-etl
+    period_seconds: 3600
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def parse_tasks(text: str) -> dict[str, TaskDeclaration]:
         try:
             name = inputs.task_name(raw_name, "name", required=True)
         except InvalidInput as exc:
-            raise DeclarationError(f"of declaration {position}: {exc.message}", "name",
-                                   raw_name if isinstance(raw_name, str) else None) from None
+            raise DeclarationError(
+                f"of declaration {position}: {exc.message}", "name", raw_name if isinstance(raw_name, str) else None
+            ) from None
         assert name is not None
         if name in declarations:
             raise DeclarationError("is declared twice", "name", name)

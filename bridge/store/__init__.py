@@ -38,6 +38,7 @@ class StoreSettings(Protocol):
     @property
     def sqlite_busy_timeout_seconds(self) -> float: ...
 
+
 __all__ = [
     "OTHER_TASK",
     "CapacityError",
@@ -61,16 +62,26 @@ def open_store(settings: StoreSettings, render: Rendering) -> Store:
         try:
             from .redis import RedisStore  # only scale-out deployments need the client loaded
         except ImportError as exc:
-            raise StoreUnavailable(f"{settings.store_url.split(':', 1)[0]}: stores need the Redis client: "
-                                   f"pip install 'heartbeat-bridge[redis]' ({exc})") from None
+            raise StoreUnavailable(
+                f"{settings.store_url.split(':', 1)[0]}: stores need the Redis client: "
+                f"pip install 'heartbeat-bridge[redis]' ({exc})"
+            ) from None
 
-        return RedisStore(settings.store_url, render=render, max_executions=settings.max_executions,
-                          max_task_names=settings.max_task_names, dedup_seconds=settings.dedup_seconds,
-                          task_retention=settings.task_retention_seconds)
-    return SQLiteStore(path_from_url(settings.store_url), render=render,
-                       max_executions=settings.max_executions,
-                       max_task_names=settings.max_task_names,
-                       dedup_seconds=settings.dedup_seconds,
-                       task_retention=settings.task_retention_seconds,
-                       synchronous=settings.sqlite_synchronous,
-                       busy_timeout=settings.sqlite_busy_timeout_seconds)
+        return RedisStore(
+            settings.store_url,
+            render=render,
+            max_executions=settings.max_executions,
+            max_task_names=settings.max_task_names,
+            dedup_seconds=settings.dedup_seconds,
+            task_retention=settings.task_retention_seconds,
+        )
+    return SQLiteStore(
+        path_from_url(settings.store_url),
+        render=render,
+        max_executions=settings.max_executions,
+        max_task_names=settings.max_task_names,
+        dedup_seconds=settings.dedup_seconds,
+        task_retention=settings.task_retention_seconds,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout=settings.sqlite_busy_timeout_seconds,
+    )

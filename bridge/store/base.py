@@ -94,8 +94,9 @@ class ReaperMark(NamedTuple):
     rebase: bool
 
 
-def mark_round(recorded: dict[str, float], now: float, outage_after: float, hold: float,
-               clock_stepped: bool) -> tuple[dict[str, float], ReaperMark]:
+def mark_round(
+    recorded: dict[str, float], now: float, outage_after: float, hold: float, clock_stepped: bool
+) -> tuple[dict[str, float], ReaperMark]:
     """Return the reaper's shared record after a round at ``now``, and what the round learnt.
 
     ``recorded`` holds ``reaped_at``, ``hold_until`` and ``rebased_at`` as last written. A
@@ -146,8 +147,14 @@ class Snapshot:
 class Store(ABC):
     """Durable execution state shared by every worker and replica."""
 
-    def __init__(self, render: Rendering, max_executions: int, max_task_names: int,
-                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS):
+    def __init__(
+        self,
+        render: Rendering,
+        max_executions: int,
+        max_task_names: int,
+        dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+        task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
+    ):
         #: renders each execution's exposition text when it is written
         self.render = render
         self.max_executions = max_executions
@@ -231,8 +238,7 @@ class Store(ABC):
         """Return the names of up to ``limit`` tasks whose expected start's deadline is at or before ``now``."""
 
     @abstractmethod
-    def mark_reaped(self, now: float, outage_after: float, hold: float,
-                    clock_stepped: bool = False) -> ReaperMark:
+    def mark_reaped(self, now: float, outage_after: float, hold: float, clock_stepped: bool = False) -> ReaperMark:
         """Record a reaper round at ``now``, shared by every worker and replica.
 
         Returns what :func:`mark_round`, applied atomically to the stored record, says.
@@ -244,8 +250,9 @@ class Store(ABC):
         """Return the execution, or None. Raises :class:`StoreUnavailable`."""
 
     @abstractmethod
-    def query(self, *, status: str | None = None, task_name: str | None = None,
-              after: str | None = None, limit: int = 100) -> list[Execution]:
+    def query(
+        self, *, status: str | None = None, task_name: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Execution]:
         """Return up to ``limit`` executions ordered by id, those after ``after`` only."""
 
     @abstractmethod

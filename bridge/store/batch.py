@@ -73,8 +73,7 @@ class Decided:
     increments: dict[tuple[str, tuple[str, ...]], list[Any]] = field(default_factory=dict)
     #: (task name, the execution before, after, a declaration it carried): what its task must
     #: see, in order; the store reads those tasks and calls :func:`decide_task_changes`
-    task_changes: list[tuple[str, Execution | None, Execution, TaskDeclaration | None]] = \
-        field(default_factory=list)
+    task_changes: list[tuple[str, Execution | None, Execution, TaskDeclaration | None]] = field(default_factory=list)
     #: task name -> the task record to write, its ``version`` one past the one read
     tasks: dict[str, Task] = field(default_factory=dict)
 
@@ -86,9 +85,15 @@ class Decided:
             total[1] = inc.exemplar or total[1]
 
 
-def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Execution],
-                 tombstones: dict[str, Execution], names: TaskNames, tracked: Callable[[], int],
-                 max_executions: int, whole: bool = False) -> Decided:
+def decide_batch(
+    items: Sequence[tuple[str, Decide]],
+    stored: dict[str, Execution],
+    tombstones: dict[str, Execution],
+    names: TaskNames,
+    tracked: Callable[[], int],
+    max_executions: int,
+    whole: bool = False,
+) -> Decided:
     """Return the decisions of ``items``, each made on the record the ones before it left.
 
     ``stored`` holds the records read, ``tombstones`` the stand-ins of ended executions
@@ -123,8 +128,12 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
         batch.results.append(outcome)
         name = record.metric_task_name
         if name not in (UNKNOWN_TASK, OTHER_TASK) and (
-                current is None or current.status != record.status or current.metric_task_name != name
-                or current.task_type != record.task_type or outcome.declaration is not None):
+            current is None
+            or current.status != record.status
+            or current.metric_task_name != name
+            or current.task_type != record.task_type
+            or outcome.declaration is not None
+        ):
             batch.task_changes.append((name, current, record, outcome.declaration))
     return batch
 
@@ -132,12 +141,15 @@ def decide_batch(items: Sequence[tuple[str, Decide]], stored: dict[str, Executio
 def decide_task_changes(batch: Decided, stored_tasks: dict[str, Task]) -> None:
     """Apply the batch's executions' changes to their tasks (read as ``stored_tasks``), in order."""
     for name, before, after, declaration in batch.task_changes:
-        _keep(batch, name, stored_tasks, apply_run_change(batch.tasks.get(name) or stored_tasks.get(name), name,
-                                                         before, after, declaration))
+        _keep(
+            batch,
+            name,
+            stored_tasks,
+            apply_run_change(batch.tasks.get(name) or stored_tasks.get(name), name, before, after, declaration),
+        )
 
 
-def decide_tasks(items: Sequence[tuple[str, DecideTask]], stored_tasks: dict[str, Task],
-                 names: TaskNames) -> Decided:
+def decide_tasks(items: Sequence[tuple[str, DecideTask]], stored_tasks: dict[str, Task], names: TaskNames) -> Decided:
     """Return the decisions of ``items`` on tasks read as ``stored_tasks``, in order.
 
     A task not yet known takes a task name's place, refused (an outcome whose result is

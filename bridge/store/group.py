@@ -96,8 +96,8 @@ class GroupCommit:
                 # With no other thread ready this returns at once.
                 time.sleep(0)
                 with self._lock:
-                    batch = self._queue[:self.max_batch]
-                    del self._queue[:self.max_batch]
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
                 with self._turn:
                     results = self._commit(batch)
                 for waiting, result in zip(batch, results):

@@ -127,7 +127,9 @@ end
 # position in KEYS of the family's hash, the execution id, the text ('' where it has none
 # now). A ping uuid another task holds is not taken from it.
 # Returns 1 when written, 0 (having written nothing) when anything read has changed.
-_WRITE = _LUA_HELPERS + """
+_WRITE = (
+    _LUA_HELPERS
+    + """
 local records_at = 12
 local r = split(ARGV[3])
 local count = #r / 5
@@ -231,6 +233,7 @@ for i = 1, #c, 3 do
 end
 return 1
 """
+)
 
 # KEYS: 1 expiries, 2 ids, 3 deadlines (sorted sets), 4 kinds, 5 names' last use (hashes),
 # then the exposition text of each family (hashes, ARGV[5] of them), then for each
@@ -240,7 +243,9 @@ return 1
 # fields: the bytes as read, the status, the task name ('' for none); 4 the prefix of the
 # record keys; 5 how many families the exposition has.
 # Drops each execution still as read and still due; returns how many.
-_EXPIRE = _LUA_HELPERS + """
+_EXPIRE = (
+    _LUA_HELPERS
+    + """
 local e = split(ARGV[3])
 local families = tonumber(ARGV[5])
 local dropped = 0
@@ -270,6 +275,7 @@ for j = 1, #e / 3 do
 end
 return dropped
 """
+)
 
 # KEYS: 1 names (set), 2 names' last use, 3 counters, 4 exemplars, 5 tasks (hashes), 6 tasks'
 # deadlines (sorted set), 7 declared task names (set), 8 ping uuids (hash), then the execution
@@ -277,7 +283,9 @@ return dropped
 # ARGV: 1 the cut-off; 2 the names to release if still unused since before the cut-off (or
 # never used) and not declared; 3 each one's ping uuid ('' for none), in the same order.
 # Releases them with their task, ping uuid and task_* series; returns the names released.
-_RELEASE = _LUA_HELPERS + """
+_RELEASE = (
+    _LUA_HELPERS
+    + """
 local released, gone = {}, {}
 local uuids = split(ARGV[3])
 for j, name in ipairs(split(ARGV[2])) do
@@ -305,6 +313,7 @@ if #released > 0 then
 end
 return released
 """
+)
 
 # KEYS: 1 ids (sorted set), 2 kinds, then the exposition text of each family (hashes).
 # ARGV: 1 the lexical bound to read from ('-' at first), 2 how many executions to read.
@@ -336,7 +345,9 @@ return answer
 # record's key. ARGV: 1 how many families; 2 the prefix of the record keys; 3 per record its
 # bytes as read, its kind and a text per family. Writes the kind and texts of each record
 # still as read (one written since has its own); returns how many.
-_RENDER = _LUA_HELPERS + """
+_RENDER = (
+    _LUA_HELPERS
+    + """
 local families = tonumber(ARGV[1])
 local stride = 2 + families
 local r = split(ARGV[3])
@@ -356,6 +367,7 @@ send('HSET', KEYS[1], kinds)
 write_texts(texts)
 return written
 """
+)
 
 # KEYS: 1 a hash. ARGV: the fields as read (name, value or ''), then '|', then the fields
 # to write (name, value). Writes only if every field read is unchanged; returns 1 or 0.
@@ -451,8 +463,10 @@ class _Keys(list[str]):
 
 def _client(url: str) -> redis.Redis | redis.RedisCluster:
     """Return a client for ``url``: a cluster client when the server is part of a Redis Cluster."""
-    options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_SECONDS,
-                               "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS}
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+    }
     client = redis.Redis.from_url(url, **options)
     try:
         clustered = client.info("cluster").get("cluster_enabled") == 1
@@ -468,9 +482,17 @@ class RedisStore(Store):
     """A :class:`Store` in one Redis database, or one Redis Cluster."""
 
     @_translated
-    def __init__(self, url: str, *, render: Rendering, max_executions: int, max_task_names: int,
-                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
-                 prefix: str = KEY_PREFIX):
+    def __init__(
+        self,
+        url: str,
+        *,
+        render: Rendering,
+        max_executions: int,
+        max_task_names: int,
+        dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+        task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
+        prefix: str = KEY_PREFIX,
+    ):
         super().__init__(render, max_executions, max_task_names, dedup_seconds, task_retention)
         self._prefix = prefix
         # Typed loosely: redis-py's types cannot say that answers are bytes (decode_responses off).
@@ -524,11 +546,15 @@ class RedisStore(Store):
             tombstones: dict[str, Execution] = {}
             if absent:  # an id that ended and left retention answers repeats as a duplicate
                 statuses = self._redis.mget([self._tombstone(execution_id) for execution_id in absent])
-                tombstones = {execution_id: tombstone(execution_id, status.decode())
-                              for execution_id, status in zip(absent, statuses) if status}
+                tombstones = {
+                    execution_id: tombstone(execution_id, status.decode())
+                    for execution_id, status in zip(absent, statuses)
+                    if status
+                }
             names = self._task_names()
-            batch = decide_batch(items, stored, tombstones, names, lambda: self._redis.zcard(self._ids),
-                                 self.max_executions, whole)
+            batch = decide_batch(
+                items, stored, tombstones, names, lambda: self._redis.zcard(self._ids), self.max_executions, whole
+            )
             raw_tasks: dict[str, bytes | None] = {}
             if batch.task_changes:
                 raw_tasks = self._read_tasks([name for name, *_ in batch.task_changes])
@@ -543,23 +569,45 @@ class RedisStore(Store):
         names = list(dict.fromkeys(names))
         return dict(zip(names, self._redis.hmget(self._task_records, names)))
 
-    def _write(self, batch: Decided, raw: dict[str, bytes | None], stored: dict[str, Execution],
-               names: TaskNames, raw_tasks: dict[str, bytes | None]) -> int:
+    def _write(
+        self,
+        batch: Decided,
+        raw: dict[str, bytes | None],
+        stored: dict[str, Execution],
+        names: TaskNames,
+        raw_tasks: dict[str, bytes | None],
+    ) -> int:
         """Hand the batch's writes to the write script: each record with the bytes it was
         decided on (``raw``, decoded as ``stored``). Returns the script's answer: 1 written,
         0 stale."""
-        keys = _Keys([self._ids, self._deadlines, self._expiry, self._kinds, self._counters, self._exemplars,
-                      self._task_name_set, self._task_records, self._task_deadlines, self._declared,
-                      self._ping_uuids])
+        keys = _Keys(
+            [
+                self._ids,
+                self._deadlines,
+                self._expiry,
+                self._kinds,
+                self._counters,
+                self._exemplars,
+                self._task_name_set,
+                self._task_records,
+                self._task_deadlines,
+                self._declared,
+                self._ping_uuids,
+            ]
+        )
         records: list[str] = []
         for execution_id, record in batch.changed.items():
             keys.append(self._key(execution_id))
             read = raw[execution_id]
             before = stored.get(execution_id)
             kind = _kind(record)
-            records += ("" if read is None else read.decode(), encode_record(record),
-                        "" if before is not None and _kind(before) == kind else kind,
-                        _score(record.deadline_at), _score(record.expires_at))
+            records += (
+                "" if read is None else read.decode(),
+                encode_record(record),
+                "" if before is not None and _kind(before) == kind else kind,
+                _score(record.deadline_at),
+                _score(record.expires_at),
+            )
         index_moves = self._index_moves(batch, stored, keys)
         texts = self._text_changes(batch, stored, keys)
         counters: list[str] = []
@@ -568,21 +616,40 @@ class RedisStore(Store):
         tasks: list[str] = []
         for name, task in batch.tasks.items():
             read = raw_tasks.get(name)
-            tasks += (name, "" if read is None else read.decode(), encode_task(task), _score(task.deadline_at),
-                      "1" if is_declared(task) else "0",
-                      (ping_uuid_of(decode_task(read)) or "") if read is not None else "", ping_uuid_of(task) or "")
-        return self._write_script(keys=keys, args=[
-            self.max_executions, self.max_task_names, _SEPARATOR.join(records), _SEPARATOR.join(counters),
-            _SEPARATOR.join(index_moves), _SEPARATOR.join(sorted(names.known)), _SEPARATOR.join(names.added),
-            self._records, _SEPARATOR.join(tasks), _joined(texts)])
+            tasks += (
+                name,
+                "" if read is None else read.decode(),
+                encode_task(task),
+                _score(task.deadline_at),
+                "1" if is_declared(task) else "0",
+                (ping_uuid_of(decode_task(read)) or "") if read is not None else "",
+                ping_uuid_of(task) or "",
+            )
+        return self._write_script(
+            keys=keys,
+            args=[
+                self.max_executions,
+                self.max_task_names,
+                _SEPARATOR.join(records),
+                _SEPARATOR.join(counters),
+                _SEPARATOR.join(index_moves),
+                _SEPARATOR.join(sorted(names.known)),
+                _SEPARATOR.join(names.added),
+                self._records,
+                _SEPARATOR.join(tasks),
+                _joined(texts),
+            ],
+        )
 
     def _index_moves(self, batch: Decided, stored: dict[str, Execution], keys: _Keys) -> list[str]:
         """Return the write script's fields for the filter indexes the batch's records leave and join."""
         moves: list[str] = []
         for execution_id, record in batch.changed.items():
             before = stored.get(execution_id)
-            for kind, old, new in (("status", before.status if before else None, record.status),
-                                   ("task", before.task_name if before else None, record.task_name)):
+            for kind, old, new in (
+                ("status", before.status if before else None, record.status),
+                ("task", before.task_name if before else None, record.task_name),
+            ):
                 if old == new:
                     continue
                 for sign, value in (("-", old), ("+", new)):
@@ -618,10 +685,11 @@ class RedisStore(Store):
 
     def _task_names(self, headroom: int = 0) -> TaskNames:
         """Return the task-name labels of one batch, as this store holds them."""
-        return TaskNames(self.max_task_names - headroom,
-                         lambda name: self._holds_name(
-                             name, lambda known: bool(self._redis.sismember(self._task_name_set, known))),
-                         lambda: self._redis.scard(self._task_name_set))
+        return TaskNames(
+            self.max_task_names - headroom,
+            lambda name: self._holds_name(name, lambda known: bool(self._redis.sismember(self._task_name_set, known))),
+            lambda: self._redis.scard(self._task_name_set),
+        )
 
     @_translated
     def task_by_ping_uuid(self, ping_uuid: str) -> str | None:
@@ -640,25 +708,26 @@ class RedisStore(Store):
 
     @_translated
     def tasks(self) -> list[Task]:
-        return sorted((decode_task(raw) for raw in self._redis.hvals(self._task_records)),
-                      key=lambda task: task.task_name)
+        return sorted(
+            (decode_task(raw) for raw in self._redis.hvals(self._task_records)), key=lambda task: task.task_name
+        )
 
     @_translated
     def due_tasks(self, now: float, limit: int) -> list[str]:
-        return [name.decode() for name in self._redis.zrangebyscore(self._task_deadlines, "-inf", now,
-                                                                    start=0, num=limit)]
+        return [
+            name.decode() for name in self._redis.zrangebyscore(self._task_deadlines, "-inf", now, start=0, num=limit)
+        ]
 
     @_translated
-    def mark_reaped(self, now: float, outage_after: float, hold: float,
-                    clock_stepped: bool = False) -> ReaperMark:
+    def mark_reaped(self, now: float, outage_after: float, hold: float, clock_stepped: bool = False) -> ReaperMark:
         # Once per reaper round: the shared record read, the rule applied, and the result
         # written only if the record is still as read.
         for _attempt in range(MAX_ATTEMPTS):
             raw = {k.decode(): v.decode() for k, v in self._redis.hgetall(self._reaper).items()}
-            written, mark = mark_round({k: float(v) for k, v in raw.items()}, now, outage_after, hold,
-                                       clock_stepped)
-            expected = [part for name in ("reaped_at", "hold_until", "rebased_at")
-                        for part in (name, raw.get(name, ""))]
+            written, mark = mark_round({k: float(v) for k, v in raw.items()}, now, outage_after, hold, clock_stepped)
+            expected = [
+                part for name in ("reaped_at", "hold_until", "rebased_at") for part in (name, raw.get(name, ""))
+            ]
             update = [part for name, value in written.items() for part in (name, repr(value))]
             if self._hash_cas(keys=[self._reaper], args=[*expected, "|", *update]) == 1:
                 return mark
@@ -670,12 +739,18 @@ class RedisStore(Store):
         return decode_record(raw) if raw is not None else None
 
     @_translated
-    def query(self, *, status: str | None = None, task_name: str | None = None,
-              after: str | None = None, limit: int = 100) -> list[Execution]:
+    def query(
+        self, *, status: str | None = None, task_name: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Execution]:
         # A filter reads its index (ids by task, or by status), not every record; each
         # record read is checked again, since it may have changed between the two reads.
-        index = (self._index("task", task_name) if task_name is not None
-                 else self._index("status", status) if status is not None else self._ids)
+        index = (
+            self._index("task", task_name)
+            if task_name is not None
+            else self._index("status", status)
+            if status is not None
+            else self._ids
+        )
         found: list[Execution] = []
         start = f"({after}" if after else "-"
         while len(found) < limit:
@@ -686,8 +761,7 @@ class RedisStore(Store):
                 if raw is None:
                     continue  # expired between the two reads
                 record = decode_record(raw)
-                if (status is None or record.status == status) and \
-                        (task_name is None or record.task_name == task_name):
+                if (status is None or record.status == status) and (task_name is None or record.task_name == task_name):
                     found.append(record)
                     if len(found) == limit:
                         break
@@ -708,12 +782,23 @@ class RedisStore(Store):
                 record = decode_record(raw) if raw is not None else None
                 status = record.status if record is not None else ""
                 task = (record.task_name or "") if record is not None else ""
-                keys += (self._key(execution_id), self._tombstone(execution_id), self._index("status", status),
-                         self._index("task", task) if task else self._key(execution_id))
+                keys += (
+                    self._key(execution_id),
+                    self._tombstone(execution_id),
+                    self._index("status", status),
+                    self._index("task", task) if task else self._key(execution_id),
+                )
                 fields += ("" if raw is None else raw.decode(), status, task)
-            batch = self._expire_script(keys=keys, args=[repr(now), int(self.dedup_seconds * 1000),
-                                                         _SEPARATOR.join(fields), self._records,
-                                                         len(self._texts)])
+            batch = self._expire_script(
+                keys=keys,
+                args=[
+                    repr(now),
+                    int(self.dedup_seconds * 1000),
+                    _SEPARATOR.join(fields),
+                    self._records,
+                    len(self._texts),
+                ],
+            )
             dropped += batch
             if len(ids) < CHUNK or not batch:
                 break
@@ -723,21 +808,33 @@ class RedisStore(Store):
     def _release(self, cutoff: float) -> None:
         """Release the task names no tracked execution has carried since before ``cutoff``."""
         seen = self._redis.hgetall(self._task_seen)
-        names = sorted({name.decode() for name, at in seen.items() if float(at) <= cutoff}
-                       # names no execution has left yet: declared ones, or ones whose runs are tracked
-                       | {name.decode() for name in self._redis.smembers(self._task_name_set) - set(seen)})
+        names = sorted(
+            {name.decode() for name, at in seen.items() if float(at) <= cutoff}
+            # names no execution has left yet: declared ones, or ones whose runs are tracked
+            | {name.decode() for name in self._redis.smembers(self._task_name_set) - set(seen)}
+        )
         if not names:
             return
-        uuids = [(ping_uuid_of(decode_task(raw)) or "") if raw is not None else ""
-                 for raw in self._redis.hmget(self._task_records, names)]
+        uuids = [
+            (ping_uuid_of(decode_task(raw)) or "") if raw is not None else ""
+            for raw in self._redis.hmget(self._task_records, names)
+        ]
         released = self._release_script(
-            keys=[self._task_name_set, self._task_seen, self._counters, self._exemplars, self._task_records,
-                  self._task_deadlines, self._declared, self._ping_uuids,
-                  *(self._index("task", name) for name in names)],
-            args=[repr(cutoff), _SEPARATOR.join(names), _SEPARATOR.join(uuids)])
+            keys=[
+                self._task_name_set,
+                self._task_seen,
+                self._counters,
+                self._exemplars,
+                self._task_records,
+                self._task_deadlines,
+                self._declared,
+                self._ping_uuids,
+                *(self._index("task", name) for name in names),
+            ],
+            args=[repr(cutoff), _SEPARATOR.join(names), _SEPARATOR.join(uuids)],
+        )
         for name in released:
-            log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(),
-                     self.task_retention)
+            log.info("task name %r released: nothing tracked carried it for %.0fs", name.decode(), self.task_retention)
 
     def _render_again(self) -> None:
         """Give every execution the exposition text of this version's rendering, unless the
@@ -779,7 +876,7 @@ class RedisStore(Store):
         keys = list(self._redis.scan_iter(match=_UNTAGGED_PREFIX + "*", count=CHUNK))
         for key in keys:
             try:
-                self._redis.rename(key, KEY_PREFIX + key.decode()[len(_UNTAGGED_PREFIX):])
+                self._redis.rename(key, KEY_PREFIX + key.decode()[len(_UNTAGGED_PREFIX) :])
             except ResponseError:
                 pass  # another replica renamed it first
         if keys:
@@ -828,13 +925,15 @@ class RedisStore(Store):
             name, labels = json.loads(field)
             return name, tuple(labels)
 
-        return Snapshot([b"".join(parts) for parts in texts],
-                        {tuple(json.loads(kind)): count for kind, count in kinds.items()},
-                        {series(f): float(v) for f, v in counters.items()},
-                        sorted(t.decode() for t in tasks),
-                        {series(f): tuple(json.loads(v)) for f, v in exemplars.items()},
-                        sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name),
-                        {key.decode(): _note_value(value) for key, value in notes.items()})
+        return Snapshot(
+            [b"".join(parts) for parts in texts],
+            {tuple(json.loads(kind)): count for kind, count in kinds.items()},
+            {series(f): float(v) for f, v in counters.items()},
+            sorted(t.decode() for t in tasks),
+            {series(f): tuple(json.loads(v)) for f, v in exemplars.items()},
+            sorted((decode_task(raw) for raw in task_records), key=lambda task: task.task_name),
+            {key.decode(): _note_value(value) for key, value in notes.items()},
+        )
 
     @_translated
     def count(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:

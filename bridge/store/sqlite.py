@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 """
 
-_SCHEMA = _EXECUTIONS + """
+_SCHEMA = (
+    _EXECUTIONS
+    + """
 CREATE INDEX IF NOT EXISTS executions_deadline ON executions(deadline_at)
     WHERE deadline_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_expiry ON executions(expires_at)
@@ -105,21 +107,25 @@ CREATE INDEX IF NOT EXISTS ping_uuids_task ON ping_uuids(task_name);
 CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('tracked', 0);
 """
+)
 
 
 def path_from_url(url: str) -> str:
     """Return the file path of ``sqlite:///relative`` or ``sqlite:////absolute`` URLs."""
-    return url[len("sqlite:///"):]
+    return url[len("sqlite:///") :]
 
 
 # Task names no tracked execution carries, last seen before the cut-off, declared by neither
 # the tasks file nor the API.
-_RELEASABLE = ("SELECT name FROM task_names WHERE coalesce(last_seen, 0) <= ? AND NOT EXISTS"
-               " (SELECT 1 FROM executions WHERE executions.task_name = task_names.name) AND NOT EXISTS"
-               " (SELECT 1 FROM tasks WHERE tasks.task_name = task_names.name AND tasks.declared)")
+_RELEASABLE = (
+    "SELECT name FROM task_names WHERE coalesce(last_seen, 0) <= ? AND NOT EXISTS"
+    " (SELECT 1 FROM executions WHERE executions.task_name = task_names.name) AND NOT EXISTS"
+    " (SELECT 1 FROM tasks WHERE tasks.task_name = task_names.name AND tasks.declared)"
+)
 _INSERT_TASK = "INSERT INTO tasks VALUES (?, ?, ?, ?, ?)"
-_UPDATE_TASK = ("UPDATE tasks SET deadline_at = ?, declared = ?, version = ?, data = ?"
-                " WHERE task_name = ? AND version = ?")
+_UPDATE_TASK = (
+    "UPDATE tasks SET deadline_at = ?, declared = ?, version = ?, data = ? WHERE task_name = ? AND version = ?"
+)
 
 #: A row as sqlite3 reads it, or the parameters of one statement.
 _Row = tuple[Any, ...]
@@ -128,34 +134,44 @@ _Row = tuple[Any, ...]
 _READ_CHUNK = 500
 
 
-
 class _Statements:
     """The statements that write an execution with its exposition text: a column per family."""
 
     def __init__(self, families: int):
         self.columns = [f"exposition_{k}" for k in range(families)]
         texts = "".join(f", {column} = ?" for column in self.columns)
-        self.insert = (f"INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at, version,"
-                       f" data, metric_task, {', '.join(self.columns)}) VALUES ({', '.join('?' * (8 + families))})")
-        self.update = ("UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
-                       f" version = ?, data = ?, metric_task = ?{texts} WHERE execution_id = ? AND version = ?")
+        self.insert = (
+            f"INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at, version,"
+            f" data, metric_task, {', '.join(self.columns)}) VALUES ({', '.join('?' * (8 + families))})"
+        )
+        self.update = (
+            "UPDATE executions SET status = ?, task_name = ?, deadline_at = ?, expires_at = ?,"
+            f" version = ?, data = ?, metric_task = ?{texts} WHERE execution_id = ? AND version = ?"
+        )
         # A heartbeat on a running execution moves only its deadline: the status, expiry and
         # task indexes are left alone, so the commit writes fewer pages.
-        self.move_deadline = (f"UPDATE executions SET deadline_at = ?, version = ?, data = ?{texts}"
-                              " WHERE execution_id = ? AND version = ?")
+        self.move_deadline = (
+            f"UPDATE executions SET deadline_at = ?, version = ?, data = ?{texts}"
+            " WHERE execution_id = ? AND version = ?"
+        )
         self.render = ", ".join(f"{column} = ?" for column in self.columns)
-        self.snapshot = ("SELECT " + ", ".join(f"CAST(group_concat({column}, '') AS BLOB)" for column in self.columns)
-                         + " FROM executions")
+        self.snapshot = (
+            "SELECT "
+            + ", ".join(f"CAST(group_concat({column}, '') AS BLOB)" for column in self.columns)
+            + " FROM executions"
+        )
 
 
-_INCREMENT = ("INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
-              " DO UPDATE SET value = value + excluded.value, exemplar = coalesce(excluded.exemplar, exemplar)")
+_INCREMENT = (
+    "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, labels)"
+    " DO UPDATE SET value = value + excluded.value, exemplar = coalesce(excluded.exemplar, exemplar)"
+)
 
 
 def _in(ids: list[str]) -> Iterator[tuple[list[str], str]]:
     """Yield chunks of ``ids`` with the ``IN (...)`` placeholders of each."""
     for first in range(0, len(ids), _READ_CHUNK):
-        chunk = ids[first:first + _READ_CHUNK]
+        chunk = ids[first : first + _READ_CHUNK]
         yield chunk, ",".join("?" * len(chunk))
 
 
@@ -199,36 +215,46 @@ class _Batch:
     held for the writes alone, not for the decisions.
     """
 
-    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection, items: Sequence[tuple[str, Decide]],
-                 *, locked: bool, whole: bool = False):
+    def __init__(
+        self,
+        store: SQLiteStore,
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[str, Decide]],
+        *,
+        locked: bool,
+        whole: bool = False,
+    ):
         self.store = store
         self.stored: dict[str, Execution] = {}
         tombstones: dict[str, Execution] = {}
         for chunk, marks in _in(list(dict.fromkeys(execution_id for execution_id, _ in items))):
             for execution_id, data in conn.execute(
-                    f"SELECT execution_id, data FROM executions WHERE execution_id IN ({marks})", chunk):
+                f"SELECT execution_id, data FROM executions WHERE execution_id IN ({marks})", chunk
+            ):
                 self.stored[execution_id] = decode_record(data)
         absent = [execution_id for execution_id, _ in items if execution_id not in self.stored]
         for chunk, marks in _in(list(dict.fromkeys(absent))):
             for execution_id, status in conn.execute(
-                    f"SELECT execution_id, status FROM ended WHERE execution_id IN ({marks})", chunk):
+                f"SELECT execution_id, status FROM ended WHERE execution_id IN ({marks})", chunk
+            ):
                 tombstones[execution_id] = tombstone(execution_id, status)
 
         def in_store(name: str) -> bool:
             return conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone() is not None
 
         # Under the lock the store itself answers; before it, what this process remembers may.
-        self.names = TaskNames(store.max_task_names,
-                               in_store if locked else lambda name: store._holds_name(name, in_store),
-                               lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0])
+        self.names = TaskNames(
+            store.max_task_names,
+            in_store if locked else lambda name: store._holds_name(name, in_store),
+            lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0],
+        )
         self.tracked: int | None = None
 
         def tracked() -> int:
             self.tracked = conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0]
             return self.tracked
 
-        self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions,
-                                    whole)
+        self.decided = decide_batch(items, self.stored, tombstones, self.names, tracked, store.max_executions, whole)
         self.stored_tasks: dict[str, Task] = {}
         if self.decided.task_changes:
             self.stored_tasks = _read_tasks(conn, [name for name, *_ in self.decided.task_changes])
@@ -248,15 +274,20 @@ class _Batch:
         new, names = self.decided.new, self.names
         if _any_row(conn, "SELECT 1 FROM executions WHERE execution_id IN ({}) LIMIT 1", new):
             return False
-        if any(conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})", chunk).fetchone()[0]
-               != len(chunk) for chunk, marks in _in(sorted(names.known))):
+        if any(
+            conn.execute(f"SELECT count(*) FROM task_names WHERE name IN ({marks})", chunk).fetchone()[0] != len(chunk)
+            for chunk, marks in _in(sorted(names.known))
+        ):
             return False  # a name released since (see expire())
-        if names.added and (_any_row(conn, "SELECT 1 FROM task_names WHERE name IN ({}) LIMIT 1", names.added)
-                            or conn.execute("SELECT count(*) FROM task_names").fetchone()[0] + len(names.added)
-                            > names.limit):
+        if names.added and (
+            _any_row(conn, "SELECT 1 FROM task_names WHERE name IN ({}) LIMIT 1", names.added)
+            or conn.execute("SELECT count(*) FROM task_names").fetchone()[0] + len(names.added) > names.limit
+        ):
             return False
-        if new and (conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0] + len(new)
-                    > self.store.max_executions):
+        if new and (
+            conn.execute("SELECT value FROM meta WHERE key = 'tracked'").fetchone()[0] + len(new)
+            > self.store.max_executions
+        ):
             return False
         new_tasks = [name for name in self.decided.tasks if name not in self.stored_tasks]
         return not _any_row(conn, "SELECT 1 FROM tasks WHERE task_name IN ({}) LIMIT 1", new_tasks)
@@ -268,20 +299,35 @@ class _Batch:
         for execution_id, record in self.decided.changed.items():
             stored = self.stored.get(execution_id)
             texts = [text or None for text in render(record)]
+            if stored is not None and (
+                stored.status == record.status
+                and stored.task_name == record.task_name
+                and stored.metric_task_name == record.metric_task_name
+                and stored.expires_at == record.expires_at
+            ):
+                self.deadline_moves.append(
+                    (record.deadline_at, record.version, encode_record(record), *texts, execution_id, stored.version)
+                )
+                continue
+            # the columns of the insert after the id, and of the update before its condition
+            written = (
+                record.status,
+                record.task_name,
+                record.deadline_at,
+                record.expires_at,
+                record.version,
+                encode_record(record),
+                record.metric_task_name,
+                *texts,
+            )
             if stored is None:
-                self.inserts.append((execution_id, record.status, record.task_name, record.deadline_at,
-                                     record.expires_at, record.version, encode_record(record),
-                                     record.metric_task_name, *texts))
-            elif (stored.status == record.status and stored.task_name == record.task_name
-                  and stored.metric_task_name == record.metric_task_name and stored.expires_at == record.expires_at):
-                self.deadline_moves.append((record.deadline_at, record.version, encode_record(record), *texts,
-                                            execution_id, stored.version))
+                self.inserts.append((execution_id, *written))
             else:
-                self.updates.append((record.status, record.task_name, record.deadline_at, record.expires_at,
-                                     record.version, encode_record(record), record.metric_task_name, *texts,
-                                     execution_id, stored.version))
-        self.increments = [(name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
-                           for (name, labels), (amount, exemplar) in self.decided.increments.items()]
+                self.updates.append((*written, execution_id, stored.version))
+        self.increments = [
+            (name, _labels_key(labels), amount, json.dumps(exemplar) if exemplar else None)
+            for (name, labels), (amount, exemplar) in self.decided.increments.items()
+        ]
         self.task_writes = _task_writes(self.decided.tasks, self.stored_tasks)
 
     def write(self, conn: sqlite3.Connection) -> bool:
@@ -320,8 +366,9 @@ def _task_writes(changed: dict[str, Task], stored: dict[str, Task]) -> tuple[lis
     uuids = [(name, ping_uuid_of(task)) for name, task in changed.items()]
     for name, task in changed.items():
         if name in stored:
-            updates.append((task.deadline_at, int(is_declared(task)), task.version, encode_task(task), name,
-                            stored[name].version))
+            updates.append(
+                (task.deadline_at, int(is_declared(task)), task.version, encode_task(task), name, stored[name].version)
+            )
         else:
             inserts.append((name, task.deadline_at, int(is_declared(task)), task.version, encode_task(task)))
     return inserts, updates, uuids
@@ -356,10 +403,18 @@ def _labels_key(labels: tuple[str, ...]) -> str:
 class SQLiteStore(Store):
     """A :class:`Store` in one SQLite file."""
 
-    def __init__(self, path: str, *, render: Rendering, max_executions: int, max_task_names: int,
-                 dedup_seconds: float = DEFAULT_DEDUP_SECONDS, task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
-                 synchronous: str = "NORMAL",
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS):
+    def __init__(
+        self,
+        path: str,
+        *,
+        render: Rendering,
+        max_executions: int,
+        max_task_names: int,
+        dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+        task_retention: float = DEFAULT_TASK_RETENTION_SECONDS,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+    ):
         super().__init__(render, max_executions, max_task_names, dedup_seconds, task_retention)
         self.statements = _Statements(render.families)
         self._signature = zlib.crc32(render.signature.encode())
@@ -403,8 +458,10 @@ class SQLiteStore(Store):
         """Return True when the file holds this version's schema and exposition texts: the
         rendering's signature is noted last, once everything before it is done."""
         try:
-            return conn.execute("SELECT 1 FROM meta WHERE key = 'exposition' AND value = ?",
-                                (self._signature,)).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM meta WHERE key = 'exposition' AND value = ?", (self._signature,)).fetchone()
+                is not None
+            )
         except sqlite3.OperationalError:  # no meta table: a new file
             return False
 
@@ -420,9 +477,11 @@ class SQLiteStore(Store):
             if "WITHOUT ROWID" in table.upper():  # as written before scrapes copied text
                 conn.execute("ALTER TABLE executions RENAME TO executions_before")
                 conn.execute(_EXECUTIONS)
-                conn.execute("INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at,"
-                             " version, data) SELECT execution_id, status, task_name, deadline_at, expires_at,"
-                             " version, data FROM executions_before")
+                conn.execute(
+                    "INSERT INTO executions (execution_id, status, task_name, deadline_at, expires_at,"
+                    " version, data) SELECT execution_id, status, task_name, deadline_at, expires_at,"
+                    " version, data FROM executions_before"
+                )
                 conn.execute("DROP TABLE executions_before")  # and its indexes: made again below
             columns = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
             for column in self.statements.columns:
@@ -435,8 +494,9 @@ class SQLiteStore(Store):
             statement = f"UPDATE executions SET metric_task = ?, {self.statements.render} WHERE execution_id = ?"
             for execution_id, data in conn.execute("SELECT execution_id, data FROM executions").fetchall():
                 record = decode_record(data)
-                conn.execute(statement, (record.metric_task_name, *(text or None for text in self.render(record)),
-                                         execution_id))
+                conn.execute(
+                    statement, (record.metric_task_name, *(text or None for text in self.render(record)), execution_id)
+                )
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('exposition', ?)", (self._signature,))
             conn.execute("COMMIT")
         except BaseException:
@@ -483,8 +543,10 @@ class SQLiteStore(Store):
         now = _identity(self.path), _identity(self.path + "-wal")
         if now[0] != database or (log_file is not None and now[1] != log_file):
             self._drop_connection()
-            raise StoreUnavailable(f"sqlite: {self.path} was removed or replaced under the running bridge; "
-                                   "put it back, or restart the bridge to start a new one")
+            raise StoreUnavailable(
+                f"sqlite: {self.path} was removed or replaced under the running bridge; "
+                "put it back, or restart the bridge to start a new one"
+            )
         if log_file is None:
             self._local.files = (database, now[1])
 
@@ -552,8 +614,9 @@ class SQLiteStore(Store):
             if deadline is None:
                 deadline = now + self._busy_timeout
             elif now >= deadline:
-                raise StoreUnavailable(f"sqlite: {self.path} stayed locked by another writer "
-                                       f"for {self._busy_timeout:g}s")
+                raise StoreUnavailable(
+                    f"sqlite: {self.path} stayed locked by another writer for {self._busy_timeout:g}s"
+                )
             time.sleep(pause)
             pause = min(pause * 2, _LONGEST_PAUSE_SECONDS)
 
@@ -607,13 +670,21 @@ class SQLiteStore(Store):
             def in_store(name: str) -> bool:
                 return conn.execute("SELECT 1 FROM task_names WHERE name = ?", (name,)).fetchone() is not None
 
-            names = TaskNames(self.max_task_names - headroom, in_store,
-                              lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0])
+            names = TaskNames(
+                self.max_task_names - headroom,
+                in_store,
+                lambda: conn.execute("SELECT count(*) FROM task_names").fetchone()[0],
+            )
             decided = decide_tasks(items, stored, names)
             if names.added:
                 conn.executemany("INSERT INTO task_names (name) VALUES (?)", [(name,) for name in names.added])
-            conn.executemany(_INCREMENT, [(name, _labels_key(labels), amount, None)
-                                          for (name, labels), (amount, _) in decided.increments.items()])
+            conn.executemany(
+                _INCREMENT,
+                [
+                    (name, _labels_key(labels), amount, None)
+                    for (name, labels), (amount, _) in decided.increments.items()
+                ],
+            )
             if not _write_tasks(conn, *_task_writes(decided.tasks, stored)):
                 raise RuntimeError("compare-and-set lost on a task")  # impossible under the write lock
         return decided.results
@@ -625,8 +696,9 @@ class SQLiteStore(Store):
     def note(self, key: str, value: float | str) -> float | str | None:
         with self._transaction() as conn:
             row = conn.execute("SELECT value FROM notes WHERE key = ?", (key,)).fetchone()
-            conn.execute("INSERT INTO notes VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                         (key, value))
+            conn.execute(
+                "INSERT INTO notes VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
+            )
         return row[0] if row else None
 
     def get_task(self, name: str) -> Task | None:
@@ -637,36 +709,42 @@ class SQLiteStore(Store):
         return [decode_task(data) for (data,) in self._read("SELECT data FROM tasks ORDER BY task_name")]
 
     def due_tasks(self, now: float, limit: int) -> list[str]:
-        rows = self._read("SELECT task_name FROM tasks WHERE deadline_at <= ? ORDER BY deadline_at LIMIT ?",
-                          (now, limit))
+        rows = self._read(
+            "SELECT task_name FROM tasks WHERE deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)
+        )
         return [name for (name,) in rows]
 
-    def mark_reaped(self, now: float, outage_after: float, hold: float,
-                    clock_stepped: bool = False) -> ReaperMark:
+    def mark_reaped(self, now: float, outage_after: float, hold: float, clock_stepped: bool = False) -> ReaperMark:
         with self._transaction() as conn:
-            recorded = dict(conn.execute(
-                "SELECT key, value FROM meta WHERE key IN ('reaped_at', 'hold_until', 'rebased_at')"))
+            recorded = dict(
+                conn.execute("SELECT key, value FROM meta WHERE key IN ('reaped_at', 'hold_until', 'rebased_at')")
+            )
             written, mark = mark_round(recorded, now, outage_after, hold, clock_stepped)
-            conn.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             list(written.items()))
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(written.items()),
+            )
         return mark
 
     def get(self, execution_id: str) -> Execution | None:
         rows = self._read("SELECT data FROM executions WHERE execution_id = ?", (execution_id,))
         return decode_record(rows[0][0]) if rows else None
 
-    def query(self, *, status: str | None = None, task_name: str | None = None,
-              after: str | None = None, limit: int = 100) -> list[Execution]:
+    def query(
+        self, *, status: str | None = None, task_name: str | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Execution]:
         rows = self._read(
             "SELECT data FROM executions WHERE (?1 IS NULL OR status = ?1)"
             " AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR execution_id > ?3)"
             " ORDER BY execution_id LIMIT ?4",
-            (status, task_name, after, limit))
+            (status, task_name, after, limit),
+        )
         return [decode_record(data) for (data,) in rows]
 
     def due(self, now: float, limit: int) -> list[str]:
-        rows = self._read("SELECT execution_id FROM executions WHERE deadline_at <= ?"
-                          " ORDER BY deadline_at LIMIT ?", (now, limit))
+        rows = self._read(
+            "SELECT execution_id FROM executions WHERE deadline_at <= ? ORDER BY deadline_at LIMIT ?", (now, limit)
+        )
         return [execution_id for (execution_id,) in rows]
 
     def expire(self, now: float) -> int:
@@ -677,24 +755,34 @@ class SQLiteStore(Store):
         if not (expired or forgotten or released):
             return 0
         with self._transaction() as conn:
-            ended = conn.execute("SELECT execution_id, status, task_name FROM executions WHERE expires_at <= ?",
-                                 (now,)).fetchall()
+            ended = conn.execute(
+                "SELECT execution_id, status, task_name FROM executions WHERE expires_at <= ?", (now,)
+            ).fetchall()
             conn.execute("DELETE FROM executions WHERE expires_at <= ?", (now,))
             conn.execute("UPDATE meta SET value = value - ? WHERE key = 'tracked'", (len(ended),))
             if self.dedup_seconds > 0:
-                conn.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?)",
-                                 [(execution_id, status, now + self.dedup_seconds)
-                                  for execution_id, status, _ in ended if status in FINAL_STATUSES])
-            conn.executemany("UPDATE task_names SET last_seen = ? WHERE name = ?",
-                             [(now, name) for name in {name for _, _, name in ended if name is not None}])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO ended VALUES (?, ?, ?)",
+                    [
+                        (execution_id, status, now + self.dedup_seconds)
+                        for execution_id, status, _ in ended
+                        if status in FINAL_STATUSES
+                    ],
+                )
+            conn.executemany(
+                "UPDATE task_names SET last_seen = ? WHERE name = ?",
+                [(now, name) for name in {name for _, _, name in ended if name is not None}],
+            )
             conn.execute("DELETE FROM ended WHERE until <= ?", (now,))
             for (name,) in conn.execute(_RELEASABLE, (now - self.task_retention,)).fetchall():
                 conn.execute("DELETE FROM task_names WHERE name = ?", (name,))
                 conn.execute("DELETE FROM tasks WHERE task_name = ?", (name,))
                 conn.execute("DELETE FROM ping_uuids WHERE task_name = ?", (name,))
                 # Its series go with it: names that come and go must not grow the counters.
-                conn.execute("DELETE FROM counters WHERE name LIKE 'task\\_%' ESCAPE '\\'"
-                             " AND json_extract(labels, '$[0]') = ?", (name,))
+                conn.execute(
+                    "DELETE FROM counters WHERE name LIKE 'task\\_%' ESCAPE '\\' AND json_extract(labels, '$[0]') = ?",
+                    (name,),
+                )
                 log.info("task name %r released: nothing tracked carried it for %.0fs", name, self.task_retention)
         return len(ended)
 
@@ -703,11 +791,14 @@ class SQLiteStore(Store):
             # SQLite joins each family's texts itself: Python sees a few long strings, not a
             # row per execution.
             exposition = [text or b"" for text in conn.execute(self.statements.snapshot).fetchone()]
-            executions = {(task, status): count for task, status, count in conn.execute(
-                "SELECT metric_task, status, count(*) FROM executions GROUP BY metric_task, status")}
+            executions = {
+                (task, status): count
+                for task, status, count in conn.execute(
+                    "SELECT metric_task, status, count(*) FROM executions GROUP BY metric_task, status"
+                )
+            }
             counters, exemplars = {}, {}
-            for name, labels, value, exemplar in conn.execute(
-                    "SELECT name, labels, value, exemplar FROM counters"):
+            for name, labels, value, exemplar in conn.execute("SELECT name, labels, value, exemplar FROM counters"):
                 key = (name, tuple(json.loads(labels)))
                 counters[key] = value
                 if exemplar:
@@ -724,8 +815,7 @@ class SQLiteStore(Store):
     def ping(self) -> None:
         # A real write, and room to grow: a store that can only be read is not ready.
         with self._transaction() as conn:
-            conn.execute("INSERT INTO meta VALUES ('ping', 0) ON CONFLICT (key)"
-                         " DO UPDATE SET value = value + 1")
+            conn.execute("INSERT INTO meta VALUES ('ping', 0) ON CONFLICT (key) DO UPDATE SET value = value + 1")
         try:
             space = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:

@@ -27,10 +27,25 @@ from . import families as f
 __all__ = ["INGEST_ENDPOINTS", "REJECTION_REASONS", "ExecutionRenderer", "Exposition"]
 
 OUTCOMES = ("success", "failure")
-INGEST_ENDPOINTS = ("heartbeat", "heartbeats", "completion", "container_event", "announcement", "tasks", "ping",
-                    "sentry")
-REJECTION_REASONS = ("invalid_json", "invalid_field", "too_large", "unsupported_media_type",
-                     "capacity", "unauthorized", "forbidden")
+INGEST_ENDPOINTS = (
+    "heartbeat",
+    "heartbeats",
+    "completion",
+    "container_event",
+    "announcement",
+    "tasks",
+    "ping",
+    "sentry",
+)
+REJECTION_REASONS = (
+    "invalid_json",
+    "invalid_field",
+    "too_large",
+    "unsupported_media_type",
+    "capacity",
+    "unauthorized",
+    "forbidden",
+)
 TELEMETRY_STAGES = ("build", "export")
 _BUCKET_LABELS = tuple(f"{b:g}" for b in f.DURATION_BUCKETS) + ("+Inf",)
 
@@ -58,10 +73,21 @@ _INFO, _STATUS, _LAST, _INTERVAL, _START, _END, _RATIO, _MAX_RUNTIME = (family.n
 
 
 #: The tasks' gauge families, in exposition order.
-_TASK_GAUGES = (f.TASK_INFO, f.TASK_STATUS, f.TASK_LAST_START, f.TASK_LAST_SUCCESS, f.TASK_LAST_FAILURE,
-                f.TASK_NEXT_DEADLINE, f.TASK_CONSECUTIVE_FAILURES, f.TASK_FAILURE_THRESHOLD,
-                f.TASK_EXPECTED_MAX_RUNTIME, f.TASK_MAX_CONCURRENCY, f.TASK_UPSTREAM_UNHEALTHY,
-                f.TASK_UPSTREAM_BLOCKING, f.TASK_PAUSED_UNTIL)
+_TASK_GAUGES = (
+    f.TASK_INFO,
+    f.TASK_STATUS,
+    f.TASK_LAST_START,
+    f.TASK_LAST_SUCCESS,
+    f.TASK_LAST_FAILURE,
+    f.TASK_NEXT_DEADLINE,
+    f.TASK_CONSECUTIVE_FAILURES,
+    f.TASK_FAILURE_THRESHOLD,
+    f.TASK_EXPECTED_MAX_RUNTIME,
+    f.TASK_MAX_CONCURRENCY,
+    f.TASK_UPSTREAM_UNHEALTHY,
+    f.TASK_UPSTREAM_BLOCKING,
+    f.TASK_PAUSED_UNTIL,
+)
 
 
 _TASK_COUNTERS = (f.TASK_MISSED, f.TASK_TOO_SHORT, f.TASK_UNEXPECTED)
@@ -95,34 +121,48 @@ class ExecutionRenderer:
         key = f'execution_id="{_escape(record.execution_id)}",task_name="{_escape(record.metric_task_name)}"'
         labels = record.labels or {}
         extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
-        info = (f'{_INFO}{{{key},container_id="{_escape(record.container_id or "")}",'
-                f'task_type="{_escape(record.task_type or "")}",trace_id="{record.trace_id}",'
-                f'container_name="{_escape(record.container_name or "")}",'
-                f'image="{_escape(record.image or "")}"{extra}}} 1.0\n')
+        info = (
+            f'{_INFO}{{{key},container_id="{_escape(record.container_id or "")}",'
+            f'task_type="{_escape(record.task_type or "")}",trace_id="{record.trace_id}",'
+            f'container_name="{_escape(record.container_name or "")}",'
+            f'image="{_escape(record.image or "")}"{extra}}} 1.0\n'
+        )
         status = f'{_STATUS}{{{key},status="'
         key = f"{{{key}}} "
-        last, ratio, end, max_runtime = (record.last_heartbeat_at, record.progress_ratio, record.ended_at,
-                                         record.max_runtime_seconds)
-        return (info,
-                status + status.join(_STATUS_ENDINGS[record.status]),
-                "" if last is None else f"{_LAST}{key}{float(last)!r}\n",
-                f"{_INTERVAL}{key}{float(record.interval_seconds)!r}\n",
-                f"{_START}{key}{float(record.started_at)!r}\n",
-                "" if end is None else f"{_END}{key}{float(end)!r}\n",
-                "" if ratio is None else f"{_RATIO}{key}{float(ratio)!r}\n",
-                "" if max_runtime is None else f"{_MAX_RUNTIME}{key}{float(max_runtime)!r}\n")
+        last, ratio, end, max_runtime = (
+            record.last_heartbeat_at,
+            record.progress_ratio,
+            record.ended_at,
+            record.max_runtime_seconds,
+        )
+        return (
+            info,
+            status + status.join(_STATUS_ENDINGS[record.status]),
+            "" if last is None else f"{_LAST}{key}{float(last)!r}\n",
+            f"{_INTERVAL}{key}{float(record.interval_seconds)!r}\n",
+            f"{_START}{key}{float(record.started_at)!r}\n",
+            "" if end is None else f"{_END}{key}{float(end)!r}\n",
+            "" if ratio is None else f"{_RATIO}{key}{float(ratio)!r}\n",
+            "" if max_runtime is None else f"{_MAX_RUNTIME}{key}{float(max_runtime)!r}\n",
+        )
 
 
 #: For each current status, the end of every status line after ``status="``, in order.
-_STATUS_ENDINGS = {current: [f'{name}"}} {"1.0" if name == current else "0.0"}\n' for name in STATUSES]
-                   for current in STATUSES}
+_STATUS_ENDINGS = {
+    current: [f'{name}"}} {"1.0" if name == current else "0.0"}\n' for name in STATUSES] for current in STATUSES
+}
 
 
 class Exposition:
     """One scrape: a store snapshot, rendered as Prometheus text or OpenMetrics."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, metric_labels: tuple[str, ...] = (),
-                 version: str = __version__):
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        metric_labels: tuple[str, ...] = (),
+        version: str = __version__,
+    ):
         self.store = store
         self.clock = clock
         self.metric_labels = metric_labels
@@ -137,14 +177,14 @@ class Exposition:
         """
         encoder, content_type = choose_encoder(accept)
         snapshot = self.store.snapshot()
-        bounded = encoder(_Families([*self._per_task(snapshot), *self._task_counters(snapshot),
-                                     *self._bridge(snapshot)]))
+        bounded = encoder(
+            _Families([*self._per_task(snapshot), *self._task_counters(snapshot), *self._bridge(snapshot)])
+        )
         # The gauges first: OpenMetrics's "# EOF" closes the part prometheus-client encodes.
         # Each execution's samples were rendered when it was written: here they are only copied.
         parts = []
         for family, samples in zip(f.EXECUTION_FAMILIES, snapshot.exposition):
-            parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
-                         .encode())
+            parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n".encode())
             parts.append(samples)
         parts.append(self._task_gauges(snapshot).encode())
         parts.append(bounded)
@@ -167,8 +207,7 @@ class Exposition:
             for outcome in OUTCOMES:
                 completions.add_metric([task, outcome], counters.get((f.COMPLETIONS, (task, outcome)), 0.0))
         heartbeats, lost, recoveries = per_task
-        return (executions, heartbeats, completions, lost, recoveries,
-                _durations(counters, snapshot.exemplars))
+        return (executions, heartbeats, completions, lost, recoveries, _durations(counters, snapshot.exemplars))
 
     def _task_gauges(self, snapshot: Snapshot) -> str:
         """Return the text of the tasks' gauges: what each is, its status now, its last runs,
@@ -176,32 +215,57 @@ class Exposition:
         prometheus-client's encoders take several times as long per sample."""
         now = self.clock()
         lines: list[list[str]] = [[] for _ in _TASK_GAUGES]
-        (info, status, last_start, last_success, last_failure, deadline, failures, threshold, budget, concurrency,
-         upstream, blocking, paused_until) = lines
+        (
+            info,
+            status,
+            last_start,
+            last_success,
+            last_failure,
+            deadline,
+            failures,
+            threshold,
+            budget,
+            concurrency,
+            upstream,
+            blocking,
+            paused_until,
+        ) = lines
         statuses = {task.task_name: status_at(task, now) for task in snapshot.tasks}
         for task in snapshot.tasks:
             key = f'task_name="{_escape(task.task_name)}"'
             declared, _ = effective_declaration(task)
             labels = declared.labels if declared is not None else {}
             extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
-            info.append(f'{f.TASK_INFO.name}{{{key},task_type="{_escape(task.task_type or "")}",'
-                        f'schedule="{_escape(declared.schedule_text if declared is not None else "")}"{extra}}} 1.0\n')
+            info.append(
+                f'{f.TASK_INFO.name}{{{key},task_type="{_escape(task.task_type or "")}",'
+                f'schedule="{_escape(declared.schedule_text if declared is not None else "")}"{extra}}} 1.0\n'
+            )
             current = statuses[task.task_name]
             for each in TASK_STATUSES:
                 status.append(f'{f.TASK_STATUS.name}{{{key},status="{each}"}} {"1.0" if each == current else "0.0"}\n')
             for family, found, value in (
-                    (f.TASK_LAST_START, last_start, task.last_start_at),
-                    (f.TASK_LAST_SUCCESS, last_success, task.last_success_at),
-                    (f.TASK_LAST_FAILURE, last_failure, task.last_failure_at),
-                    (f.TASK_NEXT_DEADLINE, deadline, None if task.paused else task.deadline_at),
-                    (f.TASK_CONSECUTIVE_FAILURES, failures, task.consecutive_failures),
-                    (f.TASK_FAILURE_THRESHOLD, threshold,
-                     declared.failure_threshold if declared is not None else DEFAULT_FAILURE_THRESHOLD),
-                    (f.TASK_EXPECTED_MAX_RUNTIME, budget, declared.max_runtime_seconds if declared else None),
-                    (f.TASK_MAX_CONCURRENCY, concurrency, declared.max_concurrency if declared else None),
-                    (f.TASK_UPSTREAM_UNHEALTHY, upstream,
-                     (float(any(statuses.get(name) in UNHEALTHY_STATUSES for name in declared.depends_on))
-                      if declared is not None and declared.depends_on else None))):
+                (f.TASK_LAST_START, last_start, task.last_start_at),
+                (f.TASK_LAST_SUCCESS, last_success, task.last_success_at),
+                (f.TASK_LAST_FAILURE, last_failure, task.last_failure_at),
+                (f.TASK_NEXT_DEADLINE, deadline, None if task.paused else task.deadline_at),
+                (f.TASK_CONSECUTIVE_FAILURES, failures, task.consecutive_failures),
+                (
+                    f.TASK_FAILURE_THRESHOLD,
+                    threshold,
+                    declared.failure_threshold if declared is not None else DEFAULT_FAILURE_THRESHOLD,
+                ),
+                (f.TASK_EXPECTED_MAX_RUNTIME, budget, declared.max_runtime_seconds if declared else None),
+                (f.TASK_MAX_CONCURRENCY, concurrency, declared.max_concurrency if declared else None),
+                (
+                    f.TASK_UPSTREAM_UNHEALTHY,
+                    upstream,
+                    (
+                        float(any(statuses.get(name) in UNHEALTHY_STATUSES for name in declared.depends_on))
+                        if declared is not None and declared.depends_on
+                        else None
+                    ),
+                ),
+            ):
                 if value is not None:
                     found.append(f"{family.name}{{{key}}} {_number(value)}\n")
             if task.paused_until is not None and is_paused(task, now):
@@ -209,8 +273,10 @@ class Exposition:
             for name in declared.depends_on if declared is not None else ():
                 if statuses.get(name) in UNHEALTHY_STATUSES:
                     blocking.append(f'{f.TASK_UPSTREAM_BLOCKING.name}{{{key},upstream="{_escape(name)}"}} 1.0\n')
-        return "".join(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n"
-                       + "".join(family_lines) for family, family_lines in zip(_TASK_GAUGES, lines))
+        return "".join(
+            f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n" + "".join(family_lines)
+            for family, family_lines in zip(_TASK_GAUGES, lines)
+        )
 
     def _task_counters(self, snapshot: Snapshot) -> Iterable[Metric]:
         # Every task gets its zeros, so that increase() sees the first event.
@@ -223,25 +289,31 @@ class Exposition:
     def _bridge(self, snapshot: Snapshot) -> Iterable[Metric]:
         rejected = _family(f.BRIDGE_REJECTED)
         seen = {labels for (name, labels) in snapshot.counters if name == f.REJECTED}
-        for endpoint, reason in sorted(seen | {(e, r) for e in INGEST_ENDPOINTS
-                                               for r in REJECTION_REASONS}):
-            rejected.add_metric([endpoint, reason],
-                                snapshot.counters.get((f.REJECTED, (endpoint, reason)), 0.0))
+        for endpoint, reason in sorted(seen | {(e, r) for e in INGEST_ENDPOINTS for r in REJECTION_REASONS}):
+            rejected.add_metric([endpoint, reason], snapshot.counters.get((f.REJECTED, (endpoint, reason)), 0.0))
         telemetry = _family(f.BRIDGE_TELEMETRY_ERRORS)
         for stage in TELEMETRY_STAGES:
             telemetry.add_metric([stage], snapshot.counters.get((f.TELEMETRY_ERRORS, (stage,)), 0.0))
         build = _family(f.BRIDGE_BUILD_INFO)
         build.add_metric([self.version], 1)
-        tasks_file = [_family(definition, float(snapshot.notes[note]))
-                      for definition, note in ((f.BRIDGE_TASKS_FILE_OK, f.TASKS_FILE_OK),
-                                               (f.BRIDGE_TASKS_FILE_RELOADED, f.TASKS_FILE_RELOADED_AT))
-                      if isinstance(snapshot.notes.get(note), (int, float))]
-        return (rejected, telemetry, *tasks_file,
-                _family(f.BRIDGE_TRACKED, sum(snapshot.executions.values())),
-                _family(f.BRIDGE_TRACKED_LIMIT, self.store.max_executions),
-                _family(f.BRIDGE_TASK_NAMES, len(snapshot.task_names)),
-                _family(f.BRIDGE_TASK_NAMES_LIMIT, self.store.max_task_names),
-                build)
+        tasks_file = [
+            _family(definition, float(snapshot.notes[note]))
+            for definition, note in (
+                (f.BRIDGE_TASKS_FILE_OK, f.TASKS_FILE_OK),
+                (f.BRIDGE_TASKS_FILE_RELOADED, f.TASKS_FILE_RELOADED_AT),
+            )
+            if isinstance(snapshot.notes.get(note), (int, float))
+        ]
+        return (
+            rejected,
+            telemetry,
+            *tasks_file,
+            _family(f.BRIDGE_TRACKED, sum(snapshot.executions.values())),
+            _family(f.BRIDGE_TRACKED_LIMIT, self.store.max_executions),
+            _family(f.BRIDGE_TASK_NAMES, len(snapshot.task_names)),
+            _family(f.BRIDGE_TASK_NAMES_LIMIT, self.store.max_task_names),
+            build,
+        )
 
 
 _KINDS = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}
@@ -256,8 +328,9 @@ def _family(definition: f.Family, value: float | None = None) -> Any:
     return kind(definition.name, definition.documentation, labels=list(definition.labels))
 
 
-def _durations(counters: dict[tuple[str, tuple[str, ...]], float],
-               exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]]) -> HistogramMetricFamily:
+def _durations(
+    counters: dict[tuple[str, tuple[str, ...]], float], exemplars: dict[tuple[str, tuple[str, ...]], tuple[str, float]]
+) -> HistogramMetricFamily:
     """Return the duration histogram; each bucket's exemplar is its latest execution's trace."""
     family = _family(f.TASK_DURATION)
     buckets: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
@@ -269,7 +342,8 @@ def _durations(counters: dict[tuple[str, tuple[str, ...]], float],
         for le in _BUCKET_LABELS:
             cumulative += buckets[key].get(le, 0.0)
             exemplar = exemplars.get((f.DURATION + "_bucket", key + (le,)))
-            rows.append((le, cumulative, Exemplar({"trace_id": exemplar[0]}, exemplar[1]))
-                        if exemplar else (le, cumulative))
+            rows.append(
+                (le, cumulative, Exemplar({"trace_id": exemplar[0]}, exemplar[1])) if exemplar else (le, cumulative)
+            )
         family.add_metric(list(key), rows, counters.get((f.DURATION + "_sum", key), 0.0))
     return family

@@ -30,8 +30,14 @@ from ..core.errors import ConfigError
 from ..core.executions import Execution
 from ..core.ids import segment_span_id
 
-__all__ = ["EXECUTION_SPAN", "ExecutionSpans", "PresetIdGenerator", "TracingConfigError",
-           "new_provider", "provider_from_env"]
+__all__ = [
+    "EXECUTION_SPAN",
+    "ExecutionSpans",
+    "PresetIdGenerator",
+    "TracingConfigError",
+    "new_provider",
+    "provider_from_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +140,24 @@ def _exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     if name != "otlp":
-        raise TracingConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} "
-                                 "(use otlp, console or none)")
-    variable = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                else "OTEL_EXPORTER_OTLP_PROTOCOL")
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (use otlp, console or none)")
+    variable = (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        else "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
     protocol = os.environ.get(variable, "").strip() or DEFAULT_OTLP_PROTOCOL
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         return OTLPSpanExporter()
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
         except ImportError:
-            raise TracingConfigError(f"{variable}=grpc needs the gRPC exporter: "
-                                     "pip install 'heartbeat-bridge[grpc]'") from None
+            raise TracingConfigError(
+                f"{variable}=grpc needs the gRPC exporter: pip install 'heartbeat-bridge[grpc]'"
+            ) from None
         return GrpcExporter()
     raise TracingConfigError(f"{variable} must be http/protobuf or grpc, got {protocol!r}")
 
@@ -188,8 +198,7 @@ def _parent(traceparent: str | None) -> Context | None:
     if not traceparent:
         return None
     _version, trace_id, span_id, flags = traceparent.split("-")
-    remote = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
-                         trace_flags=TraceFlags(int(flags, 16)))
+    remote = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
     return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
@@ -225,22 +234,37 @@ class ExecutionSpans:
         trace_id = int(record.trace_id, 16)
         links = []
         if record.segment > 0:  # a recovery: point back at the segment that was lost
-            previous = SpanContext(trace_id, int(segment_span_id(record.execution_id, record.segment - 1), 16),
-                                   is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            previous = SpanContext(
+                trace_id,
+                int(segment_span_id(record.execution_id, record.segment - 1), 16),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
             links.append(Link(previous, {"task.link": "recovered_from"}))
         with self._ids.preset(trace_id, int(segment_span_id(record.execution_id, record.segment), 16)):
-            span = self._tracer.start_span(EXECUTION_SPAN, context=_parent(record.traceparent),
-                                           kind=SpanKind.INTERNAL, start_time=_ns(start),
-                                           links=links, attributes=_attributes(record))
+            span = self._tracer.start_span(
+                EXECUTION_SPAN,
+                context=_parent(record.traceparent),
+                kind=SpanKind.INTERNAL,
+                start_time=_ns(start),
+                links=links,
+                attributes=_attributes(record),
+            )
         for at, status, reported in record.events:
-            span.add_event(STATUS_EVENT, {"task.status": status, "task.reported_status": reported or ""},
-                           timestamp=_ns(min(max(at, start), end)))
+            span.add_event(
+                STATUS_EVENT,
+                {"task.status": status, "task.reported_status": reported or ""},
+                timestamp=_ns(min(max(at, start), end)),
+            )
         inside = trace.set_span_in_context(span)
         for stage, stage_start, stage_end in record.stages:
             stage_start = min(max(stage_start, start), end)
-            child = self._tracer.start_span(stage, context=inside, start_time=_ns(stage_start),
-                                            attributes={"task.stage": stage,
-                                                        "task.execution_id": record.execution_id})
+            child = self._tracer.start_span(
+                stage,
+                context=inside,
+                start_time=_ns(stage_start),
+                attributes={"task.stage": stage, "task.execution_id": record.execution_id},
+            )
             child.end(end_time=_ns(min(max(stage_end if stage_end is not None else end, stage_start), end)))
         if record.status == "completed":
             span.set_status(Status(StatusCode.OK))
@@ -276,7 +300,11 @@ def _attributes(record: Execution) -> dict[str, Any]:
     if record.status == "lost":
         attributes["error.type"] = "lost"
     elif record.status == "failed":
-        attributes["error.type"] = ("oom_killed" if record.oom_killed
-                                    else "container_exited" if record.end_cause == "container"
-                                    else "task_failed")
+        attributes["error.type"] = (
+            "oom_killed"
+            if record.oom_killed
+            else "container_exited"
+            if record.end_cause == "container"
+            else "task_failed"
+        )
     return attributes

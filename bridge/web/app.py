@@ -57,15 +57,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         monitor.tasks_file = TasksFile(settings.tasks_file)
     if tracer_provider is not None:
         from ..telemetry.tracing import ExecutionSpans
-        monitor.spans = ExecutionSpans(tracer_provider,
-                                       on_error=lambda: monitor.telemetry_error("build"))
+
+        monitor.spans = ExecutionSpans(tracer_provider, on_error=lambda: monitor.telemetry_error("build"))
     app.extensions[EXTENSION_KEY] = Bridge(
-        settings=settings, monitor=monitor, exposition=Exposition(store, clock, settings.metric_labels),
+        settings=settings,
+        monitor=monitor,
+        exposition=Exposition(store, clock, settings.metric_labels),
         reaper=Reaper(monitor, settings.reaper_interval_seconds),
         limits=Limits(max_field_bytes=settings.max_field_bytes),
         authorizer=Authorizer(settings),
         tracer_provider=tracer_provider,
-        alertmanager=AlertmanagerView(settings.alertmanager_url) if settings.alertmanager_url else None)
+        alertmanager=AlertmanagerView(settings.alertmanager_url) if settings.alertmanager_url else None,
+    )
 
     errors.init_app(app)
     app.register_blueprint(ingest.bp)

@@ -31,9 +31,22 @@ from ..core.errors import (
 )
 from .extension import current_bridge
 
-__all__ = ["ApiError", "Conflict", "Forbidden", "InvalidInput", "InvalidJSON", "NotFound", "RequestTimeout",
-           "TooLarge", "Unauthorized", "UnsupportedMediaType", "error_response", "http_status", "init_app",
-           "refusals"]
+__all__ = [
+    "ApiError",
+    "Conflict",
+    "Forbidden",
+    "InvalidInput",
+    "InvalidJSON",
+    "NotFound",
+    "RequestTimeout",
+    "TooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "error_response",
+    "http_status",
+    "init_app",
+    "refusals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +118,11 @@ def refusals(bp: Blueprint, endpoint: str | Callable[[], str], render: Render = 
 
 def by_view(labels: dict[str, str] | None = None) -> Callable[[], str]:
     """Return an endpoint label function: the view's name, or its entry in ``labels``."""
+
     def label() -> str:
         view = (request.endpoint or "").rpartition(".")[2]
         return (labels or {}).get(view, view)
+
     return label
 
 
@@ -126,7 +141,8 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if code == 404:
             message = f"no endpoint at {request.path[:200]}" + (
-                " (an empty segment: does the base URL end with '/'?)" if "//" in request.path else "")
+                " (an empty segment: does the base URL end with '/'?)" if "//" in request.path else ""
+            )
         response = error_response(code, message)
         for name, value in exc.get_headers():  # such as Allow on a 405
             if name.lower() != "content-type":

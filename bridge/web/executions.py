@@ -18,8 +18,17 @@ from .validation import parse_announcement
 __all__ = ["bp", "execution_json"]
 
 bp = Blueprint("executions", __name__, url_prefix="/api/v1/executions")
-refusals(bp, by_view({"announce": "announcement", "list_executions": "executions", "get_execution": "executions",
-                      "forget": "executions"}))
+refusals(
+    bp,
+    by_view(
+        {
+            "announce": "announcement",
+            "list_executions": "executions",
+            "get_execution": "executions",
+            "forget": "executions",
+        }
+    ),
+)
 
 
 @bp.before_request
@@ -27,6 +36,7 @@ def _authorize() -> None:
     # an announcement and a deletion are ingest, with the ingest tokens
     if request.method in ("GET", "HEAD"):
         current_bridge().authorizer.read(request.headers.get("Authorization"))
+
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -49,15 +59,16 @@ def list_executions() -> ResponseReturnValue:
     raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
     # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and full-width digits; and
     # few of them, since int() refuses thousands.
-    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) \
-            or not 1 <= int(raw_limit) <= MAX_PAGE:
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", "limit")
     limit = int(raw_limit)
     records = current_bridge().monitor.store.query(
-        status=status, task_name=request.args.get("task_name"),
-        after=request.args.get("after"), limit=limit)
-    return jsonify(executions=[execution_json(r) for r in records],
-                   next_after=records[-1].execution_id if len(records) == limit else None)
+        status=status, task_name=request.args.get("task_name"), after=request.args.get("after"), limit=limit
+    )
+    return jsonify(
+        executions=[execution_json(r) for r in records],
+        next_after=records[-1].execution_id if len(records) == limit else None,
+    )
 
 
 @bp.get("/<path:execution_id>")
@@ -96,7 +107,9 @@ def forget(execution_id: str) -> ResponseReturnValue:
     if outcome.result == "missing":
         raise NotFound(f"no execution {canonical!r}", "execution_id")
     if outcome.result == "live":
-        raise Conflict(f"execution {canonical!r} is still running: it can be forgotten once it "
-                       "has ended or is lost", "execution_id")
+        raise Conflict(
+            f"execution {canonical!r} is still running: it can be forgotten once it has ended or is lost",
+            "execution_id",
+        )
     assert outcome.record is not None
     return jsonify(status="ok", execution_id=canonical, forgotten=True, execution_status=outcome.record.status)

@@ -52,10 +52,12 @@ class Bridge:
 
         if self.monitor.spans is None:
             self.tracer_provider = tracing.provider_from_env(
-                on_export_failure=lambda spans: self.monitor.telemetry_error("export", spans))
+                on_export_failure=lambda spans: self.monitor.telemetry_error("export", spans)
+            )
             if self.tracer_provider is not None:
                 self.monitor.spans = tracing.ExecutionSpans(
-                    self.tracer_provider, on_error=lambda: self.monitor.telemetry_error("build"))
+                    self.tracer_provider, on_error=lambda: self.monitor.telemetry_error("build")
+                )
         try:
             self.monitor.refresh_tasks_file()
         except StoreUnavailable as exc:  # the reaper's rounds try again

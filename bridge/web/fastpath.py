@@ -67,9 +67,12 @@ class HeartbeatFastPath:
 
     def _plain_heartbeat_body(self, environ: dict[str, Any]) -> bytes | None:
         """Return the body of a heartbeat the fast path takes; None leaves the request to Flask."""
-        if (environ.get("PATH_INFO") != HEARTBEAT_PATH or environ.get("REQUEST_METHOD") != "POST"
-                or "HTTP_TRANSFER_ENCODING" in environ
-                or self.app.debug):  # Flask's debugger, and its indented answers
+        if (
+            environ.get("PATH_INFO") != HEARTBEAT_PATH
+            or environ.get("REQUEST_METHOD") != "POST"
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or self.app.debug
+        ):  # Flask's debugger, and its indented answers
             return None
         declared = environ.get("CONTENT_LENGTH", "")
         if not (declared.isascii() and declared.isdigit()):
@@ -87,8 +90,9 @@ class HeartbeatFastPath:
             return None
         return body
 
-    def _to_flask(self, environ: dict[str, Any], start_response: StartResponse, body: bytes,
-                  error: Exception | None = None) -> Iterable[bytes]:
+    def _to_flask(
+        self, environ: dict[str, Any], start_response: StartResponse, body: bytes, error: Exception | None = None
+    ) -> Iterable[bytes]:
         environ["wsgi.input"] = io.BytesIO(body)
         if error is not None:
             environ[FAST_PATH_ERROR] = error

@@ -25,6 +25,7 @@ refusals(bp, by_view())
 #: heartbeat it already gave the store, for the view to answer without applying it again.
 FAST_PATH_ERROR = "bridge.fast_path_error"
 
+
 def _too_large(max_bytes: int) -> TooLarge:
     return TooLarge(f"body is larger than {max_bytes} bytes", "body")
 
@@ -70,8 +71,12 @@ def heartbeat_answer(execution_id: str, outcome: Outcome) -> dict[str, Any]:
     """Return the body of the 200 answer to a committed heartbeat."""
     if outcome.record is None:
         return {"status": "ok", "execution_id": execution_id, "ignored": True}
-    return {"status": "ok", "execution_id": execution_id, "execution_status": outcome.record.status,
-            "interval_seconds": outcome.record.interval_seconds}
+    return {
+        "status": "ok",
+        "execution_id": execution_id,
+        "execution_status": outcome.record.status,
+        "interval_seconds": outcome.record.interval_seconds,
+    }
 
 
 @bp.post("/heartbeat")
@@ -104,8 +109,7 @@ def completion() -> ResponseReturnValue:
 def event_answer(execution_id: str, outcome: Outcome, warnings: tuple[str, ...] = ()) -> Response:
     """Return the 200 answer to an event that may repeat: ``duplicate`` says whether it did,
     ``warnings`` what of it was cut or dropped."""
-    body: dict[str, Any] = {"status": "ok", "execution_id": execution_id,
-                            "duplicate": outcome.result == "duplicate"}
+    body: dict[str, Any] = {"status": "ok", "execution_id": execution_id, "duplicate": outcome.result == "duplicate"}
     if outcome.record is not None:
         body["execution_status"] = outcome.record.status
     if warnings:
@@ -124,9 +128,10 @@ def container_event() -> ResponseReturnValue:
 
 
 #: What a heartbeat of a batch refused after parsing is answered: (status, reason, message).
-_ITEM_REFUSALS = {"capacity": (429, "capacity", "the bridge tracks as many executions as BRIDGE_MAX_EXECUTIONS "
-                               "allows"),
-                  "conflict": (409, "conflict", "task_schedule.ping_uuid is held by another task")}
+_ITEM_REFUSALS = {
+    "capacity": (429, "capacity", "the bridge tracks as many executions as BRIDGE_MAX_EXECUTIONS allows"),
+    "conflict": (409, "conflict", "task_schedule.ping_uuid is held by another task"),
+}
 
 
 @bp.post("/heartbeats")
@@ -165,12 +170,16 @@ def heartbeats() -> ResponseReturnValue:
         elif outcome.record is None:
             results[index] = {"status": "ok", "execution_id": hb.execution_id, "ignored": True}
         else:
-            results[index] = {"status": "ok", "execution_id": hb.execution_id,
-                              "execution_status": outcome.record.status}
+            results[index] = {
+                "status": "ok",
+                "execution_id": hb.execution_id,
+                "execution_status": outcome.record.status,
+            }
     for reason, count in refused.items():
         bridge.monitor.reject("heartbeats", reason, count)
-    return jsonify(status="ok", accepted=len(body) - sum(refused.values()),
-                   rejected=sum(refused.values()), results=results)
+    return jsonify(
+        status="ok", accepted=len(body) - sum(refused.values()), rejected=sum(refused.values()), results=results
+    )
 
 
 def _batch_item(item: Any, bridge: Any, grant: Any) -> Heartbeat | BridgeError:

@@ -48,8 +48,10 @@ PAGE_EXECUTIONS = 100
 LIVE_STATUSES = ("running", "starting", "lost")
 #: The pages run no script, take no frame and send forms nowhere: a link or text a task
 #: declared cannot act in the origin where the browser holds the metrics token.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 ENDED_STATUSES = ("completed", "failed")
 
 
@@ -78,8 +80,9 @@ def _authorize_action() -> None:
     without the token the API would want: a fleet token, as a bearer or a basic-auth password."""
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
-    if (site is not None and site not in ("same-origin", "none")) or \
-            (origin is not None and origin.rstrip("/") != request.host_url.rstrip("/")):
+    if (site is not None and site not in ("same-origin", "none")) or (
+        origin is not None and origin.rstrip("/") != request.host_url.rstrip("/")
+    ):
         raise Forbidden("a form of another site may not act here", "Origin")
     authorizer = current_bridge().authorizer
     if authorizer.ingest_open:
@@ -89,8 +92,9 @@ def _authorize_action() -> None:
     try:
         grant = authorizer.ingest(f"Bearer {password}" if password else header)
     except Unauthorized:
-        raise Unauthorized("acting needs a fleet token, as the password", "Authorization",
-                           reason="unauthorized") from None
+        raise Unauthorized(
+            "acting needs a fleet token, as the password", "Authorization", reason="unauthorized"
+        ) from None
     if not grant.any_execution:
         raise Forbidden("acting needs a fleet token, not an execution's", "Authorization")
 
@@ -105,13 +109,20 @@ def _guard(response: Response) -> Response:
 
 def _refused(exc: BridgeError, status: int) -> Response:
     if isinstance(exc, StoreUnavailable):
-        response = Response(render_template("pages/error.html", status=503, refresh=REFRESH_SECONDS,
-                                            message="The store is unavailable; this page tries again by itself."),
-                            status=503)
+        response = Response(
+            render_template(
+                "pages/error.html",
+                status=503,
+                refresh=REFRESH_SECONDS,
+                message="The store is unavailable; this page tries again by itself.",
+            ),
+            status=503,
+        )
         response.headers["Retry-After"] = str(REFRESH_SECONDS)
         return response
-    response = Response(render_template("pages/error.html", status=status, message=exc.message, refresh=None),
-                        status=status)
+    response = Response(
+        render_template("pages/error.html", status=status, message=exc.message, refresh=None), status=status
+    )
     if status == 401:  # the browser then asks for the metrics token (a fleet token, to act)
         realm = ACTION_REALM if request.endpoint in _ACTIONS else "Heartbeat Bridge"
         response.headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'
@@ -139,8 +150,7 @@ def _span(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
     seconds = max(0, round(seconds))
-    for unit, size, smaller, smaller_size in (("d", 86_400, "h", 3600), ("h", 3600, "min", 60),
-                                              ("min", 60, "s", 1)):
+    for unit, size, smaller, smaller_size in (("d", 86_400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
         if seconds >= size:
             whole, rest = divmod(seconds, size)
             part = rest // smaller_size
@@ -172,9 +182,15 @@ def _pretty_json(value: Any) -> str:
 def _render(template: str, **context: Any) -> str:
     bridge = current_bridge()
     alerts = bridge.alertmanager.alerts() if bridge.alertmanager is not None else None
-    return render_template(template, now=bridge.monitor.clock(), refresh=REFRESH_SECONDS, alerts=alerts,
-                           trace_url=bridge.settings.trace_url,
-                           base_url=bridge.settings.external_url or request.host_url.rstrip("/"), **context)
+    return render_template(
+        template,
+        now=bridge.monitor.clock(),
+        refresh=REFRESH_SECONDS,
+        alerts=alerts,
+        trace_url=bridge.settings.trace_url,
+        base_url=bridge.settings.external_url or request.host_url.rstrip("/"),
+        **context,
+    )
 
 
 def _page(status: str | None, task_name: str | None, cursor: str | None) -> tuple[list[Execution], str | None]:
@@ -189,9 +205,13 @@ def _page(status: str | None, task_name: str | None, cursor: str | None) -> tupl
             raise InvalidInput("after must be the cursor of a page's next link", "after")
     store = current_bridge().monitor.store
     found: list[Execution] = []
-    for wanted in statuses[statuses.index(start):]:
-        found += store.query(status=wanted, task_name=task_name, after=after if wanted == start else None,
-                             limit=PAGE_EXECUTIONS + 1 - len(found))
+    for wanted in statuses[statuses.index(start) :]:
+        found += store.query(
+            status=wanted,
+            task_name=task_name,
+            after=after if wanted == start else None,
+            limit=PAGE_EXECUTIONS + 1 - len(found),
+        )
         if len(found) > PAGE_EXECUTIONS:
             break
     if len(found) <= PAGE_EXECUTIONS:
@@ -202,10 +222,12 @@ def _page(status: str | None, task_name: str | None, cursor: str | None) -> tupl
 
 def _order(records: list[Execution], now: float) -> list[Execution]:
     """Live executions first, the most recently heard from first; then ended ones, newest first."""
+
     def key(record: Execution) -> tuple[int, float]:
         if record.status in LIVE_STATUSES:
             return 0, -(record.last_heartbeat_at or record.started_at)
         return 1, -(record.ended_at or record.updated_at)
+
     return sorted(records, key=key)
 
 
@@ -221,9 +243,16 @@ def index() -> ResponseReturnValue:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
     tasks = _with_upstreams([task_json(task, now) for task in store.tasks()])
     shown, after = _page(status, task_name, request.args.get("after"))
-    return _render("pages/index.html", tasks=tasks, executions=_order(shown, now), after=after,
-                   statuses=STATUSES, status=status, task_name=task_name,
-                   task_names=sorted({t["task_name"] for t in tasks} | ({task_name} if task_name else set())))
+    return _render(
+        "pages/index.html",
+        tasks=tasks,
+        executions=_order(shown, now),
+        after=after,
+        statuses=STATUSES,
+        status=status,
+        task_name=task_name,
+        task_names=sorted({t["task_name"] for t in tasks} | ({task_name} if task_name else set())),
+    )
 
 
 def _with_upstreams(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,8 +266,11 @@ def _with_upstreams(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _durations(task: dict[str, Any]) -> dict[str, float] | None:
     """Return the median, 95th percentile and longest duration of the task's last completed runs."""
-    runs = [run["ended_at"] - run["started_at"] for run in task["last_executions"]
-            if run["status"] == "completed" and run["ended_at"] is not None]
+    runs = [
+        run["ended_at"] - run["started_at"]
+        for run in task["last_executions"]
+        if run["status"] == "completed" and run["ended_at"] is not None
+    ]
     if not runs:
         return None
     ordered = sorted(runs)
@@ -256,13 +288,22 @@ def task_page(task_name: str) -> ResponseReturnValue:
     now = bridge.monitor.clock()
     record = task_json(task, now)
     upstreams = [bridge.monitor.store.get_task(name) for name in record["depends_on"] or ()]
-    record["blocked_by"] = [up.task_name for up in upstreams
-                            if up is not None and status_at(up, now) in UNHEALTHY_STATUSES]
+    record["blocked_by"] = [
+        up.task_name for up in upstreams if up is not None and status_at(up, now) in UNHEALTHY_STATUSES
+    ]
     _, source = effective_declaration(task)
     cursor = request.args.get("after")
     runs, after = _page(None, task.task_name, cursor)
-    return _render("pages/task.html", task=record, status=status_at(task, now), declared_by=source,
-                   durations=_durations(record), runs=_order(runs, now), after=after, after_cursor=cursor)
+    return _render(
+        "pages/task.html",
+        task=record,
+        status=status_at(task, now),
+        declared_by=source,
+        durations=_durations(record),
+        runs=_order(runs, now),
+        after=after,
+        after_cursor=cursor,
+    )
 
 
 @bp.post("/executions/<path:execution_id>/forget")
@@ -299,8 +340,9 @@ def resume_task(task_name: str) -> ResponseReturnValue:
 @bp.get("/runbooks")
 def runbooks() -> ResponseReturnValue:
     """The runbooks: ``docs/runbooks.md`` as a page, each alert's section at ``#<alert in lower case>``."""
-    return render_template("pages/runbooks.html", body=_runbooks_html(), now=current_bridge().monitor.clock(),
-                           refresh=None)
+    return render_template(
+        "pages/runbooks.html", body=_runbooks_html(), now=current_bridge().monitor.clock(), refresh=None
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -324,8 +366,8 @@ def execution_page(execution_id: str) -> ResponseReturnValue:
     canonical = normalise_id(execution_id)
     record = bridge.monitor.store.get(canonical) if canonical else None
     if record is None:
-        raise NotFound(f"No execution {execution_id[:128]!r} is tracked: unknown, or past its retention.",
-                       "execution_id")
-    trace_link = bridge.settings.trace_url.replace("{trace_id}", record.trace_id) if bridge.settings.trace_url \
-        else None
+        raise NotFound(
+            f"No execution {execution_id[:128]!r} is tracked: unknown, or past its retention.", "execution_id"
+        )
+    trace_link = bridge.settings.trace_url.replace("{trace_id}", record.trace_id) if bridge.settings.trace_url else None
     return _render("pages/execution.html", execution=record, trace_link=trace_link)

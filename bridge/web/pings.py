@@ -43,8 +43,11 @@ _ACTIONS = {"": "success", "start": "start", "fail": "failure", "log": "log"}
 MAX_EXIT_STATUS = 255
 #: Healthchecks' words for each refusal (a rule's refusal adds what is wrong after them).
 _WORDS: tuple[tuple[type[BridgeError], str], ...] = (
-    (NotFound, "not found"), (Conflict, "conflict"), (CapacityError, "rate limit exceeded"),
-    (StoreUnavailable, "service unavailable"), (RequestTimeout, "request timeout"),
+    (NotFound, "not found"),
+    (Conflict, "conflict"),
+    (CapacityError, "rate limit exceeded"),
+    (StoreUnavailable, "service unavailable"),
+    (RequestTimeout, "request timeout"),
 )
 
 
@@ -114,7 +117,7 @@ def _message(body: bytes, ping: _Ping, max_field_bytes: int) -> tuple[str | None
     message, cut = inputs.cut(message, field)
     # A log line is kept in progress, whose limit is in bytes of JSON: halve until it fits.
     while message and ping.phase == "log" and len(jsoncodec.dumps({"log": message}).encode()) > max_field_bytes:
-        message, cut = message[:len(message) // 2 - 1] + "…", f"{field} was cut to fit {max_field_bytes} bytes"
+        message, cut = message[: len(message) // 2 - 1] + "…", f"{field} was cut to fit {max_field_bytes} bytes"
     return message, (cut,) if cut else ()
 
 
@@ -137,8 +140,9 @@ def ping(path: str) -> ResponseReturnValue:
     message, warnings = _message(_body(bridge.settings.ping_body_bytes), ping, bridge.limits.max_field_bytes)
     if ping.key is not None:
         bridge.authorizer.ping_key(ping.key)
-    task, created = bridge.monitor.ping_task(ping_uuid=ping.uuid, key=ping.key, slug=ping.slug,
-                                             create=request.args.get("create") == "1")
+    task, created = bridge.monitor.ping_task(
+        ping_uuid=ping.uuid, key=ping.key, slug=ping.slug, create=request.args.get("create") == "1"
+    )
     bridge.monitor.report(RunReport(task, ping.phase, "hc", run_id, message, ping.exit_status, run_field="rid"))
     response = _text(201, "Created") if created else _text(200, "OK")
     if warnings:

@@ -45,8 +45,7 @@ bp = Blueprint("sentry", __name__)
 _AUTH_KEY = re.compile(r"sentry_key\s*=\s*([^,\s]+)")
 _PHASES = {"in_progress": "start", "ok": "success", "error": "failure"}
 #: Seconds in each unit of an interval schedule (Sentry counts a month as 30 days).
-_UNITS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400,
-          "year": 365 * 86_400}
+_UNITS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400}
 #: Check-ins one envelope may carry: one small request never makes more executions than this.
 MAX_CHECK_INS = 100
 #: The run id Sentry's HTTP form takes for the monitor's newest open check-in.
@@ -65,8 +64,9 @@ refusals(bp, "sentry", _refused)
 
 def _key() -> str | None:
     """Return the public key the request carries (``X-Sentry-Auth``, ``Authorization`` or ``?sentry_key=``)."""
-    found = _AUTH_KEY.search(request.headers.get("X-Sentry-Auth", "")) or \
-        _AUTH_KEY.search(request.headers.get("Authorization", ""))
+    found = _AUTH_KEY.search(request.headers.get("X-Sentry-Auth", "")) or _AUTH_KEY.search(
+        request.headers.get("Authorization", "")
+    )
     return found.group(1) if found else request.args.get("sentry_key")
 
 
@@ -90,15 +90,19 @@ def _body(limit: int) -> bytes:
             return raw
         if encoding in ("gzip", "x-gzip", "deflate"):
             # gzip's header, zlib's, or raw deflate (some clients send that as "deflate")
-            window = 16 + zlib.MAX_WBITS if encoding != "deflate" else \
-                (zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS)
+            window = (
+                16 + zlib.MAX_WBITS
+                if encoding != "deflate"
+                else (zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS)
+            )
             decompressor = zlib.decompressobj(window)
             body = decompressor.decompress(raw, limit + 1)
         elif encoding == "br":
             body = brotli.Decompressor().process(raw, output_buffer_limit=limit + 1)
         else:
-            raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not gzip, deflate or br",
-                                       "Content-Encoding")
+            raise UnsupportedMediaType(
+                f"Content-Encoding {encoding[:40]!r} is not gzip, deflate or br", "Content-Encoding"
+            )
     except (zlib.error, brotli.error):
         raise InvalidJSON(f"the body is not valid {encoding}", "body") from None
     if len(body) > limit:
@@ -123,8 +127,8 @@ def _items(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]]:
             end = rest.find(b"\n", position)
             payload, position = (rest[position:], len(rest)) if end < 0 else (rest[position:end], end + 1)
         elif isinstance(length, int) and not isinstance(length, bool) and 0 <= length <= len(rest) - position:
-            payload, position = rest[position:position + length], position + length
-            if rest[position:position + 1] == b"\n":
+            payload, position = rest[position : position + length], position + length
+            if rest[position : position + 1] == b"\n":
                 position += 1
         else:
             raise InvalidJSON("an item's length runs past the envelope", "body")
@@ -159,10 +163,12 @@ def _monitor_config(config: Any, slug: str) -> TaskDeclaration:
     elif isinstance(schedule, dict) and schedule.get("type") == "interval":
         unit = schedule.get("unit")
         if not isinstance(unit, str) or unit not in _UNITS:
-            raise InvalidInput(f"monitor_config.schedule.unit must be one of {', '.join(_UNITS)}",
-                               "monitor_config.schedule.unit")
-        value = inputs.number(schedule.get("value"), "monitor_config.schedule.value", 1,
-                              MAX_PERIOD_SECONDS / _UNITS[unit])
+            raise InvalidInput(
+                f"monitor_config.schedule.unit must be one of {', '.join(_UNITS)}", "monitor_config.schedule.unit"
+            )
+        value = inputs.number(
+            schedule.get("value"), "monitor_config.schedule.value", 1, MAX_PERIOD_SECONDS / _UNITS[unit]
+        )
         if value is None:
             raise InvalidInput("monitor_config.schedule.value is required", "monitor_config.schedule.value")
         fields["period_seconds"] = value * _UNITS[unit]
@@ -181,8 +187,10 @@ def _monitor_config(config: Any, slug: str) -> TaskDeclaration:
     try:
         return parse_declaration(declared, slug, "monitor_config.")
     except InvalidInput as exc:  # Sentry's names for the fields it renamed
-        renamed = {"monitor_config.failure_threshold": "monitor_config.failure_issue_threshold",
-                   "monitor_config.labels": "monitor_config.owner"}.get(exc.field or "", exc.field)
+        renamed = {
+            "monitor_config.failure_threshold": "monitor_config.failure_issue_threshold",
+            "monitor_config.labels": "monitor_config.owner",
+        }.get(exc.field or "", exc.field)
         raise InvalidInput(exc.message.replace(exc.field or "", renamed or "", 1), renamed) from None
 
 
@@ -200,10 +208,15 @@ def _check_in(payload: Any) -> tuple[RunReport, TaskDeclaration | None]:
     duration = inputs.number(payload.get("duration"), "duration", 0, MAX_DURATION_SECONDS)
     config = payload.get("monitor_config")
     phase = _PHASES[status]
-    report = RunReport(slug, phase, "sentry", run_id,
-                       message="the check-in reported an error" if phase == "failure" else None,
-                       result_data={"duration": duration} if duration is not None else None,
-                       run_field="check_in_id")
+    report = RunReport(
+        slug,
+        phase,
+        "sentry",
+        run_id,
+        message="the check-in reported an error" if phase == "failure" else None,
+        result_data={"duration": duration} if duration is not None else None,
+        run_field="check_in_id",
+    )
     return report, _monitor_config(config, slug) if config is not None else None
 
 
@@ -233,8 +246,11 @@ def cron(project_id: int, monitor_slug: str, key: str) -> ResponseReturnValue:
     payload: dict[str, Any] = {}
     if request.method == "POST" and request.content_length:
         payload = _json_object(_body(bridge.settings.max_body_bytes), "body")
-    payload = {**payload, "monitor_slug": monitor_slug,
-               **{name: request.args[name] for name in ("status", "check_in_id") if name in request.args}}
+    payload = {
+        **payload,
+        "monitor_slug": monitor_slug,
+        **{name: request.args[name] for name in ("status", "check_in_id") if name in request.args},
+    }
     [run_id] = bridge.monitor.check_in(str(project_id), [_check_in(payload)])
     response = jsonify(id=run_id)
     response.status_code = 202

@@ -22,25 +22,48 @@ bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 refusals(bp, "tasks")
 
 #: Record fields that are bookkeeping, not part of the public task object.
-_INTERNAL = frozenset({"declarations", "version", "deadline_at", "recent", "declared_at", "running", "running_ids",
-                       "created_by_ping_key", "failing"})
+_INTERNAL = frozenset(
+    {
+        "declarations",
+        "version",
+        "deadline_at",
+        "recent",
+        "declared_at",
+        "running",
+        "running_ids",
+        "created_by_ping_key",
+        "failing",
+    }
+)
 
 
 def task_json(task: Task, now: float) -> dict[str, Any]:
     """Return the public JSON object of ``task`` at ``now`` (times in unix seconds)."""
     declared, source = effective_declaration(task)
     # an undeclared task: the defaults, and no schedule to be late for
-    fields = declared.to_dict() if declared is not None else {
-        **TaskDeclaration().to_dict(), "timezone": None, "start_grace_seconds": None, "early_grace_seconds": None}
+    fields = (
+        declared.to_dict()
+        if declared is not None
+        else {**TaskDeclaration().to_dict(), "timezone": None, "start_grace_seconds": None, "early_grace_seconds": None}
+    )
     # the ping key whose slug URLs reach it: the one declared, else the one that created it
     fields["ping_key"] = fields.get("ping_key") or task.created_by_ping_key
     public = {k: v for k, v in vars(task).items() if k not in _INTERNAL}
-    return {**public, **fields, "status": status_at(task, now), "declared_by": source,
-            "paused": is_paused(task, now), "paused_until": task.paused_until if is_paused(task, now) else None,
-            "running": task.running_ids, "running_count": task.running,
-            "next_run_deadline_at": None if task.paused else task.deadline_at,
-            "last_executions": [{"execution_id": run[0], "status": run[1], "started_at": run[2], "ended_at": run[3]}
-                                for run in reversed(task.recent)]}
+    return {
+        **public,
+        **fields,
+        "status": status_at(task, now),
+        "declared_by": source,
+        "paused": is_paused(task, now),
+        "paused_until": task.paused_until if is_paused(task, now) else None,
+        "running": task.running_ids,
+        "running_count": task.running,
+        "next_run_deadline_at": None if task.paused else task.deadline_at,
+        "last_executions": [
+            {"execution_id": run[0], "status": run[1], "started_at": run[2], "ended_at": run[3]}
+            for run in reversed(task.recent)
+        ],
+    }
 
 
 def _task_name(name: str, refusal: type[BridgeError] = NotFound) -> str:
@@ -117,8 +140,9 @@ def pause_task(name: str) -> ResponseReturnValue:
     body = inputs.object_of(body, "body")
     unknown = sorted(set(body) - {"seconds", "until"})
     if unknown or ("seconds" in body and "until" in body):
-        raise InvalidInput("the body may hold seconds or until (unix seconds), not both", unknown[0] if unknown
-                           else "until")
+        raise InvalidInput(
+            "the body may hold seconds or until (unix seconds), not both", unknown[0] if unknown else "until"
+        )
     now = bridge.monitor.clock()
     seconds = inputs.number(body.get("seconds"), "seconds", 1, MAX_PAUSE_SECONDS)
     until = inputs.number(body.get("until"), "until", now + 1, now + MAX_PAUSE_SECONDS)

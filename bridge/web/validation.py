@@ -18,8 +18,7 @@ from ..core.errors import InvalidInput, InvalidJSON
 from ..core.events import CONTAINER_EVENTS, REPORTED_STATUSES, Announcement, Completion, ContainerEvent, Heartbeat
 from ..core.ids import is_traceparent
 
-__all__ = ["Limits", "parse_announcement", "parse_completion", "parse_container_event", "parse_heartbeat",
-           "parse_json"]
+__all__ = ["Limits", "parse_announcement", "parse_completion", "parse_container_event", "parse_heartbeat", "parse_json"]
 
 MAX_TIMESTAMP = 1e11  # year 5138; a millisecond timestamp is far above it
 MAX_INTERVAL = 86_400.0
@@ -88,7 +87,7 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
 
 
 def _exit_code(body: dict[str, Any]) -> int | None:
-    return inputs.integer(body.get("exit_code"), "exit_code", -2**31, 2**31 - 1)
+    return inputs.integer(body.get("exit_code"), "exit_code", -(2**31), 2**31 - 1)
 
 
 def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = None) -> Heartbeat:
@@ -107,8 +106,7 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
     traceparent = body.get("traceparent")
     if traceparent is not None:
         if not isinstance(traceparent, str) or not _TRACEPARENT_FORM.fullmatch(traceparent):
-            raise InvalidInput("traceparent must be a W3C traceparent "
-                               "(00-<32 hex>-<16 hex>-<2 hex>)", "traceparent")
+            raise InvalidInput("traceparent must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)", "traceparent")
         if not is_traceparent(traceparent):
             traceparent = None  # all-zero ids: W3C Trace Context says to ignore it
     elif traceparent_header and is_traceparent(traceparent_header.strip()):
@@ -124,8 +122,9 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
         container_id=inputs.identifier(body.get("container_id"), "container_id"),
         status=status,
         progress=inputs.document(body.get("progress"), "progress", limits.max_field_bytes),
-        timestamp=inputs.number(body.get("timestamp"), "timestamp", 0, MAX_TIMESTAMP,
-                                "unix seconds (not milliseconds)"),
+        timestamp=inputs.number(
+            body.get("timestamp"), "timestamp", 0, MAX_TIMESTAMP, "unix seconds (not milliseconds)"
+        ),
         task_name=task_name,
         task_type=_text(body, "task_type"),
         interval_seconds=_number(body, "interval_seconds", 1, MAX_INTERVAL),
@@ -137,7 +136,9 @@ def parse_heartbeat(body: Any, limits: Limits, traceparent_header: str | None = 
 
 
 def parse_container_event(body: Any) -> ContainerEvent:
-    """Return the :class:`ContainerEvent` in a decoded JSON ``body``. Raises :class:`~bridge.core.errors.InvalidInput`.
+    """Return the :class:`ContainerEvent` in a decoded JSON ``body``.
+
+    Raises :class:`~bridge.core.errors.InvalidInput`.
     """
     body = _object(body)
     execution_id = inputs.execution_id(body.get("execution_id"))
