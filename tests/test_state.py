@@ -253,6 +253,20 @@ def test_it_reads_values_written_by_older_and_newer_versions():
     assert older.version == 0 and older.events == record.events
 
 
+def test_it_reads_stages_and_status_changes_back_by_name():
+    from bridge.store.codec import decode_record, encode_record
+
+    record, _ = beat(None, T0, task_name="etl", progress={"stage": "download"})
+    record, _ = beat(record, T0 + 30, progress={"stage": "load"})
+    again = decode_record(encode_record(record))
+    assert again == record
+    assert [(stage.name, stage.started_at, stage.ended_at) for stage in again.stages] == [
+        ("download", T0, T0 + 30),
+        ("load", T0 + 30, None),
+    ]
+    assert [(change.at, change.status) for change in again.events] == [(T0, "running")]
+
+
 def test_it_leaves_the_current_record_untouched_by_the_next_decision():
     record, _ = beat(None, T0, progress={"stage": "load"})
     before = copy.deepcopy(record.to_dict())

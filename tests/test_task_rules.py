@@ -11,6 +11,7 @@ from bridge.core import tasks
 from bridge.core.declarations import DeclarationError, TaskDeclaration, next_slot, parse_declaration
 from bridge.core.executions import Execution
 from bridge.service.tasks_file import parse_tasks
+from bridge.store.codec import decode_task, encode_task
 from bridge.telemetry import families
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -176,7 +177,8 @@ def test_it_keeps_a_task_running_while_any_of_its_overlapping_runs_does():
     assert tasks.status_at(task, T0 + 20) == "up" and task.running == 1
     task = end(task, "b", T0 + 30, "failed")
     assert task.running == 0 and task.consecutive_failures == 1
-    assert [run[:2] for run in task.recent] == [["a", "completed"], ["b", "failed"]]
+    assert [(run.execution_id, run.status) for run in task.recent] == [("a", "completed"), ("b", "failed")]
+    assert decode_task(encode_task(task)).recent == task.recent  # read back as named runs
 
 
 def test_it_counts_many_overlapping_runs_and_keeps_the_ids_of_the_newest():

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from .counters import COMPLETIONS, DURATION, DURATION_BUCKETS, HEARTBEATS, LOST, RECOVERIES
 from .declarations import TaskDeclaration
@@ -35,6 +35,8 @@ __all__ = [
     "Increment",
     "Outcome",
     "Rules",
+    "Stage",
+    "StatusChange",
     "TaskLabel",
     "apply_announcement",
     "apply_completion",
@@ -93,6 +95,22 @@ class Rules:
         return self.lost_after_intervals * self.default_interval
 
 
+class Stage(NamedTuple):
+    """A stage the execution reported (``progress.stage``): from when, and until when."""
+
+    name: str
+    started_at: float
+    ended_at: float | None  # None while it is the current stage
+
+
+class StatusChange(NamedTuple):
+    """A change of the execution's status or reported status: a span event."""
+
+    at: float
+    status: str
+    reported_status: str | None
+
+
 @dataclass
 class Execution:
     """Everything known about one execution; times are the server's unix seconds."""
@@ -136,8 +154,8 @@ class Execution:
     # The execution span, in segments: a loss ends one, the next event starts another.
     segment: int = 0
     segment_started_at: float | None = None
-    stages: list[Any] = field(default_factory=list)  # [stage, start, end or None]
-    events: list[Any] = field(default_factory=list)  # [time, status, reported status]
+    stages: list[Stage] = field(default_factory=list)
+    events: list[StatusChange] = field(default_factory=list)
     version: int = 0
     #: the protocol that created it when that names tasks, not executions (``hc``, ``sentry``):
     #: only that protocol's reports for the same task may act on it
@@ -150,7 +168,7 @@ class Execution:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Execution:
         """Return the record stored as ``data``; keys this version does not know are dropped."""
-        return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_NAMES})._typed()
 
     def to_values(self) -> tuple[Any, ...]:
         """Return the field values in :data:`RECORD_FIELDS` order (the stores' compact form)."""
@@ -163,7 +181,16 @@ class Execution:
         Fields are only ever appended, so a shorter list (an older version's) leaves the
         newer fields at their defaults and a longer one (a newer version's) is cut.
         """
-        return cls(*values[: len(RECORD_FIELDS)])
+        return cls(*values[: len(RECORD_FIELDS)])._typed()
+
+    def _typed(self) -> Execution:
+        """Return this record with the stages and status changes it was read with (JSON arrays)
+        as the named tuples they are."""
+        if self.stages:
+            self.stages = [Stage(*stage) for stage in self.stages]
+        if self.events:
+            self.events = [StatusChange(*change) for change in self.events]
+        return self
 
     def clone(self) -> Execution:
         """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
@@ -285,7 +312,7 @@ def _copy(current: Execution, now: float) -> Execution:
     if current.status != "lost":
         return record
     stages = current.stages
-    record.stages = [[stages[-1][0], now, None]] if stages and stages[-1][2] is None else []
+    record.stages = [Stage(stages[-1].name, now, None)] if stages and stages[-1].ended_at is None else []
     record.segment = current.segment + 1
     record.segment_started_at = now
     record.events = []
@@ -295,10 +322,10 @@ def _copy(current: Execution, now: float) -> Execution:
 def _note_status(record: Execution, now: float) -> None:
     """Record a span event when the status or the reported status changed."""
     last = record.events[-1] if record.events else None
-    if last is not None and (last[1], last[2]) == (record.status, record.reported_status):
+    if last is not None and (last.status, last.reported_status) == (record.status, record.reported_status):
         return
     if len(record.events) < MAX_EVENTS:
-        record.events = list(record.events) + [[now, record.status, record.reported_status]]
+        record.events = [*record.events, StatusChange(now, record.status, record.reported_status)]
 
 
 def _note_stage(record: Execution, progress: dict[str, Any] | None, now: float) -> None:
@@ -308,14 +335,14 @@ def _note_stage(record: Execution, progress: dict[str, Any] | None, now: float) 
         return
     stage = stage[:MAX_STAGE_NAME]
     last = record.stages[-1] if record.stages else None
-    if last is not None and last[0] == stage and last[2] is None:
+    if last is not None and last.name == stage and last.ended_at is None:
         return
     if len(record.stages) >= MAX_STAGES:
         return
-    stages = [list(s) for s in record.stages]  # copied: the current record shares the list
-    if stages and stages[-1][2] is None:
-        stages[-1][2] = now
-    stages.append([stage, now, None])
+    stages = list(record.stages)  # copied: the current record shares the list
+    if stages and stages[-1].ended_at is None:
+        stages[-1] = stages[-1]._replace(ended_at=now)
+    stages.append(Stage(stage, now, None))
     record.stages = stages
 
 

@@ -39,9 +39,17 @@ def dumps(value: Any) -> str:
     cannot hold, as :func:`json.dumps` does.
     """
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value, default=_named_tuple).decode()
     except orjson.JSONEncodeError:
         return _stdlib_encode(value)
+
+
+def _named_tuple(value: Any) -> Any:
+    """Return a named tuple (a record's stages, say) as the array JSON holds it; raises
+    ``TypeError`` for anything else orjson cannot write."""
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def loads(data: str | bytes, fallback: Callable[[Any], Any] = json.loads, *, long_integers: bool = True) -> Any:
@@ -69,4 +77,4 @@ def encode_answer(value: Any, default: Callable[[Any], Any] | None = None) -> by
     ``default`` turns what orjson cannot write into what it can. Raises
     ``orjson.JSONEncodeError`` (a ``TypeError``) for a value still left over.
     """
-    return orjson.dumps(value, default=default, option=_RESPONSE_OPTIONS)
+    return orjson.dumps(value, default=default or _named_tuple, option=_RESPONSE_OPTIONS)

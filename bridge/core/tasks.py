@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .counters import TASK_RUNS_MISSED, TASK_RUNS_TOO_SHORT, TASK_RUNS_UNEXPECTED
 from .declarations import DEFAULT_FAILURE_THRESHOLD, DEFAULT_RECOVERY_THRESHOLD, TaskDeclaration, next_slot
@@ -23,6 +23,7 @@ __all__ = [
     "TASK_RECORD_FIELDS",
     "TASK_STATUSES",
     "UNHEALTHY_STATUSES",
+    "RecentRun",
     "Task",
     "TaskOutcome",
     "apply_claim",
@@ -56,6 +57,15 @@ _LIVE = ("starting", "running")
 _SCHEDULING = ("schedule", "timezone", "period_seconds", "start_grace_seconds")
 
 
+class RecentRun(NamedTuple):
+    """One of a task's latest runs, as its page and its API list them."""
+
+    execution_id: str
+    status: str
+    started_at: float
+    ended_at: float | None  # None while it runs
+
+
 @dataclass
 class Task:
     """Everything known about one task; times are the bridge's unix seconds."""
@@ -83,7 +93,7 @@ class Task:
     #: the ids of the newest of those, at most RECENT_RUNS (a task may fan out to thousands)
     running_ids: list[Any] = field(default_factory=list)
     #: [execution id, status, started at, ended at or None], newest last
-    recent: list[Any] = field(default_factory=list)
+    recent: list[RecentRun] = field(default_factory=list)
     version: int = 0
     #: the Healthchecks ping key whose ``?create=1`` ping created the task: its slug URLs reach it
     created_by_ping_key: str | None = None
@@ -106,7 +116,10 @@ class Task:
     @classmethod
     def from_values(cls, values: list[Any]) -> Task:
         """Return the record :meth:`to_values` stored, by this version or a later one."""
-        return cls(*values[: len(TASK_RECORD_FIELDS)])
+        task = cls(*values[: len(TASK_RECORD_FIELDS)])
+        if task.recent:  # read as JSON arrays
+            task.recent = [RecentRun(*run) for run in task.recent]
+        return task
 
     def clone(self) -> Task:
         """Return a shallow copy: the rules replace lists and dicts, never change them in place."""
@@ -295,8 +308,8 @@ def _note_recent(task: Task, execution: Execution) -> None:
         if execution.status in ("completed", "failed")
         else (execution.updated_at if execution.status == "lost" else None)
     )
-    entry = [execution.execution_id, execution.status, execution.started_at, ended]
-    recent = [run for run in task.recent if run[0] != execution.execution_id]
+    entry = RecentRun(execution.execution_id, execution.status, execution.started_at, ended)
+    recent = [run for run in task.recent if run.execution_id != execution.execution_id]
     task.recent = (recent + [entry])[-RECENT_RUNS:]
 
 

@@ -52,6 +52,9 @@ DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 #: since a batch holds the lock for well under a millisecond.
 _FIRST_PAUSE_SECONDS = 0.00005
 _LONGEST_PAUSE_SECONDS = 0.002
+#: Bumped with every change to the schema or its migrations: a file noted with another
+#: version (or another rendering) is brought up to date when it is opened.
+SCHEMA_VERSION = 5
 #: SQLite's primary result code for a write to a database it opened read-only.
 _SQLITE_READONLY = 8
 #: Less free space than this beside the file and the store is not ready: writes would fail.
@@ -417,7 +420,8 @@ class SQLiteStore(Store):
     ):
         super().__init__(render, max_executions, max_task_names, dedup_seconds, task_retention)
         self.statements = _Statements(render.families)
-        self._signature = zlib.crc32(render.signature.encode())
+        # noted once the file is brought up to date: its schema, and every execution's texts
+        self._signature = zlib.crc32(f"{SCHEMA_VERSION}:{render.signature}".encode())
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
@@ -455,8 +459,8 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
 
     def _up_to_date(self, conn: sqlite3.Connection) -> bool:
-        """Return True when the file holds this version's schema and exposition texts: the
-        rendering's signature is noted last, once everything before it is done."""
+        """Return True when the file holds this version's schema (:data:`SCHEMA_VERSION`) and
+        exposition texts: both are noted last, once everything before them is done."""
         try:
             return (
                 conn.execute("SELECT 1 FROM meta WHERE key = 'exposition' AND value = ?", (self._signature,)).fetchone()

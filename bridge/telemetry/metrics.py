@@ -128,7 +128,7 @@ class ExecutionRenderer:
             f'image="{_escape(record.image or "")}"{extra}}} 1.0\n'
         )
         status = f'{_STATUS}{{{key},status="'
-        key = f"{{{key}}} "
+        braced = f"{{{key}}} "
         last, ratio, end, max_runtime = (
             record.last_heartbeat_at,
             record.progress_ratio,
@@ -138,12 +138,12 @@ class ExecutionRenderer:
         return (
             info,
             status + status.join(_STATUS_ENDINGS[record.status]),
-            "" if last is None else f"{_LAST}{key}{float(last)!r}\n",
-            f"{_INTERVAL}{key}{float(record.interval_seconds)!r}\n",
-            f"{_START}{key}{float(record.started_at)!r}\n",
-            "" if end is None else f"{_END}{key}{float(end)!r}\n",
-            "" if ratio is None else f"{_RATIO}{key}{float(ratio)!r}\n",
-            "" if max_runtime is None else f"{_MAX_RUNTIME}{key}{float(max_runtime)!r}\n",
+            "" if last is None else f"{_LAST}{braced}{_number(last)}\n",
+            f"{_INTERVAL}{braced}{_number(record.interval_seconds)}\n",
+            f"{_START}{braced}{_number(record.started_at)}\n",
+            "" if end is None else f"{_END}{braced}{_number(end)}\n",
+            "" if ratio is None else f"{_RATIO}{braced}{_number(ratio)}\n",
+            "" if max_runtime is None else f"{_MAX_RUNTIME}{braced}{_number(max_runtime)}\n",
         )
 
 

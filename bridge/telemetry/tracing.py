@@ -288,7 +288,7 @@ def _attributes(record: Execution) -> dict[str, Any]:
     if record.progress_ratio is not None:
         attributes["task.progress.ratio"] = record.progress_ratio
     if record.stages:
-        attributes["task.progress.stage"] = record.stages[-1][0]
+        attributes["task.progress.stage"] = record.stages[-1].name
     if record.container_id:
         attributes["container.id"] = record.container_id
     if record.container_name:

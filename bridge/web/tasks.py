@@ -59,10 +59,7 @@ def task_json(task: Task, now: float) -> dict[str, Any]:
         "running": task.running_ids,
         "running_count": task.running,
         "next_run_deadline_at": None if task.paused else task.deadline_at,
-        "last_executions": [
-            {"execution_id": run[0], "status": run[1], "started_at": run[2], "ended_at": run[3]}
-            for run in reversed(task.recent)
-        ],
+        "last_executions": [run._asdict() for run in reversed(task.recent)],
     }
 
 
