@@ -183,6 +183,15 @@ def _declare_tasks(url: str) -> None:
         urllib.request.urlopen(request, timeout=30).close()
 
 
+def _pushgateway(address: str, work: Path, *, checked: bool) -> Server:
+    """Start a Pushgateway on ``address`` that keeps nothing on disk; ``checked`` keeps its
+    default consistency check of every push."""
+    argv = ["prometheus-pushgateway", f"--web.listen-address={address}", "--persistence.file="]
+    if not checked:
+        argv.append("--push.disable-consistency-check")
+    return Server(argv, f"http://{address}/-/ready", log=work / "pushgateway.log")
+
+
 def _say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
@@ -433,11 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         # The Pushgateway's default consistency check serialises pushes (about 150 ms each
         # here): measure that once, then compare against its fast configuration.
         push_address = f"127.0.0.1:{_free_port()}"
-        checked = Server(
-            ["prometheus-pushgateway", f"--web.listen-address={push_address}", "--persistence.file="],
-            f"http://{push_address}/-/ready",
-            log=work / "pushgateway.log",
-        )
+        checked = _pushgateway(push_address, work, checked=True)
         push_rate = _wrk(f"http://{push_address}", "push.lua", min(args.seconds, 5), EXECUTIONS="1000")
         rows.append(
             (
@@ -448,16 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         checked.stop()
-        pushgateway = Server(
-            [
-                "prometheus-pushgateway",
-                f"--web.listen-address={push_address}",
-                "--persistence.file=",
-                "--push.disable-consistency-check",
-            ],
-            f"http://{push_address}/-/ready",
-            log=work / "pushgateway.log",
-        )
+        pushgateway = _pushgateway(push_address, work, checked=False)
         servers.append(pushgateway)
         for count in PUSH_COUNTS:
             push_rate = _wrk(f"http://{push_address}", "push.lua", args.seconds, EXECUTIONS=str(count))
@@ -473,16 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _scrape(sqlite_url + "/metrics")
         sqlite.stop()
-        pushgateway = Server(
-            [
-                "prometheus-pushgateway",
-                f"--web.listen-address={push_address}",
-                "--persistence.file=",
-                "--push.disable-consistency-check",
-            ],
-            f"http://{push_address}/-/ready",
-            log=work / "pushgateway.log",
-        )
+        pushgateway = _pushgateway(push_address, work, checked=False)
         servers.append(pushgateway)
         fresh, fresh_url = _bridge(f"sqlite:///{work / 'scrape.db'}", work, "bridge-scrape")
         servers.append(fresh)

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from support import HEARTBEAT, start_redis, unavailable, wait_for, workers_holding
+from support import HEARTBEAT, make_immutable, make_mutable, start_redis, unavailable, wait_for, workers_holding
 
 EXECUTIONS = [f"fault-{n}" for n in range(20)]
 OUTAGE_SECONDS = 13  # past the 10 s that make a gap an outage, and the 6 s lost-window
@@ -170,24 +170,13 @@ def test_it_answers_503_while_the_sqlite_disk_is_full_and_recovers(live_bridge, 
         bridge.stop()  # before the small disk is unmounted
 
 
-def _immutable(flag: str, *paths) -> subprocess.CompletedProcess:
-    return subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True, timeout=30)
-
-
 def test_it_answers_503_while_the_sqlite_file_is_read_only_and_recovers(live_bridge, tmp_path):
     bridge = live_bridge(workers=2, env={"BRIDGE_REAPER_INTERVAL_SECONDS": "0.2"})
     database = tmp_path / "bridge.db"
     # The database and its write-ahead log; not the -shm file, which SQLite maps into
     # memory (an immutable mapping ends the process with SIGBUS, not a refused write).
     files = (database, database.with_name("bridge.db-wal"))
-
-    def make_read_only():
-        made = _immutable("+i", *files)
-        if made.returncode != 0:
-            _immutable("-i", *files)  # it may have taken on one file before failing
-            unavailable(f"chattr +i is not available here: {made.stderr.strip()}")
-
-    _survive_store_fault(bridge, make_read_only, lambda: _immutable("-i", *files), EXECUTIONS, database)
+    _survive_store_fault(bridge, lambda: make_immutable(*files), lambda: make_mutable(*files), EXECUTIONS, database)
 
 
 def test_it_acknowledges_nothing_after_the_database_files_are_removed(live_bridge, tmp_path):

@@ -18,7 +18,7 @@ from bridge.store import CapacityError, StoreUnavailable, open_store
 from bridge.telemetry import families
 from bridge.telemetry.metrics import ExecutionRenderer
 
-from support import empty_store, start_redis, unavailable
+from support import empty_store, make_immutable, make_mutable, start_redis
 
 RULES = Rules()
 T0 = 1_000_000.0
@@ -463,21 +463,17 @@ def test_it_renders_the_executions_of_a_redis_store_written_before_scrapes_copie
 
 
 def test_it_opens_a_read_only_file_it_brought_up_to_date_and_answers_writes_unavailable(tmp_path):
-    import subprocess
-
     store = connect(f"sqlite:///{tmp_path / 'b.db'}")
     heartbeat(store, "a", T0, task_name="etl")  # and kept open, so the write-ahead log stays
-    files = [str(tmp_path / name) for name in ("b.db", "b.db-wal")]
-    made = subprocess.run(["chattr", "+i", *files], capture_output=True, text=True)
+    files = [tmp_path / name for name in ("b.db", "b.db-wal")]
+    make_immutable(*files)
     try:
-        if made.returncode != 0:
-            unavailable(f"chattr +i is not available here: {made.stderr.strip()}")
         reader = connect(f"sqlite:///{tmp_path / 'b.db'}")  # a worker starting now
         assert reader.get("a").task_name == "etl" and list(exposed(reader)) == ["a"]
         with pytest.raises(StoreUnavailable):
             heartbeat(reader, "a", T0 + 30)
     finally:
-        subprocess.run(["chattr", "-i", *files], capture_output=True)
+        make_mutable(*files)
     heartbeat(reader, "a", T0 + 60)
     assert reader.get("a").heartbeat_count == 2
 
