@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import io
 import json
 import logging
+import os
 import re
 import selectors
 import socket
@@ -35,13 +37,16 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn import SERVER
 from gunicorn.http.errors import LimitRequestLine
+from gunicorn.util import http_date
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..service.config import DEFAULT_READ_TIMEOUT_SECONDS
 from ..web.extension import EXTENSION_KEY
+from ..web.fastpath import HEARTBEAT_PATH, HeartbeatFastPath
 
-__all__ = ["DEFAULT_READ_TIMEOUT_SECONDS", "BridgeWorker", "ReadDeadlineExceeded"]
+__all__ = ["DEFAULT_READ_TIMEOUT_SECONDS", "BridgeWorker", "ReadDeadlineExceeded", "plain_heartbeat_request"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,24 @@ _REASONS = {
     431: "too_large",
     501: "unsupported",
 }
+
+
+# The one request the worker answers without gunicorn's parser (see plain_heartbeat_request).
+_HEARTBEAT_LINE = f"POST {HEARTBEAT_PATH} HTTP/1.1\r\n".encode()
+# A header field as RFC 9110 writes it: a token, a colon, a value of visible characters with
+# spaces or tabs inside, no obsolete folding. Stricter than gunicorn's parser: no underscore
+# in a name (gunicorn drops or refuses those), nothing outside printable ASCII.
+_FIELD = re.compile(rb"([-!#$%&'*+.^`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e]+[ \t]+)*[\x21-\x7e]+)?[ \t]*")
+# Fields that change how a request is framed or served: such a request is gunicorn's to read.
+_GUNICORNS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"http2-settings", b"te", b"trailer"})
+# What ThreadWorker.handle returns is what its finish_request takes: gunicorn 23 hands it a
+# future whose result is (keep-alive, connection), later ones the connection and a future of
+# keep-alive alone.
+_HANDLE_ANSWERS_PAIRS = "conn" not in inspect.signature(ThreadWorker.finish_request).parameters
+_ANSWER_HEAD = (
+    f"HTTP/1.1 200 OK\r\nServer: {SERVER}\r\nDate: %s\r\nConnection: %s\r\n"
+    "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+).encode("latin-1")
 
 
 class ReadDeadlineExceeded(ConnectionResetError):
@@ -140,6 +163,64 @@ def request_is_complete(data: bytes) -> bool:
     return length > BUFFERED_BODY_BYTES or len(data) >= end + len(_HEAD_END) + length
 
 
+def plain_heartbeat_request(
+    data: bytes, max_fields: int = 100, max_field_bytes: int = 8190
+) -> tuple[dict[str, Any], int, bool] | None:
+    """Read the plain heartbeat request at the start of ``data``, a request read whole.
+
+    Returns its WSGI environ (the method, the path, the body and the header fields; what the
+    heartbeat fast path reads), the number of bytes it takes, and whether its client asked
+    to close the connection. Returns None for any other request, and for anything in which
+    gunicorn's parser might see another request or refuse it: another request line, a field
+    that is not plain printable ASCII or is given twice, framing other than one
+    Content-Length, a connection upgrade, as many fields as ``max_fields`` or a field as long
+    as ``max_field_bytes`` (gunicorn's limits, whose defaults these are).
+    """
+    if not data.startswith(_HEARTBEAT_LINE):
+        return None
+    end = data.find(_HEAD_END, len(_HEARTBEAT_LINE) - 2)
+    if end < len(_HEARTBEAT_LINE):  # no end of head, or no field at all
+        return None
+    lines = data[len(_HEARTBEAT_LINE) : end].split(b"\r\n")
+    if len(lines) >= max_fields or max(map(len, lines)) >= max_field_bytes:
+        return None
+    fields = _plain_fields(lines)
+    if fields is None:
+        return None
+    environ, close = fields
+    declared = environ.get("CONTENT_LENGTH", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    size = end + len(_HEAD_END) + int(declared)
+    if len(data) < size:
+        return None
+    environ["wsgi.input"] = io.BytesIO(data[end + len(_HEAD_END) : size])
+    return environ, size, close
+
+
+def _plain_fields(lines: list[bytes]) -> tuple[dict[str, Any], bool] | None:
+    """Return a heartbeat's environ from its header ``lines``, and whether its client asked
+    to close the connection; None when a field is not plain (see :func:`plain_heartbeat_request`)."""
+    environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": HEARTBEAT_PATH}
+    seen: set[bytes] = set()
+    close = False
+    for line in lines:
+        field = _FIELD.fullmatch(line)
+        if field is None or field[1].lower() in seen or field[1].lower() in _GUNICORNS:
+            return None
+        name, value = field[1].lower(), (field[2] or b"").decode("latin-1")
+        seen.add(name)
+        if name == b"connection":
+            if value.lower() not in ("keep-alive", "close"):
+                return None
+            close = value.lower() == "close"
+        elif name in (b"content-length", b"content-type"):
+            environ[name.decode().upper().replace("-", "_")] = value
+        else:
+            environ["HTTP_" + name.decode().upper().replace("-", "_")] = value
+    return environ, close
+
+
 class _CapturedError:
     """Stands in for the client socket while gunicorn writes its HTML error page, to learn
     the status it chose; everything else goes to the real socket."""
@@ -172,6 +253,8 @@ def _json_response(status: int, reason: str, message: str) -> bytes:
 class BridgeWorker(ThreadWorker):
     """gunicorn's gthread worker, reading each request whole before a thread takes it."""
 
+    alive: bool  # gunicorn's: False once the worker is to stop after its current requests
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: deque[tuple[float, Any]] = deque()  # (deadline, connection), by deadline
@@ -183,6 +266,95 @@ class BridgeWorker(ThreadWorker):
             bridge.settings.request_read_timeout_seconds if bridge is not None else DEFAULT_READ_TIMEOUT_SECONDS
         )
         self._monitor = bridge.monitor if bridge is not None else None
+        self._fast_path = self._direct_fast_path()
+        cfg = self.cfg
+        # gunicorn's limits (0: its defaults, or none), read once: each read of cfg is a lookup
+        self._field_limits = (
+            cfg.limit_request_fields if cfg.limit_request_fields > 0 else 100,
+            cfg.limit_request_field_size if cfg.limit_request_field_size > 0 else 8190,
+        )
+        self._keepalive = bool(cfg.keepalive)
+        # the connections waiting for their next request (gunicorn 23 names them _keep)
+        kept = getattr(self, "keepalived_conns", None)
+        self._kept_alive: deque[Any] = kept if kept is not None else self._keep
+        self._date = (0, b"")
+
+    def _direct_fast_path(self) -> HeartbeatFastPath | None:
+        """Return the app's heartbeat fast path when this worker may answer plain heartbeats
+        itself (see :meth:`handle`): not when gunicorn would do more with a request than
+        parse it and write the answer (an access log, request hooks, a script name, TLS)."""
+        fast_path = getattr(self.wsgi, "wsgi_app", None)
+        cfg = self.cfg
+        logged = ("accesslog", "logconfig", "logconfig_dict", "logconfig_json", "syslog")
+        hooked = any(
+            cfg.settings[name].value is not cfg.settings[name].default for name in ("pre_request", "post_request")
+        )
+        if (
+            not isinstance(fast_path, HeartbeatFastPath)
+            or any(getattr(cfg, name, None) for name in logged)
+            or hooked
+            or os.environ.get("SCRIPT_NAME")
+            or cfg.is_ssl
+        ):
+            return None
+        return fast_path
+
+    # -- plain heartbeats, answered below gunicorn's WSGI ------------------------------
+
+    def handle(self, conn: Any) -> Any:
+        """Answer a plain heartbeat on a kept-alive connection through the app's fast path,
+        and any other request as gunicorn does.
+
+        A heartbeat the fast path does not take is read again by gunicorn, and answered by
+        the app as it would have been; so is one whose store raised, with that error.
+        """
+        fast_path = self._fast_path
+        sock = conn.sock
+        if fast_path is None or not conn.initialized or not isinstance(sock, _DeadlineSocket):
+            return super().handle(conn)
+        request = plain_heartbeat_request(sock.buffered(), *self._field_limits)
+        if request is None or getattr(conn, "is_http2", False):
+            return super().handle(conn)
+        environ, size, close = request
+        body = fast_path.plain_heartbeat_body(environ)
+        try:
+            answer = None if body is None else fast_path.answer(environ, body)
+        except Exception as exc:  # committed or not, the app answers it, without applying it again
+            fast_path.carry(exc)
+            try:
+                return super().handle(conn)
+            finally:
+                fast_path.carry(None)
+        if answer is None:  # refused: the app answers and counts it
+            return super().handle(conn)
+        kept = self._send(conn, size, answer, close)
+        return (kept, conn) if _HANDLE_ANSWERS_PAIRS else kept
+
+    def _send(self, conn: Any, size: int, answer: bytes, close: bool) -> bool:
+        """Write the 200 ``answer`` to the request of ``size`` bytes at the head of the
+        connection's buffer; returns whether the connection is kept, as gunicorn decides it."""
+        sock: _DeadlineSocket = conn.sock
+        sock.offset += size
+        rest = sock.buffered()
+        sock.pending, sock.offset = b"", 0
+        if rest:  # a pipelined request: where gunicorn's parser leaves what it read ahead
+            conn.parser.unreader.unread(rest)
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        keep = not close and self.alive and self._keepalive and len(self._kept_alive) < self.max_keepalived
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, http_date(second).encode("latin-1"))
+        head = _ANSWER_HEAD % (self._date[1], b"keep-alive" if keep else b"close", len(answer))
+        try:
+            sock.setblocking(True)
+            sock.sendall(head + answer)
+        except OSError as exc:  # the client went away
+            log.debug("heartbeat answer not sent: %s", exc)
+            return False
+        return bool(keep)
 
     # -- reading requests in the main loop ---------------------------------------------
 

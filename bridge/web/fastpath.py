@@ -12,11 +12,17 @@ fast path refuses is handed to the view with its body, to be refused there again
 was applied yet). An error raised once the heartbeat went to the store travels in the
 environ (:data:`bridge.web.ingest.FAST_PATH_ERROR`), and the view answers it without applying
 the heartbeat a second time.
+
+The gunicorn worker (:mod:`bridge.server.worker`) calls :meth:`HeartbeatFastPath.answer` itself
+for a plain heartbeat on a kept-alive connection, below gunicorn's WSGI. What the fast path
+does not answer there goes through gunicorn to this middleware and the view; a store's error
+is carried to them (:meth:`HeartbeatFastPath.carry`) on the request thread.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,6 +40,10 @@ HEARTBEAT_PATH = f"{bp.url_prefix}/heartbeat"
 
 StartResponse = Callable[..., Any]
 
+# A store's error for a heartbeat the worker answers below gunicorn's WSGI (bridge.server.worker),
+# kept for the request thread's next call: the same request, read again by gunicorn.
+_carried = threading.local()
+
 
 def init_app(app: Flask) -> None:
     """Put the fast path in front of ``app``'s WSGI callable."""
@@ -48,24 +58,50 @@ class HeartbeatFastPath:
         self.wrapped = app.wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        body = self._plain_heartbeat_body(environ)
+        error = _carried.__dict__.pop("error", None)
+        if error is not None:  # the worker already gave this heartbeat to the store
+            environ[FAST_PATH_ERROR] = error
+            return self.wrapped(environ, start_response)
+        body = self.plain_heartbeat_body(environ)
         if body is None:
             return self.wrapped(environ, start_response)
+        try:
+            answer = self.answer(environ, body)
+        except Exception as exc:  # CapacityError, StoreUnavailable, or a fault: the view answers it
+            return self._to_flask(environ, start_response, body, exc)
+        if answer is None:
+            return self._to_flask(environ, start_response, body)
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    def answer(self, environ: dict[str, Any], body: bytes) -> bytes | None:
+        """Return the body of the 200 answer to the heartbeat ``body``, once it is committed;
+        None when it is refused before anything was applied (the view answers and counts that).
+
+        Raises what the store raised once the heartbeat went to it (``CapacityError``,
+        ``StoreUnavailable``, or a fault): the view answers it without applying the
+        heartbeat again (:data:`~bridge.web.ingest.FAST_PATH_ERROR`, or :meth:`carry`).
+        """
         bridge = self.app.extensions[EXTENSION_KEY]
         try:
             grant = bridge.authorizer.ingest(environ.get("HTTP_AUTHORIZATION"))
             hb = parse_heartbeat(parse_json(body), bridge.limits, environ.get("HTTP_TRACEPARENT"))
             bridge.authorizer.check(grant, hb.execution_id)
-        except Exception:  # refused input, or a fault: nothing is applied yet, the view answers it
-            return self._to_flask(environ, start_response, body)
-        try:
-            answer = encode_answer(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
-        except Exception as exc:  # CapacityError, StoreUnavailable, or a fault: the view answers it
-            return self._to_flask(environ, start_response, body, exc)
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
-        return [answer]
+        except Exception:  # refused input, or a fault: nothing is applied yet
+            return None
+        return encode_answer(heartbeat_answer(hb.execution_id, bridge.monitor.heartbeat(hb)))
 
-    def _plain_heartbeat_body(self, environ: dict[str, Any]) -> bytes | None:
+    @staticmethod
+    def carry(error: Exception | None) -> None:
+        """Hand the next request this thread serves, the same heartbeat read again by gunicorn,
+        to the view with ``error``, the store's error that :meth:`answer` raised for it; None
+        drops an error no request took."""
+        if error is None:
+            _carried.__dict__.pop("error", None)
+        else:
+            _carried.error = error
+
+    def plain_heartbeat_body(self, environ: dict[str, Any]) -> bytes | None:
         """Return the body of a heartbeat the fast path takes; None leaves the request to Flask."""
         if (
             environ.get("PATH_INFO") != HEARTBEAT_PATH
