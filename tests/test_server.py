@@ -598,3 +598,23 @@ def test_it_leaves_a_heartbeat_without_its_token_to_the_app(worker_connection):
     worker.handle(conn)
     assert _answers(client, 1)[0][0] == 200
     assert through_gunicorn == [HEARTBEAT]
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        pairs = [item.decode().partition("=") for item in environ.read().split(b"\0") if item]
+    return {name: value for name, _, value in pairs}
+
+
+def test_it_has_malloc_ask_for_huge_pages_unless_told_otherwise(live_bridge):
+    from bridge.server.cli import HUGE_PAGES_TUNABLE, _ask_for_huge_pages
+
+    bridge = live_bridge(workers=1)
+    assert _environment_of(bridge.process.pid)["GLIBC_TUNABLES"] == HUGE_PAGES_TUNABLE  # gunicorn, exec'd
+    for before, after in [
+        ({}, HUGE_PAGES_TUNABLE),
+        ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "glibc.malloc.hugetlb=0"),  # the operator's say
+    ]:
+        _ask_for_huge_pages(before)
+        assert before["GLIBC_TUNABLES"] == after

@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import MutableMapping
 
 from .. import __version__
 from ..service.config import ConfigError, check_tasks_file, load_settings, parse_bind
@@ -13,6 +14,9 @@ from ..store import StoreUnavailable, open_store
 from ..telemetry.metrics import ExecutionRenderer
 from .alert_rules import DEFAULT_JOB_SELECTOR, DEFAULT_RUNBOOK_URL, DEFAULT_TIMING, RulesError, Timing
 from .alert_rules import render as render_rules
+
+#: What ``serve`` adds to ``GLIBC_TUNABLES``: malloc asks for transparent huge pages.
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 __all__ = ["main"]
 
@@ -169,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, StoreUnavailable) as exc:
         print(f"heartbeat-bridge: {exc}", file=sys.stderr)
         return 2
+    _ask_for_huge_pages(os.environ)
     gunicorn = [
         sys.executable,
         "-m",
@@ -179,6 +184,20 @@ def _serve(args: argparse.Namespace) -> int:
     ]
     os.execv(sys.executable, gunicorn)  # gunicorn takes over this process and its signals
     return 0
+
+
+def _ask_for_huge_pages(environ: MutableMapping[str, str]) -> None:
+    """Have glibc's malloc in the processes ``serve`` starts ask the kernel for transparent huge
+    pages for the memory it maps (``GLIBC_TUNABLES``, read when a process starts), unless the
+    environment already says whether to.
+
+    A scrape's buffers are large (a hundred megabytes at 100,000 executions) and, returned to
+    the system after each scrape, are mapped afresh by the next one: a page fault per 2 MiB
+    instead of per 4 KiB. Does nothing where the kernel grants none, or malloc is not glibc's.
+    """
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" not in tunables:
+        environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
 
 
 def _check_free(bind: str) -> None:
