@@ -206,9 +206,10 @@ def _plain_fields(lines: list[bytes]) -> tuple[dict[str, Any], bool] | None:
     close = False
     for line in lines:
         field = _FIELD.fullmatch(line)
-        if field is None or field[1].lower() in seen or field[1].lower() in _GUNICORNS:
+        name = field[1].lower() if field is not None else b""
+        if field is None or name in seen or name in _GUNICORNS:
             return None
-        name, value = field[1].lower(), (field[2] or b"").decode("latin-1")
+        value = (field[2] or b"").decode("latin-1")
         seen.add(name)
         if name == b"connection":
             if value.lower() not in ("keep-alive", "close"):
@@ -302,8 +303,31 @@ class BridgeWorker(ThreadWorker):
     # -- plain heartbeats, answered below gunicorn's WSGI ------------------------------
 
     def handle(self, conn: Any) -> Any:
+        """Answer the connection's request, and each whole one sent behind it (pipelined), in
+        turn: gunicorn 23 would leave those unread until the connection's keep-alive ends."""
+        while True:
+            kept = self._answer(conn)
+            if not (kept[0] if _HANDLE_ANSWERS_PAIRS else kept) or not self._next_request_is_here(conn):
+                return kept
+
+    def _next_request_is_here(self, conn: Any) -> bool:
+        """Return True when the connection's buffer holds the next request whole, under a new
+        read deadline; what gunicorn's parser read ahead is taken back into the buffer."""
+        sock = conn.sock
+        if not isinstance(sock, _DeadlineSocket):
+            return False
+        ahead = self._take_read_ahead(conn)
+        if ahead:
+            sock.keep(ahead)
+        pending = sock.buffered()
+        if not pending or not request_is_complete(pending):
+            return False  # the rest makes the socket readable: the main loop reads it
+        sock.deadline = time.monotonic() + self.read_timeout
+        return True
+
+    def _answer(self, conn: Any) -> Any:
         """Answer a plain heartbeat on a kept-alive connection through the app's fast path,
-        and any other request as gunicorn does.
+        and any other request as gunicorn does; returns what gunicorn's handle returns.
 
         A heartbeat the fast path does not take is read again by gunicorn, and answered by
         the app as it would have been; so is one whose store raised, with that error.
@@ -334,11 +358,7 @@ class BridgeWorker(ThreadWorker):
         """Write the 200 ``answer`` to the request of ``size`` bytes at the head of the
         connection's buffer; returns whether the connection is kept, as gunicorn decides it."""
         sock: _DeadlineSocket = conn.sock
-        sock.offset += size
-        rest = sock.buffered()
-        sock.pending, sock.offset = b"", 0
-        if rest:  # a pipelined request: where gunicorn's parser leaves what it read ahead
-            conn.parser.unreader.unread(rest)
+        sock.offset += size  # a request sent behind it stays buffered (see handle)
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
             self.log.info("Autorestarting worker after current request.")
