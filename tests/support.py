@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -88,11 +89,40 @@ def make_mutable(*paths: Path) -> None:
     subprocess.run(["chattr", "-i", *map(str, paths)], capture_output=True, timeout=30)
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
+def _ports_outside_the_ephemeral_range() -> range:
+    """Ports the kernel never picks as the local end of an outgoing connection: below
+    ``ip_local_port_range``. Empty when that range starts too low to leave room."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(max(10_000, low - 12_000), low)
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Return a TCP port on 127.0.0.1 that was free a moment ago and not handed out before.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, where any
+    client socket (a test's, a bridge's to Redis) may take it before the server binds it; and
+    a port freed by one server may be handed out again while another is being told it. So
+    ports come from below that range, each once per test run.
+    """
+    candidates = [port for port in _ports_outside_the_ephemeral_range() if port not in _PORTS_HANDED_OUT]
+    random.shuffle(candidates)
+    for port in [*candidates[:200], 0, 0, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.core.declarations import DeclarationError
+
 from support import COMPLETION, HEARTBEAT, samples, seed_heartbeat, total
 
 TOKEN = "fleet-token-0123456789"
@@ -169,11 +171,15 @@ def test_it_keeps_a_task_declared_in_the_file_from_the_api(tmp_path, clock):
     response = client.put("/api/v1/tasks/nightly-crawl", json={"schedule": "0 5 * * *"})
     assert response.status_code == 409 and response.json["field"] == "task_name"
     tasks_file.write_text("tasks:\n  - name: hourly-etl\n    period_seconds: 3600\n")
-    monitor.reap()  # the file changed: read again
+    monitor.reap()  # the file changed: it is read once it held still for a round
+    assert get_task(client)["declared_by"] == "file"
+    monitor.reap()
     assert client.get("/api/v1/tasks/nightly-crawl").status_code == 404  # undeclared, and it never ran
     assert get_task(client, "hourly-etl")["declared_by"] == "file"
     tasks_file.write_text("tasks:\n  - name: hourly-etl\n    period_seconds: -1\n")
+    monitor.reap()
     monitor.reap()  # a broken file changes nothing
+    assert total(metrics(client), "bridge_tasks_file_reload_success") == 0
     assert get_task(client, "hourly-etl")["period_seconds"] == 3600
 
 
@@ -224,3 +230,27 @@ class TestAtTheTaskNameLimit:
         assert total(parsed, "task_info", task_name="first", label_team="data", schedule="") == 1
         assert not [labels for (name, labels) in parsed if name == "task_info" and ("label_owner", "ann") in labels]
         assert total(parsed, "task_execution_info", execution_id="e1", label_team="web") == 1
+
+
+def test_it_reads_a_changed_tasks_file_once_it_holds_still(tmp_path):
+    from bridge.service.tasks_file import TasksFile
+
+    path = tmp_path / "tasks.yml"
+    path.write_text("tasks:\n  - name: nightly\n    period_seconds: 3600\n")
+    tasks_file = TasksFile(str(path))
+    assert list(tasks_file.read_if_changed() or {}) == ["nightly"]  # the first look reads
+    assert tasks_file.read_if_changed() is None
+    path.write_bytes(b"")  # caught between an editor's truncation and its write
+    assert tasks_file.read_if_changed() is None
+    path.write_text("tasks:\n  - name: nightly\n    period_seconds: 3600\n  - name: hourly\n    period_seconds: 60\n")
+    assert tasks_file.read_if_changed() is None  # changed again since the last look
+    assert list(tasks_file.read_if_changed() or {}) == ["nightly", "hourly"]
+    assert tasks_file.read_if_changed() is None
+    path.write_bytes(b"")  # emptied on purpose, and left so
+    assert tasks_file.read_if_changed() is None
+    assert tasks_file.read_if_changed() == {}
+    path.unlink()
+    assert tasks_file.read_if_changed() is None
+    with pytest.raises(DeclarationError, match="cannot be read"):
+        tasks_file.read_if_changed()
+    assert tasks_file.read_if_changed() is None  # said once

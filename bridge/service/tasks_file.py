@@ -70,11 +70,17 @@ _MISSING = _Stamp(0, 0, -1, 0)
 
 
 class TasksFile:
-    """The tasks file at ``path``: read once at start, and again whenever it changes."""
+    """The tasks file at ``path``: read once at start, and again whenever it changes.
+
+    A change is read once the file has held still from one look to the next. An editor or
+    ``echo > tasks.yml`` truncates the file before writing it, and a look in between would
+    otherwise read no tasks and withdraw every declaration.
+    """
 
     def __init__(self, path: str):
         self.path = path
-        self._stamp: _Stamp | None = None
+        self._stamp: _Stamp | None = None  # the version applied, or said to be wrong
+        self._changing: _Stamp | None = None  # a new version seen at the last look, not yet read
 
     def _current_stamp(self) -> _Stamp:
         try:
@@ -83,20 +89,19 @@ class TasksFile:
             return _MISSING
         return _Stamp(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
+    def _read_bytes(self) -> bytes:
+        try:
+            with open(self.path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise DeclarationError(f"cannot be read: {exc.strerror}", "file") from None
+
     def read(self) -> dict[str, TaskDeclaration]:
         """Return the file's declarations. Raises :class:`DeclarationError` for a file that
         cannot be read, is not UTF-8, or does not check (its ``field`` is ``file`` for the first two)."""
         stamp = self._current_stamp()
-        try:
-            with open(self.path, "rb") as file:
-                raw = file.read()
-        except OSError as exc:
-            raise DeclarationError(f"cannot be read: {exc.strerror}", "file") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DeclarationError(f"is not UTF-8 text (byte {exc.start})", "file") from None
-        declarations = parse_tasks(text)
+        raw = self._read_bytes()
+        declarations = _parse(raw)
         self._stamp = stamp
         return declarations
 
@@ -105,7 +110,8 @@ class TasksFile:
         self._stamp = None
 
     def read_if_changed(self) -> dict[str, TaskDeclaration] | None:
-        """Return the declarations when the file changed since it was last looked at, else None.
+        """Return the declarations when the file changed since it was last read and has held
+        still since the look before (or was never read), else None.
 
         Raises :class:`DeclarationError` once for each change that leaves the file unreadable
         or wrong: the caller keeps the declarations it applied before.
@@ -113,7 +119,27 @@ class TasksFile:
         stamp = self._current_stamp()
         if stamp == self._stamp:
             return None
+        if self._stamp is not None and stamp != self._changing:
+            self._changing = stamp
+            return None
+        read: bytes | DeclarationError
         try:
-            return self.read()
-        finally:
-            self._stamp = stamp  # a bad file is said once, not at every look
+            read = self._read_bytes()
+        except DeclarationError as exc:
+            read = exc
+        after = self._current_stamp()
+        if after != stamp:  # written to while it was read
+            self._changing = after
+            return None
+        self._stamp = stamp  # a bad file is said once, not at every look
+        if isinstance(read, DeclarationError):
+            raise read
+        return _parse(read)
+
+
+def _parse(raw: bytes) -> dict[str, TaskDeclaration]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeclarationError(f"is not UTF-8 text (byte {exc.start})", "file") from None
+    return parse_tasks(text)
