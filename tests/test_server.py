@@ -330,6 +330,7 @@ def test_it_relies_only_on_gunicorn_internals_that_are_there():
         "murder_keepalived takes arguments BridgeWorker does not pass on"
     )
     assert parameters(base.Worker.handle_error) == ["self", "req", "client", "addr", "exc"], "handle_error changed"
+    assert parameters(gthread.ThreadWorker.run) == ["self"], "run() changed"  # the collector is settled first
     connection_init = inspect.getsource(gthread.TConn.__init__)
     for attribute in ("self.sock", "self.parser"):  # replaced, and its read-ahead taken, by BridgeWorker
         assert attribute in connection_init, f"gthread.TConn no longer sets {attribute}"
@@ -555,6 +556,27 @@ def test_it_answers_a_kept_alive_heartbeat_without_gunicorns_request_handling(wo
         answers.extend(_answers(client, 1))
     assert through_gunicorn == [HEARTBEAT + "?via=gunicorn"]
     assert answers[0] == answers[1] and answers[0][0] == 200
+
+
+def test_it_leaves_what_it_built_before_serving_to_the_collectors_permanent_generation(worker_connection, monkeypatch):
+    import gc
+
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from bridge.server.worker import YOUNG_OBJECTS_PER_COLLECTION
+
+    worker, *_ = worker_connection
+    served = []
+    monkeypatch.setattr(ThreadWorker, "run", lambda self: served.append((gc.get_freeze_count(), gc.get_threshold())))
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        worker.run()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    [(frozen, (young, *_))] = served
+    assert frozen > 10_000 and young == YOUNG_OBJECTS_PER_COLLECTION  # the app and its modules
 
 
 @pytest.mark.parametrize("error, status", [("StoreUnavailable", 503), ("RuntimeError", 500)])

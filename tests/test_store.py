@@ -50,7 +50,7 @@ def exposed(store):
 
     snapshot = store.snapshot()
     text = "".join(
-        f"# TYPE {family.name} gauge\n" + texts.decode()
+        f"# TYPE {family.name} gauge\n" + b"".join(texts).decode()
         for family, texts in zip(families.EXECUTION_FAMILIES, snapshot.exposition)
     )
     found = {}
@@ -493,9 +493,12 @@ def test_it_reads_records_stored_as_objects_by_earlier_versions(tmp_path):
     assert (store.get("a").heartbeat_count, store.get("a").task_name) == (2, "etl")
 
 
-def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_path):
+def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_path, monkeypatch):
     import fcntl
 
+    from bridge.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "SCRAPE_READERS", 2)
     store = open_store(
         load_settings({}, store_url=f"sqlite:///{tmp_path / 'b.db'}", sqlite_busy_timeout_seconds=0.2),
         ExecutionRenderer(),
@@ -505,6 +508,7 @@ def test_it_answers_unavailable_when_another_writer_holds_the_lock_too_long(tmp_
         fcntl.flock(hung_writer, fcntl.LOCK_EX)
         with pytest.raises(StoreUnavailable, match="locked by another writer"):
             heartbeat(store, "a", T0 + 30)
+        assert list(exposed(store)) == ["a"]  # a scrape does not wait for it: it reads alone
     heartbeat(store, "a", T0 + 60)
     assert store.get("a").heartbeat_count == 2
 
@@ -760,3 +764,71 @@ def test_it_notes_a_shared_fact_and_says_what_it_replaced(store_url):
 
 def test_it_applies_no_task_change_as_nothing(store_url):
     assert connect(store_url).apply_tasks([]) == []  # an empty tasks file
+
+
+def _ids_by_family(snapshot) -> list[list[str]]:
+    import re
+
+    return [
+        re.findall(r'execution_id="([^"]*)"', b"".join(texts).decode())
+        for family, texts in zip(families.EXECUTION_FAMILIES, snapshot.exposition)
+        if family.name == "task_execution_info" or family.name == "task_heartbeat_last_timestamp_seconds"
+    ]
+
+
+def test_it_reads_a_scrape_in_ranges_that_show_one_moment(tmp_path, monkeypatch):
+    import sqlite3
+    import threading
+
+    from bridge.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "SCRAPE_READERS", 3)
+    path = tmp_path / "b.db"
+    store = connect(f"sqlite:///{path}")
+    for first in range(0, 3000, 500):
+        store.apply_many(
+            [
+                (
+                    f"e{n}",
+                    lambda cur, label, n=n: executions.apply_heartbeat(cur, Heartbeat(f"e{n}"), T0, RULES, label),
+                )
+                for n in range(first, first + 500)
+            ]
+        )
+    stop = threading.Event()
+
+    def write() -> None:  # new executions at the end, and every range's rows moved
+        n = 3000
+        while not stop.is_set():
+            heartbeat(store, f"e{n}", T0)
+            heartbeat(store, f"e{n % 3000}", T0 + n)
+            n += 1
+
+    def scrape(seen: list) -> None:
+        for _ in range(40):
+            snapshot = store.snapshot()
+            info, last = _ids_by_family(snapshot)
+            seen.append((len(set(info)), len(info), sorted(info) == sorted(last), sum(snapshot.executions.values())))
+
+    writer = threading.Thread(target=write)
+    scrapes: list[list] = [[], []]
+    scrapers = [threading.Thread(target=scrape, args=(seen,)) for seen in scrapes]
+    writer.start()
+    for scraper in scrapers:
+        scraper.start()
+    for scraper in scrapers:
+        scraper.join(120)
+    stop.set()
+    writer.join(30)
+    assert len(scrapes[0]) == len(scrapes[1]) == 40  # two scrapes at once: one has the readers
+    for distinct, listed, in_step, counted in scrapes[0] + scrapes[1]:
+        assert distinct == listed == counted and in_step
+    assert max(counted for *_, counted in scrapes[0]) > 3000
+    # the readers' transactions ended: a checkpoint can take the whole log
+    assert sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    # the same bytes as one connection reading every row
+    split = store.snapshot()
+    monkeypatch.setattr(sqlite_store, "SCRAPE_READERS", 1)
+    whole = store.snapshot()
+    assert [b"".join(texts) for texts in split.exposition] == [b"".join(texts) for texts in whole.exposition]
+    assert len(split.exposition[0]) > 1 and len(whole.exposition[0]) == 1  # read in ranges, then at once

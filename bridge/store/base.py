@@ -12,8 +12,8 @@ Where the two stores differ, what each promises:
 promise                   SQLite (one machine)                  Redis (many replicas; Redis Cluster too)
 ========================  ====================================  ==========================================
 an answered write         in the file (WAL, ``synchronous``)    in Redis's memory; on disk with AOF
-``snapshot()``            one read transaction: one moment      counters and names at one moment, texts in
-                                                                chunks after (each as it was then)
+``snapshot()``            one moment: its read transactions     counters and names at one moment, texts in
+                          start together, under the write lock  chunks after (each as it was then)
 ``max_executions``        exact                                 exact (the write script checks it)
 filtered ``query()``      an index per filter                   a sorted set per status and task name
 ``due()``, ``expire()``   indexes on deadline and expiry        sorted sets by deadline and expiry
@@ -131,8 +131,9 @@ def mark_round(
 class Snapshot:
     """Everything ``/metrics`` needs, read consistently at one moment."""
 
-    #: per family of the rendering, every tracked execution's text, in no particular order
-    exposition: list[bytes]
+    #: per family of the rendering, every tracked execution's text, in no particular order,
+    #: in parts to send one after the other
+    exposition: list[list[bytes]]
     #: tracked executions by (metric task name, status)
     executions: dict[tuple[str, str], int] = field(default_factory=dict)
     counters: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)

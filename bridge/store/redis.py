@@ -926,7 +926,7 @@ class RedisStore(Store):
             return name, tuple(labels)
 
         return Snapshot(
-            [b"".join(parts) for parts in texts],
+            texts,
             {tuple(json.loads(kind)): count for kind, count in kinds.items()},
             {series(f): float(v) for f, v in counters.items()},
             sorted(t.decode() for t in tasks),

@@ -7,7 +7,8 @@ the read-decide-write is a true compare-and-set while the write lock is held for
 writes alone. Writers first take an ``flock`` on ``<database>-writer`` beside the file,
 retried every 50 µs at first, where SQLite's own busy handler sleeps a millisecond or more.
 Connections are per thread and per process (never inherited across a fork); a failed
-connection is dropped so the next call reconnects.
+connection is dropped so the next call reconnects. A scrape also reads with connections of
+its own (``SCRAPE_READERS``, one per core), a range of rows each, on threads of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +61,12 @@ SCHEMA_VERSION = 5
 _SQLITE_READONLY = 8
 #: Less free space than this beside the file and the store is not ready: writes would fail.
 MIN_FREE_BYTES = 1024 * 1024
+#: Connections that read a scrape's texts at once, each a range of the rows: SQLite reads the
+#: pages and joins the texts with the GIL released, so a large scrape can use every core.
+SCRAPE_READERS = max(1, min(4, len(os.sched_getaffinity(0))))
+#: How long a scrape waits for the writers' lock, under which its readers start at one moment,
+#: before it reads alone: a writer that hangs must not take the scrape down with the writes.
+_SCRAPE_LOCK_PATIENCE_SECONDS = 0.1
 
 # A table with rowids: a record and its exposition texts (about 1.5 KiB) fit in a page's share
 # of a row, where a WITHOUT ROWID table spills each past 1 KiB into a page of its own.
@@ -158,10 +166,10 @@ class _Statements:
             " WHERE execution_id = ? AND version = ?"
         )
         self.render = ", ".join(f"{column} = ?" for column in self.columns)
-        self.snapshot = (
+        self.texts = (
             "SELECT "
             + ", ".join(f"CAST(group_concat({column}, '') AS BLOB)" for column in self.columns)
-            + " FROM executions"
+            + " FROM executions WHERE rowid BETWEEN ? AND ?"
         )
 
 
@@ -182,6 +190,30 @@ def _any_row(conn: sqlite3.Connection, query: str, ids: list[str]) -> bool:
     """Return True when ``query``, its ``{}`` filled with the placeholders of a chunk of
     ``ids``, finds a row for any chunk."""
     return any(conn.execute(query.format(marks), chunk).fetchone() for chunk, marks in _in(ids))
+
+
+class _ScrapeReaders:
+    """The connections beside a scraping thread's own that read the other ranges of a scrape,
+    each on a thread of its own; one scrape at a time uses them."""
+
+    def __init__(self, connections: list[sqlite3.Connection], identity: tuple[int, int] | None):
+        self.connections = connections
+        #: the database file they have open
+        self.identity = identity
+        self.pool = ThreadPoolExecutor(len(connections), thread_name_prefix="bridge-scrape")
+        self.in_use = threading.Lock()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for conn in self.connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+
+def _texts_of(conn: sqlite3.Connection, sql: str, low: int, high: int) -> tuple[bytes | None, ...]:
+    return conn.execute(sql, (low, high)).fetchone()
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -427,6 +459,8 @@ class SQLiteStore(Store):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pid = os.getpid()
+        self._readers: _ScrapeReaders | None = None
+        self._readers_made = threading.Lock()
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection(create=True)
@@ -519,19 +553,109 @@ class SQLiteStore(Store):
         """
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             self._local = threading.local()
+            self._readers = None
             self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            uri = f"file:{quote(os.path.abspath(self.path))}?mode={'rwc' if create else 'rw'}"
-            try:
-                conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+            conn = self._open(create)
             self._local.conn = conn
             self._local.files = (_identity(self.path), _identity(self.path + "-wal"))
         return conn
+
+    def _open(self, create: bool = False, any_thread: bool = False) -> sqlite3.Connection:
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode={'rwc' if create else 'rw'}"
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=self._busy_timeout, isolation_level=None, check_same_thread=not any_thread
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+    def _take_readers(self) -> _ScrapeReaders | None:
+        """Return the scrape readers of this process, taken for this scrape; None when there
+        is one reader (one core), or another scrape has them.
+
+        They are opened on first use, and again when this thread's connection was opened on
+        another file than theirs (the file was replaced). Raises :class:`StoreUnavailable`.
+        """
+        if SCRAPE_READERS < 2:
+            return None
+        with self._readers_made:
+            readers = self._readers
+            if readers is not None and readers.identity != self._local.files[0]:
+                if not readers.in_use.acquire(blocking=False):
+                    return None
+                self._readers = None
+                readers.close()
+                readers = None
+            if readers is None:
+                readers = _ScrapeReaders(
+                    [self._open(any_thread=True) for _ in range(SCRAPE_READERS - 1)], self._local.files[0]
+                )
+                self._readers = readers
+        return readers if readers.in_use.acquire(blocking=False) else None
+
+    def _give_back(self, readers: _ScrapeReaders) -> None:
+        """End the readers' transactions (an open one would hold the log from every
+        checkpoint) and let the next scrape take them; drop them when one cannot end it."""
+        broken = False
+        for conn in readers.connections:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    broken = True
+        if broken:
+            with self._readers_made:
+                if self._readers is readers:
+                    self._readers = None
+            readers.close()
+        readers.in_use.release()
+
+    def _exposition(self, conn: sqlite3.Connection, readers: _ScrapeReaders | None) -> list[list[bytes]]:
+        """Return each family's texts, as parts to send one after the other, read in ``conn``'s
+        transaction (not yet begun to read) and, a range of rows each, in the ``readers``'.
+
+        The readers' transactions start under the writers' lock, right after ``conn``'s, so
+        every part shows the same moment; when the lock is not free soon, ``conn`` reads every
+        range alone. Raises :class:`sqlite3.Error`, and :class:`StoreUnavailable` when the
+        lock file cannot be opened.
+        """
+        bounds = "SELECT min(rowid), max(rowid) FROM executions"
+        if readers is None or not self._lock_writer(_SCRAPE_LOCK_PATIENCE_SECONDS):
+            low, high = conn.execute(bounds).fetchone()
+            found = [] if low is None else [_texts_of(conn, self.statements.texts, low, high)]
+        else:
+            try:
+                low, high = conn.execute(bounds).fetchone()
+                for reader in readers.connections:
+                    reader.execute("BEGIN")
+                    reader.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+            finally:
+                fcntl.flock(self._local.writer_fd, fcntl.LOCK_UN)
+            found = []
+            if low is not None:
+                ranges = len(readers.connections) + 1
+                step = -(-(high - low + 1) // ranges)
+                firsts = [low + step * k for k in range(ranges)]
+                pending: list[Future[tuple[bytes | None, ...]]] = [
+                    readers.pool.submit(_texts_of, reader, self.statements.texts, first, first + step - 1)
+                    for reader, first in zip(readers.connections, firsts[1:])
+                ]
+                try:
+                    found.append(_texts_of(conn, self.statements.texts, firsts[0], firsts[0] + step - 1))
+                finally:
+                    wait(pending)  # a reader still at work must not see its transaction end
+                found.extend(future.result() for future in pending)
+        exposition: list[list[bytes]] = [[] for _ in self.statements.columns]
+        for texts in found:
+            for parts, text in zip(exposition, texts):
+                if text:
+                    parts.append(text)
+        return exposition
 
     def _check_files(self) -> None:
         """Make sure the files under the path are still the ones this connection has open.
@@ -593,8 +717,9 @@ class SQLiteStore(Store):
             if writer:
                 fcntl.flock(self._local.writer_fd, fcntl.LOCK_UN)
 
-    def _lock_writer(self) -> None:
-        """Wait for this thread's turn to write, across every thread and process.
+    def _lock_writer(self, patience: float | None = None) -> bool:
+        """Wait for this thread's turn to write, across every thread and process, for the busy
+        timeout or ``patience`` seconds. Returns True, or False when ``patience`` ran out.
 
         Raises :class:`StoreUnavailable` when the lock file cannot be opened, or when the
         lock stays taken for the busy timeout (a writer that hangs).
@@ -611,13 +736,15 @@ class SQLiteStore(Store):
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except BlockingIOError:
                 pass
             now = time.monotonic()
             if deadline is None:
-                deadline = now + self._busy_timeout
+                deadline = now + (self._busy_timeout if patience is None else patience)
             elif now >= deadline:
+                if patience is not None:
+                    return False
                 raise StoreUnavailable(
                     f"sqlite: {self.path} stayed locked by another writer for {self._busy_timeout:g}s"
                 )
@@ -791,10 +918,19 @@ class SQLiteStore(Store):
         return len(ended)
 
     def snapshot(self) -> Snapshot:
+        self._connection()
+        readers = self._take_readers()
+        try:
+            return self._snapshot(readers)
+        finally:
+            if readers is not None:
+                self._give_back(readers)
+
+    def _snapshot(self, readers: _ScrapeReaders | None) -> Snapshot:
         with self._transaction("DEFERRED") as conn:
             # SQLite joins each family's texts itself: Python sees a few long strings, not a
             # row per execution.
-            exposition = [text or b"" for text in conn.execute(self.statements.snapshot).fetchone()]
+            exposition = self._exposition(conn, readers)
             executions = {
                 (task, status): count
                 for task, status, count in conn.execute(
@@ -829,6 +965,10 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._drop_connection()
+        with self._readers_made:
+            readers, self._readers = self._readers, None
+        if readers is not None and self._pid == os.getpid():
+            readers.close()
         fd = getattr(self._local, "writer_fd", None)
         self._local.writer_fd = None
         if fd is not None:

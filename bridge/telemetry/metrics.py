@@ -185,7 +185,7 @@ class Exposition:
         parts = []
         for family, samples in zip(f.EXECUTION_FAMILIES, snapshot.exposition):
             parts.append(f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {family.type}\n".encode())
-            parts.append(samples)
+            parts.extend(samples)
         parts.append(self._task_gauges(snapshot).encode())
         parts.append(bounded)
         return parts, content_type
