@@ -18,7 +18,7 @@ from bridge.store import CapacityError, StoreUnavailable, open_store
 from bridge.telemetry import families
 from bridge.telemetry.metrics import ExecutionRenderer
 
-from support import empty_store, make_immutable, make_mutable, start_redis
+from support import empty_store, make_immutable, make_mutable, start_redis, wait_for
 
 RULES = Rules()
 T0 = 1_000_000.0
@@ -824,11 +824,34 @@ def test_it_reads_a_scrape_in_ranges_that_show_one_moment(tmp_path, monkeypatch)
     for distinct, listed, in_step, counted in scrapes[0] + scrapes[1]:
         assert distinct == listed == counted and in_step
     assert max(counted for *_, counted in scrapes[0]) > 3000
-    # the readers' transactions ended: a checkpoint can take the whole log
-    assert sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    # the readers' transactions ended: a checkpoint can take the whole log (once the store's
+    # own checkpointer, which may be at work, is done)
+    checkpoint = sqlite3.connect(path)
+    wait_for(lambda: checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, "a whole checkpoint")
     # the same bytes as one connection reading every row
     split = store.snapshot()
     monkeypatch.setattr(sqlite_store, "SCRAPE_READERS", 1)
     whole = store.snapshot()
     assert [b"".join(texts) for texts in split.exposition] == [b"".join(texts) for texts in whole.exposition]
     assert len(split.exposition[0]) > 1 and len(whole.exposition[0]) == 1  # read in ranges, then at once
+
+
+def test_it_copies_the_log_into_the_database_after_writes_while_a_writer_holds_the_lock(tmp_path):
+    import fcntl
+
+    path = tmp_path / "b.db"
+    store = connect(f"sqlite:///{path}")
+    empty = path.stat().st_size
+    with open(tmp_path / "b.db-writer", "w") as writer:  # written below SQLite's own threshold
+        store.apply_many(
+            [
+                (
+                    f"e{n}",
+                    lambda cur, label, n=n: executions.apply_heartbeat(cur, Heartbeat(f"e{n}"), T0, RULES, label),
+                )
+                for n in range(300)
+            ]
+        )
+        fcntl.flock(writer, fcntl.LOCK_EX)  # another writer's turn: the copy does not wait for it
+        wait_for(lambda: path.stat().st_size > empty + 300 * 1024, "the log's pages in the database file")
+    assert len(exposed(store)) == 300

@@ -21,8 +21,9 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
@@ -67,6 +68,15 @@ SCRAPE_READERS = max(1, min(4, len(os.sched_getaffinity(0))))
 #: How long a scrape waits for the writers' lock, under which its readers start at one moment,
 #: before it reads alone: a writer that hangs must not take the scrape down with the writes.
 _SCRAPE_LOCK_PATIENCE_SECONDS = 0.1
+#: After a write, each process copies the write-ahead log into the database at most this often.
+CHECKPOINT_INTERVAL_SECONDS = 0.05
+
+# Held by each checkpoint, and across a fork: a child must not inherit SQLite's locks from a
+# checkpoint caught halfway (a master that loaded the app and wrote before forking workers).
+_CHECKPOINTING = threading.Lock()
+os.register_at_fork(
+    before=_CHECKPOINTING.acquire, after_in_parent=_CHECKPOINTING.release, after_in_child=_CHECKPOINTING.release
+)
 
 # A table with rowids: a record and its exposition texts (about 1.5 KiB) fit in a page's share
 # of a row, where a WITHOUT ROWID table spills each past 1 KiB into a page of its own.
@@ -210,6 +220,71 @@ class _ScrapeReaders:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+def _connect(
+    path: str, busy_timeout: float, synchronous: str, *, create: bool = False, any_thread: bool = False
+) -> sqlite3.Connection:
+    """Return a new connection to the store at ``path`` (creating the file with ``create``;
+    usable from any thread with ``any_thread``). Raises :class:`StoreUnavailable`."""
+    uri = f"file:{quote(os.path.abspath(path))}?mode={'rwc' if create else 'rw'}"
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=not any_thread
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's work
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
+    return conn
+
+
+class _Checkpointer:
+    """Copies the write-ahead log into the database on a thread of its own, after writes.
+
+    SQLite's automatic checkpoint runs in the commit that crosses its threshold, while that
+    writer still holds the writers' lock, so every other writer waited through the copy and
+    its fsync. A passive checkpoint here takes no writer's lock and waits for no reader.
+    """
+
+    def __init__(self, open_connection: Callable[[], sqlite3.Connection]):
+        self._open = open_connection
+        self._written = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="bridge-checkpoint", daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        """Say that a transaction was committed: a checkpoint follows soon."""
+        self._written.set()
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the thread, after the checkpoint it may be running (waiting for that with ``wait``)."""
+        self._stopping = True
+        self._written.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            self._written.wait()
+            if self._stopping:
+                break
+            self._written.clear()
+            try:
+                with _CHECKPOINTING:
+                    conn = conn or self._open()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except Exception as exc:  # the next write asks again; this thread must go on
+                log.debug("sqlite: checkpoint failed: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(CHECKPOINT_INTERVAL_SECONDS)
+        if conn is not None:
+            conn.close()
 
 
 def _texts_of(conn: sqlite3.Connection, sql: str, low: int, high: int) -> tuple[bytes | None, ...]:
@@ -460,7 +535,8 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._pid = os.getpid()
         self._readers: _ScrapeReaders | None = None
-        self._readers_made = threading.Lock()
+        self._checkpointer: _Checkpointer | None = None
+        self._helpers_made = threading.Lock()
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             conn = self._connection(create=True)
@@ -553,7 +629,7 @@ class SQLiteStore(Store):
         """
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             self._local = threading.local()
-            self._readers = None
+            self._readers = self._checkpointer = None
             self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -563,16 +639,22 @@ class SQLiteStore(Store):
         return conn
 
     def _open(self, create: bool = False, any_thread: bool = False) -> sqlite3.Connection:
-        uri = f"file:{quote(os.path.abspath(self.path))}?mode={'rwc' if create else 'rw'}"
-        try:
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=self._busy_timeout, isolation_level=None, check_same_thread=not any_thread
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
-        return conn
+        return _connect(self.path, self._busy_timeout, self._synchronous, create=create, any_thread=any_thread)
+
+    def _checkpoint_soon(self) -> None:
+        """Have this process's checkpointer (started on the first write) copy the log soon."""
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            with self._helpers_made:
+                if self._checkpointer is None:
+                    # It holds no reference to the store: a store nobody holds any more stops it.
+                    opener = functools.partial(
+                        _connect, self.path, self._busy_timeout, self._synchronous, any_thread=True
+                    )
+                    self._checkpointer = _Checkpointer(opener)
+                    weakref.finalize(self, self._checkpointer.stop, wait=False)
+                checkpointer = self._checkpointer
+        checkpointer.written()
 
     def _take_readers(self) -> _ScrapeReaders | None:
         """Return the scrape readers of this process, taken for this scrape; None when there
@@ -583,7 +665,7 @@ class SQLiteStore(Store):
         """
         if SCRAPE_READERS < 2:
             return None
-        with self._readers_made:
+        with self._helpers_made:
             readers = self._readers
             if readers is not None and readers.identity != self._local.files[0]:
                 if not readers.in_use.acquire(blocking=False):
@@ -609,7 +691,7 @@ class SQLiteStore(Store):
                 except sqlite3.Error:
                     broken = True
         if broken:
-            with self._readers_made:
+            with self._helpers_made:
                 if self._readers is readers:
                     self._readers = None
             readers.close()
@@ -716,6 +798,8 @@ class SQLiteStore(Store):
         finally:
             if writer:
                 fcntl.flock(self._local.writer_fd, fcntl.LOCK_UN)
+        if writer:
+            self._checkpoint_soon()
 
     def _lock_writer(self, patience: float | None = None) -> bool:
         """Wait for this thread's turn to write, across every thread and process, for the busy
@@ -965,10 +1049,14 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._drop_connection()
-        with self._readers_made:
+        with self._helpers_made:
             readers, self._readers = self._readers, None
-        if readers is not None and self._pid == os.getpid():
-            readers.close()
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if self._pid == os.getpid():
+            if readers is not None:
+                readers.close()
+            if checkpointer is not None:
+                checkpointer.stop()
         fd = getattr(self._local, "writer_fd", None)
         self._local.writer_fd = None
         if fd is not None:
