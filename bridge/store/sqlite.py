@@ -769,11 +769,24 @@ class SQLiteStore(Store):
             except sqlite3.Error:
                 pass
 
+    def _check_room(self) -> None:
+        """Raise :class:`StoreUnavailable` when the disk holding the file has less than
+        :data:`MIN_FREE_BYTES` free. A write could still land in room the write-ahead log
+        already has, but its checkpoint could not, and the log would only grow: a full disk
+        takes no write at all, so that every write is refused alike until there is room."""
+        try:
+            space = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot see the disk of {self.path}: {exc}") from exc
+        if space.f_bavail * space.f_frsize < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"sqlite: the disk holding {self.path} is full")
+
     @contextmanager
     def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
         conn = self._connection()
         writer = mode == "IMMEDIATE"
         if writer:
+            self._check_room()
             self._lock_writer()
         try:
             try:
@@ -1037,15 +1050,9 @@ class SQLiteStore(Store):
             conn.execute(_INCREMENT, (name, _labels_key(labels), amount, None))
 
     def ping(self) -> None:
-        # A real write, and room to grow: a store that can only be read is not ready.
+        # A real write (which also needs room to grow): a store that can only be read is not ready.
         with self._transaction() as conn:
             conn.execute("INSERT INTO meta VALUES ('ping', 0) ON CONFLICT (key) DO UPDATE SET value = value + 1")
-        try:
-            space = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
-        except OSError as exc:
-            raise StoreUnavailable(f"sqlite: cannot see the disk of {self.path}: {exc}") from exc
-        if space.f_bavail * space.f_frsize < MIN_FREE_BYTES:
-            raise StoreUnavailable(f"sqlite: the disk holding {self.path} is full")
 
     def close(self) -> None:
         self._drop_connection()
