@@ -855,3 +855,34 @@ def test_it_copies_the_log_into_the_database_after_writes_while_a_writer_holds_t
         fcntl.flock(writer, fcntl.LOCK_EX)  # another writer's turn: the copy does not wait for it
         wait_for(lambda: path.stat().st_size > empty + 300 * 1024, "the log's pages in the database file")
     assert len(exposed(store)) == 300
+
+
+def test_it_closes_the_checkpoints_connection_only_where_a_fork_waits_for_it(tmp_path):
+    """A fork in the middle of a close would hand the child SQLite's locks, held forever."""
+    import sqlite3
+
+    from bridge.store import sqlite as sqlite_store
+
+    opened, held_at_close = [], []
+
+    class Watched(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if len(opened) == 1:  # the first connection's checkpoint fails: it is closed, and reopened
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+        def close(self):
+            held_at_close.append(sqlite_store._CHECKPOINTING.locked())
+            super().close()
+
+    def open_connection():
+        opened.append(sqlite3.connect(tmp_path / "b.db", factory=Watched))
+        return opened[-1]
+
+    checkpointer = sqlite_store._Checkpointer(open_connection)
+    checkpointer.written()
+    wait_for(lambda: held_at_close, "the failed checkpoint's connection closed")
+    checkpointer.written()
+    wait_for(lambda: len(opened) == 2, "a connection opened again")
+    checkpointer.stop()
+    assert held_at_close == [True, True]

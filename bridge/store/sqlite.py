@@ -71,8 +71,9 @@ _SCRAPE_LOCK_PATIENCE_SECONDS = 0.1
 #: After a write, each process copies the write-ahead log into the database at most this often.
 CHECKPOINT_INTERVAL_SECONDS = 0.05
 
-# Held by each checkpoint, and across a fork: a child must not inherit SQLite's locks from a
-# checkpoint caught halfway (a master that loaded the app and wrote before forking workers).
+# Held by each checkpoint and each close of the checkpoints' connection, and across a fork: a
+# child must not inherit SQLite's locks from either caught halfway (a master that loaded the app
+# and wrote before forking workers; a store closed, its thread still closing, as a test forks).
 _CHECKPOINTING = threading.Lock()
 os.register_at_fork(
     before=_CHECKPOINTING.acquire, after_in_parent=_CHECKPOINTING.release, after_in_child=_CHECKPOINTING.release
@@ -273,18 +274,19 @@ class _Checkpointer:
             if self._stopping:
                 break
             self._written.clear()
-            try:
-                with _CHECKPOINTING:
+            with _CHECKPOINTING:
+                try:
                     conn = conn or self._open()
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except Exception as exc:  # the next write asks again; this thread must go on
-                log.debug("sqlite: checkpoint failed: %s", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
+                except Exception as exc:  # the next write asks again; this thread must go on
+                    log.debug("sqlite: checkpoint failed: %s", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
             time.sleep(CHECKPOINT_INTERVAL_SECONDS)
         if conn is not None:
-            conn.close()
+            with _CHECKPOINTING:
+                conn.close()
 
 
 def _texts_of(conn: sqlite3.Connection, sql: str, low: int, high: int) -> tuple[bytes | None, ...]:
