@@ -432,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         # the same execution (a sender does not resend one within a second or two): those
         # would race, and one of them be decided again.
         batch_executions = 2 * CONNECTIONS * BATCH
-        # at least 3 s: a batch of 500 takes a while, and a shorter run may complete none
-        batch_rate = (
+        # At least 3 s: a batch of 500 takes a while, and a shorter run may complete none. The
+        # median of ROUNDS runs, as for single heartbeats: one run is at the mercy of a slow spell.
+        batch_rate = BATCH * statistics.median(
             _wrk(sqlite_url, "batch.lua", max(args.seconds, 3), BATCH=str(BATCH), EXECUTIONS=str(batch_executions))
-            * BATCH
+            for _ in range(ROUNDS)
         )
         rows.append(
             (
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Heartbeat Bridge benchmark: {os.cpu_count()} cores, wrk -t{WRK_THREADS} -c{CONNECTIONS} for "
-        f"{args.seconds:g} s per run (ingest: the median of {ROUNDS} runs each), {WORKERS} gunicorn "
+        f"{args.seconds:g} s per run (ingest and batches: the median of {ROUNDS} runs each), {WORKERS} gunicorn "
         f"workers ({GUNICORN_ARGS})\n"
     )
     print("| measure | bridge | baseline | ratio |")

@@ -221,3 +221,90 @@ REFERENCE_GAUGES = (
     ("task_progress_ratio", "progress_ratio"),
     ("task_execution_max_runtime_seconds", "max_runtime_seconds"),
 )
+
+
+def _every_field_set():
+    from bridge.core.executions import Execution, Stage, StatusChange
+
+    return Execution(
+        "run-1",
+        "running",
+        "0af7651916cd43dd8448eb211c80319c",
+        "etl",
+        1000.0,
+        1030.0,
+        container_id="c1",
+        container_name="worker",
+        image="etl:1",
+        task_name="etl",
+        task_type="batch",
+        reported_status="running",
+        status_reason="ok",
+        progress={"percentage": 30},
+        progress_ratio=0.3,
+        labels={"team": "data", "other": "x"},
+        last_heartbeat_at=1030.0,
+        client_timestamp=1029.0,
+        ended_at=1100.0,
+        deadline_at=1120.0,
+        expires_at=5000.0,
+        heartbeat_count=2,
+        interval_seconds=30.0,
+        gaps=[30.0],
+        max_runtime_seconds=600.0,
+        error_message="none",
+        exit_code=0,
+        result_data={"rows": 1},
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        segment_started_at=1000.0,
+        stages=[Stage("load", 1000.0, None)],
+        events=[StatusChange(1000.0, "running", "running")],
+        version=2,
+        protocol="hc",
+    )
+
+
+def _another(field, value):
+    """Return a value of ``field`` other than ``value``."""
+    if field == "status":
+        return "lost"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 7
+    if isinstance(value, str):
+        return value + "-2"
+    if isinstance(value, dict):
+        return {key: f"{item}-2" for key, item in value.items()}
+    return []
+
+
+def test_it_renders_again_every_family_whose_samples_read_a_changed_field():
+    from dataclasses import fields
+
+    from bridge.telemetry.metrics import ExecutionRenderer
+
+    render = ExecutionRenderer(("team",))
+    before = _every_field_set()
+    never_none = {"execution_id", "trace_id", "metric_task_name", "status", "started_at", "interval_seconds"}
+    for field in (f.name for f in fields(before)):
+        for value in (_another(field, getattr(before, field)), *([] if field in never_none else [None])):
+            after = before.clone()
+            setattr(after, field, value)
+            texts = list(render(before))
+            for family, text in render.changes(before, after).items():
+                texts[family] = text
+            assert texts == list(render(after)), field
+
+
+def test_it_renders_a_heartbeats_moves_alone():
+    from bridge.telemetry.metrics import ExecutionRenderer
+
+    render = ExecutionRenderer()
+    before = _every_field_set()
+    after = before.clone()
+    after.last_heartbeat_at, after.progress_ratio, after.deadline_at, after.heartbeat_count = 1060.0, 0.5, 1150.0, 3
+    changed = render.changes(before, after)
+    assert sorted(changed) == [2, 6]  # the last heartbeat and the progress
+    assert all(changed[family] == render(after)[family] for family in changed)
+    assert render.changes(None, after) == {k: t for k, t in enumerate(render(after)) if t}

@@ -80,6 +80,12 @@ class Rendering(Protocol):
         """Return the record's text in each family (empty where it has no sample)."""
         ...
 
+    def changes(self, before: Execution | None, after: Execution) -> dict[int, str]:
+        """Return, by family index, the texts of ``after`` that may differ from those of
+        ``before`` (with ``before`` None, every family that has samples); a family left out
+        has the same text for both."""
+        ...
+
 
 class ReaperMark(NamedTuple):
     """What a reaper round learnt from the rounds recorded in the store."""

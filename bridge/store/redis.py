@@ -662,13 +662,9 @@ class RedisStore(Store):
         a heartbeat changes one or two, and Redis keeps the others as they are."""
         changes: list[str] = []
         for execution_id, record in batch.changed.items():
-            texts = self.render(record)
-            before = stored.get(execution_id)
-            # A new execution (or one back after it expired) has no text kept.
-            old = self.render(before) if before is not None else ("",) * len(texts)
-            for family, (text, was) in enumerate(zip(texts, old)):
-                if text != was:
-                    changes += (str(keys.position(self._texts[family])), execution_id, text)
+            # A new execution (or one back after it expired) has no text kept: stored has no record.
+            for family, text in self.render.changes(stored.get(execution_id), record).items():
+                changes += (str(keys.position(self._texts[family])), execution_id, text)
         return changes
 
     @_translated

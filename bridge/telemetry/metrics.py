@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -98,6 +99,64 @@ _TASK_COUNTERS = (f.TASK_MISSED, f.TASK_TOO_SHORT, f.TASK_UNEXPECTED)
 _RENDERING_VERSION = 1
 
 
+#: What the info family's samples read of a record besides the execution id and task name.
+_INFO_READS = ("container_id", "task_type", "trace_id", "container_name", "image", "labels")
+#: The families after info and status, in exposition order: each a sample of one record field,
+#: none while the field is None. (sample name, field)
+_VALUE_FAMILIES = (
+    (_LAST, "last_heartbeat_at"),
+    (_INTERVAL, "interval_seconds"),
+    (_START, "started_at"),
+    (_END, "ended_at"),
+    (_RATIO, "progress_ratio"),
+    (_MAX_RUNTIME, "max_runtime_seconds"),
+)
+
+
+#: (record field, the family whose samples read it), for every field a sample reads besides
+#: the execution id and task name, which every sample carries.
+_READS = (
+    *((field, 0) for field in _INFO_READS),
+    ("status", 1),
+    *((field, family) for family, (_, field) in enumerate(_VALUE_FAMILIES, start=2)),
+)
+
+
+# A heartbeat on a running execution moves its last heartbeat, interval and progress, and
+# seldom anything else: the fields every other family reads are compared at once.
+_MOVED_BY_HEARTBEATS = tuple(
+    (family, name, field)
+    for family, (name, field) in enumerate(_VALUE_FAMILIES, start=2)
+    if name in (_LAST, _INTERVAL, _RATIO)
+)
+_SELDOM_READ = itemgetter(
+    *(field for field, family in _READS if family not in {family for family, _, _ in _MOVED_BY_HEARTBEATS})
+)
+
+
+def _key(record: Execution) -> str:
+    """Return the labels every sample of ``record`` carries."""
+    return f'execution_id="{_escape(record.execution_id)}",task_name="{_escape(record.metric_task_name)}"'
+
+
+def _status(record: Execution, key: str) -> str:
+    # The status lines come from a prefix and ready-made endings.
+    status = f'{_STATUS}{{{key},status="'
+    return status + status.join(_STATUS_ENDINGS[record.status])
+
+
+def _sample(name: str, braced: str, value: float | None) -> str:
+    """Return the sample of a family of one value (none for None), ``braced`` its labels."""
+    return "" if value is None else f"{name}{braced}{_number(value)}\n"
+
+
+def _value(name: str, field: str) -> Callable[[Execution, str], str]:
+    def render(record: Execution, key: str) -> str:
+        return _sample(name, f"{{{key}}} ", getattr(record, field))
+
+    return render
+
+
 class ExecutionRenderer:
     """Renders an execution's samples of the per-execution families when it is written.
 
@@ -113,37 +172,50 @@ class ExecutionRenderer:
         self.families = len(f.EXECUTION_FAMILIES)
         #: what the text depends on beyond the record: the format and the exported label keys
         self.signature = f"{_RENDERING_VERSION}:{','.join(metric_labels)}"
+        # Per family, in exposition order: how its samples are rendered. _READS says what each
+        # reads, so that a family is rendered again exactly when what it reads changed.
+        self._renders: tuple[Callable[[Execution, str], str], ...] = (
+            self._info,
+            _status,
+            *(_value(name, field) for name, field in _VALUE_FAMILIES),
+        )
 
     def __call__(self, record: Execution) -> tuple[str, ...]:
         """Return the text of ``record``'s samples, one string per family of
         :data:`~bridge.telemetry.families.EXECUTION_FAMILIES` (empty where it has none)."""
-        # Every write renders: the status lines come from a prefix and ready-made endings.
-        key = f'execution_id="{_escape(record.execution_id)}",task_name="{_escape(record.metric_task_name)}"'
+        key = _key(record)
+        return tuple([render(record, key) for render in self._renders])
+
+    def changes(self, before: Execution | None, after: Execution) -> dict[int, str]:
+        """Return the texts of ``after`` that may differ from those of ``before``, by family
+        index: the families whose samples read a field that changed. Every family is
+        rendered when ``before`` is another execution or had another task name; with
+        ``before`` None, every family that has samples. A family left out has the same text
+        for both records."""
+        if before is None:
+            return {family: text for family, text in enumerate(self(after)) if text}
+        if before.execution_id != after.execution_id or before.metric_task_name != after.metric_task_name:
+            return dict(enumerate(self(after)))
+        key = _key(after)
+        was, now = vars(before), vars(after)
+        if _SELDOM_READ(was) == _SELDOM_READ(now):
+            braced = f"{{{key}}} "
+            return {
+                family: _sample(name, braced, now[field])
+                for family, name, field in _MOVED_BY_HEARTBEATS
+                if was[field] != now[field]
+            }
+        changed = dict.fromkeys(family for field, family in _READS if was[field] != now[field])  # in family order
+        return {family: self._renders[family](after, key) for family in changed}
+
+    def _info(self, record: Execution, key: str) -> str:
         labels = record.labels or {}
         extra = "".join(f',label_{name}="{_escape(labels.get(name, ""))}"' for name in self.metric_labels)
-        info = (
+        return (
             f'{_INFO}{{{key},container_id="{_escape(record.container_id or "")}",'
             f'task_type="{_escape(record.task_type or "")}",trace_id="{record.trace_id}",'
             f'container_name="{_escape(record.container_name or "")}",'
             f'image="{_escape(record.image or "")}"{extra}}} 1.0\n'
-        )
-        status = f'{_STATUS}{{{key},status="'
-        braced = f"{{{key}}} "
-        last, ratio, end, max_runtime = (
-            record.last_heartbeat_at,
-            record.progress_ratio,
-            record.ended_at,
-            record.max_runtime_seconds,
-        )
-        return (
-            info,
-            status + status.join(_STATUS_ENDINGS[record.status]),
-            "" if last is None else f"{_LAST}{braced}{_number(last)}\n",
-            f"{_INTERVAL}{braced}{_number(record.interval_seconds)}\n",
-            f"{_START}{braced}{_number(record.started_at)}\n",
-            "" if end is None else f"{_END}{braced}{_number(end)}\n",
-            "" if ratio is None else f"{_RATIO}{braced}{_number(ratio)}\n",
-            "" if max_runtime is None else f"{_MAX_RUNTIME}{braced}{_number(max_runtime)}\n",
         )
 
 
