@@ -8,6 +8,7 @@ counter increment happens exactly once however many workers race.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -476,9 +477,15 @@ def apply_heartbeat(
     record.heartbeat_count += 1
     record.deadline_at = now + rules.lost_after_intervals * record.interval_seconds
     record.updated_at = now
-    increments.insert(0, Increment(HEARTBEATS, (record.metric_task_name,)))
+    increments.insert(0, _heartbeat_counted(record.metric_task_name))
     first = current is None or current.heartbeat_count == 0
     return Outcome(record, tuple(increments), "accepted", transition, hb.task_schedule if first else None)
+
+
+@functools.lru_cache(maxsize=4096)  # task names are capped; every heartbeat counts one
+def _heartbeat_counted(task: str) -> Increment:
+    """Return the increment of task ``task``'s heartbeats counter (a value: made once, shared)."""
+    return Increment(HEARTBEATS, (task,))
 
 
 def apply_completion(
