@@ -322,6 +322,37 @@ def test_it_keeps_each_executions_exposition_in_step_with_its_record(store_url):
     assert store.snapshot().executions == {("etl", "completed"): 1}
 
 
+def test_it_keeps_the_texts_of_a_batch_whose_heartbeats_change_different_families(store_url):
+    """Each heartbeat writes only the texts its change touches: the kept texts must still be
+    each record's whole rendering."""
+    store = connect(store_url)
+    render = ExecutionRenderer()
+    beats = {
+        "a": Heartbeat("a", task_name="etl", progress={"percentage": 40}),
+        "b": Heartbeat("b", task_name="etl"),
+        "c": Heartbeat("c", task_name="etl", progress={"percentage": 10}),
+    }
+    later = {
+        "a": Heartbeat("a", task_name="etl", progress={"percentage": 60}),  # last heartbeat, progress
+        "b": Heartbeat("b", task_name="etl"),  # the last heartbeat alone
+        "c": Heartbeat("c", task_name="etl", interval_seconds=90, container_id="c-2"),  # and interval, info
+    }
+    for now, events in ((T0, beats), (T0 + 30, later)):
+        store.apply_many(
+            [
+                (key, lambda cur, label, hb=hb, now=now: executions.apply_heartbeat(cur, hb, now, RULES, label))
+                for key, hb in events.items()
+            ]
+        )
+    kept = [sorted(b"".join(texts).decode().splitlines()) for texts in store.snapshot().exposition]
+    records = [store.get(key) for key in beats]
+    assert kept == [
+        sorted(line for record in records for line in render(record)[family].splitlines())
+        for family in range(render.families)
+    ]
+    assert [record.heartbeat_count for record in records] == [2, 2, 2]
+
+
 def test_it_applies_a_batch_in_order_refusing_only_what_is_over_capacity(store_url):
     store = connect(store_url, max_executions=1)
     beat = lambda execution_id, now: (
